@@ -1,0 +1,146 @@
+//! The brand registry aggregate: which plan a brand is on, as a stream of events.
+//!
+//! A plan change is a fact of the brand; the engine then applies it to the brand's open
+//! period (`PeriodCommand::ApplyPlan`) in the same commit.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::PlanDefinition;
+use crate::ids::{BrandId, PlanId};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrandCommand {
+    /// Register the brand on `plan`, or move it to `plan`. Setting the plan it already
+    /// has (same id and catalog version) changes nothing, so the call is safe to retry.
+    SetPlan {
+        brand_id: BrandId,
+        plan: PlanDefinition,
+        actor: String,
+        at: DateTime<Utc>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrandEvent {
+    BrandRegistered {
+        brand_id: BrandId,
+        plan: PlanDefinition,
+        actor: String,
+        at: DateTime<Utc>,
+    },
+    PlanChanged {
+        previous_plan: PlanId,
+        plan: PlanDefinition,
+        actor: String,
+        at: DateTime<Utc>,
+    },
+}
+
+pub const BRAND_EVENT_VERSION: &str = "1";
+
+impl DomainEvent for BrandEvent {
+    fn event_type(&self) -> String {
+        self.event_type_str().to_owned()
+    }
+    fn event_version(&self) -> String {
+        BRAND_EVENT_VERSION.to_owned()
+    }
+}
+
+impl BrandEvent {
+    pub fn event_type_str(&self) -> &'static str {
+        match self {
+            BrandEvent::BrandRegistered { .. } => "BrandRegistered",
+            BrandEvent::PlanChanged { .. } => "PlanChanged",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrandError {
+    #[error("command for brand {got} sent to the stream of brand {stream}")]
+    WrongBrand { stream: BrandId, got: BrandId },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrandAggregate {
+    pub brand_id: Option<BrandId>,
+    pub plan: Option<PlanDefinition>,
+    pub version: u64,
+}
+
+/// The aggregate type name stored in `events.aggregate_type`.
+pub const BRAND_TYPE: &str = "brand";
+
+impl Aggregate for BrandAggregate {
+    const TYPE: &'static str = BRAND_TYPE;
+    type Command = BrandCommand;
+    type Event = BrandEvent;
+    type Error = BrandError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(&command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        self.version += 1;
+        match event {
+            BrandEvent::BrandRegistered { brand_id, plan, .. } => {
+                self.brand_id = Some(brand_id);
+                self.plan = Some(plan);
+            }
+            BrandEvent::PlanChanged { plan, .. } => self.plan = Some(plan),
+        }
+    }
+}
+
+impl BrandAggregate {
+    pub fn is_registered(&self) -> bool {
+        self.plan.is_some()
+    }
+
+    pub fn decide(&self, command: &BrandCommand) -> Result<Vec<BrandEvent>, BrandError> {
+        let BrandCommand::SetPlan {
+            brand_id,
+            plan,
+            actor,
+            at,
+        } = command;
+        if let Some(stream) = &self.brand_id {
+            if stream != brand_id {
+                return Err(BrandError::WrongBrand {
+                    stream: stream.clone(),
+                    got: brand_id.clone(),
+                });
+            }
+        }
+        Ok(match &self.plan {
+            None => vec![BrandEvent::BrandRegistered {
+                brand_id: brand_id.clone(),
+                plan: plan.clone(),
+                actor: actor.clone(),
+                at: *at,
+            }],
+            Some(current) if current == plan => Vec::new(),
+            Some(current) => vec![BrandEvent::PlanChanged {
+                previous_plan: current.id.clone(),
+                plan: plan.clone(),
+                actor: actor.clone(),
+                at: *at,
+            }],
+        })
+    }
+}

@@ -1,0 +1,24 @@
+//! Pure domain of the usage ledger. No I/O: no tokio, sqlx or HTTP here.
+//!
+//! # Layout
+//! - [`ids`]: newtypes that parse: `BrandId`, `PeriodKey`, `MetricKey`, `PlanId`,
+//!   `IdempotencyKey`, `Quantity`.
+//! - [`money`]: `Money` in integer minor units, the one rounding rule, rate serde.
+//! - [`catalog`]: plan catalog (data file embedded in the binary) and its validation.
+//! - [`period`]: the brand-period aggregate: commands, events, decision rules.
+//! - [`brand`]: the brand registry aggregate: which plan a brand is on.
+
+pub mod brand;
+pub mod catalog;
+pub mod ids;
+pub mod money;
+pub mod period;
+
+pub use brand::{BrandAggregate, BrandCommand, BrandError, BrandEvent};
+pub use catalog::{Catalog, MetricKind, OveragePolicy, PlanDefinition, PlanQuota};
+pub use ids::{BrandId, IdempotencyKey, MetricKey, ParseError, PeriodKey, PlanId, Quantity};
+pub use money::{Currency, Money};
+pub use period::{
+    LedgerError, LedgerEvent, LedgerRules, MetricTotals, PeriodCommand, QuotaDecision,
+    UsagePeriodAggregate,
+};

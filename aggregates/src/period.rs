@@ -1,0 +1,1065 @@
+//! The brand-period aggregate: all usage of one brand in one billing period.
+//!
+//! `decide` holds every business rule and emits events; `apply` only folds them. The
+//! first event of a stream (`PeriodOpened`) snapshots the plan and the metric kinds in
+//! force, so a replay never needs today's catalog. Usage events carry the running
+//! totals, the effective limit and the overage cost after them.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{
+    MetricKind, OveragePolicy, PlanDefinition, PlanQuota, CRITICAL_THRESHOLD_PCT,
+};
+use crate::ids::{BrandId, MetricKey, PeriodKey, PlanId, Quantity, QUANTITY_MAX};
+use crate::money::{cost_of, Currency, Money};
+
+/// Rules that are configuration, not data of one stream.
+#[derive(Debug, Clone, Copy)]
+pub struct LedgerRules {
+    /// How long after a period ends usage for it is still accepted (late reports,
+    /// clock skew of callers). Stripe's longest invoice finalization grace is 72 h.
+    pub late_usage_grace: Duration,
+}
+
+/// The default grace after a period's end, in hours (see [`LedgerRules::late_usage_grace`]).
+pub const LATE_USAGE_GRACE_HOURS_DEFAULT: i64 = 72;
+
+impl Default for LedgerRules {
+    fn default() -> Self {
+        Self {
+            late_usage_grace: Duration::hours(LATE_USAGE_GRACE_HOURS_DEFAULT),
+        }
+    }
+}
+
+/// How usage reached the ledger: a plain record, or a check-quota with `consume`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageVia {
+    Record,
+    CheckQuota,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn of_threshold(threshold_pct: u8) -> Self {
+        if threshold_pct >= CRITICAL_THRESHOLD_PCT {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeriodCommand {
+    /// Issued by the engine before the first command of a period.
+    OpenPeriod {
+        brand_id: BrandId,
+        period: PeriodKey,
+        plan: PlanDefinition,
+        /// Every metric the catalog knows, with its kind: unknown metrics are refused.
+        metric_kinds: BTreeMap<MetricKey, MetricKind>,
+        /// Gauge levels at the end of the brand's previous period.
+        carried_levels: BTreeMap<MetricKey, u64>,
+        at: DateTime<Utc>,
+    },
+    /// The brand's plan changed while this period is open.
+    ApplyPlan {
+        plan: PlanDefinition,
+        at: DateTime<Utc>,
+    },
+    /// Record usage that happened. On a `block` metric usage above the effective limit
+    /// is refused (and the refusal recorded); on `charge` it is billed.
+    RecordUsage {
+        metric: MetricKey,
+        quantity: Quantity,
+        occurred_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    /// Ask whether `requested` units fit. With `consume`, an allowed request is recorded
+    /// in the same decision (no check-then-act race); a refused one is recorded as denied.
+    CheckQuota {
+        metric: MetricKey,
+        requested: Quantity,
+        consume: bool,
+        at: DateTime<Utc>,
+    },
+    /// Set a gauge (seats, GB stored) to an absolute level.
+    SetGaugeLevel {
+        metric: MetricKey,
+        level: u64,
+        at: DateTime<Utc>,
+    },
+    /// Credit purchased or granted units to the effective limit of this period.
+    ApplyTopUp {
+        metric: MetricKey,
+        units: Quantity,
+        price: Money,
+        reference: String,
+        actor: String,
+        at: DateTime<Utc>,
+    },
+    /// A signed correction by support or the reset tool, with who and why.
+    AdjustUsage {
+        metric: MetricKey,
+        delta: i64,
+        actor: String,
+        reason: String,
+        at: DateTime<Utc>,
+    },
+    /// Freeze the invoice of the period.
+    ClosePeriod { actor: String, at: DateTime<Utc> },
+}
+
+/// The state of one metric after an event: what a reader needs without recomputing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricTotals {
+    /// Counter: sum of the period. Gauge: current level.
+    pub current: u64,
+    /// What overage is computed on: the sum for counters, the peak level for gauges
+    /// (deleting data just before close must not dodge storage overage).
+    pub billable: u64,
+    /// Plan limit plus top-ups of the period; `None` when the plan has no quota.
+    pub effective_limit: Option<u64>,
+    pub overage_units: u64,
+    /// Overage cost of the period so far for this metric, rounded once on the total.
+    pub overage_cost: Money,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerEvent {
+    PeriodOpened {
+        brand_id: BrandId,
+        period: PeriodKey,
+        plan: PlanDefinition,
+        metric_kinds: BTreeMap<MetricKey, MetricKind>,
+        carried_levels: BTreeMap<MetricKey, u64>,
+        at: DateTime<Utc>,
+    },
+    PlanApplied {
+        previous_plan: PlanId,
+        plan: PlanDefinition,
+        /// Every metric's totals under the new limits.
+        totals: BTreeMap<MetricKey, MetricTotals>,
+        at: DateTime<Utc>,
+    },
+    UsageRecorded {
+        metric: MetricKey,
+        quantity: u64,
+        via: UsageVia,
+        occurred_at: DateTime<Utc>,
+        /// True when recorded after `PeriodClosed`, within the grace window: finance
+        /// bills it as an adjustment of the closed invoice.
+        after_close: bool,
+        /// What this event alone added to the overage cost.
+        marginal_cost: Money,
+        totals: MetricTotals,
+        at: DateTime<Utc>,
+    },
+    UsageDenied {
+        metric: MetricKey,
+        requested: u64,
+        via: UsageVia,
+        current: u64,
+        effective_limit: u64,
+        at: DateTime<Utc>,
+    },
+    GaugeLevelSet {
+        metric: MetricKey,
+        previous: u64,
+        marginal_cost: Money,
+        totals: MetricTotals,
+        at: DateTime<Utc>,
+    },
+    UsageAdjusted {
+        metric: MetricKey,
+        delta: i64,
+        actor: String,
+        reason: String,
+        marginal_cost: Money,
+        totals: MetricTotals,
+        at: DateTime<Utc>,
+    },
+    TopUpApplied {
+        metric: MetricKey,
+        units: u64,
+        price: Money,
+        reference: String,
+        actor: String,
+        marginal_cost: Money,
+        totals: MetricTotals,
+        at: DateTime<Utc>,
+    },
+    ThresholdCrossed {
+        metric: MetricKey,
+        threshold: u8,
+        severity: Severity,
+        /// current / effective limit × 100, two decimals, not capped.
+        percentage: Decimal,
+        current: u64,
+        effective_limit: u64,
+        at: DateTime<Utc>,
+    },
+    PeriodClosed {
+        invoice: Invoice,
+        actor: String,
+        at: DateTime<Utc>,
+    },
+}
+
+/// Bump when an event's shape changes; upcasters key on it.
+pub const LEDGER_EVENT_VERSION: &str = "1";
+
+impl DomainEvent for LedgerEvent {
+    fn event_type(&self) -> String {
+        self.event_type_str().to_owned()
+    }
+    fn event_version(&self) -> String {
+        LEDGER_EVENT_VERSION.to_owned()
+    }
+}
+
+impl LedgerEvent {
+    pub fn event_type_str(&self) -> &'static str {
+        match self {
+            LedgerEvent::PeriodOpened { .. } => "PeriodOpened",
+            LedgerEvent::PlanApplied { .. } => "PlanApplied",
+            LedgerEvent::UsageRecorded { .. } => "UsageRecorded",
+            LedgerEvent::UsageDenied { .. } => "UsageDenied",
+            LedgerEvent::GaugeLevelSet { .. } => "GaugeLevelSet",
+            LedgerEvent::UsageAdjusted { .. } => "UsageAdjusted",
+            LedgerEvent::TopUpApplied { .. } => "TopUpApplied",
+            LedgerEvent::ThresholdCrossed { .. } => "ThresholdCrossed",
+            LedgerEvent::PeriodClosed { .. } => "PeriodClosed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceLine {
+    pub metric: MetricKey,
+    pub billable_units: u64,
+    pub effective_limit: u64,
+    pub overage_units: u64,
+    #[serde(with = "crate::money::rate_serde")]
+    pub rate: Option<Decimal>,
+    pub amount: Money,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invoice {
+    pub plan_id: PlanId,
+    pub currency: Currency,
+    pub base: Money,
+    /// One line per metric with overage, in metric order.
+    pub lines: Vec<InvoiceLine>,
+    pub overage: Money,
+    pub total: Money,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    #[error("the period is not open yet")]
+    NotOpened,
+    #[error("the period is already open")]
+    AlreadyOpened,
+    #[error("usage at {occurred_at} does not belong to period {period}")]
+    WrongPeriod {
+        period: PeriodKey,
+        occurred_at: DateTime<Utc>,
+    },
+    #[error("unknown metric {0}")]
+    UnknownMetric(MetricKey),
+    #[error("{metric} is a {kind:?} metric; this operation needs a gauge")]
+    NotAGauge { metric: MetricKey, kind: MetricKind },
+    #[error("period {period} stopped accepting usage at {deadline} (period end + grace)")]
+    TooLate {
+        period: PeriodKey,
+        deadline: DateTime<Utc>,
+    },
+    #[error("period {0} is closed")]
+    Closed(PeriodKey),
+    #[error("an adjustment of {delta} would take {metric} below zero (current {current})")]
+    BelowZero {
+        metric: MetricKey,
+        delta: i64,
+        current: u64,
+    },
+    #[error("an adjustment must be non-zero and at most {QUANTITY_MAX} in size")]
+    BadAdjustment,
+    #[error("a gauge level must be at most {QUANTITY_MAX}")]
+    BadLevel,
+    #[error("{metric} is blocked at {effective_limit}: the adjustment would reach {would_be}")]
+    AboveBlockLimit {
+        metric: MetricKey,
+        effective_limit: u64,
+        would_be: u64,
+    },
+    #[error("top-ups need a metric with a quota; {0} is unlimited on this plan")]
+    TopUpOnUnlimited(MetricKey),
+}
+
+/// The opening facts of a period, as snapshotted by `PeriodOpened`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Opened {
+    pub brand_id: BrandId,
+    pub period: PeriodKey,
+    pub plan: PlanDefinition,
+    pub metric_kinds: BTreeMap<MetricKey, MetricKind>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricState {
+    pub current: u64,
+    pub peak: u64,
+    pub top_up_units: u64,
+    /// Thresholds already crossed this period (each fires once).
+    pub fired: Vec<u8>,
+    pub overage_cost: Money,
+}
+
+/// The answer to a quota question, with the original's `QuotaEvaluation` fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaDecision {
+    pub allowed: bool,
+    /// Units left under the effective limit before this request.
+    pub remaining: Option<u64>,
+    /// The plan's base limit (`None`: unlimited).
+    pub limit: Option<u64>,
+    /// Base limit plus top-ups.
+    pub effective_limit: Option<u64>,
+    /// Usage before this request.
+    pub current: u64,
+    /// Units above the effective limit if the request is (or was) applied.
+    pub overage: u64,
+    pub will_charge: bool,
+    /// The marginal cost of this request alone, in cents.
+    pub estimated_cost: Money,
+    /// The period's overage cost for this metric if the request is applied, in cents.
+    pub cumulative_overage_cost: Money,
+    pub plan_id: PlanId,
+    /// `None` when the plan has no quota for the metric (unlimited).
+    pub overage_policy: Option<OveragePolicy>,
+    pub consumed: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsagePeriodAggregate {
+    pub opened: Option<Opened>,
+    pub metrics: BTreeMap<MetricKey, MetricState>,
+    pub closed: Option<Invoice>,
+    /// Number of events applied: the stream's last sequence.
+    pub version: u64,
+}
+
+/// The aggregate type name stored in `events.aggregate_type`.
+pub const USAGE_PERIOD_TYPE: &str = "usage_period";
+
+impl Aggregate for UsagePeriodAggregate {
+    const TYPE: &'static str = USAGE_PERIOD_TYPE;
+    type Command = PeriodCommand;
+    type Event = LedgerEvent;
+    type Error = LedgerError;
+    type Services = LedgerRules;
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        rules: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(&command, rules)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        self.fold(&event);
+    }
+}
+
+impl UsagePeriodAggregate {
+    pub fn is_open(&self) -> bool {
+        self.opened.is_some()
+    }
+
+    pub fn plan(&self) -> Option<&PlanDefinition> {
+        self.opened.as_ref().map(|o| &o.plan)
+    }
+
+    pub fn metric(&self, metric: &MetricKey) -> Option<&MetricState> {
+        self.metrics.get(metric)
+    }
+
+    /// Gauge levels to carry into the next period.
+    pub fn gauge_levels(&self) -> BTreeMap<MetricKey, u64> {
+        let Some(o) = &self.opened else {
+            return BTreeMap::new();
+        };
+        self.metrics
+            .iter()
+            .filter(|(k, s)| o.metric_kinds.get(*k) == Some(&MetricKind::Gauge) && s.current > 0)
+            .map(|(k, s)| (k.clone(), s.current))
+            .collect()
+    }
+
+    /// Decide a command against the current state. Pure: the engine calls it on its hot
+    /// path and cqrs-es calls it through `handle`.
+    pub fn decide(
+        &self,
+        command: &PeriodCommand,
+        rules: &LedgerRules,
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        if let PeriodCommand::OpenPeriod {
+            brand_id,
+            period,
+            plan,
+            metric_kinds,
+            carried_levels,
+            at,
+        } = command
+        {
+            if self.opened.is_some() {
+                return Err(LedgerError::AlreadyOpened);
+            }
+            return Ok(vec![LedgerEvent::PeriodOpened {
+                brand_id: brand_id.clone(),
+                period: *period,
+                plan: plan.clone(),
+                metric_kinds: metric_kinds.clone(),
+                carried_levels: carried_levels.clone(),
+                at: *at,
+            }]);
+        }
+        let opened = self.opened.as_ref().ok_or(LedgerError::NotOpened)?;
+        let ctx = Ctx {
+            agg: self,
+            opened,
+            rules,
+        };
+        match command {
+            PeriodCommand::OpenPeriod { .. } => unreachable!("handled above"),
+            PeriodCommand::ApplyPlan { plan, at } => Ok(ctx.apply_plan(plan, *at)),
+            PeriodCommand::RecordUsage {
+                metric,
+                quantity,
+                occurred_at,
+                at,
+            } => {
+                if !opened.period.contains(*occurred_at) {
+                    return Err(LedgerError::WrongPeriod {
+                        period: opened.period,
+                        occurred_at: *occurred_at,
+                    });
+                }
+                ctx.consume(metric, *quantity, UsageVia::Record, *occurred_at, *at)
+            }
+            PeriodCommand::CheckQuota {
+                metric,
+                requested,
+                consume,
+                at,
+            } => {
+                if *consume {
+                    ctx.consume(metric, *requested, UsageVia::CheckQuota, *at, *at)
+                } else {
+                    ctx.kind(metric)?;
+                    Ok(Vec::new())
+                }
+            }
+            PeriodCommand::SetGaugeLevel { metric, level, at } => {
+                ctx.set_gauge(metric, *level, *at)
+            }
+            PeriodCommand::ApplyTopUp {
+                metric,
+                units,
+                price,
+                reference,
+                actor,
+                at,
+            } => ctx.top_up(metric, *units, *price, reference, actor, *at),
+            PeriodCommand::AdjustUsage {
+                metric,
+                delta,
+                actor,
+                reason,
+                at,
+            } => ctx.adjust(metric, *delta, actor, reason, *at),
+            PeriodCommand::ClosePeriod { actor, at } => ctx.close(actor, *at),
+        }
+    }
+
+    /// Evaluate a request without deciding anything: what `CheckQuota` answers.
+    pub fn evaluate(
+        &self,
+        metric: &MetricKey,
+        requested: Quantity,
+    ) -> Result<QuotaDecision, LedgerError> {
+        let opened = self.opened.as_ref().ok_or(LedgerError::NotOpened)?;
+        if !opened.metric_kinds.contains_key(metric) {
+            return Err(LedgerError::UnknownMetric(metric.clone()));
+        }
+        let state = self.metrics.get(metric).cloned().unwrap_or_default();
+        let quota = opened.plan.quota(metric);
+        Ok(evaluate(
+            &opened.plan.id,
+            quota,
+            &state,
+            opened.kind(metric),
+            requested.get(),
+        ))
+    }
+
+    /// The decision a recorded usage or denial event stands for: what a retry with the
+    /// same idempotency key answers, rebuilt from the stored event alone.
+    pub fn decision_of(event: &LedgerEvent, plan: &PlanDefinition) -> Option<QuotaDecision> {
+        match event {
+            LedgerEvent::UsageRecorded {
+                metric,
+                quantity,
+                marginal_cost,
+                totals,
+                ..
+            } => {
+                let quota = plan.quota(metric);
+                let before = totals.current.saturating_sub(*quantity);
+                Some(QuotaDecision {
+                    allowed: true,
+                    remaining: totals.effective_limit.map(|l| l.saturating_sub(before)),
+                    limit: quota.map(|q| q.limit),
+                    effective_limit: totals.effective_limit,
+                    current: before,
+                    overage: totals.overage_units,
+                    will_charge: marginal_cost.minor() > 0,
+                    estimated_cost: *marginal_cost,
+                    cumulative_overage_cost: totals.overage_cost,
+                    plan_id: plan.id.clone(),
+                    overage_policy: quota.map(|q| q.overage),
+                    consumed: true,
+                })
+            }
+            LedgerEvent::UsageDenied {
+                metric,
+                requested,
+                current,
+                effective_limit,
+                ..
+            } => {
+                let quota = plan.quota(metric);
+                Some(QuotaDecision {
+                    allowed: false,
+                    remaining: Some(effective_limit.saturating_sub(*current)),
+                    limit: quota.map(|q| q.limit),
+                    effective_limit: Some(*effective_limit),
+                    current: *current,
+                    overage: (current + requested).saturating_sub(*effective_limit),
+                    will_charge: false,
+                    estimated_cost: Money::ZERO,
+                    cumulative_overage_cost: Money::ZERO,
+                    plan_id: plan.id.clone(),
+                    overage_policy: quota.map(|q| q.overage),
+                    consumed: false,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn fold(&mut self, event: &LedgerEvent) {
+        self.version += 1;
+        match event {
+            LedgerEvent::PeriodOpened {
+                brand_id,
+                period,
+                plan,
+                metric_kinds,
+                carried_levels,
+                ..
+            } => {
+                self.opened = Some(Opened {
+                    brand_id: brand_id.clone(),
+                    period: *period,
+                    plan: plan.clone(),
+                    metric_kinds: metric_kinds.clone(),
+                });
+                for (metric, level) in carried_levels {
+                    let s = self.metrics.entry(metric.clone()).or_default();
+                    s.current = *level;
+                    s.peak = *level;
+                }
+            }
+            LedgerEvent::PlanApplied { plan, totals, .. } => {
+                if let Some(o) = self.opened.as_mut() {
+                    o.plan = plan.clone();
+                }
+                for (metric, t) in totals {
+                    self.metrics.entry(metric.clone()).or_default().overage_cost = t.overage_cost;
+                }
+            }
+            LedgerEvent::UsageRecorded { metric, totals, .. }
+            | LedgerEvent::GaugeLevelSet { metric, totals, .. }
+            | LedgerEvent::UsageAdjusted { metric, totals, .. } => {
+                let s = self.metrics.entry(metric.clone()).or_default();
+                s.current = totals.current;
+                s.peak = totals.billable.max(totals.current);
+                s.overage_cost = totals.overage_cost;
+            }
+            LedgerEvent::TopUpApplied {
+                metric,
+                units,
+                totals,
+                ..
+            } => {
+                let s = self.metrics.entry(metric.clone()).or_default();
+                s.top_up_units += units;
+                s.overage_cost = totals.overage_cost;
+            }
+            LedgerEvent::ThresholdCrossed {
+                metric, threshold, ..
+            } => {
+                self.metrics
+                    .entry(metric.clone())
+                    .or_default()
+                    .fired
+                    .push(*threshold);
+            }
+            LedgerEvent::UsageDenied { .. } => {}
+            LedgerEvent::PeriodClosed { invoice, .. } => self.closed = Some(invoice.clone()),
+        }
+    }
+}
+
+impl Opened {
+    fn kind(&self, metric: &MetricKey) -> MetricKind {
+        self.metric_kinds
+            .get(metric)
+            .copied()
+            .unwrap_or(MetricKind::Counter)
+    }
+}
+
+/// Effective limit of a metric: plan limit plus the period's top-ups.
+pub fn effective_limit(quota: Option<&PlanQuota>, state: &MetricState) -> Option<u64> {
+    quota.map(|q| q.limit + state.top_up_units)
+}
+
+/// The totals of a metric whose state would be `current`/`peak` with `top_ups`.
+fn totals_for(
+    quota: Option<&PlanQuota>,
+    kind: MetricKind,
+    current: u64,
+    peak: u64,
+    top_ups: u64,
+) -> MetricTotals {
+    let billable = match kind {
+        MetricKind::Counter => current,
+        MetricKind::Gauge => peak.max(current),
+    };
+    let effective_limit = quota.map(|q| q.limit + top_ups);
+    let overage_units = effective_limit.map_or(0, |l| billable.saturating_sub(l));
+    let overage_cost = match quota {
+        Some(q) if q.overage == OveragePolicy::Charge => {
+            cost_of(overage_units, q.overage_rate.unwrap_or_default())
+        }
+        _ => Money::ZERO,
+    };
+    MetricTotals {
+        current,
+        billable,
+        effective_limit,
+        overage_units,
+        overage_cost,
+    }
+}
+
+fn evaluate(
+    plan_id: &PlanId,
+    quota: Option<&PlanQuota>,
+    state: &MetricState,
+    kind: MetricKind,
+    requested: u64,
+) -> QuotaDecision {
+    let after = totals_for(
+        quota,
+        kind,
+        state.current + requested,
+        state.peak,
+        state.top_up_units,
+    );
+    let eff = after.effective_limit;
+    let blocked = quota.is_some_and(|q| q.overage == OveragePolicy::Block)
+        && eff.is_some_and(|l| state.current + requested > l);
+    let marginal = after.overage_cost - state.overage_cost;
+    QuotaDecision {
+        allowed: !blocked,
+        remaining: eff.map(|l| l.saturating_sub(state.current)),
+        limit: quota.map(|q| q.limit),
+        effective_limit: eff,
+        current: state.current,
+        overage: eff.map_or(0, |l| (state.current + requested).saturating_sub(l)),
+        will_charge: !blocked && marginal.minor() > 0,
+        estimated_cost: if blocked { Money::ZERO } else { marginal },
+        cumulative_overage_cost: if blocked {
+            state.overage_cost
+        } else {
+            after.overage_cost
+        },
+        plan_id: plan_id.clone(),
+        overage_policy: quota.map(|q| q.overage),
+        consumed: false,
+    }
+}
+
+/// Percentage of the effective limit, two decimals. A zero limit with usage is 100 %.
+pub fn percentage(current: u64, effective_limit: u64) -> Decimal {
+    if effective_limit == 0 {
+        return if current > 0 {
+            Decimal::ONE_HUNDRED
+        } else {
+            Decimal::ZERO
+        };
+    }
+    (Decimal::from(current) * Decimal::ONE_HUNDRED / Decimal::from(effective_limit)).round_dp(2)
+}
+
+/// The borrowed context of one decision.
+struct Ctx<'a> {
+    agg: &'a UsagePeriodAggregate,
+    opened: &'a Opened,
+    rules: &'a LedgerRules,
+}
+
+impl Ctx<'_> {
+    fn kind(&self, metric: &MetricKey) -> Result<MetricKind, LedgerError> {
+        self.opened
+            .metric_kinds
+            .get(metric)
+            .copied()
+            .ok_or_else(|| LedgerError::UnknownMetric(metric.clone()))
+    }
+
+    fn state(&self, metric: &MetricKey) -> MetricState {
+        self.agg.metrics.get(metric).cloned().unwrap_or_default()
+    }
+
+    fn quota(&self, metric: &MetricKey) -> Option<&PlanQuota> {
+        self.opened.plan.quota(metric)
+    }
+
+    fn accept_usage_until(&self) -> DateTime<Utc> {
+        self.opened.period.end() + self.rules.late_usage_grace
+    }
+
+    fn check_not_too_late(&self, at: DateTime<Utc>) -> Result<(), LedgerError> {
+        let deadline = self.accept_usage_until();
+        if at > deadline {
+            return Err(LedgerError::TooLate {
+                period: self.opened.period,
+                deadline,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_open(&self) -> Result<(), LedgerError> {
+        match self.agg.closed {
+            Some(_) => Err(LedgerError::Closed(self.opened.period)),
+            None => Ok(()),
+        }
+    }
+
+    /// Threshold crossings caused by moving `metric` to `totals`, each at most once.
+    fn crossings(
+        &self,
+        metric: &MetricKey,
+        state: &MetricState,
+        totals: &MetricTotals,
+        at: DateTime<Utc>,
+    ) -> Vec<LedgerEvent> {
+        let (Some(quota), Some(limit)) = (self.quota(metric), totals.effective_limit) else {
+            return Vec::new();
+        };
+        let pct = percentage(totals.current, limit);
+        quota
+            .notification_thresholds
+            .iter()
+            .filter(|t| !state.fired.contains(t) && pct >= Decimal::from(**t))
+            .map(|t| LedgerEvent::ThresholdCrossed {
+                metric: metric.clone(),
+                threshold: *t,
+                severity: Severity::of_threshold(*t),
+                percentage: pct,
+                current: totals.current,
+                effective_limit: limit,
+                at,
+            })
+            .collect()
+    }
+
+    fn consume(
+        &self,
+        metric: &MetricKey,
+        quantity: Quantity,
+        via: UsageVia,
+        occurred_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        let kind = self.kind(metric)?;
+        self.check_not_too_late(at)?;
+        let state = self.state(metric);
+        let quota = self.quota(metric);
+        let decision = evaluate(&self.opened.plan.id, quota, &state, kind, quantity.get());
+        if !decision.allowed {
+            return Ok(vec![LedgerEvent::UsageDenied {
+                metric: metric.clone(),
+                requested: quantity.get(),
+                via,
+                current: state.current,
+                effective_limit: decision.effective_limit.unwrap_or_default(),
+                at,
+            }]);
+        }
+        let current = state.current + quantity.get();
+        let totals = totals_for(
+            quota,
+            kind,
+            current,
+            state.peak.max(current),
+            state.top_up_units,
+        );
+        let mut events = vec![LedgerEvent::UsageRecorded {
+            metric: metric.clone(),
+            quantity: quantity.get(),
+            via,
+            occurred_at,
+            after_close: self.agg.closed.is_some(),
+            marginal_cost: totals.overage_cost - state.overage_cost,
+            totals,
+            at,
+        }];
+        events.extend(self.crossings(metric, &state, &totals, at));
+        Ok(events)
+    }
+
+    fn set_gauge(
+        &self,
+        metric: &MetricKey,
+        level: u64,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        let kind = self.kind(metric)?;
+        if kind != MetricKind::Gauge {
+            return Err(LedgerError::NotAGauge {
+                metric: metric.clone(),
+                kind,
+            });
+        }
+        if level > QUANTITY_MAX {
+            return Err(LedgerError::BadLevel);
+        }
+        self.check_not_too_late(at)?;
+        let state = self.state(metric);
+        let quota = self.quota(metric);
+        if level > state.current {
+            let decision = evaluate(
+                &self.opened.plan.id,
+                quota,
+                &state,
+                kind,
+                level - state.current,
+            );
+            if !decision.allowed {
+                return Ok(vec![LedgerEvent::UsageDenied {
+                    metric: metric.clone(),
+                    requested: level - state.current,
+                    via: UsageVia::Record,
+                    current: state.current,
+                    effective_limit: decision.effective_limit.unwrap_or_default(),
+                    at,
+                }]);
+            }
+        }
+        let totals = totals_for(
+            quota,
+            kind,
+            level,
+            state.peak.max(level),
+            state.top_up_units,
+        );
+        let mut events = vec![LedgerEvent::GaugeLevelSet {
+            metric: metric.clone(),
+            previous: state.current,
+            marginal_cost: totals.overage_cost - state.overage_cost,
+            totals,
+            at,
+        }];
+        events.extend(self.crossings(metric, &state, &totals, at));
+        Ok(events)
+    }
+
+    fn top_up(
+        &self,
+        metric: &MetricKey,
+        units: Quantity,
+        price: Money,
+        reference: &str,
+        actor: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        let kind = self.kind(metric)?;
+        self.check_open()?;
+        let quota = self
+            .quota(metric)
+            .ok_or_else(|| LedgerError::TopUpOnUnlimited(metric.clone()))?;
+        let state = self.state(metric);
+        let totals = totals_for(
+            Some(quota),
+            kind,
+            state.current,
+            state.peak,
+            state.top_up_units + units.get(),
+        );
+        Ok(vec![LedgerEvent::TopUpApplied {
+            metric: metric.clone(),
+            units: units.get(),
+            price,
+            reference: reference.to_owned(),
+            actor: actor.to_owned(),
+            marginal_cost: totals.overage_cost - state.overage_cost,
+            totals,
+            at,
+        }])
+    }
+
+    fn adjust(
+        &self,
+        metric: &MetricKey,
+        delta: i64,
+        actor: &str,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        let kind = self.kind(metric)?;
+        if delta == 0 || delta.unsigned_abs() > QUANTITY_MAX {
+            return Err(LedgerError::BadAdjustment);
+        }
+        let state = self.state(metric);
+        let current = state
+            .current
+            .checked_add_signed(delta)
+            .ok_or(LedgerError::BelowZero {
+                metric: metric.clone(),
+                delta,
+                current: state.current,
+            })?;
+        let quota = self.quota(metric);
+        let limit = effective_limit(quota, &state);
+        if let (Some(q), Some(l)) = (quota, limit) {
+            if q.overage == OveragePolicy::Block && delta > 0 && current > l {
+                return Err(LedgerError::AboveBlockLimit {
+                    metric: metric.clone(),
+                    effective_limit: l,
+                    would_be: current,
+                });
+            }
+        }
+        // A correction says the history was wrong, so a gauge's peak moves with it.
+        let peak = state.peak.saturating_add_signed(delta).max(current);
+        let totals = totals_for(quota, kind, current, peak, state.top_up_units);
+        let mut events = vec![LedgerEvent::UsageAdjusted {
+            metric: metric.clone(),
+            delta,
+            actor: actor.to_owned(),
+            reason: reason.to_owned(),
+            marginal_cost: totals.overage_cost - state.overage_cost,
+            totals,
+            at,
+        }];
+        events.extend(self.crossings(metric, &state, &totals, at));
+        Ok(events)
+    }
+
+    fn apply_plan(&self, plan: &PlanDefinition, at: DateTime<Utc>) -> Vec<LedgerEvent> {
+        if plan == &self.opened.plan {
+            return Vec::new();
+        }
+        let totals = self
+            .agg
+            .metrics
+            .iter()
+            .map(|(m, s)| {
+                let t = totals_for(
+                    plan.quota(m),
+                    self.opened.kind(m),
+                    s.current,
+                    s.peak,
+                    s.top_up_units,
+                );
+                (m.clone(), t)
+            })
+            .collect();
+        vec![LedgerEvent::PlanApplied {
+            previous_plan: self.opened.plan.id.clone(),
+            plan: plan.clone(),
+            totals,
+            at,
+        }]
+    }
+
+    fn close(&self, actor: &str, at: DateTime<Utc>) -> Result<Vec<LedgerEvent>, LedgerError> {
+        self.check_open()?;
+        let plan = &self.opened.plan;
+        let lines: Vec<InvoiceLine> = self
+            .agg
+            .metrics
+            .iter()
+            .filter_map(|(m, s)| {
+                let q = plan.quota(m)?;
+                let t = totals_for(
+                    Some(q),
+                    self.opened.kind(m),
+                    s.current,
+                    s.peak,
+                    s.top_up_units,
+                );
+                (t.overage_units > 0 && t.overage_cost.minor() > 0).then(|| InvoiceLine {
+                    metric: m.clone(),
+                    billable_units: t.billable,
+                    effective_limit: t.effective_limit.unwrap_or_default(),
+                    overage_units: t.overage_units,
+                    rate: q.overage_rate,
+                    amount: t.overage_cost,
+                })
+            })
+            .collect();
+        let overage: Money = lines.iter().map(|l| l.amount).sum();
+        Ok(vec![LedgerEvent::PeriodClosed {
+            invoice: Invoice {
+                plan_id: plan.id.clone(),
+                currency: plan.currency,
+                base: plan.base_price_cents,
+                lines,
+                overage,
+                total: plan.base_price_cents + overage,
+            },
+            actor: actor.to_owned(),
+            at,
+        }])
+    }
+}

@@ -1,0 +1,1 @@
+//! Read-model folds of the usage ledger (filled by the projections work).

@@ -1,0 +1,1 @@
+//! Auditor tooling: rebuild, verify and export (filled by the replay work).
