@@ -1,0 +1,1595 @@
+//! Given/when/then tests of the brand-period and brand aggregates: one test per rule.
+//!
+//! Plans come from the embedded default catalog (starter: renders_3d 10 at 100 cents,
+//! renders_2d 100 at 20, ai_generations 20 at 75, designs_created 50 at 50, storage_gb 5
+//! at 50 billed on the peak, team_members 3 blocked; exports_gltf has no quota). Short
+//! histories are written out as events; long ones are produced by deciding commands
+//! (`history`), so the "given" is always a history the aggregate could have written.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use cqrs_es::test::{AggregateTestExecutor, TestFramework};
+use cqrs_es::{Aggregate, DomainEvent};
+use ledger_aggregates::brand::BRAND_EVENT_VERSION;
+use ledger_aggregates::ids::QUANTITY_MAX;
+use ledger_aggregates::period::{
+    Invoice, InvoiceLine, Severity, UsageVia, LATE_USAGE_GRACE_HOURS_DEFAULT, LEDGER_EVENT_VERSION,
+};
+use ledger_aggregates::{
+    BrandAggregate, BrandCommand, BrandError, BrandEvent, BrandId, Catalog, Currency, LedgerError,
+    LedgerEvent, LedgerRules, MetricKey, MetricKind, MetricTotals, Money, OveragePolicy,
+    PeriodCommand, PeriodKey, PlanDefinition, PlanId, Quantity, QuotaDecision,
+    UsagePeriodAggregate,
+};
+use rust_decimal::Decimal;
+
+// ---------------------------------------------------------------------------------------
+// Vocabulary of the tests.
+// ---------------------------------------------------------------------------------------
+
+const R3D: &str = "renders_3d";
+const R2D: &str = "renders_2d";
+const AI: &str = "ai_generations";
+const DESIGNS: &str = "designs_created";
+const GLTF: &str = "exports_gltf";
+const STORAGE: &str = "storage_gb";
+const SEATS: &str = "team_members";
+
+fn catalog() -> Catalog {
+    Catalog::default_catalog()
+}
+
+fn plan(id: &str) -> PlanDefinition {
+    catalog()
+        .plan(&PlanId::parse(id).expect("test plan ids are valid"))
+        .unwrap_or_else(|| panic!("plan {id} is in the default catalog"))
+        .clone()
+}
+
+fn metric(key: &str) -> MetricKey {
+    MetricKey::parse(key).expect("test metric keys are valid")
+}
+
+fn qty(n: u64) -> Quantity {
+    Quantity::new(n).expect("test quantities are in range")
+}
+
+fn cents(n: i64) -> Money {
+    Money::from_minor(n)
+}
+
+fn pct(text: &str) -> Decimal {
+    Decimal::from_str(text).expect("test percentages are decimals")
+}
+
+fn metric_kinds() -> BTreeMap<MetricKey, MetricKind> {
+    catalog()
+        .metrics()
+        .map(|d| (d.key.clone(), d.kind))
+        .collect()
+}
+
+fn brand() -> BrandId {
+    BrandId::parse("brand_x").expect("valid brand")
+}
+
+fn period() -> PeriodKey {
+    PeriodKey::parse("2026-11").expect("valid period")
+}
+
+/// Noon on a day of the test period.
+fn day(d: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, d, 12, 0, 0)
+        .single()
+        .expect("a real November day")
+}
+
+/// The instant every command of a test happens at, unless it says otherwise.
+fn now() -> DateTime<Utc> {
+    day(10)
+}
+
+fn grace_deadline() -> DateTime<Utc> {
+    period().end() + Duration::hours(LATE_USAGE_GRACE_HOURS_DEFAULT)
+}
+
+// --- commands -----------------------------------------------------------------------
+
+fn open_on(plan: PlanDefinition, carried: &[(&str, u64)]) -> PeriodCommand {
+    PeriodCommand::OpenPeriod {
+        brand_id: brand(),
+        period: period(),
+        plan,
+        metric_kinds: metric_kinds(),
+        carried_levels: carried.iter().map(|(k, v)| (metric(k), *v)).collect(),
+        at: period().start(),
+    }
+}
+
+fn open(plan_id: &str) -> PeriodCommand {
+    open_on(plan(plan_id), &[])
+}
+
+fn record(key: &str, n: u64) -> PeriodCommand {
+    record_at(key, n, now(), now())
+}
+
+fn record_at(key: &str, n: u64, occurred_at: DateTime<Utc>, at: DateTime<Utc>) -> PeriodCommand {
+    PeriodCommand::RecordUsage {
+        metric: metric(key),
+        quantity: qty(n),
+        occurred_at,
+        at,
+    }
+}
+
+fn check(key: &str, n: u64, consume: bool) -> PeriodCommand {
+    PeriodCommand::CheckQuota {
+        metric: metric(key),
+        requested: qty(n),
+        consume,
+        at: now(),
+    }
+}
+
+fn set_level(key: &str, level: u64) -> PeriodCommand {
+    PeriodCommand::SetGaugeLevel {
+        metric: metric(key),
+        level,
+        at: now(),
+    }
+}
+
+fn top_up(key: &str, units: u64) -> PeriodCommand {
+    PeriodCommand::ApplyTopUp {
+        metric: metric(key),
+        units: qty(units),
+        price: cents(500),
+        reference: "topup-1".to_owned(),
+        actor: "billing".to_owned(),
+        at: now(),
+    }
+}
+
+fn adjust(key: &str, delta: i64) -> PeriodCommand {
+    PeriodCommand::AdjustUsage {
+        metric: metric(key),
+        delta,
+        actor: "support@ledger".to_owned(),
+        reason: "duplicate batch".to_owned(),
+        at: now(),
+    }
+}
+
+fn close() -> PeriodCommand {
+    PeriodCommand::ClosePeriod {
+        actor: "billing-cron".to_owned(),
+        at: period().end() + Duration::hours(1),
+    }
+}
+
+fn apply_plan(plan_id: &str) -> PeriodCommand {
+    PeriodCommand::ApplyPlan {
+        plan: plan(plan_id),
+        at: day(15),
+    }
+}
+
+// --- events -------------------------------------------------------------------------
+
+fn opened(plan_id: &str) -> LedgerEvent {
+    LedgerEvent::PeriodOpened {
+        brand_id: brand(),
+        period: period(),
+        plan: plan(plan_id),
+        metric_kinds: metric_kinds(),
+        carried_levels: BTreeMap::new(),
+        at: period().start(),
+    }
+}
+
+fn totals(
+    current: u64,
+    billable: u64,
+    effective_limit: Option<u64>,
+    overage_units: u64,
+    overage_cost: i64,
+) -> MetricTotals {
+    MetricTotals {
+        current,
+        billable,
+        effective_limit,
+        overage_units,
+        overage_cost: cents(overage_cost),
+    }
+}
+
+fn recorded(key: &str, quantity: u64, marginal: i64, totals: MetricTotals) -> LedgerEvent {
+    LedgerEvent::UsageRecorded {
+        metric: metric(key),
+        quantity,
+        via: UsageVia::Record,
+        occurred_at: now(),
+        after_close: false,
+        marginal_cost: cents(marginal),
+        totals,
+        at: now(),
+    }
+}
+
+fn denied(key: &str, requested: u64, via: UsageVia, current: u64, limit: u64) -> LedgerEvent {
+    LedgerEvent::UsageDenied {
+        metric: metric(key),
+        requested,
+        via,
+        current,
+        effective_limit: limit,
+        at: now(),
+    }
+}
+
+fn crossed(
+    key: &str,
+    threshold: u8,
+    severity: Severity,
+    percentage: &str,
+    current: u64,
+    limit: u64,
+) -> LedgerEvent {
+    LedgerEvent::ThresholdCrossed {
+        metric: metric(key),
+        threshold,
+        severity,
+        percentage: pct(percentage),
+        current,
+        effective_limit: limit,
+        at: now(),
+    }
+}
+
+fn level_set(key: &str, previous: u64, marginal: i64, totals: MetricTotals) -> LedgerEvent {
+    LedgerEvent::GaugeLevelSet {
+        metric: metric(key),
+        previous,
+        marginal_cost: cents(marginal),
+        totals,
+        at: now(),
+    }
+}
+
+fn topped_up(key: &str, units: u64, marginal: i64, totals: MetricTotals) -> LedgerEvent {
+    LedgerEvent::TopUpApplied {
+        metric: metric(key),
+        units,
+        price: cents(500),
+        reference: "topup-1".to_owned(),
+        actor: "billing".to_owned(),
+        marginal_cost: cents(marginal),
+        totals,
+        at: now(),
+    }
+}
+
+fn adjusted(key: &str, delta: i64, marginal: i64, totals: MetricTotals) -> LedgerEvent {
+    LedgerEvent::UsageAdjusted {
+        metric: metric(key),
+        delta,
+        actor: "support@ledger".to_owned(),
+        reason: "duplicate batch".to_owned(),
+        marginal_cost: cents(marginal),
+        totals,
+        at: now(),
+    }
+}
+
+// --- running the aggregate ----------------------------------------------------------
+
+/// The events a sequence of commands writes, each decided against the state the
+/// previous ones left. Panics when one is refused: a "given" must be a real history.
+fn history(commands: Vec<PeriodCommand>) -> Vec<LedgerEvent> {
+    let rules = LedgerRules::default();
+    let mut aggregate = UsagePeriodAggregate::default();
+    let mut events = Vec::new();
+    for command in commands {
+        let decided = aggregate
+            .decide(&command, &rules)
+            .unwrap_or_else(|e| panic!("history command {command:?} was refused: {e}"));
+        for event in decided {
+            aggregate.apply(event.clone());
+            events.push(event);
+        }
+    }
+    events
+}
+
+fn state_of(events: Vec<LedgerEvent>) -> UsagePeriodAggregate {
+    let mut aggregate = UsagePeriodAggregate::default();
+    for event in events {
+        aggregate.apply(event);
+    }
+    aggregate
+}
+
+fn given(commands: Vec<PeriodCommand>) -> AggregateTestExecutor<UsagePeriodAggregate> {
+    TestFramework::<UsagePeriodAggregate>::with(LedgerRules::default()).given(history(commands))
+}
+
+fn given_events(events: Vec<LedgerEvent>) -> AggregateTestExecutor<UsagePeriodAggregate> {
+    TestFramework::<UsagePeriodAggregate>::with(LedgerRules::default()).given(events)
+}
+
+// ---------------------------------------------------------------------------------------
+// Opening.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn opening_a_period_emits_period_opened_with_the_plan_snapshot() {
+    // The first command of a stream snapshots plan and metric kinds in one event.
+    TestFramework::<UsagePeriodAggregate>::with(LedgerRules::default())
+        .given_no_previous_events()
+        .when(open("starter"))
+        .then_expect_events(vec![opened("starter")]);
+}
+
+#[test]
+fn opening_an_open_period_again_is_already_opened() {
+    // A period is opened exactly once, even with another plan.
+    given_events(vec![opened("starter")])
+        .when(open("professional"))
+        .then_expect_error(LedgerError::AlreadyOpened);
+}
+
+#[test]
+fn any_command_before_open_is_not_opened() {
+    // Nothing but OpenPeriod is decided on an empty stream, and nothing is evaluated.
+    let commands = vec![
+        record(R3D, 1),
+        check(R3D, 1, false),
+        check(R3D, 1, true),
+        set_level(STORAGE, 1),
+        top_up(R3D, 1),
+        adjust(R3D, 1),
+        apply_plan("starter"),
+        close(),
+    ];
+    for command in commands {
+        let result = TestFramework::<UsagePeriodAggregate>::with(LedgerRules::default())
+            .given_no_previous_events()
+            .when(command.clone())
+            .inspect_result();
+        assert_eq!(result, Err(LedgerError::NotOpened), "{command:?}");
+    }
+    assert_eq!(
+        UsagePeriodAggregate::default().evaluate(&metric(R3D), qty(1)),
+        Err(LedgerError::NotOpened)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Limits and overage.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn usage_landing_exactly_on_a_block_limit_is_allowed() {
+    // Reaching the limit is not exceeding it: the third starter seat is accepted.
+    given(vec![open("starter"), record(SEATS, 2)])
+        .when(record(SEATS, 1))
+        .then_expect_events(vec![
+            recorded(SEATS, 1, 0, totals(3, 3, Some(3), 0, 0)),
+            crossed(SEATS, 75, Severity::Warning, "100", 3, 3),
+            crossed(SEATS, 90, Severity::Critical, "100", 3, 3),
+        ]);
+}
+
+#[test]
+fn usage_landing_exactly_on_a_charge_limit_costs_nothing() {
+    // The tenth starter 3D render is included in the base price.
+    given(vec![open("starter")])
+        .when(record(R3D, 10))
+        .then_expect_events(vec![
+            recorded(R3D, 10, 0, totals(10, 10, Some(10), 0, 0)),
+            crossed(R3D, 50, Severity::Warning, "100", 10, 10),
+            crossed(R3D, 75, Severity::Warning, "100", 10, 10),
+            crossed(R3D, 90, Severity::Critical, "100", 10, 10),
+        ]);
+}
+
+#[test]
+fn one_unit_over_a_block_limit_yields_a_single_usage_denied_event() {
+    // A refusal on a block metric is a recorded fact, not an error.
+    given(vec![open("starter"), record(SEATS, 3)])
+        .when(record(SEATS, 1))
+        .then_expect_events(vec![denied(SEATS, 1, UsageVia::Record, 3, 3)]);
+}
+
+#[test]
+fn a_denial_changes_no_total() {
+    // Folding a UsageDenied only bumps the version: the seat count stays at the limit.
+    let before = state_of(history(vec![open("starter"), record(SEATS, 3)]));
+    let mut after = before.clone();
+    after.apply(denied(SEATS, 1, UsageVia::Record, 3, 3));
+    assert_eq!(after.metric(&metric(SEATS)), before.metric(&metric(SEATS)));
+    assert_eq!(after.version, before.version + 1);
+}
+
+#[test]
+fn usage_over_a_charge_limit_is_allowed_and_billed_at_the_rate() {
+    // Three renders above the starter limit of 10 cost 3 × 100 cents.
+    given(vec![open("starter"), record(R3D, 10)])
+        .when(record(R3D, 3))
+        .then_expect_events(vec![recorded(
+            R3D,
+            3,
+            300,
+            totals(13, 13, Some(10), 3, 300),
+        )]);
+}
+
+#[test]
+fn marginal_cost_is_this_event_alone_and_overage_cost_is_cumulative() {
+    // After 3 paid renders, 2 more cost 200 cents on their own and 500 in total.
+    given(vec![open("starter"), record(R3D, 10), record(R3D, 3)])
+        .when(record(R3D, 2))
+        .then_expect_events(vec![recorded(
+            R3D,
+            2,
+            200,
+            totals(15, 15, Some(10), 5, 500),
+        )]);
+}
+
+#[test]
+fn a_usage_straddling_the_limit_pays_only_for_the_units_above_it() {
+    // 8 used, 4 requested: 2 are included and 2 are billed.
+    given(vec![open("starter"), record(R3D, 8)])
+        .when(record(R3D, 4))
+        .then_expect_events(vec![
+            recorded(R3D, 4, 200, totals(12, 12, Some(10), 2, 200)),
+            crossed(R3D, 90, Severity::Critical, "120", 12, 10),
+        ]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Unlimited and unknown metrics.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_metric_without_quota_is_unlimited_never_denied_and_never_billed() {
+    // Starter lists no exports_gltf quota: even two maximal batches are plain records.
+    let max = QUANTITY_MAX;
+    given(vec![open("starter"), record(GLTF, max)])
+        .when(record(GLTF, max))
+        .then_expect_events(vec![recorded(
+            GLTF,
+            max,
+            0,
+            totals(2 * max, 2 * max, None, 0, 0),
+        )]);
+}
+
+#[test]
+fn an_unknown_metric_is_refused_by_every_command() {
+    // A metric the catalog does not know is an error, never silently counted.
+    let unknown = "renders_4d";
+    let commands = vec![
+        record(unknown, 1),
+        check(unknown, 1, false),
+        check(unknown, 1, true),
+        set_level(unknown, 1),
+        top_up(unknown, 1),
+        adjust(unknown, 1),
+    ];
+    for command in commands {
+        let result = given(vec![open("starter")])
+            .when(command.clone())
+            .inspect_result();
+        assert_eq!(
+            result,
+            Err(LedgerError::UnknownMetric(metric(unknown))),
+            "{command:?}"
+        );
+    }
+    let state = state_of(history(vec![open("starter")]));
+    assert_eq!(
+        state.evaluate(&metric(unknown), qty(1)),
+        Err(LedgerError::UnknownMetric(metric(unknown)))
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Top-ups.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_top_up_raises_the_effective_limit() {
+    // Two purchased seats lift the starter seat limit from 3 to 5.
+    given(vec![open("starter"), record(SEATS, 3)])
+        .when(top_up(SEATS, 2))
+        .then_expect_events(vec![topped_up(SEATS, 2, 0, totals(3, 3, Some(5), 0, 0))]);
+}
+
+#[test]
+fn a_top_up_turns_a_denial_into_an_acceptance() {
+    // The fourth seat, refused at 3/3, is accepted once 2 seats are topped up.
+    given(vec![open("starter"), record(SEATS, 3)])
+        .when(record(SEATS, 1))
+        .then_expect_events(vec![denied(SEATS, 1, UsageVia::Record, 3, 3)]);
+    given(vec![open("starter"), record(SEATS, 3), top_up(SEATS, 2)])
+        .when(record(SEATS, 1))
+        .then_expect_events(vec![recorded(SEATS, 1, 0, totals(4, 4, Some(5), 0, 0))]);
+}
+
+#[test]
+fn a_top_up_retroactively_reduces_the_overage_cost() {
+    // 15 renders on a limit of 10 cost 500; 3 topped-up units take 300 of it back.
+    given(vec![open("starter"), record(R3D, 15)])
+        .when(top_up(R3D, 3))
+        .then_expect_events(vec![topped_up(
+            R3D,
+            3,
+            -300,
+            totals(15, 15, Some(13), 2, 200),
+        )]);
+}
+
+#[test]
+fn a_top_up_larger_than_the_overage_brings_the_cost_to_zero_not_below() {
+    // The credit beyond the overage becomes headroom, never a negative cost.
+    given(vec![open("starter"), record(R3D, 15), top_up(R3D, 3)])
+        .when(top_up(R3D, 10))
+        .then_expect_events(vec![topped_up(
+            R3D,
+            10,
+            -200,
+            totals(15, 15, Some(23), 0, 0),
+        )]);
+}
+
+#[test]
+fn a_top_up_on_an_unlimited_metric_is_refused() {
+    // There is no limit to raise on exports_gltf for starter.
+    given(vec![open("starter")])
+        .when(top_up(GLTF, 5))
+        .then_expect_error(LedgerError::TopUpOnUnlimited(metric(GLTF)));
+}
+
+#[test]
+fn a_top_up_after_close_is_refused() {
+    // The invoice is frozen: a credit can no longer change it.
+    given(vec![open("starter"), record(R3D, 12), close()])
+        .when(top_up(R3D, 2))
+        .then_expect_error(LedgerError::Closed(period()));
+}
+
+// ---------------------------------------------------------------------------------------
+// Thresholds.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_threshold_is_emitted_in_the_same_decision_as_the_usage_that_crosses_it() {
+    // The fifth of 10 renders reaches 50 %: the alert is written with the usage.
+    given(vec![open("starter"), record(R3D, 4)])
+        .when(record(R3D, 1))
+        .then_expect_events(vec![
+            recorded(R3D, 1, 0, totals(5, 5, Some(10), 0, 0)),
+            crossed(R3D, 50, Severity::Warning, "50", 5, 10),
+        ]);
+}
+
+#[test]
+fn one_big_usage_from_zero_to_95_percent_emits_50_75_and_90_at_once() {
+    // Jumping over several thresholds fires each of them, in ascending order.
+    given(vec![open("starter")])
+        .when(record(R2D, 95))
+        .then_expect_events(vec![
+            recorded(R2D, 95, 0, totals(95, 95, Some(100), 0, 0)),
+            crossed(R2D, 50, Severity::Warning, "95", 95, 100),
+            crossed(R2D, 75, Severity::Warning, "95", 95, 100),
+            crossed(R2D, 90, Severity::Critical, "95", 95, 100),
+        ]);
+}
+
+#[test]
+fn a_later_usage_does_not_re_emit_a_crossed_threshold() {
+    // Each threshold fires once per metric and period, even when usage passes 100 %.
+    given(vec![open("starter"), record(R2D, 95)])
+        .when(record(R2D, 10))
+        .then_expect_events(vec![recorded(
+            R2D,
+            10,
+            100,
+            totals(105, 105, Some(100), 5, 100),
+        )]);
+}
+
+#[test]
+fn thresholds_are_counted_per_metric() {
+    // renders_2d at 95 % does not mark the thresholds of renders_3d as fired.
+    given(vec![open("starter"), record(R2D, 95)])
+        .when(record(R3D, 5))
+        .then_expect_events(vec![
+            recorded(R3D, 5, 0, totals(5, 5, Some(10), 0, 0)),
+            crossed(R3D, 50, Severity::Warning, "50", 5, 10),
+        ]);
+}
+
+#[test]
+fn severity_is_critical_from_90_percent_and_warning_below() {
+    // The severity depends on the threshold, not on how far usage went past it.
+    assert_eq!(Severity::of_threshold(50), Severity::Warning);
+    assert_eq!(Severity::of_threshold(75), Severity::Warning);
+    assert_eq!(Severity::of_threshold(89), Severity::Warning);
+    assert_eq!(Severity::of_threshold(90), Severity::Critical);
+    assert_eq!(Severity::of_threshold(100), Severity::Critical);
+}
+
+#[test]
+fn thresholds_are_measured_against_the_effective_limit() {
+    // With 10 topped-up renders the limit is 20, so 10 renders are 50 %, not 100 %.
+    given(vec![open("starter"), top_up(R3D, 10)])
+        .when(record(R3D, 10))
+        .then_expect_events(vec![
+            recorded(R3D, 10, 0, totals(10, 10, Some(20), 0, 0)),
+            crossed(R3D, 50, Severity::Warning, "50", 10, 20),
+        ]);
+}
+
+#[test]
+fn a_gauge_going_down_and_up_again_does_not_re_fire_a_threshold() {
+    // 3 GB of 5 fired 50 %; dropping to 1 GB and back to 3 GB is not a new crossing.
+    given(vec![
+        open("starter"),
+        set_level(STORAGE, 3),
+        set_level(STORAGE, 1),
+    ])
+    .when(set_level(STORAGE, 3))
+    .then_expect_events(vec![level_set(STORAGE, 1, 0, totals(3, 3, Some(5), 0, 0))]);
+}
+
+#[test]
+#[ignore = "src bug: crossings compare the percentage rounded to two decimals, so 89.996 % fires the 90 % threshold"]
+fn a_threshold_is_not_crossed_before_usage_really_reaches_it() {
+    // 89 996 of 100 000 professional API calls is 89.996 %: the 90 % alert must wait.
+    let events = given(vec![open("professional")])
+        .when(record("api_calls", 89_996))
+        .inspect_result()
+        .expect("usage under a charge limit is accepted");
+    let fired: Vec<u8> = events
+        .iter()
+        .filter_map(|e| match e {
+            LedgerEvent::ThresholdCrossed { threshold, .. } => Some(*threshold),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fired, vec![50, 75]);
+}
+
+// ---------------------------------------------------------------------------------------
+// CheckQuota.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn check_quota_without_consume_emits_nothing() {
+    // A question is not a fact: neither an allowed nor a refused check writes events.
+    given(vec![open("starter")])
+        .when(check(R3D, 5, false))
+        .then_expect_events(vec![]);
+    given(vec![open("starter"), record(SEATS, 3)])
+        .when(check(SEATS, 5, false))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn check_quota_with_consume_records_an_allowed_request_via_check_quota() {
+    // Check-and-consume is one decision: the usage is recorded with its origin.
+    let usage = LedgerEvent::UsageRecorded {
+        metric: metric(R3D),
+        quantity: 5,
+        via: UsageVia::CheckQuota,
+        occurred_at: now(),
+        after_close: false,
+        marginal_cost: Money::ZERO,
+        totals: totals(5, 5, Some(10), 0, 0),
+        at: now(),
+    };
+    given(vec![open("starter")])
+        .when(check(R3D, 5, true))
+        .then_expect_events(vec![
+            usage,
+            crossed(R3D, 50, Severity::Warning, "50", 5, 10),
+        ]);
+}
+
+#[test]
+fn a_denied_consuming_check_quota_is_recorded_as_usage_denied() {
+    // The refusal of a consuming check is stored, marked as coming from CheckQuota.
+    given(vec![open("starter"), record(SEATS, 3)])
+        .when(check(SEATS, 1, true))
+        .then_expect_events(vec![denied(SEATS, 1, UsageVia::CheckQuota, 3, 3)]);
+}
+
+// ---------------------------------------------------------------------------------------
+// evaluate: the original's QuotaEvaluation fields.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn evaluate_answers_with_the_originals_fields() {
+    // 8 renders on 10 + 2 topped up; asking for 6 more leaves 4 of headroom and 2 billed.
+    let state = state_of(history(vec![
+        open("starter"),
+        record(R3D, 8),
+        top_up(R3D, 2),
+    ]));
+    let decision = state.evaluate(&metric(R3D), qty(6)).expect("known metric");
+    assert_eq!(
+        decision,
+        QuotaDecision {
+            allowed: true,
+            remaining: Some(4),
+            limit: Some(10),
+            effective_limit: Some(12),
+            current: 8,
+            overage: 2,
+            will_charge: true,
+            estimated_cost: cents(200),
+            cumulative_overage_cost: cents(200),
+            plan_id: plan("starter").id,
+            overage_policy: Some(OveragePolicy::Charge),
+            consumed: false,
+        }
+    );
+}
+
+#[test]
+fn evaluate_reports_the_marginal_cost_apart_from_the_cumulative_cost() {
+    // Already 2 renders over (200 cents): 3 more cost 300 alone and 500 cumulated.
+    let state = state_of(history(vec![open("starter"), record(R3D, 12)]));
+    let decision = state.evaluate(&metric(R3D), qty(3)).expect("known metric");
+    assert_eq!(decision.remaining, Some(0));
+    assert_eq!(decision.current, 12);
+    assert_eq!(decision.overage, 5);
+    assert_eq!(decision.estimated_cost, cents(300));
+    assert_eq!(decision.cumulative_overage_cost, cents(500));
+    assert!(decision.will_charge);
+}
+
+#[test]
+fn evaluate_on_a_full_block_metric_is_refused_and_costs_nothing() {
+    // The fourth starter seat is not allowed, so nothing would be charged.
+    let state = state_of(history(vec![open("starter"), record(SEATS, 3)]));
+    let decision = state
+        .evaluate(&metric(SEATS), qty(1))
+        .expect("known metric");
+    assert_eq!(
+        decision,
+        QuotaDecision {
+            allowed: false,
+            remaining: Some(0),
+            limit: Some(3),
+            effective_limit: Some(3),
+            current: 3,
+            overage: 1,
+            will_charge: false,
+            estimated_cost: Money::ZERO,
+            cumulative_overage_cost: Money::ZERO,
+            plan_id: plan("starter").id,
+            overage_policy: Some(OveragePolicy::Block),
+            consumed: false,
+        }
+    );
+}
+
+#[test]
+fn evaluate_on_an_unlimited_metric_has_no_limit_and_no_policy() {
+    // No quota: no remaining, no limit, never overage, always allowed.
+    let state = state_of(history(vec![open("starter"), record(GLTF, 500)]));
+    let decision = state
+        .evaluate(&metric(GLTF), qty(1_000))
+        .expect("known metric");
+    assert_eq!(
+        decision,
+        QuotaDecision {
+            allowed: true,
+            remaining: None,
+            limit: None,
+            effective_limit: None,
+            current: 500,
+            overage: 0,
+            will_charge: false,
+            estimated_cost: Money::ZERO,
+            cumulative_overage_cost: Money::ZERO,
+            plan_id: plan("starter").id,
+            overage_policy: None,
+            consumed: false,
+        }
+    );
+}
+
+#[test]
+fn evaluate_decides_nothing() {
+    // Asking leaves the state untouched: same totals, same version.
+    let state = state_of(history(vec![open("starter"), record(R3D, 9)]));
+    let before = state.clone();
+    let _ = state.evaluate(&metric(R3D), qty(5));
+    assert_eq!(state, before);
+}
+
+// ---------------------------------------------------------------------------------------
+// decision_of: idempotent replays.
+// ---------------------------------------------------------------------------------------
+
+/// The decision a live `RecordUsage` made (as `evaluate` answered it just before, with
+/// `consumed` set as the engine sets it) and the decision rebuilt from its stored event.
+fn live_and_stored(
+    commands: Vec<PeriodCommand>,
+    key: &str,
+    n: u64,
+) -> (QuotaDecision, QuotaDecision) {
+    let state = state_of(history(commands));
+    let live = state.evaluate(&metric(key), qty(n)).expect("known metric");
+    let events = state
+        .decide(&record(key, n), &LedgerRules::default())
+        .expect("a record in the period is decided");
+    let plan = state.plan().expect("open period");
+    let stored =
+        UsagePeriodAggregate::decision_of(&events[0], plan).expect("a usage or denial event");
+    let live = QuotaDecision {
+        consumed: live.allowed,
+        ..live
+    };
+    (live, stored)
+}
+
+#[test]
+fn decision_of_a_stored_usage_recorded_is_the_decision_the_live_command_made() {
+    // A retry with the same idempotency key answers exactly what the first call did.
+    let cases: Vec<(Vec<PeriodCommand>, &str, u64)> = vec![
+        (vec![open("starter")], R3D, 5),
+        (vec![open("starter"), record(R3D, 8)], R3D, 4),
+        (vec![open("starter"), record(R3D, 12)], R3D, 2),
+        (
+            vec![open("starter"), record(R3D, 12), top_up(R3D, 1)],
+            R3D,
+            3,
+        ),
+        (vec![open("starter"), record(GLTF, 5)], GLTF, 7),
+        (vec![open("starter"), record(SEATS, 2)], SEATS, 1),
+        (vec![open("starter"), set_level(STORAGE, 4)], STORAGE, 3),
+    ];
+    for (commands, key, n) in cases {
+        let (live, stored) = live_and_stored(commands, key, n);
+        assert!(live.allowed, "{key} +{n} should be allowed");
+        assert_eq!(stored, live, "{key} +{n}");
+    }
+}
+
+#[test]
+fn decision_of_a_stored_usage_denied_is_the_refusal_the_live_command_made() {
+    // A retried refusal is refused again with the same numbers.
+    let cases: Vec<(Vec<PeriodCommand>, &str, u64)> = vec![
+        (vec![open("starter"), record(SEATS, 3)], SEATS, 1),
+        (
+            vec![open("starter"), record(SEATS, 2), top_up(SEATS, 1)],
+            SEATS,
+            5,
+        ),
+        (vec![open("starter"), set_level(SEATS, 1)], SEATS, 3),
+    ];
+    for (commands, key, n) in cases {
+        let (live, stored) = live_and_stored(commands, key, n);
+        assert!(!live.allowed, "{key} +{n} should be denied");
+        assert_eq!(stored, live, "{key} +{n}");
+    }
+}
+
+#[test]
+#[ignore = "src bug: evaluate's `overage` ignores a gauge's peak while decision_of reads totals.overage_units (peak-based)"]
+fn decision_of_a_usage_on_a_gauge_below_its_peak_matches_the_live_decision() {
+    // Storage peaked at 8 GB (3 over) then fell to 2: adding 1 GB is still 3 GB billed over.
+    let (live, stored) = live_and_stored(
+        vec![
+            open("starter"),
+            set_level(STORAGE, 8),
+            set_level(STORAGE, 2),
+        ],
+        STORAGE,
+        1,
+    );
+    assert_eq!(stored, live);
+}
+
+#[test]
+fn decision_of_any_other_event_is_none() {
+    // Only usage and denial events stand for a quota decision.
+    let starter = plan("starter");
+    for event in history(vec![
+        open("starter"),
+        record(R3D, 5),
+        top_up(R3D, 1),
+        set_level(STORAGE, 1),
+        adjust(R3D, -1),
+        close(),
+    ]) {
+        let is_decision = matches!(
+            event,
+            LedgerEvent::UsageRecorded { .. } | LedgerEvent::UsageDenied { .. }
+        );
+        assert_eq!(
+            UsagePeriodAggregate::decision_of(&event, &starter).is_some(),
+            is_decision,
+            "{}",
+            event.event_type_str()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// AdjustUsage.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn an_adjustment_is_a_signed_correction_with_actor_and_reason() {
+    // Removing 3 of 12 renders takes the period back under its limit and refunds 200.
+    given(vec![open("starter"), record(R3D, 12)])
+        .when(adjust(R3D, -3))
+        .then_expect_events(vec![adjusted(R3D, -3, -200, totals(9, 9, Some(10), 0, 0))]);
+}
+
+#[test]
+fn a_positive_adjustment_counts_and_can_cross_a_threshold() {
+    // Adding one forgotten render to 4 reaches 50 %, alerted in the same decision.
+    given(vec![open("starter"), record(R3D, 4)])
+        .when(adjust(R3D, 1))
+        .then_expect_events(vec![
+            adjusted(R3D, 1, 0, totals(5, 5, Some(10), 0, 0)),
+            crossed(R3D, 50, Severity::Warning, "50", 5, 10),
+        ]);
+}
+
+#[test]
+fn an_adjustment_cannot_take_usage_below_zero() {
+    // A correction larger than what was counted is refused, not clamped.
+    given(vec![open("starter"), record(R3D, 4)])
+        .when(adjust(R3D, -5))
+        .then_expect_error(LedgerError::BelowZero {
+            metric: metric(R3D),
+            delta: -5,
+            current: 4,
+        });
+    given(vec![open("starter")])
+        .when(adjust(R2D, -1))
+        .then_expect_error(LedgerError::BelowZero {
+            metric: metric(R2D),
+            delta: -1,
+            current: 0,
+        });
+}
+
+#[test]
+fn a_positive_adjustment_cannot_exceed_a_block_limit() {
+    // Support cannot smuggle a fourth starter seat in through a correction.
+    given(vec![open("starter"), record(SEATS, 2)])
+        .when(adjust(SEATS, 2))
+        .then_expect_error(LedgerError::AboveBlockLimit {
+            metric: metric(SEATS),
+            effective_limit: 3,
+            would_be: 4,
+        });
+    given(vec![open("starter"), record(SEATS, 2)])
+        .when(adjust(SEATS, 1))
+        .then_expect_events(vec![
+            adjusted(SEATS, 1, 0, totals(3, 3, Some(3), 0, 0)),
+            crossed(SEATS, 75, Severity::Warning, "100", 3, 3),
+            crossed(SEATS, 90, Severity::Critical, "100", 3, 3),
+        ]);
+}
+
+#[test]
+fn a_negative_adjustment_on_a_full_block_metric_is_allowed() {
+    // Removing a seat counted twice is always possible, even at the limit.
+    given(vec![open("starter"), record(SEATS, 3)])
+        .when(adjust(SEATS, -1))
+        .then_expect_events(vec![adjusted(SEATS, -1, 0, totals(2, 2, Some(3), 0, 0))]);
+}
+
+#[test]
+#[ignore = "src bug: adjust() moves a gauge's peak by delta, so a blocked gauge's billable can pass its limit"]
+fn a_correction_never_takes_a_blocked_gauge_billable_above_its_limit() {
+    // Seats peaked at 3 (the limit), fell to 0; adding 2 forgotten seats gives 2, and
+    // the billable level must stay within the 3 seats the block allows, with no overage.
+    given(vec![
+        open("starter"),
+        set_level(SEATS, 3),
+        set_level(SEATS, 0),
+    ])
+    .when(adjust(SEATS, 2))
+    .then_expect_events(vec![adjusted(SEATS, 2, 0, totals(2, 3, Some(3), 0, 0))]);
+}
+
+#[test]
+fn a_zero_or_oversized_adjustment_is_refused() {
+    // A correction of nothing, or of more than one command may move, is a mistake.
+    let too_big = QUANTITY_MAX as i64 + 1;
+    for delta in [0, too_big, -too_big] {
+        given(vec![open("starter"), record(R3D, 4)])
+            .when(adjust(R3D, delta))
+            .then_expect_error(LedgerError::BadAdjustment);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Gauges.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_gauge_level_goes_up_and_down() {
+    // Storage is an absolute level: 4 GB then 2 GB, each event says the previous level.
+    given(vec![open("starter")])
+        .when(set_level(STORAGE, 4))
+        .then_expect_events(vec![
+            level_set(STORAGE, 0, 0, totals(4, 4, Some(5), 0, 0)),
+            crossed(STORAGE, 50, Severity::Warning, "80", 4, 5),
+            crossed(STORAGE, 75, Severity::Warning, "80", 4, 5),
+        ]);
+    given(vec![open("starter"), set_level(STORAGE, 4)])
+        .when(set_level(STORAGE, 2))
+        .then_expect_events(vec![level_set(STORAGE, 4, 0, totals(2, 4, Some(5), 0, 0))]);
+}
+
+#[test]
+fn seats_go_up_to_the_block_limit_and_back_down() {
+    // Three seats fill the starter plan; releasing two leaves one, billable stays the peak.
+    given(vec![open("starter"), set_level(SEATS, 1)])
+        .when(set_level(SEATS, 3))
+        .then_expect_events(vec![
+            level_set(SEATS, 1, 0, totals(3, 3, Some(3), 0, 0)),
+            crossed(SEATS, 50, Severity::Warning, "100", 3, 3),
+            crossed(SEATS, 75, Severity::Warning, "100", 3, 3),
+            crossed(SEATS, 90, Severity::Critical, "100", 3, 3),
+        ]);
+    given(vec![open("starter"), set_level(SEATS, 3)])
+        .when(set_level(SEATS, 1))
+        .then_expect_events(vec![level_set(SEATS, 3, 0, totals(1, 3, Some(3), 0, 0))]);
+}
+
+#[test]
+fn raising_a_block_gauge_above_its_limit_is_denied() {
+    // Four seats on starter are refused as a denial of the 4 extra seats.
+    given(vec![open("starter")])
+        .when(set_level(SEATS, 4))
+        .then_expect_events(vec![denied(SEATS, 4, UsageVia::Record, 0, 3)]);
+}
+
+#[test]
+fn setting_a_level_on_a_counter_is_not_a_gauge() {
+    // Renders are summed, so they have no level to set.
+    given(vec![open("starter")])
+        .when(set_level(R3D, 4))
+        .then_expect_error(LedgerError::NotAGauge {
+            metric: metric(R3D),
+            kind: MetricKind::Counter,
+        });
+}
+
+#[test]
+fn a_gauge_level_above_the_quantity_bound_is_refused() {
+    // Levels share the bound of quantities so totals cannot overflow.
+    given(vec![open("starter")])
+        .when(set_level(STORAGE, QUANTITY_MAX + 1))
+        .then_expect_error(LedgerError::BadLevel);
+}
+
+#[test]
+fn storage_overage_is_billed_on_the_peak_level() {
+    // Deleting data before close does not dodge overage: 8 GB at peak is 3 GB over.
+    given(vec![open("starter")])
+        .when(set_level(STORAGE, 8))
+        .then_expect_events(vec![
+            level_set(STORAGE, 0, 150, totals(8, 8, Some(5), 3, 150)),
+            crossed(STORAGE, 50, Severity::Warning, "160", 8, 5),
+            crossed(STORAGE, 75, Severity::Warning, "160", 8, 5),
+            crossed(STORAGE, 90, Severity::Critical, "160", 8, 5),
+        ]);
+    given(vec![open("starter"), set_level(STORAGE, 8)])
+        .when(set_level(STORAGE, 2))
+        .then_expect_events(vec![level_set(
+            STORAGE,
+            8,
+            0,
+            totals(2, 8, Some(5), 3, 150),
+        )]);
+    given(vec![
+        open("starter"),
+        set_level(STORAGE, 8),
+        set_level(STORAGE, 2),
+    ])
+    .when(set_level(STORAGE, 9))
+    .then_expect_events(vec![level_set(
+        STORAGE,
+        2,
+        50,
+        totals(9, 9, Some(5), 4, 200),
+    )]);
+}
+
+#[test]
+fn carried_levels_seed_the_gauges_of_a_new_period() {
+    // Two seats from last month count against this month's limit of three.
+    let events = history(vec![open_on(plan("starter"), &[(SEATS, 2), (STORAGE, 4)])]);
+    let state = state_of(events.clone());
+    assert_eq!(state.metric(&metric(SEATS)).map(|s| s.current), Some(2));
+    assert_eq!(
+        state.gauge_levels(),
+        BTreeMap::from([(metric(STORAGE), 4), (metric(SEATS), 2)])
+    );
+    given_events(events.clone())
+        .when(record(SEATS, 2))
+        .then_expect_events(vec![denied(SEATS, 2, UsageVia::Record, 2, 3)]);
+    // The opening is not usage: thresholds fire on the first usage that reaches them.
+    given_events(events)
+        .when(set_level(SEATS, 3))
+        .then_expect_events(vec![
+            level_set(SEATS, 2, 0, totals(3, 3, Some(3), 0, 0)),
+            crossed(SEATS, 50, Severity::Warning, "100", 3, 3),
+            crossed(SEATS, 75, Severity::Warning, "100", 3, 3),
+            crossed(SEATS, 90, Severity::Critical, "100", 3, 3),
+        ]);
+}
+
+#[test]
+#[ignore = "src bug: PeriodOpened folds carried levels without their overage cost, so the next gauge event reports it as marginal"]
+fn a_carried_level_above_the_limit_is_priced_from_the_opening() {
+    // 8 GB carried onto a 5 GB plan costs 150 from the start; re-stating 8 GB adds nothing.
+    let events = history(vec![open_on(plan("starter"), &[(STORAGE, 8)])]);
+    let state = state_of(events.clone());
+    assert_eq!(
+        state.metric(&metric(STORAGE)).map(|s| s.overage_cost),
+        Some(cents(150))
+    );
+    given_events(events)
+        .when(set_level(STORAGE, 8))
+        .then_expect_events(vec![
+            level_set(STORAGE, 8, 0, totals(8, 8, Some(5), 3, 150)),
+            crossed(STORAGE, 50, Severity::Warning, "160", 8, 5),
+            crossed(STORAGE, 75, Severity::Warning, "160", 8, 5),
+            crossed(STORAGE, 90, Severity::Critical, "160", 8, 5),
+        ]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Time: the period, the grace window and late usage.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn usage_that_occurred_outside_the_period_is_wrong_period() {
+    // The last second of October and the first instant of December are not November.
+    let before = period().start() - Duration::seconds(1);
+    let after = period().end();
+    for occurred_at in [before, after] {
+        given(vec![open("starter")])
+            .when(record_at(R3D, 1, occurred_at, now()))
+            .then_expect_error(LedgerError::WrongPeriod {
+                period: period(),
+                occurred_at,
+            });
+    }
+}
+
+#[test]
+fn usage_reported_after_the_grace_window_is_too_late() {
+    // 72 h after the period's end the stream stops accepting usage.
+    let last_day = day(30);
+    let too_late = grace_deadline() + Duration::seconds(1);
+    let expected = LedgerError::TooLate {
+        period: period(),
+        deadline: grace_deadline(),
+    };
+    given(vec![open("starter")])
+        .when(record_at(R3D, 1, last_day, too_late))
+        .then_expect_error(expected.clone());
+    let late_gauge = PeriodCommand::SetGaugeLevel {
+        metric: metric(STORAGE),
+        level: 1,
+        at: too_late,
+    };
+    given(vec![open("starter")])
+        .when(late_gauge)
+        .then_expect_error(expected.clone());
+    let late_check = PeriodCommand::CheckQuota {
+        metric: metric(R3D),
+        requested: qty(1),
+        consume: true,
+        at: too_late,
+    };
+    given(vec![open("starter")])
+        .when(late_check)
+        .then_expect_error(expected);
+}
+
+#[test]
+fn usage_reported_exactly_at_the_grace_deadline_is_accepted() {
+    // The deadline itself is still inside the window.
+    let events = given(vec![open("starter")])
+        .when(record_at(R3D, 1, day(30), grace_deadline()))
+        .inspect_result()
+        .expect("the deadline is inclusive");
+    assert!(matches!(
+        events[0],
+        LedgerEvent::UsageRecorded {
+            after_close: false,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn the_grace_window_is_a_rule_not_a_constant() {
+    // With no grace at all, one second after the end is already too late.
+    TestFramework::<UsagePeriodAggregate>::with(LedgerRules {
+        late_usage_grace: Duration::zero(),
+    })
+    .given(vec![opened("starter")])
+    .when(record_at(
+        R3D,
+        1,
+        day(30),
+        period().end() + Duration::seconds(1),
+    ))
+    .then_expect_error(LedgerError::TooLate {
+        period: period(),
+        deadline: period().end(),
+    });
+}
+
+#[test]
+fn usage_within_grace_after_close_is_accepted_and_flagged_after_close() {
+    // A render of 30 November reported on 2 December adjusts the frozen invoice.
+    let reported = period().end() + Duration::hours(24);
+    given(vec![open("starter"), record(R3D, 12), close()])
+        .when(record_at(R3D, 1, day(30), reported))
+        .then_expect_events(vec![LedgerEvent::UsageRecorded {
+            metric: metric(R3D),
+            quantity: 1,
+            via: UsageVia::Record,
+            occurred_at: day(30),
+            after_close: true,
+            marginal_cost: cents(100),
+            totals: totals(13, 13, Some(10), 3, 300),
+            at: reported,
+        }]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Closing.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn closing_produces_an_invoice_with_the_base_price_and_one_line_per_metric_with_overage() {
+    // Lines only for charged overage, in metric order; block and unlimited metrics bill nothing.
+    given(vec![
+        open("starter"),
+        record(AI, 21),
+        record(DESIGNS, 55),
+        top_up(DESIGNS, 5),
+        record(GLTF, 500),
+        record(R2D, 90),
+        record(R3D, 13),
+        set_level(STORAGE, 8),
+        set_level(STORAGE, 2),
+        set_level(SEATS, 3),
+    ])
+    .when(close())
+    .then_expect_events(vec![LedgerEvent::PeriodClosed {
+        invoice: Invoice {
+            plan_id: plan("starter").id,
+            currency: Currency::Eur,
+            base: cents(2900),
+            lines: vec![
+                InvoiceLine {
+                    metric: metric(AI),
+                    billable_units: 21,
+                    effective_limit: 20,
+                    overage_units: 1,
+                    rate: Some(Decimal::from(75)),
+                    amount: cents(75),
+                },
+                InvoiceLine {
+                    metric: metric(R3D),
+                    billable_units: 13,
+                    effective_limit: 10,
+                    overage_units: 3,
+                    rate: Some(Decimal::from(100)),
+                    amount: cents(300),
+                },
+                InvoiceLine {
+                    metric: metric(STORAGE),
+                    billable_units: 8,
+                    effective_limit: 5,
+                    overage_units: 3,
+                    rate: Some(Decimal::from(50)),
+                    amount: cents(150),
+                },
+            ],
+            overage: cents(525),
+            total: cents(3425),
+        },
+        actor: "billing-cron".to_owned(),
+        at: period().end() + Duration::hours(1),
+    }]);
+}
+
+#[test]
+fn closing_an_unused_period_bills_the_base_price_only() {
+    // No usage, no lines: the invoice is the plan's price.
+    given(vec![open("professional")])
+        .when(close())
+        .then_expect_events(vec![LedgerEvent::PeriodClosed {
+            invoice: Invoice {
+                plan_id: plan("professional").id,
+                currency: Currency::Eur,
+                base: cents(9900),
+                lines: vec![],
+                overage: Money::ZERO,
+                total: cents(9900),
+            },
+            actor: "billing-cron".to_owned(),
+            at: period().end() + Duration::hours(1),
+        }]);
+}
+
+#[test]
+fn fractional_rates_are_rounded_once_on_the_period_total() {
+    // At half a cent per render, three renders over cost 2 cents, not 3 × 1.
+    let mut half_cent = plan("starter");
+    for quota in &mut half_cent.quotas {
+        if quota.metric == metric(R3D) {
+            quota.overage_rate = Some(pct("0.5"));
+        }
+    }
+    let base = vec![
+        open_on(half_cent.clone(), &[]),
+        record(R3D, 11),
+        record(R3D, 1),
+    ];
+    given(base.clone())
+        .when(record(R3D, 1))
+        .then_expect_events(vec![recorded(R3D, 1, 1, totals(13, 13, Some(10), 3, 2))]);
+    let marginals: Vec<i64> = history(base)
+        .iter()
+        .filter_map(|e| match e {
+            LedgerEvent::UsageRecorded { marginal_cost, .. } => Some(marginal_cost.minor()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(marginals, vec![1, 0], "0.5 rounds up to 1, then 1.0 adds 0");
+    let closed = given(vec![
+        open_on(half_cent, &[]),
+        record(R3D, 11),
+        record(R3D, 1),
+        record(R3D, 1),
+    ])
+    .when(close())
+    .inspect_result()
+    .expect("an open period closes");
+    let LedgerEvent::PeriodClosed { invoice, .. } = &closed[0] else {
+        panic!("expected PeriodClosed, got {closed:?}");
+    };
+    assert_eq!(invoice.lines.len(), 1);
+    assert_eq!(invoice.lines[0].amount, cents(2));
+    assert_eq!(invoice.total, cents(2902));
+}
+
+#[test]
+fn closing_a_closed_period_is_closed() {
+    // An invoice is frozen once.
+    given(vec![open("starter"), close()])
+        .when(close())
+        .then_expect_error(LedgerError::Closed(period()));
+}
+
+// ---------------------------------------------------------------------------------------
+// Plan changes.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn applying_a_different_plan_recomputes_the_totals_of_every_metric() {
+    // Moving up to professional lifts every limit: the starter overage disappears.
+    given(vec![
+        open("starter"),
+        record(R3D, 13),
+        set_level(SEATS, 2),
+        set_level(STORAGE, 8),
+        set_level(STORAGE, 2),
+        record(GLTF, 5),
+        top_up(R2D, 10),
+    ])
+    .when(apply_plan("professional"))
+    .then_expect_events(vec![LedgerEvent::PlanApplied {
+        previous_plan: plan("starter").id,
+        plan: plan("professional"),
+        totals: BTreeMap::from([
+            (metric(GLTF), totals(5, 5, None, 0, 0)),
+            (metric(R2D), totals(0, 0, Some(510), 0, 0)),
+            (metric(R3D), totals(13, 13, Some(50), 0, 0)),
+            (metric(STORAGE), totals(2, 8, Some(50), 0, 0)),
+            (metric(SEATS), totals(2, 2, Some(10), 0, 0)),
+        ]),
+        at: day(15),
+    }]);
+}
+
+#[test]
+fn a_downgrade_bills_usage_above_the_new_limits_and_blocks_further_seats() {
+    // 13 renders on starter are 3 over; 5 seats stay but a sixth is refused.
+    let events = history(vec![
+        open("professional"),
+        record(R3D, 13),
+        set_level(SEATS, 5),
+        apply_plan("starter"),
+    ]);
+    let LedgerEvent::PlanApplied { totals: t, .. } = events.last().expect("a plan change") else {
+        panic!("expected PlanApplied last, got {events:?}");
+    };
+    assert_eq!(t[&metric(R3D)], totals(13, 13, Some(10), 3, 300));
+    assert_eq!(t[&metric(SEATS)], totals(5, 5, Some(3), 2, 0));
+    given_events(events.clone())
+        .when(record(SEATS, 1))
+        .then_expect_events(vec![denied(SEATS, 1, UsageVia::Record, 5, 3)]);
+    let closed = given_events(events)
+        .when(close())
+        .inspect_result()
+        .expect("an open period closes");
+    let LedgerEvent::PeriodClosed { invoice, .. } = &closed[0] else {
+        panic!("expected PeriodClosed, got {closed:?}");
+    };
+    assert_eq!(invoice.base, cents(2900));
+    assert_eq!(invoice.lines.len(), 1, "block overage is never billed");
+    assert_eq!(invoice.total, cents(3200));
+}
+
+#[test]
+fn applying_the_same_plan_emits_nothing() {
+    // Re-applying the plan in force is a no-op, so the call is safe to retry.
+    given(vec![open("starter"), record(R3D, 13)])
+        .when(apply_plan("starter"))
+        .then_expect_events(vec![]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Events describe themselves.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn every_event_names_its_type_and_schema_version() {
+    // Stored events carry a stable type name and a version for upcasters.
+    let events = history(vec![
+        open("starter"),
+        record(R3D, 5),
+        top_up(R3D, 1),
+        close(),
+    ]);
+    let types: Vec<String> = events.iter().map(DomainEvent::event_type).collect();
+    assert_eq!(
+        types,
+        [
+            "PeriodOpened",
+            "UsageRecorded",
+            "ThresholdCrossed",
+            "TopUpApplied",
+            "PeriodClosed"
+        ]
+    );
+    assert!(events
+        .iter()
+        .all(|e| e.event_version() == LEDGER_EVENT_VERSION));
+}
+
+// ---------------------------------------------------------------------------------------
+// The brand aggregate.
+// ---------------------------------------------------------------------------------------
+
+fn set_plan(brand_id: &str, plan: PlanDefinition) -> BrandCommand {
+    BrandCommand::SetPlan {
+        brand_id: BrandId::parse(brand_id).expect("valid brand"),
+        plan,
+        actor: "admin".to_owned(),
+        at: now(),
+    }
+}
+
+fn registered(plan_id: &str) -> BrandEvent {
+    BrandEvent::BrandRegistered {
+        brand_id: brand(),
+        plan: plan(plan_id),
+        actor: "admin".to_owned(),
+        at: now(),
+    }
+}
+
+fn brand_test() -> TestFramework<BrandAggregate> {
+    TestFramework::<BrandAggregate>::with(())
+}
+
+#[test]
+fn setting_a_plan_on_a_new_brand_registers_it() {
+    // The first plan of a brand is its registration.
+    brand_test()
+        .given_no_previous_events()
+        .when(set_plan("brand_x", plan("starter")))
+        .then_expect_events(vec![registered("starter")]);
+}
+
+#[test]
+fn setting_the_plan_a_brand_already_has_emits_nothing() {
+    // Same plan, same catalog version: a retry changes nothing.
+    brand_test()
+        .given(vec![registered("starter")])
+        .when(set_plan("brand_x", plan("starter")))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn setting_a_different_plan_emits_plan_changed() {
+    // The event names the plan it replaces.
+    brand_test()
+        .given(vec![registered("starter")])
+        .when(set_plan("brand_x", plan("professional")))
+        .then_expect_events(vec![BrandEvent::PlanChanged {
+            previous_plan: plan("starter").id,
+            plan: plan("professional"),
+            actor: "admin".to_owned(),
+            at: now(),
+        }]);
+}
+
+#[test]
+fn a_new_catalog_version_of_the_same_tier_is_a_plan_change() {
+    // Repricing starter in a new catalog moves the brand onto the new snapshot.
+    let mut repriced = plan("starter");
+    repriced.catalog_version = "2026-01-01.1".to_owned();
+    repriced.base_price_cents = cents(3900);
+    brand_test()
+        .given(vec![registered("starter")])
+        .when(set_plan("brand_x", repriced.clone()))
+        .then_expect_events(vec![BrandEvent::PlanChanged {
+            previous_plan: plan("starter").id,
+            plan: repriced,
+            actor: "admin".to_owned(),
+            at: now(),
+        }]);
+}
+
+#[test]
+fn a_command_for_another_brand_is_refused() {
+    // A brand stream only ever holds one brand.
+    brand_test()
+        .given(vec![registered("starter")])
+        .when(set_plan("brand_y", plan("professional")))
+        .then_expect_error(BrandError::WrongBrand {
+            stream: brand(),
+            got: BrandId::parse("brand_y").expect("valid brand"),
+        });
+}
+
+#[test]
+fn the_brand_aggregate_folds_its_plan_and_counts_its_events() {
+    // After registration and one change the brand is on the new plan at version 2.
+    let mut brand_state = BrandAggregate::default();
+    assert!(!brand_state.is_registered());
+    brand_state.apply(registered("starter"));
+    brand_state.apply(BrandEvent::PlanChanged {
+        previous_plan: plan("starter").id,
+        plan: plan("business"),
+        actor: "admin".to_owned(),
+        at: now(),
+    });
+    assert!(brand_state.is_registered());
+    assert_eq!(brand_state.brand_id, Some(brand()));
+    assert_eq!(brand_state.plan, Some(plan("business")));
+    assert_eq!(brand_state.version, 2);
+    let event = registered("starter");
+    assert_eq!(event.event_type(), "BrandRegistered");
+    assert_eq!(event.event_version(), BRAND_EVENT_VERSION);
+}
