@@ -438,14 +438,35 @@ impl UsagePeriodAggregate {
             if self.opened.is_some() {
                 return Err(LedgerError::AlreadyOpened);
             }
-            return Ok(vec![LedgerEvent::PeriodOpened {
+            let opened = LedgerEvent::PeriodOpened {
                 brand_id: brand_id.clone(),
                 period: *period,
                 plan: plan.clone(),
                 metric_kinds: metric_kinds.clone(),
                 carried_levels: carried_levels.clone(),
                 at: *at,
-            }]);
+            };
+            // Carried levels may already stand above thresholds of the new period.
+            let mut after = self.clone();
+            after.fold(&opened);
+            let o = after.opened.as_ref().expect("just opened");
+            let ctx = Ctx {
+                agg: &after,
+                opened: o,
+                rules,
+            };
+            let mut events = vec![opened.clone()];
+            for (metric, state) in &after.metrics {
+                let t = totals_for(
+                    plan.quota(metric),
+                    o.kind(metric),
+                    state.current,
+                    state.peak,
+                    0,
+                );
+                events.extend(ctx.crossings(metric, &MetricState::default(), &t, *at));
+            }
+            return Ok(events);
         }
         let opened = self.opened.as_ref().ok_or(LedgerError::NotOpened)?;
         let ctx = Ctx {
@@ -455,7 +476,7 @@ impl UsagePeriodAggregate {
         };
         match command {
             PeriodCommand::OpenPeriod { .. } => unreachable!("handled above"),
-            PeriodCommand::ApplyPlan { plan, at } => Ok(ctx.apply_plan(plan, *at)),
+            PeriodCommand::ApplyPlan { plan, at } => ctx.apply_plan(plan, *at),
             PeriodCommand::RecordUsage {
                 metric,
                 quantity,
@@ -477,6 +498,13 @@ impl UsagePeriodAggregate {
                 at,
             } => {
                 if *consume {
+                    ctx.check_not_too_late(*at)?;
+                    if !opened.period.contains(*at) {
+                        return Err(LedgerError::WrongPeriod {
+                            period: opened.period,
+                            occurred_at: *at,
+                        });
+                    }
                     ctx.consume(metric, *requested, UsageVia::CheckQuota, *at, *at)
                 } else {
                     ctx.kind(metric)?;
@@ -599,9 +627,15 @@ impl UsagePeriodAggregate {
                     metric_kinds: metric_kinds.clone(),
                 });
                 for (metric, level) in carried_levels {
+                    let kind = metric_kinds
+                        .get(metric)
+                        .copied()
+                        .unwrap_or(MetricKind::Gauge);
+                    let t = totals_for(plan.quota(metric), kind, *level, *level, 0);
                     let s = self.metrics.entry(metric.clone()).or_default();
                     s.current = *level;
                     s.peak = *level;
+                    s.overage_cost = t.overage_cost;
                 }
             }
             LedgerEvent::PlanApplied { plan, totals, .. } => {
@@ -712,7 +746,11 @@ fn evaluate(
         limit: quota.map(|q| q.limit),
         effective_limit: eff,
         current: state.current,
-        overage: eff.map_or(0, |l| (state.current + requested).saturating_sub(l)),
+        overage: if blocked {
+            eff.map_or(0, |l| (state.current + requested).saturating_sub(l))
+        } else {
+            after.overage_units
+        },
         will_charge: !blocked && marginal.minor() > 0,
         estimated_cost: if blocked { Money::ZERO } else { marginal },
         cumulative_overage_cost: if blocked {
@@ -736,6 +774,43 @@ pub fn percentage(current: u64, effective_limit: u64) -> Decimal {
         };
     }
     (Decimal::from(current) * Decimal::ONE_HUNDRED / Decimal::from(effective_limit)).round_dp(2)
+}
+
+/// Whether `current` is at least `threshold_pct` % of `limit`, in exact integers (a
+/// rounded percentage would fire 90 % at 89.996 %). A zero limit is reached by any use.
+fn reached(current: u64, limit: u64, threshold_pct: u8) -> bool {
+    if limit == 0 {
+        return current > 0;
+    }
+    u128::from(current) * 100 >= u128::from(threshold_pct) * u128::from(limit)
+}
+
+/// Threshold crossings of moving `metric` to `totals` under `quota`, each at most once.
+fn crossings_under(
+    quota: Option<&PlanQuota>,
+    metric: &MetricKey,
+    state: &MetricState,
+    totals: &MetricTotals,
+    at: DateTime<Utc>,
+) -> Vec<LedgerEvent> {
+    let (Some(quota), Some(limit)) = (quota, totals.effective_limit) else {
+        return Vec::new();
+    };
+    let pct = percentage(totals.current, limit);
+    quota
+        .notification_thresholds
+        .iter()
+        .filter(|t| !state.fired.contains(t) && reached(totals.current, limit, **t))
+        .map(|t| LedgerEvent::ThresholdCrossed {
+            metric: metric.clone(),
+            threshold: *t,
+            severity: Severity::of_threshold(*t),
+            percentage: pct,
+            current: totals.current,
+            effective_limit: limit,
+            at,
+        })
+        .collect()
 }
 
 /// The borrowed context of one decision.
@@ -792,24 +867,7 @@ impl Ctx<'_> {
         totals: &MetricTotals,
         at: DateTime<Utc>,
     ) -> Vec<LedgerEvent> {
-        let (Some(quota), Some(limit)) = (self.quota(metric), totals.effective_limit) else {
-            return Vec::new();
-        };
-        let pct = percentage(totals.current, limit);
-        quota
-            .notification_thresholds
-            .iter()
-            .filter(|t| !state.fired.contains(t) && pct >= Decimal::from(**t))
-            .map(|t| LedgerEvent::ThresholdCrossed {
-                metric: metric.clone(),
-                threshold: *t,
-                severity: Severity::of_threshold(*t),
-                percentage: pct,
-                current: totals.current,
-                effective_limit: limit,
-                at,
-            })
-            .collect()
+        crossings_under(self.quota(metric), metric, state, totals, at)
     }
 
     fn consume(
@@ -959,6 +1017,7 @@ impl Ctx<'_> {
         if delta == 0 || delta.unsigned_abs() > QUANTITY_MAX {
             return Err(LedgerError::BadAdjustment);
         }
+        self.check_not_too_late(at)?;
         let state = self.state(metric);
         let current = state
             .current
@@ -979,8 +1038,13 @@ impl Ctx<'_> {
                 });
             }
         }
-        // A correction says the history was wrong, so a gauge's peak moves with it.
-        let peak = state.peak.saturating_add_signed(delta).max(current);
+        // A downward correction says the history was wrong, so a gauge's recorded peak
+        // comes down with it; an upward one can only raise the peak to the new level.
+        let peak = if delta < 0 {
+            state.peak.saturating_add_signed(delta).max(current)
+        } else {
+            state.peak.max(current)
+        };
         let totals = totals_for(quota, kind, current, peak, state.top_up_units);
         let mut events = vec![LedgerEvent::UsageAdjusted {
             metric: metric.clone(),
@@ -995,11 +1059,16 @@ impl Ctx<'_> {
         Ok(events)
     }
 
-    fn apply_plan(&self, plan: &PlanDefinition, at: DateTime<Utc>) -> Vec<LedgerEvent> {
+    fn apply_plan(
+        &self,
+        plan: &PlanDefinition,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        self.check_open()?;
         if plan == &self.opened.plan {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        let totals = self
+        let totals: BTreeMap<MetricKey, MetricTotals> = self
             .agg
             .metrics
             .iter()
@@ -1014,12 +1083,20 @@ impl Ctx<'_> {
                 (m.clone(), t)
             })
             .collect();
-        vec![LedgerEvent::PlanApplied {
-            previous_plan: self.opened.plan.id.clone(),
-            plan: plan.clone(),
-            totals,
-            at,
-        }]
+        let mut events = Vec::new();
+        for (m, t) in &totals {
+            events.extend(crossings_under(plan.quota(m), m, &self.state(m), t, at));
+        }
+        events.insert(
+            0,
+            LedgerEvent::PlanApplied {
+                previous_plan: self.opened.plan.id.clone(),
+                plan: plan.clone(),
+                totals,
+                at,
+            },
+        );
+        Ok(events)
     }
 
     fn close(&self, actor: &str, at: DateTime<Utc>) -> Result<Vec<LedgerEvent>, LedgerError> {
