@@ -1,0 +1,374 @@
+//! The command engine: one writer per process owns every aggregate in memory and
+//! commits commands in groups.
+//!
+//! Callers put a job on a bounded queue and wait. The writer takes whatever is queued
+//! (up to [`EngineConfig::batch_commands_max`]), decides each command against the
+//! running state, appends all resulting events in one statement, and only then answers.
+//! While that append is in flight, new jobs queue up and form the next batch: the
+//! batch size grows with the load, which is what group commit means.
+
+mod writer;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use ledger_aggregates::catalog::Catalog;
+use ledger_aggregates::period::LedgerRules;
+use ledger_aggregates::{
+    BrandAggregate, BrandError, BrandId, IdempotencyKey, LedgerError, LedgerEvent, MetricKey,
+    Money, PeriodKey, PlanId, Quantity, QuotaDecision, UsagePeriodAggregate,
+};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::Clock;
+use crate::store::{EventLog, StoreError};
+
+/// Limits and tuning of the engine. Every field is a named limit with its reason.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Jobs waiting for the writer. Past this, callers get `Overloaded` at once instead
+    /// of queueing without bound: 64 Ki jobs are about one second of peak load.
+    pub queue_commands_max: usize,
+    /// Jobs decided and committed together. 1,024 events keep one append statement
+    /// around a megabyte and its commit in the low milliseconds.
+    pub batch_commands_max: usize,
+    /// Aggregates kept in memory (least recently used evicted). 100 Ki period streams
+    /// of a few KiB each stay well under a GiB.
+    pub cache_streams_max: usize,
+    /// A snapshot is written every this many events of a stream, in the same commit,
+    /// so loading a hot stream never folds more than this many events.
+    pub snapshot_every_events: u64,
+    /// Recent idempotent outcomes kept in memory; older keys are found in the log.
+    pub idempotency_cache_max: usize,
+    /// Times a batch is re-decided after another process appended first.
+    pub conflict_retries_max: u32,
+    /// How far back a new period looks for gauge levels to carry over.
+    pub gauge_lookback_periods_max: u32,
+    /// Usage may be stamped at most this far in the future (callers' clock skew).
+    pub future_skew_max: Duration,
+    pub rules: LedgerRules,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            queue_commands_max: 65_536,
+            batch_commands_max: 1_024,
+            cache_streams_max: 100_000,
+            snapshot_every_events: 1_000,
+            idempotency_cache_max: 100_000,
+            conflict_retries_max: 8,
+            gauge_lookback_periods_max: 36,
+            future_skew_max: Duration::minutes(5),
+            rules: LedgerRules::default(),
+        }
+    }
+}
+
+/// What a period command asks for. Timestamps are stamped by the engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum Action {
+    Record {
+        metric: MetricKey,
+        quantity: Quantity,
+        /// When the usage happened; defaults to now. Selects the period.
+        occurred_at: Option<DateTime<Utc>>,
+    },
+    Check {
+        metric: MetricKey,
+        requested: Quantity,
+        consume: bool,
+    },
+    SetGauge {
+        metric: MetricKey,
+        level: u64,
+    },
+    TopUp {
+        metric: MetricKey,
+        units: Quantity,
+        price: Money,
+        reference: String,
+        actor: String,
+    },
+    Adjust {
+        metric: MetricKey,
+        delta: i64,
+        actor: String,
+        reason: String,
+    },
+    Close {
+        actor: String,
+    },
+}
+
+impl Action {
+    fn metric(&self) -> Option<&MetricKey> {
+        match self {
+            Action::Record { metric, .. }
+            | Action::Check { metric, .. }
+            | Action::SetGauge { metric, .. }
+            | Action::TopUp { metric, .. }
+            | Action::Adjust { metric, .. } => Some(metric),
+            Action::Close { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PeriodRequest {
+    pub brand: BrandId,
+    /// The period to act on. `None`: the period of `occurred_at` for records, else now's.
+    pub period: Option<PeriodKey>,
+    pub action: Action,
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+/// An event with its place in the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Committed {
+    pub sequence: u64,
+    pub event: LedgerEvent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    pub brand: BrandId,
+    pub period: PeriodKey,
+    /// What this command appended (empty for a pure check). For a replayed key, the
+    /// first event the original command appended.
+    pub events: Vec<Committed>,
+    /// For records and checks: the quota decision.
+    pub decision: Option<QuotaDecision>,
+    /// True when an earlier command with the same idempotency key is being answered.
+    pub replayed: bool,
+}
+
+/// What a plan change did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlanChange {
+    pub brand: BrandId,
+    pub plan: PlanId,
+    pub registered: bool,
+    pub changed: bool,
+    /// The open period the new plan was applied to, if any.
+    pub applied_to: Option<PeriodKey>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the ledger is overloaded; retry shortly")]
+    Overloaded,
+    #[error("the ledger is shutting down")]
+    Stopped,
+    #[error("brand {0} is not registered")]
+    BrandNotRegistered(BrandId),
+    #[error("unknown metric {0}")]
+    UnknownMetric(MetricKey),
+    #[error("unknown plan {0}")]
+    UnknownPlan(PlanId),
+    #[error("occurredAt {occurred_at} is more than {skew_s} s in the future")]
+    InFuture {
+        occurred_at: DateTime<Utc>,
+        skew_s: i64,
+    },
+    #[error("a period is required for this action")]
+    PeriodRequired,
+    #[error("idempotency key {0} was already used with a different request")]
+    KeyReuse(IdempotencyKey),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Brand(#[from] BrandError),
+    /// Shared: one failed append fails every command of its batch.
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        EngineError::Store(Arc::new(e))
+    }
+}
+
+impl EngineError {
+    /// The error told to every caller of a failed batch.
+    pub(crate) fn clone_for_fanout(&self) -> EngineError {
+        match self {
+            EngineError::Store(e) => EngineError::Store(e.clone()),
+            other => unreachable!("only store failures fail a whole batch, not {other}"),
+        }
+    }
+}
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
+
+pub(crate) enum Job {
+    Period {
+        req: PeriodRequest,
+        /// SHA-256 of the request, for idempotency-key payload checks.
+        fingerprint: String,
+        reply: Reply<Outcome>,
+    },
+    SetPlan {
+        brand: BrandId,
+        plan: PlanId,
+        actor: String,
+        reply: Reply<PlanChange>,
+    },
+    ReadPeriod {
+        brand: BrandId,
+        period: PeriodKey,
+        reply: Reply<Option<UsagePeriodAggregate>>,
+    },
+    ReadBrand {
+        brand: BrandId,
+        reply: Reply<Option<BrandAggregate>>,
+    },
+}
+
+/// A cloneable handle to the engine. Dropping every handle stops the writer after it
+/// has answered what is queued.
+#[derive(Clone)]
+pub struct Engine {
+    tx: mpsc::Sender<Job>,
+    catalog: Arc<Catalog>,
+    clock: Arc<dyn Clock>,
+    config: Arc<EngineConfig>,
+}
+
+impl Engine {
+    /// Start the writer task on the current runtime.
+    pub fn start(
+        log: Arc<dyn EventLog>,
+        catalog: Arc<Catalog>,
+        clock: Arc<dyn Clock>,
+        config: EngineConfig,
+    ) -> Engine {
+        let (tx, rx) = mpsc::channel(config.queue_commands_max);
+        let config = Arc::new(config);
+        let w = writer::Writer::new(log, catalog.clone(), clock.clone(), config.clone());
+        tokio::spawn(w.run(rx));
+        Engine {
+            tx,
+            catalog,
+            clock,
+            config,
+        }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Run one period command. Bad input is refused here, before it reaches the queue.
+    pub async fn execute(&self, req: PeriodRequest) -> Result<Outcome, EngineError> {
+        self.validate(&req)?;
+        let fingerprint = fingerprint(&req);
+        self.submit(|reply| Job::Period {
+            req,
+            fingerprint,
+            reply,
+        })
+        .await
+    }
+
+    /// Register a brand on a plan, or move it to another plan (applied to its open period).
+    pub async fn set_plan(
+        &self,
+        brand: BrandId,
+        plan: PlanId,
+        actor: String,
+    ) -> Result<PlanChange, EngineError> {
+        if self.catalog.plan(&plan).is_none() {
+            return Err(EngineError::UnknownPlan(plan));
+        }
+        self.submit(|reply| Job::SetPlan {
+            brand,
+            plan,
+            actor,
+            reply,
+        })
+        .await
+    }
+
+    /// The period's aggregate as of every command answered so far (`None`: no events).
+    pub async fn period_state(
+        &self,
+        brand: BrandId,
+        period: PeriodKey,
+    ) -> Result<Option<UsagePeriodAggregate>, EngineError> {
+        self.submit(|reply| Job::ReadPeriod {
+            brand,
+            period,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn brand_state(&self, brand: BrandId) -> Result<Option<BrandAggregate>, EngineError> {
+        self.submit(|reply| Job::ReadBrand { brand, reply }).await
+    }
+
+    async fn submit<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.try_send(job(reply)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => EngineError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => EngineError::Stopped,
+        })?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    fn validate(&self, req: &PeriodRequest) -> Result<(), EngineError> {
+        if let Some(metric) = req.action.metric() {
+            if self.catalog.metric(metric).is_none() {
+                return Err(EngineError::UnknownMetric(metric.clone()));
+            }
+        }
+        if let Action::Record {
+            occurred_at: Some(at),
+            ..
+        } = &req.action
+        {
+            if *at > self.clock.now() + self.config.future_skew_max {
+                return Err(EngineError::InFuture {
+                    occurred_at: *at,
+                    skew_s: self.config.future_skew_max.num_seconds(),
+                });
+            }
+        }
+        if matches!(req.action, Action::Close { .. }) && req.period.is_none() {
+            return Err(EngineError::PeriodRequired);
+        }
+        Ok(())
+    }
+}
+
+/// SHA-256 over the canonical JSON of what the request asks, so a retry with the same
+/// key but another payload is recognised. Stable across restarts and versions as long
+/// as the `Action` serialization is.
+fn fingerprint(req: &PeriodRequest) -> String {
+    #[derive(Serialize)]
+    struct Canon<'a> {
+        brand: &'a BrandId,
+        period: Option<PeriodKey>,
+        action: &'a Action,
+    }
+    let canon = serde_json::to_vec(&Canon {
+        brand: &req.brand,
+        period: req.period,
+        action: &req.action,
+    })
+    .expect("requests always serialize");
+    hex::encode(Sha256::digest(canon))
+}

@@ -1,0 +1,757 @@
+//! The writer task: batches jobs, decides them against the in-memory aggregates, and
+//! commits each batch with one append.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use ledger_aggregates::brand::{BrandCommand, BRAND_EVENT_VERSION};
+use ledger_aggregates::catalog::Catalog;
+use ledger_aggregates::ids::period_stream_id;
+use ledger_aggregates::period::{PeriodCommand, LEDGER_EVENT_VERSION};
+use ledger_aggregates::{
+    BrandAggregate, BrandId, LedgerEvent, MetricKey, MetricKind, PeriodKey, UsagePeriodAggregate,
+};
+use lru::LruCache;
+use tokio::sync::mpsc;
+
+use super::{
+    Action, Committed, EngineConfig, EngineError, Job, Outcome, PeriodRequest, PlanChange,
+};
+use crate::clock::Clock;
+use crate::store::{EventLog, LoadedStream, NewEvent, NewSnapshot, StoreError};
+
+const PERIOD: &str = UsagePeriodAggregate::TYPE;
+const BRAND: &str = BrandAggregate::TYPE;
+const EMPTY_METADATA: &str = "{}";
+
+/// The answer prepared for one job, sent only after the batch commits.
+enum Answer {
+    Period(Result<Outcome, EngineError>),
+    Plan(Result<PlanChange, EngineError>),
+    ReadPeriod(Option<UsagePeriodAggregate>),
+    ReadBrand(Option<BrandAggregate>),
+}
+
+/// What a batch will append, and the keys to remember once it is committed.
+#[derive(Default)]
+struct Staged {
+    events: Vec<NewEvent>,
+    snapshots: Vec<NewSnapshot>,
+    /// Streams whose cached state now includes uncommitted events.
+    touched: Vec<(&'static str, String)>,
+    /// (stream id, key) -> (fingerprint, outcome) of commands in this batch.
+    keyed: HashMap<(String, String), (String, Outcome)>,
+}
+
+pub(crate) struct Writer {
+    log: Arc<dyn EventLog>,
+    catalog: Arc<Catalog>,
+    clock: Arc<dyn Clock>,
+    cfg: Arc<EngineConfig>,
+    metric_kinds: BTreeMap<MetricKey, MetricKind>,
+    periods: LruCache<String, UsagePeriodAggregate>,
+    brands: LruCache<String, BrandAggregate>,
+    /// Recent idempotent outcomes: (stream id, key) -> (fingerprint, outcome).
+    keys: LruCache<(String, String), (String, Outcome)>,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        log: Arc<dyn EventLog>,
+        catalog: Arc<Catalog>,
+        clock: Arc<dyn Clock>,
+        cfg: Arc<EngineConfig>,
+    ) -> Self {
+        // Each job needs at most two streams; the cache must hold a whole batch.
+        let streams = cfg.cache_streams_max.max(4 * cfg.batch_commands_max);
+        let cap = |n: usize| NonZeroUsize::new(n.max(1)).expect("max(1) is non-zero");
+        Self {
+            metric_kinds: catalog.metrics().map(|m| (m.key.clone(), m.kind)).collect(),
+            log,
+            catalog,
+            clock,
+            periods: LruCache::new(cap(streams)),
+            brands: LruCache::new(cap(streams)),
+            keys: LruCache::new(cap(cfg.idempotency_cache_max)),
+            cfg,
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut batch = Vec::with_capacity(self.cfg.batch_commands_max);
+        while let Some(job) = rx.recv().await {
+            batch.push(job);
+            while batch.len() < self.cfg.batch_commands_max {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.process(&mut batch).await;
+        }
+    }
+
+    async fn process(&mut self, batch: &mut Vec<Job>) {
+        let now = self.clock.now();
+        let mut attempt = 0;
+        let answers = loop {
+            let mut staged = Staged::default();
+            let result = self.attempt(batch, now, &mut staged).await;
+            if result.is_err() {
+                // The cache may hold uncommitted decisions: forget them, reload later.
+                for (t, id) in &staged.touched {
+                    self.evict(t, id);
+                }
+            }
+            match result {
+                Ok(answers) => {
+                    for (k, v) in staged.keyed {
+                        self.keys.put(k, v);
+                    }
+                    break Ok(answers);
+                }
+                Err(StoreError::Conflict(why)) if attempt < self.cfg.conflict_retries_max => {
+                    tracing::debug!(attempt, %why, "append conflict; reloading and deciding again");
+                    attempt += 1;
+                }
+                Err(e) => break Err(EngineError::Store(Arc::new(e))),
+            }
+        };
+        reply_all(batch.drain(..), answers);
+    }
+
+    fn evict(&mut self, aggregate_type: &str, id: &str) {
+        if aggregate_type == PERIOD {
+            self.periods.pop(id);
+        } else {
+            self.brands.pop(id);
+        }
+    }
+
+    /// Decide every job of the batch and append the result. Nothing is answered here.
+    async fn attempt(
+        &mut self,
+        batch: &[Job],
+        now: DateTime<Utc>,
+        staged: &mut Staged,
+    ) -> Result<Vec<Answer>, StoreError> {
+        self.load_missing(batch, now).await?;
+        let carried = self.carried_levels(batch, now).await?;
+        let known = self.known_keys(batch, now).await?;
+        let mut answers = Vec::with_capacity(batch.len());
+        for job in batch {
+            answers.push(match job {
+                Job::Period {
+                    req, fingerprint, ..
+                } => Answer::Period(self.decide_period(
+                    req,
+                    fingerprint,
+                    now,
+                    &carried,
+                    &known,
+                    staged,
+                )),
+                Job::SetPlan {
+                    brand, plan, actor, ..
+                } => Answer::Plan(self.decide_plan(brand, plan, actor, now, staged)),
+                Job::ReadPeriod { brand, period, .. } => Answer::ReadPeriod(
+                    self.periods
+                        .get(&period_stream_id(brand, *period))
+                        .filter(|a| a.version > 0)
+                        .cloned(),
+                ),
+                Job::ReadBrand { brand, .. } => Answer::ReadBrand(
+                    self.brands
+                        .get(brand.as_str())
+                        .filter(|a| a.version > 0)
+                        .cloned(),
+                ),
+            });
+        }
+        self.stage_snapshots(staged);
+        self.log.append(&staged.events, &staged.snapshots).await?;
+        Ok(answers)
+    }
+
+    /// The streams a job reads or writes.
+    fn streams_of(job: &Job, now: DateTime<Utc>) -> [Option<(&'static str, String)>; 2] {
+        match job {
+            Job::Period { req, .. } => [
+                Some((BRAND, req.brand.to_string())),
+                Some((
+                    PERIOD,
+                    period_stream_id(&req.brand, target_period(req, now)),
+                )),
+            ],
+            Job::SetPlan { brand, .. } => [
+                Some((BRAND, brand.to_string())),
+                Some((PERIOD, period_stream_id(brand, PeriodKey::containing(now)))),
+            ],
+            Job::ReadPeriod { brand, period, .. } => {
+                [Some((PERIOD, period_stream_id(brand, *period))), None]
+            }
+            Job::ReadBrand { brand, .. } => [Some((BRAND, brand.to_string())), None],
+        }
+    }
+
+    /// Load every stream the batch needs that is not cached, in one call.
+    async fn load_missing(&mut self, batch: &[Job], now: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut missing: Vec<(&'static str, String)> = Vec::new();
+        for job in batch {
+            for (t, id) in Self::streams_of(job, now).into_iter().flatten() {
+                let cached = if t == PERIOD {
+                    self.periods.contains(&id)
+                } else {
+                    self.brands.contains(&id)
+                };
+                if !cached && !missing.iter().any(|(mt, mid)| *mt == t && *mid == id) {
+                    missing.push((t, id));
+                }
+            }
+        }
+        self.load(&missing).await
+    }
+
+    async fn load(&mut self, keys: &[(&'static str, String)]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        for stream in self.log.load_streams(keys).await? {
+            if stream.aggregate_type == PERIOD {
+                let agg: UsagePeriodAggregate = rebuild(&stream)?;
+                self.periods.put(stream.aggregate_id, agg);
+            } else {
+                let agg: BrandAggregate = rebuild(&stream)?;
+                self.brands.put(stream.aggregate_id, agg);
+            }
+        }
+        Ok(())
+    }
+
+    /// Gauge levels for each period this batch will open: those of the brand's newest
+    /// earlier period, found by exact-key lookups over a bounded window.
+    async fn carried_levels(
+        &mut self,
+        batch: &[Job],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<String, BTreeMap<MetricKey, u64>>, StoreError> {
+        let mut out = HashMap::new();
+        for job in batch {
+            let Job::Period { req, .. } = job else {
+                continue;
+            };
+            let id = period_stream_id(&req.brand, target_period(req, now));
+            let opened = self.periods.peek(&id).is_some_and(|a| a.is_open());
+            if opened || out.contains_key(&id) {
+                continue;
+            }
+            let mut candidates = Vec::new();
+            let mut p = target_period(req, now);
+            for _ in 0..self.cfg.gauge_lookback_periods_max {
+                p = p.prev();
+                candidates.push(period_stream_id(&req.brand, p));
+            }
+            let existing = self.log.existing_streams(PERIOD, &candidates).await?;
+            // Ids of one brand sort chronologically: the greatest is the newest.
+            let levels = match existing.into_iter().max() {
+                Some(prev) => {
+                    if !self.periods.contains(&prev) {
+                        self.load(&[(PERIOD, prev.clone())]).await?;
+                    }
+                    self.periods
+                        .peek(&prev)
+                        .map(|a| a.gauge_levels())
+                        .unwrap_or_default()
+                }
+                None => BTreeMap::new(),
+            };
+            out.insert(id, levels);
+        }
+        Ok(out)
+    }
+
+    /// Outcomes of keys already used, from memory or, for the rest, from the log.
+    async fn known_keys(
+        &mut self,
+        batch: &[Job],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<(String, String), (String, Outcome)>, StoreError> {
+        let mut known = HashMap::new();
+        let mut ask = Vec::new();
+        for job in batch {
+            let Job::Period { req, .. } = job else {
+                continue;
+            };
+            let Some(key) = &req.idempotency_key else {
+                continue;
+            };
+            let k = (
+                period_stream_id(&req.brand, target_period(req, now)),
+                key.to_string(),
+            );
+            match self.keys.get(&k) {
+                Some(hit) => {
+                    known.insert(k, hit.clone());
+                }
+                None => ask.push(k),
+            }
+        }
+        if ask.is_empty() {
+            return Ok(known);
+        }
+        for hit in self.log.find_keyed(PERIOD, &ask).await? {
+            let event: LedgerEvent = serde_json::from_str(&hit.payload).map_err(|e| {
+                StoreError::Corrupt(format!("{} #{}: {e}", hit.aggregate_id, hit.sequence))
+            })?;
+            let (brand, period) = ledger_aggregates::ids::parse_period_stream_id(&hit.aggregate_id)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let plan = self
+                .periods
+                .peek(&hit.aggregate_id)
+                .and_then(|a| a.plan().cloned());
+            let decision = plan.and_then(|p| UsagePeriodAggregate::decision_of(&event, &p));
+            let outcome = Outcome {
+                brand,
+                period,
+                events: vec![Committed {
+                    sequence: hit.sequence as u64,
+                    event,
+                }],
+                decision,
+                replayed: true,
+            };
+            known.insert(
+                (hit.aggregate_id, hit.idempotency_key),
+                (hit.request_hash, outcome),
+            );
+        }
+        Ok(known)
+    }
+
+    fn decide_period(
+        &mut self,
+        req: &PeriodRequest,
+        fingerprint: &str,
+        now: DateTime<Utc>,
+        carried: &HashMap<String, BTreeMap<MetricKey, u64>>,
+        known: &HashMap<(String, String), (String, Outcome)>,
+        staged: &mut Staged,
+    ) -> Result<Outcome, EngineError> {
+        let period = target_period(req, now);
+        let id = period_stream_id(&req.brand, period);
+        if let Some(key) = &req.idempotency_key {
+            let k = (id.clone(), key.to_string());
+            if let Some((hash, outcome)) = staged.keyed.get(&k).or_else(|| known.get(&k)) {
+                if hash != fingerprint {
+                    return Err(EngineError::KeyReuse(key.clone()));
+                }
+                return Ok(Outcome {
+                    replayed: true,
+                    ..outcome.clone()
+                });
+            }
+        }
+        let plan = self
+            .brands
+            .peek(req.brand.as_str())
+            .and_then(|b| b.plan.clone())
+            .ok_or_else(|| EngineError::BrandNotRegistered(req.brand.clone()))?;
+        let cached = self.periods.get(&id).expect("loaded before deciding");
+        // Opening and the command are decided on a copy when the period is new, so a
+        // refused command (or a pure check) leaves no `PeriodOpened` behind.
+        let mut opening = None;
+        if !cached.is_open() {
+            let mut fresh = cached.clone();
+            let open = PeriodCommand::OpenPeriod {
+                brand_id: req.brand.clone(),
+                period,
+                plan,
+                metric_kinds: self.metric_kinds.clone(),
+                carried_levels: carried.get(&id).cloned().unwrap_or_default(),
+                at: now,
+            };
+            let events = fresh.decide(&open, &self.cfg.rules)?;
+            for e in &events {
+                fresh.apply(e.clone());
+            }
+            opening = Some((fresh, events));
+        }
+        let agg = match &mut opening {
+            Some((fresh, _)) => fresh,
+            None => self.periods.get_mut(&id).expect("loaded before deciding"),
+        };
+        let first_sequence = agg.version + 1;
+        let (command, decision) = command_for(agg, &req.action, now)?;
+        let events = agg.decide(&command, &self.cfg.rules)?;
+        for e in &events {
+            agg.apply(e.clone());
+        }
+        let decision = decision.or_else(|| {
+            let plan = agg.plan()?;
+            events
+                .first()
+                .and_then(|e| UsagePeriodAggregate::decision_of(e, plan))
+        });
+        let decision = decision.map(|mut d| {
+            d.consumed = matches!(events.first(), Some(LedgerEvent::UsageRecorded { .. }));
+            d
+        });
+        if events.is_empty() {
+            // Nothing to write: a pure check. A fresh opening copy is dropped.
+            return Ok(Outcome {
+                brand: req.brand.clone(),
+                period,
+                events: Vec::new(),
+                decision,
+                replayed: false,
+            });
+        }
+        let mut sequence = first_sequence;
+        if let Some((fresh, open_events)) = opening {
+            sequence -= open_events.len() as u64;
+            for e in &open_events {
+                stage_event(
+                    staged,
+                    PERIOD,
+                    &id,
+                    sequence,
+                    e.event_type_str(),
+                    LEDGER_EVENT_VERSION,
+                    e,
+                    None,
+                );
+                sequence += 1;
+            }
+            self.periods.put(id.clone(), fresh);
+        }
+        let key = req
+            .idempotency_key
+            .as_ref()
+            .map(|k| (k.to_string(), fingerprint.to_owned()));
+        let mut committed = Vec::with_capacity(events.len());
+        for (i, e) in events.into_iter().enumerate() {
+            let keyed = if i == 0 { key.clone() } else { None };
+            stage_event(
+                staged,
+                PERIOD,
+                &id,
+                sequence,
+                e.event_type_str(),
+                LEDGER_EVENT_VERSION,
+                &e,
+                keyed,
+            );
+            committed.push(Committed { sequence, event: e });
+            sequence += 1;
+        }
+        staged.touched.push((PERIOD, id.clone()));
+        let outcome = Outcome {
+            brand: req.brand.clone(),
+            period,
+            events: committed,
+            decision,
+            replayed: false,
+        };
+        if let Some((k, hash)) = key {
+            staged.keyed.insert((id, k), (hash, outcome.clone()));
+        }
+        Ok(outcome)
+    }
+
+    fn decide_plan(
+        &mut self,
+        brand: &BrandId,
+        plan_id: &ledger_aggregates::PlanId,
+        actor: &str,
+        now: DateTime<Utc>,
+        staged: &mut Staged,
+    ) -> Result<PlanChange, EngineError> {
+        let plan = self
+            .catalog
+            .plan(plan_id)
+            .cloned()
+            .ok_or_else(|| EngineError::UnknownPlan(plan_id.clone()))?;
+        let agg = self
+            .brands
+            .get_mut(brand.as_str())
+            .expect("loaded before deciding");
+        let registered = !agg.is_registered();
+        let events = agg.decide(&BrandCommand::SetPlan {
+            brand_id: brand.clone(),
+            plan: plan.clone(),
+            actor: actor.to_owned(),
+            at: now,
+        })?;
+        let mut sequence = agg.version + 1;
+        for e in &events {
+            agg.apply(e.clone());
+            stage_event(
+                staged,
+                BRAND,
+                brand.as_str(),
+                sequence,
+                e.event_type_str(),
+                BRAND_EVENT_VERSION,
+                e,
+                None,
+            );
+            sequence += 1;
+        }
+        if !events.is_empty() {
+            staged.touched.push((BRAND, brand.to_string()));
+        }
+        // The new plan takes effect in the brand's open period, in the same commit.
+        let period = PeriodKey::containing(now);
+        let id = period_stream_id(brand, period);
+        let mut applied_to = None;
+        if let Some(p) = self
+            .periods
+            .get_mut(&id)
+            .filter(|p| p.is_open() && p.closed.is_none())
+        {
+            let applied = p.decide(&PeriodCommand::ApplyPlan { plan, at: now }, &self.cfg.rules)?;
+            let mut sequence = p.version + 1;
+            for e in &applied {
+                p.apply(e.clone());
+                stage_event(
+                    staged,
+                    PERIOD,
+                    &id,
+                    sequence,
+                    e.event_type_str(),
+                    LEDGER_EVENT_VERSION,
+                    e,
+                    None,
+                );
+                sequence += 1;
+            }
+            if !applied.is_empty() {
+                staged.touched.push((PERIOD, id));
+                applied_to = Some(period);
+            }
+        }
+        Ok(PlanChange {
+            brand: brand.clone(),
+            plan: plan_id.clone(),
+            registered,
+            changed: !events.is_empty(),
+            applied_to,
+        })
+    }
+
+    /// Snapshot every touched stream whose sequence crossed a multiple of the interval.
+    fn stage_snapshots(&mut self, staged: &mut Staged) {
+        let every = self.cfg.snapshot_every_events.max(1);
+        let mut seen = std::collections::HashSet::new();
+        let mut last_seq: HashMap<&str, (i64, i64)> = HashMap::new();
+        for e in &staged.events {
+            let entry = last_seq
+                .entry(e.aggregate_id.as_str())
+                .or_insert((e.sequence, e.sequence));
+            entry.1 = e.sequence;
+        }
+        for (t, id) in &staged.touched {
+            if !seen.insert((*t, id.clone())) {
+                continue;
+            }
+            let Some((first, last)) = last_seq.get(id.as_str()).copied() else {
+                continue;
+            };
+            if (first - 1) as u64 / every == last as u64 / every {
+                continue;
+            }
+            let payload = if *t == PERIOD {
+                self.periods.peek(id).map(|a| serde_json::to_string(a))
+            } else {
+                self.brands.peek(id).map(|a| serde_json::to_string(a))
+            };
+            if let Some(Ok(payload)) = payload {
+                staged.snapshots.push(NewSnapshot {
+                    aggregate_type: t,
+                    aggregate_id: id.clone(),
+                    last_sequence: last,
+                    payload,
+                });
+            }
+        }
+    }
+}
+
+/// The period a request acts on.
+pub(crate) fn target_period(req: &PeriodRequest, now: DateTime<Utc>) -> PeriodKey {
+    if let Some(p) = req.period {
+        return p;
+    }
+    match &req.action {
+        Action::Record {
+            occurred_at: Some(at),
+            ..
+        } => PeriodKey::containing(*at),
+        _ => PeriodKey::containing(now),
+    }
+}
+
+/// Translate an action into the aggregate's command (and, for checks, the decision
+/// evaluated before it).
+fn command_for(
+    agg: &UsagePeriodAggregate,
+    action: &Action,
+    now: DateTime<Utc>,
+) -> Result<(PeriodCommand, Option<ledger_aggregates::QuotaDecision>), EngineError> {
+    Ok(match action.clone() {
+        Action::Record {
+            metric,
+            quantity,
+            occurred_at,
+        } => (
+            PeriodCommand::RecordUsage {
+                metric,
+                quantity,
+                occurred_at: occurred_at.unwrap_or(now),
+                at: now,
+            },
+            None,
+        ),
+        Action::Check {
+            metric,
+            requested,
+            consume,
+        } => {
+            let decision = agg.evaluate(&metric, requested)?;
+            (
+                PeriodCommand::CheckQuota {
+                    metric,
+                    requested,
+                    consume,
+                    at: now,
+                },
+                Some(decision),
+            )
+        }
+        Action::SetGauge { metric, level } => (
+            PeriodCommand::SetGaugeLevel {
+                metric,
+                level,
+                at: now,
+            },
+            None,
+        ),
+        Action::TopUp {
+            metric,
+            units,
+            price,
+            reference,
+            actor,
+        } => (
+            PeriodCommand::ApplyTopUp {
+                metric,
+                units,
+                price,
+                reference,
+                actor,
+                at: now,
+            },
+            None,
+        ),
+        Action::Adjust {
+            metric,
+            delta,
+            actor,
+            reason,
+        } => (
+            PeriodCommand::AdjustUsage {
+                metric,
+                delta,
+                actor,
+                reason,
+                at: now,
+            },
+            None,
+        ),
+        Action::Close { actor } => (PeriodCommand::ClosePeriod { actor, at: now }, None),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn stage_event<E: serde::Serialize>(
+    staged: &mut Staged,
+    aggregate_type: &'static str,
+    aggregate_id: &str,
+    sequence: u64,
+    event_type: &'static str,
+    event_version: &'static str,
+    event: &E,
+    keyed: Option<(String, String)>,
+) {
+    let (idempotency_key, request_hash) = match keyed {
+        Some((k, h)) => (Some(k), Some(h)),
+        None => (None, None),
+    };
+    staged.events.push(NewEvent {
+        aggregate_type,
+        aggregate_id: aggregate_id.to_owned(),
+        sequence: sequence as i64,
+        event_type,
+        event_version,
+        payload: serde_json::to_string(event).expect("events always serialize"),
+        metadata: EMPTY_METADATA.to_owned(),
+        idempotency_key,
+        request_hash,
+    });
+}
+
+/// Rebuild an aggregate from its snapshot and later events.
+fn rebuild<A: Aggregate>(stream: &LoadedStream) -> Result<A, StoreError> {
+    let corrupt = |what: &str, e: serde_json::Error| {
+        StoreError::Corrupt(format!(
+            "{} {}: {what}: {e}",
+            stream.aggregate_type, stream.aggregate_id
+        ))
+    };
+    let mut agg: A = match &stream.snapshot {
+        Some((_, payload)) => serde_json::from_str(payload).map_err(|e| corrupt("snapshot", e))?,
+        None => A::default(),
+    };
+    for e in &stream.events {
+        let event: A::Event = serde_json::from_str(&e.payload)
+            .map_err(|err| corrupt(&format!("event #{}", e.sequence), err))?;
+        agg.apply(event);
+    }
+    Ok(agg)
+}
+
+fn reply_all(jobs: impl Iterator<Item = Job>, answers: Result<Vec<Answer>, EngineError>) {
+    match answers {
+        Ok(answers) => {
+            for (job, answer) in jobs.zip(answers) {
+                // A caller that gave up waiting is not an error of the ledger.
+                let _ = match (job, answer) {
+                    (Job::Period { reply, .. }, Answer::Period(r)) => reply.send(r).map_err(drop),
+                    (Job::SetPlan { reply, .. }, Answer::Plan(r)) => reply.send(r).map_err(drop),
+                    (Job::ReadPeriod { reply, .. }, Answer::ReadPeriod(r)) => {
+                        reply.send(Ok(r)).map_err(drop)
+                    }
+                    (Job::ReadBrand { reply, .. }, Answer::ReadBrand(r)) => {
+                        reply.send(Ok(r)).map_err(drop)
+                    }
+                    _ => unreachable!("answers are built in job order, one per job"),
+                };
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "batch failed; every caller in it is told");
+            for job in jobs {
+                let err = e.clone_for_fanout();
+                let _ = match job {
+                    Job::Period { reply, .. } => reply.send(Err(err)).map_err(drop),
+                    Job::SetPlan { reply, .. } => reply.send(Err(err)).map_err(drop),
+                    Job::ReadPeriod { reply, .. } => reply.send(Err(err)).map_err(drop),
+                    Job::ReadBrand { reply, .. } => reply.send(Err(err)).map_err(drop),
+                };
+            }
+        }
+    }
+}

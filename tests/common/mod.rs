@@ -1,0 +1,167 @@
+//! Test harness: a fresh database per test, on real PostgreSQL and real SQLite.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use ledger_aggregates::Catalog;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::Executor;
+use usage_ledger::clock::{Clock, ManualClock};
+use usage_ledger::engine::{Engine, EngineConfig};
+use usage_ledger::store::{EventLog, PostgresLog, SqliteLog};
+
+/// The server that hosts per-test databases. CI sets `DATABASE_URL`; locally the
+/// machine's default server is used.
+const PG_DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+pub enum Backend {
+    Postgres {
+        admin_url: String,
+        name: String,
+        url: String,
+    },
+    Sqlite {
+        dir: tempfile::TempDir,
+    },
+}
+
+pub struct TestDb {
+    pub backend: Backend,
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| PG_DEFAULT_URL.to_owned())
+}
+
+fn with_db(url: &str, db: &str) -> String {
+    let (base, _) = url
+        .rsplit_once('/')
+        .expect("a PostgreSQL URL ends with /<database>");
+    format!("{base}/{db}")
+}
+
+impl TestDb {
+    /// A fresh, empty PostgreSQL database. Without a reachable server the test fails in
+    /// CI (`CI=true`) and is skipped with a message elsewhere.
+    pub async fn postgres() -> Option<TestDb> {
+        let admin_url = pg_admin_url();
+        let admin = match PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&admin_url)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) if std::env::var("CI").is_err() => {
+                eprintln!(
+                    "SKIPPED: PostgreSQL unreachable at {admin_url}: {e} (install it, see README)"
+                );
+                return None;
+            }
+            Err(e) => panic!("PostgreSQL must be reachable in CI at {admin_url}: {e}"),
+        };
+        let name = format!("ledger_t_{}", uuid::Uuid::new_v4().simple());
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let url = with_db(&admin_url, &name);
+        Some(TestDb {
+            backend: Backend::Postgres {
+                admin_url,
+                name,
+                url,
+            },
+        })
+    }
+
+    pub fn sqlite() -> TestDb {
+        TestDb {
+            backend: Backend::Sqlite {
+                dir: tempfile::tempdir().expect("temp dir"),
+            },
+        }
+    }
+
+    /// A new connection pool (and migrations) on this database: a second "process".
+    pub async fn log(&self) -> Arc<dyn EventLog> {
+        match &self.backend {
+            Backend::Postgres { url, .. } => {
+                Arc::new(PostgresLog::connect(url).await.expect("connect pg"))
+            }
+            Backend::Sqlite { dir } => {
+                Arc::new(SqliteLog::open_in(dir.path()).await.expect("open sqlite"))
+            }
+        }
+    }
+
+    pub fn pg_url(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::Postgres { url, .. } => Some(url),
+            Backend::Sqlite { .. } => None,
+        }
+    }
+
+    pub fn sqlite_path(&self) -> Option<std::path::PathBuf> {
+        match &self.backend {
+            Backend::Sqlite { dir } => Some(dir.path().join("ledger.db")),
+            Backend::Postgres { .. } => None,
+        }
+    }
+
+    /// Drop the PostgreSQL database (the SQLite directory goes with the guard).
+    pub async fn cleanup(self) {
+        if let Backend::Postgres {
+            admin_url, name, ..
+        } = &self.backend
+        {
+            if let Ok(admin) = PgPoolOptions::new()
+                .max_connections(1)
+                .connect(admin_url)
+                .await
+            {
+                let _ = admin
+                    .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                    .await;
+            }
+        }
+    }
+}
+
+/// Mid-November 2026, a fixed instant so tests know their period.
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 15, 12, 0, 0).unwrap()
+}
+
+pub fn manual_clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(t0()))
+}
+
+pub fn engine_on(log: Arc<dyn EventLog>, clock: Arc<dyn Clock>, config: EngineConfig) -> Engine {
+    Engine::start(log, Arc::new(Catalog::default_catalog()), clock, config)
+}
+
+/// Runs a test body on both stores: `stores!(name, body_fn)` makes `name_postgres` and
+/// `name_sqlite`.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(db) = common::TestDb::postgres().await else {
+                    return;
+                };
+                $body(&db).await;
+                db.cleanup().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let db = common::TestDb::sqlite();
+                $body(&db).await;
+            }
+        }
+    };
+}

@@ -1,0 +1,568 @@
+//! The command engine against real PostgreSQL and real SQLite: group commit, quotas
+//! under concurrency, idempotency, restarts, snapshots and plan changes.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::Duration;
+use ledger_aggregates::{
+    BrandId, IdempotencyKey, LedgerEvent, MetricKey, Money, PeriodKey, PlanId, Quantity,
+};
+use usage_ledger::clock::{Clock, SystemClock};
+use usage_ledger::engine::{Action, Engine, EngineConfig, EngineError, PeriodRequest};
+use usage_ledger::store::EventLog;
+
+fn brand(s: &str) -> BrandId {
+    BrandId::parse(s).unwrap()
+}
+fn metric(s: &str) -> MetricKey {
+    MetricKey::parse(s).unwrap()
+}
+fn plan(s: &str) -> PlanId {
+    PlanId::parse(s).unwrap()
+}
+fn q(n: u64) -> Quantity {
+    Quantity::new(n).unwrap()
+}
+fn key(s: &str) -> IdempotencyKey {
+    IdempotencyKey::parse(s).unwrap()
+}
+
+fn record(b: &str, m: &str, n: u64, k: Option<&str>) -> PeriodRequest {
+    PeriodRequest {
+        brand: brand(b),
+        period: None,
+        action: Action::Record {
+            metric: metric(m),
+            quantity: q(n),
+            occurred_at: None,
+        },
+        idempotency_key: k.map(key),
+    }
+}
+
+fn consume(b: &str, m: &str, n: u64) -> PeriodRequest {
+    PeriodRequest {
+        brand: brand(b),
+        period: None,
+        action: Action::Check {
+            metric: metric(m),
+            requested: q(n),
+            consume: true,
+        },
+        idempotency_key: None,
+    }
+}
+
+async fn engine(db: &common::TestDb) -> (Engine, Arc<dyn EventLog>) {
+    let log = db.log().await;
+    let clock: Arc<dyn Clock> = common::manual_clock();
+    (
+        common::engine_on(log.clone(), clock, EngineConfig::default()),
+        log,
+    )
+}
+
+async fn stream_len(log: &Arc<dyn EventLog>, id: &str) -> usize {
+    log.read_stream("usage_period", id, 0, 1_000_000)
+        .await
+        .unwrap()
+        .len()
+}
+
+// Proves the basic path: a registered brand records usage, the answer carries the
+// running total, and a new engine on the same database rebuilds the same state.
+async fn recorded_usage_survives_a_restart(db: &common::TestDb) {
+    let (e, log) = engine(db).await;
+    e.set_plan(brand("acme"), plan("starter"), "test".into())
+        .await
+        .unwrap();
+    let a = e
+        .execute(record("acme", "renders_3d", 4, None))
+        .await
+        .unwrap();
+    let b = e
+        .execute(record("acme", "renders_3d", 7, None))
+        .await
+        .unwrap();
+    match &b.events[0].event {
+        LedgerEvent::UsageRecorded {
+            totals,
+            marginal_cost,
+            ..
+        } => {
+            assert_eq!(totals.current, 11);
+            assert_eq!(totals.overage_units, 1);
+            assert_eq!(*marginal_cost, Money::from_minor(100));
+        }
+        other => panic!("expected UsageRecorded, got {other:?}"),
+    }
+    // PeriodOpened + UsageRecorded + 50% crossing, then UsageRecorded + 75% + 90%.
+    assert_eq!(a.events.len(), 2);
+    assert_eq!(
+        b.events.iter().map(|c| c.sequence).collect::<Vec<_>>(),
+        vec![4, 5, 6]
+    );
+    let before = e
+        .period_state(brand("acme"), PeriodKey::parse("2026-11").unwrap())
+        .await
+        .unwrap();
+    drop(e);
+    let (e2, _) = engine(db).await;
+    let after = e2
+        .period_state(brand("acme"), PeriodKey::parse("2026-11").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(before, after);
+    assert_eq!(after.unwrap().version, 6);
+    assert_eq!(stream_len(&log, "acme:2026-11").await, 6);
+}
+on_both_stores!(
+    recorded_usage_survives_a_restart,
+    recorded_usage_survives_a_restart
+);
+
+// Proves that commands for unknown brands, unknown metrics and refused decisions
+// change nothing: no event, not even a PeriodOpened.
+async fn refused_commands_write_nothing(db: &common::TestDb) {
+    let (e, log) = engine(db).await;
+    let err = e
+        .execute(record("ghost", "renders_3d", 1, None))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::BrandNotRegistered(_)), "{err}");
+    e.set_plan(brand("acme"), plan("starter"), "test".into())
+        .await
+        .unwrap();
+    let err = e
+        .execute(record("acme", "renders_4d", 1, None))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::UnknownMetric(_)), "{err}");
+    let adjust = PeriodRequest {
+        brand: brand("acme"),
+        period: None,
+        action: Action::Adjust {
+            metric: metric("renders_3d"),
+            delta: -5,
+            actor: "support".into(),
+            reason: "typo".into(),
+        },
+        idempotency_key: None,
+    };
+    let err = e.execute(adjust).await.unwrap_err();
+    assert!(matches!(err, EngineError::Ledger(_)), "{err}");
+    let check = PeriodRequest {
+        brand: brand("acme"),
+        period: None,
+        action: Action::Check {
+            metric: metric("renders_3d"),
+            requested: q(3),
+            consume: false,
+        },
+        idempotency_key: None,
+    };
+    let pure = e.execute(check).await.unwrap();
+    assert!(pure.events.is_empty());
+    assert_eq!(pure.decision.unwrap().remaining, Some(10));
+    assert_eq!(
+        stream_len(&log, "acme:2026-11").await,
+        0,
+        "no PeriodOpened for refusals or pure checks"
+    );
+}
+on_both_stores!(
+    refused_commands_write_nothing,
+    refused_commands_write_nothing
+);
+
+async fn consume_concurrently(engines: &[Engine], tasks: usize) -> usize {
+    let mut handles = Vec::new();
+    for i in 0..tasks {
+        let e = engines[i % engines.len()].clone();
+        handles.push(tokio::spawn(async move {
+            e.execute(consume("acme", "team_members", 1)).await
+        }));
+    }
+    let mut allowed = 0;
+    for h in handles {
+        let out = h.await.unwrap().unwrap();
+        if out.decision.unwrap().allowed {
+            allowed += 1;
+        }
+    }
+    allowed
+}
+
+// Proves there is no check-then-act race: 64 concurrent consumers of a block quota of
+// 50 (business team_members) get exactly 50 acceptances.
+async fn sixty_four_consumers_of_a_block_quota_of_fifty_get_exactly_fifty(db: &common::TestDb) {
+    let (e, log) = engine(db).await;
+    e.set_plan(brand("acme"), plan("business"), "test".into())
+        .await
+        .unwrap();
+    assert_eq!(consume_concurrently(&[e.clone()], 64).await, 50);
+    let state = e
+        .period_state(brand("acme"), PeriodKey::parse("2026-11").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.metric(&metric("team_members")).unwrap().current, 50);
+    let events = log
+        .read_stream("usage_period", "acme:2026-11", 0, 10_000)
+        .await
+        .unwrap();
+    let count = |t: &str| events.iter().filter(|e| e.event_type == t).count();
+    assert_eq!((count("UsageRecorded"), count("UsageDenied")), (50, 14));
+}
+on_both_stores!(
+    sixty_four_consumers,
+    sixty_four_consumers_of_a_block_quota_of_fifty_get_exactly_fifty
+);
+
+// Proves two engine instances (two processes) on one database never oversell: a
+// sequence conflict reloads the aggregate and decides again.
+async fn two_engines_on_one_database_still_accept_exactly_fifty(db: &common::TestDb) {
+    let (e1, log) = engine(db).await;
+    let (e2, _) = engine(db).await;
+    e1.set_plan(brand("acme"), plan("business"), "test".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        consume_concurrently(&[e1.clone(), e2.clone()], 64).await,
+        50
+    );
+    let events = log
+        .read_stream("usage_period", "acme:2026-11", 0, 10_000)
+        .await
+        .unwrap();
+    let recorded = events
+        .iter()
+        .filter(|e| e.event_type == "UsageRecorded")
+        .count();
+    assert_eq!(recorded, 50);
+    let seqs: Vec<i64> = events.iter().map(|e| e.sequence).collect();
+    assert_eq!(
+        seqs,
+        (1..=events.len() as i64).collect::<Vec<_>>(),
+        "no gaps, no duplicates"
+    );
+}
+on_both_stores!(
+    two_engines,
+    two_engines_on_one_database_still_accept_exactly_fifty
+);
+
+// Proves an idempotency storm (same key from 20 tasks at once) writes one event and
+// answers everyone with the same outcome.
+async fn an_idempotency_storm_writes_one_event(db: &common::TestDb) {
+    let (e, log) = engine(db).await;
+    e.set_plan(brand("acme"), plan("starter"), "test".into())
+        .await
+        .unwrap();
+    let mut handles = Vec::new();
+    for _ in 0..20 {
+        let e = e.clone();
+        handles.push(tokio::spawn(async move {
+            e.execute(record("acme", "api_calls", 3, Some("req-42")))
+                .await
+        }));
+    }
+    let outs: Vec<_> = futures::future::join_all(handles)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .collect();
+    assert_eq!(outs.iter().filter(|o| !o.replayed).count(), 1);
+    let first = outs.iter().find(|o| !o.replayed).unwrap();
+    for o in &outs {
+        assert_eq!(o.events[0], first.events[0]);
+    }
+    let events = log
+        .read_stream("usage_period", "acme:2026-11", 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event_type == "UsageRecorded")
+            .count(),
+        1
+    );
+}
+on_both_stores!(idempotency_storm, an_idempotency_storm_writes_one_event);
+
+// Proves keys hold across restarts (recorded in the log, not only in memory) and that
+// the same key with another payload is refused.
+async fn idempotency_keys_survive_restarts_and_refuse_other_payloads(db: &common::TestDb) {
+    let (e, log) = engine(db).await;
+    e.set_plan(brand("acme"), plan("starter"), "test".into())
+        .await
+        .unwrap();
+    let first = e
+        .execute(record("acme", "api_calls", 3, Some("k-1")))
+        .await
+        .unwrap();
+    assert!(!first.replayed);
+    drop(e);
+    let (e2, _) = engine(db).await;
+    let again = e2
+        .execute(record("acme", "api_calls", 3, Some("k-1")))
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.events[0], first.events[0]);
+    assert_eq!(again.decision, first.decision);
+    let err = e2
+        .execute(record("acme", "api_calls", 4, Some("k-1")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::KeyReuse(_)), "{err}");
+    let recorded = log
+        .read_stream("usage_period", "acme:2026-11", 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded
+            .iter()
+            .filter(|e| e.event_type == "UsageRecorded")
+            .count(),
+        1
+    );
+}
+on_both_stores!(
+    idempotency_across_restarts,
+    idempotency_keys_survive_restarts_and_refuse_other_payloads
+);
+
+// Proves snapshots are written every N events and a restart from snapshot + tail
+// equals the state folded from scratch.
+async fn a_restart_from_a_snapshot_equals_a_full_fold(db: &common::TestDb) {
+    let log = db.log().await;
+    let cfg = EngineConfig {
+        snapshot_every_events: 10,
+        ..EngineConfig::default()
+    };
+    let e = common::engine_on(log.clone(), common::manual_clock(), cfg.clone());
+    e.set_plan(brand("acme"), plan("starter"), "test".into())
+        .await
+        .unwrap();
+    for _ in 0..25 {
+        e.execute(record("acme", "api_calls", 1, None))
+            .await
+            .unwrap();
+    }
+    let live = e
+        .period_state(brand("acme"), PeriodKey::parse("2026-11").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    drop(e);
+    let loaded = log
+        .load_streams(&[("usage_period", "acme:2026-11".into())])
+        .await
+        .unwrap();
+    let (snap_seq, _) = loaded[0].snapshot.clone().expect("a snapshot was written");
+    assert!(snap_seq >= 10 && snap_seq as u64 <= live.version);
+    assert_eq!(
+        loaded[0].events.len() as u64,
+        live.version - snap_seq as u64
+    );
+    let e2 = common::engine_on(log, common::manual_clock(), cfg);
+    let reloaded = e2
+        .period_state(brand("acme"), PeriodKey::parse("2026-11").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reloaded, live);
+}
+on_both_stores!(snapshots, a_restart_from_a_snapshot_equals_a_full_fold);
+
+// Proves gauges (seats) carry over into the next period while counters restart at 0,
+// and a plan change lands in the open period as an event.
+async fn gauges_carry_over_and_plan_changes_reach_the_open_period(db: &common::TestDb) {
+    let log = db.log().await;
+    let clock = common::manual_clock();
+    let e = common::engine_on(log.clone(), clock.clone(), EngineConfig::default());
+    e.set_plan(brand("acme"), plan("starter"), "test".into())
+        .await
+        .unwrap();
+    e.execute(consume("acme", "team_members", 2)).await.unwrap();
+    e.execute(record("acme", "renders_3d", 5, None))
+        .await
+        .unwrap();
+    clock.advance(Duration::days(30)); // mid-December
+    let change = e
+        .set_plan(brand("acme"), plan("professional"), "test".into())
+        .await
+        .unwrap();
+    assert!(change.changed);
+    assert_eq!(change.applied_to, None, "December is not open yet");
+    e.execute(record("acme", "renders_3d", 1, None))
+        .await
+        .unwrap();
+    let dec = e
+        .period_state(brand("acme"), PeriodKey::parse("2026-12").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        dec.metric(&metric("team_members")).unwrap().current,
+        2,
+        "seats carried over"
+    );
+    assert_eq!(
+        dec.metric(&metric("renders_3d")).unwrap().current,
+        1,
+        "counters restart"
+    );
+    assert_eq!(dec.plan().unwrap().id.as_str(), "professional");
+    let change = e
+        .set_plan(brand("acme"), plan("business"), "test".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        change.applied_to,
+        Some(PeriodKey::parse("2026-12").unwrap())
+    );
+    let dec = e
+        .period_state(brand("acme"), PeriodKey::parse("2026-12").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(dec.plan().unwrap().id.as_str(), "business");
+    let nov = e
+        .period_state(brand("acme"), PeriodKey::parse("2026-11").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        nov.plan().unwrap().id.as_str(),
+        "starter",
+        "a closed-out month keeps its plan"
+    );
+    let same = e
+        .set_plan(brand("acme"), plan("business"), "test".into())
+        .await
+        .unwrap();
+    assert!(!same.changed, "setting the same plan again changes nothing");
+}
+on_both_stores!(
+    gauges_and_plans,
+    gauges_carry_over_and_plan_changes_reach_the_open_period
+);
+
+// Proves the bounded queue: with room for one job, a burst gets clear Overloaded errors
+// and every command that was accepted is in the log.
+async fn a_full_queue_answers_overloaded_and_loses_nothing_accepted(db: &common::TestDb) {
+    let log = db.log().await;
+    let cfg = EngineConfig {
+        queue_commands_max: 1,
+        ..EngineConfig::default()
+    };
+    let e = common::engine_on(log.clone(), Arc::new(SystemClock), cfg);
+    e.set_plan(brand("acme"), plan("enterprise"), "test".into())
+        .await
+        .unwrap();
+    let handles: Vec<_> = (0..200)
+        .map(|_| {
+            let e = e.clone();
+            tokio::spawn(async move { e.execute(record("acme", "api_calls", 1, None)).await })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut overloaded = 0;
+    for h in handles {
+        match h.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(EngineError::Overloaded) => overloaded += 1,
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        overloaded > 0,
+        "a queue of one must overflow under a burst of 200"
+    );
+    let period = PeriodKey::containing(e.now());
+    let state = e
+        .period_state(brand("acme"), period)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.metric(&metric("api_calls")).unwrap().current, ok);
+}
+on_both_stores!(
+    overload,
+    a_full_queue_answers_overloaded_and_loses_nothing_accepted
+);
+
+// Proves crash safety: the engine's runtime is torn down mid-load; every command that
+// was acknowledged before is in the log after a restart.
+async fn every_acknowledged_command_survives_an_abort(db: &common::TestDb) {
+    let log = db.log().await;
+    let (e, _) = engine(db).await;
+    e.set_plan(brand("acme"), plan("enterprise"), "test".into())
+        .await
+        .unwrap();
+    drop(e);
+    let acked = Arc::new(std::sync::Mutex::new(HashSet::new()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (log2, acked2) = (log.clone(), acked.clone());
+    rt.spawn(async move {
+        let e = common::engine_on(log2, common::manual_clock(), EngineConfig::default());
+        for i in 0..100_000u64 {
+            let (e, acked) = (e.clone(), acked2.clone());
+            tokio::spawn(async move {
+                let k = format!("crash-{i}");
+                if e.execute(record("acme", "api_calls", 1, Some(&k)))
+                    .await
+                    .is_ok()
+                {
+                    acked.lock().unwrap().insert(k);
+                }
+            });
+            if i % 64 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    rt.shutdown_background(); // the "crash": tasks and in-flight appends are abandoned
+    let acked: HashSet<String> = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 10,
+        "the load ran long enough to acknowledge commands ({})",
+        acked.len()
+    );
+    let (e2, log3) = engine(db).await;
+    let events = log3
+        .read_stream("usage_period", "acme:2026-11", 0, 1_000_000)
+        .await
+        .unwrap();
+    let recorded = events
+        .iter()
+        .filter(|e| e.event_type == "UsageRecorded")
+        .count();
+    assert!(
+        recorded >= acked.len(),
+        "{recorded} recorded < {} acknowledged",
+        acked.len()
+    );
+    for k in acked.iter().take(200) {
+        let out = e2
+            .execute(record("acme", "api_calls", 1, Some(k)))
+            .await
+            .unwrap();
+        assert!(
+            out.replayed,
+            "acknowledged key {k} is missing after restart"
+        );
+    }
+}
+on_both_stores!(crash_safety, every_acknowledged_command_survives_an_abort);
