@@ -203,7 +203,7 @@ async fn sixty_four_consumers_of_a_block_quota_of_fifty_get_exactly_fifty(db: &c
     e.set_plan(brand("acme"), plan("business"), "test".into())
         .await
         .unwrap();
-    assert_eq!(consume_concurrently(&[e.clone()], 64).await, 50);
+    assert_eq!(consume_concurrently(std::slice::from_ref(&e), 64).await, 50);
     let state = e
         .period_state(brand("acme"), PeriodKey::parse("2026-11").unwrap())
         .await

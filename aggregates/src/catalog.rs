@@ -330,7 +330,8 @@ mod tests {
     fn the_default_catalog_matches_the_originals_limits_and_rates() {
         // (plan, metric, limit, rate) straight from the original's table.
         let c = Catalog::default_catalog();
-        let table: &[(&str, [(u64, Option<i64>); 7])] = &[
+        type Row = (&'static str, [(u64, Option<i64>); 7]);
+        let table: &[Row] = &[
             (
                 "starter",
                 [

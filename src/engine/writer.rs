@@ -423,7 +423,6 @@ impl Writer {
                     e,
                     None,
                 );
-                sequence += 1;
             }
             self.periods.put(id.clone(), fresh);
         }
@@ -485,8 +484,7 @@ impl Writer {
             actor: actor.to_owned(),
             at: now,
         })?;
-        let mut sequence = agg.version + 1;
-        for e in &events {
+        for (sequence, e) in (agg.version + 1..).zip(&events) {
             agg.apply(e.clone());
             stage_event(
                 staged,
@@ -498,7 +496,6 @@ impl Writer {
                 e,
                 None,
             );
-            sequence += 1;
         }
         if !events.is_empty() {
             staged.touched.push((BRAND, brand.to_string()));
@@ -513,8 +510,7 @@ impl Writer {
             .filter(|p| p.is_open() && p.closed.is_none())
         {
             let applied = p.decide(&PeriodCommand::ApplyPlan { plan, at: now }, &self.cfg.rules)?;
-            let mut sequence = p.version + 1;
-            for e in &applied {
+            for (sequence, e) in (p.version + 1..).zip(&applied) {
                 p.apply(e.clone());
                 stage_event(
                     staged,
@@ -526,7 +522,6 @@ impl Writer {
                     e,
                     None,
                 );
-                sequence += 1;
             }
             if !applied.is_empty() {
                 staged.touched.push((PERIOD, id));
@@ -564,9 +559,9 @@ impl Writer {
                 continue;
             }
             let payload = if *t == PERIOD {
-                self.periods.peek(id).map(|a| serde_json::to_string(a))
+                self.periods.peek(id).map(serde_json::to_string)
             } else {
-                self.brands.peek(id).map(|a| serde_json::to_string(a))
+                self.brands.peek(id).map(serde_json::to_string)
             };
             if let Some(Ok(payload)) = payload {
                 staged.snapshots.push(NewSnapshot {
