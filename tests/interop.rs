@@ -6,7 +6,9 @@ mod common;
 
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateContext, EventStore};
-use ledger_aggregates::{BrandAggregate, BrandId, MetricKey, PeriodKey, PlanId, Quantity, UsagePeriodAggregate};
+use ledger_aggregates::{
+    BrandAggregate, BrandId, MetricKey, PeriodKey, PlanId, Quantity, UsagePeriodAggregate,
+};
 use usage_ledger::engine::{Action, Engine, EngineConfig, PeriodRequest};
 
 /// A workload touching every kind of event the engine writes in one period.
@@ -14,12 +16,33 @@ async fn write_a_varied_stream(e: &Engine) {
     let brand = BrandId::parse("acme").unwrap();
     let m = |s: &str| MetricKey::parse(s).unwrap();
     let q = |n: u64| Quantity::new(n).unwrap();
-    e.set_plan(brand.clone(), PlanId::parse("starter").unwrap(), "test".into()).await.unwrap();
+    e.set_plan(
+        brand.clone(),
+        PlanId::parse("starter").unwrap(),
+        "test".into(),
+    )
+    .await
+    .unwrap();
     let actions = vec![
-        Action::Record { metric: m("renders_3d"), quantity: q(12), occurred_at: None },
-        Action::Check { metric: m("team_members"), requested: q(3), consume: true },
-        Action::Check { metric: m("team_members"), requested: q(1), consume: true }, // denied
-        Action::SetGauge { metric: m("storage_gb"), level: 7 },
+        Action::Record {
+            metric: m("renders_3d"),
+            quantity: q(12),
+            occurred_at: None,
+        },
+        Action::Check {
+            metric: m("team_members"),
+            requested: q(3),
+            consume: true,
+        },
+        Action::Check {
+            metric: m("team_members"),
+            requested: q(1),
+            consume: true,
+        }, // denied
+        Action::SetGauge {
+            metric: m("storage_gb"),
+            level: 7,
+        },
         Action::TopUp {
             metric: m("renders_3d"),
             units: q(5),
@@ -27,14 +50,26 @@ async fn write_a_varied_stream(e: &Engine) {
             reference: "manual-1".into(),
             actor: "admin".into(),
         },
-        Action::Adjust { metric: m("renders_3d"), delta: -2, actor: "support".into(), reason: "duplicate".into() },
+        Action::Adjust {
+            metric: m("renders_3d"),
+            delta: -2,
+            actor: "support".into(),
+            reason: "duplicate".into(),
+        },
     ];
     for action in actions {
-        e.execute(PeriodRequest { brand: brand.clone(), period: None, action, idempotency_key: None })
-            .await
-            .unwrap();
+        e.execute(PeriodRequest {
+            brand: brand.clone(),
+            period: None,
+            action,
+            idempotency_key: None,
+        })
+        .await
+        .unwrap();
     }
-    e.set_plan(brand, PlanId::parse("professional").unwrap(), "test".into()).await.unwrap();
+    e.set_plan(brand, PlanId::parse("professional").unwrap(), "test".into())
+        .await
+        .unwrap();
 }
 
 async fn load_with<R, A>(repo: R, id: &str) -> A
@@ -43,13 +78,20 @@ where
     A: Aggregate,
 {
     let store = PersistedEventStore::<R, A>::new_event_store(repo);
-    let mut ctx = store.load_aggregate(id).await.unwrap_or_else(|e| panic!("load {id}: {e}"));
+    let mut ctx = store
+        .load_aggregate(id)
+        .await
+        .unwrap_or_else(|e| panic!("load {id}: {e}"));
     std::mem::take(ctx.aggregate())
 }
 
 async fn engine_states(e: &Engine) -> (UsagePeriodAggregate, BrandAggregate) {
     let brand = BrandId::parse("acme").unwrap();
-    let period = e.period_state(brand.clone(), PeriodKey::parse("2026-11").unwrap()).await.unwrap().unwrap();
+    let period = e
+        .period_state(brand.clone(), PeriodKey::parse("2026-11").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     let registry = e.brand_state(brand).await.unwrap().unwrap();
     (period, registry)
 }
@@ -57,15 +99,30 @@ async fn engine_states(e: &Engine) -> (UsagePeriodAggregate, BrandAggregate) {
 // Proves postgres_es::PostgresEventRepository rebuilds exactly the engine's state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_es_loads_the_engines_streams_into_the_same_state() {
-    let Some(db) = common::TestDb::postgres().await else { return };
-    let e = common::engine_on(db.log().await, common::manual_clock(), EngineConfig::default());
+    let Some(db) = common::TestDb::postgres().await else {
+        return;
+    };
+    let e = common::engine_on(
+        db.log().await,
+        common::manual_clock(),
+        EngineConfig::default(),
+    );
     write_a_varied_stream(&e).await;
     let (period, registry) = engine_states(&e).await;
-    assert!(period.version >= 8, "the workload wrote a varied stream ({})", period.version);
+    assert!(
+        period.version >= 8,
+        "the workload wrote a varied stream ({})",
+        period.version
+    );
     let pool = sqlx::PgPool::connect(db.pg_url().unwrap()).await.unwrap();
-    let loaded: UsagePeriodAggregate = load_with(postgres_es::PostgresEventRepository::new(pool.clone()), "acme:2026-11").await;
+    let loaded: UsagePeriodAggregate = load_with(
+        postgres_es::PostgresEventRepository::new(pool.clone()),
+        "acme:2026-11",
+    )
+    .await;
     assert_eq!(loaded, period);
-    let loaded: BrandAggregate = load_with(postgres_es::PostgresEventRepository::new(pool), "acme").await;
+    let loaded: BrandAggregate =
+        load_with(postgres_es::PostgresEventRepository::new(pool), "acme").await;
     assert_eq!(loaded, registry);
     db.cleanup().await;
 }
@@ -74,13 +131,22 @@ async fn postgres_es_loads_the_engines_streams_into_the_same_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_es_loads_the_engines_streams_into_the_same_state() {
     let db = common::TestDb::sqlite();
-    let e = common::engine_on(db.log().await, common::manual_clock(), EngineConfig::default());
+    let e = common::engine_on(
+        db.log().await,
+        common::manual_clock(),
+        EngineConfig::default(),
+    );
     write_a_varied_stream(&e).await;
     let (period, registry) = engine_states(&e).await;
     let url = format!("sqlite://{}", db.sqlite_path().unwrap().display());
     let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-    let loaded: UsagePeriodAggregate = load_with(sqlite_es::SqliteEventRepository::new(pool.clone()), "acme:2026-11").await;
+    let loaded: UsagePeriodAggregate = load_with(
+        sqlite_es::SqliteEventRepository::new(pool.clone()),
+        "acme:2026-11",
+    )
+    .await;
     assert_eq!(loaded, period);
-    let loaded: BrandAggregate = load_with(sqlite_es::SqliteEventRepository::new(pool), "acme").await;
+    let loaded: BrandAggregate =
+        load_with(sqlite_es::SqliteEventRepository::new(pool), "acme").await;
     assert_eq!(loaded, registry);
 }
