@@ -354,12 +354,13 @@ impl Writer {
                 });
             }
         }
+        // Borrowed, not cloned: the plan is copied only when a period opens.
         let plan = self
             .brands
             .peek(req.brand.as_str())
-            .and_then(|b| b.plan.clone())
+            .and_then(|b| b.plan.as_ref())
             .ok_or_else(|| EngineError::BrandNotRegistered(req.brand.clone()))?;
-        let cached = self.periods.get(&id).expect("loaded before deciding");
+        let cached = self.periods.peek(&id).expect("loaded before deciding");
         // Opening and the command are decided on a copy when the period is new, so a
         // refused command (or a pure check) leaves no `PeriodOpened` behind.
         let mut opening = None;
@@ -368,7 +369,7 @@ impl Writer {
             let open = PeriodCommand::OpenPeriod {
                 brand_id: req.brand.clone(),
                 period,
-                plan,
+                plan: plan.clone(),
                 metric_kinds: self.metric_kinds.clone(),
                 carried_levels: carried.get(&id).cloned().unwrap_or_default(),
                 at: now,
