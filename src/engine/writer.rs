@@ -410,10 +410,9 @@ impl Writer {
                 replayed: false,
             });
         }
-        let mut sequence = first_sequence;
         if let Some((fresh, open_events)) = opening {
-            sequence -= open_events.len() as u64;
-            for e in &open_events {
+            let opened_at = first_sequence - open_events.len() as u64;
+            for (sequence, e) in (opened_at..).zip(&open_events) {
                 stage_event(
                     staged,
                     PERIOD,
@@ -427,6 +426,7 @@ impl Writer {
             }
             self.periods.put(id.clone(), fresh);
         }
+        let mut sequence = first_sequence;
         let key = req
             .idempotency_key
             .as_ref()
