@@ -426,14 +426,18 @@ impl Writer {
             }
             self.periods.put(id.clone(), fresh);
         }
-        let mut sequence = first_sequence;
         let key = req
             .idempotency_key
             .as_ref()
             .map(|k| (k.to_string(), fingerprint.to_owned()));
         let mut committed = Vec::with_capacity(events.len());
-        for (i, e) in events.into_iter().enumerate() {
-            let keyed = if i == 0 { key.clone() } else { None };
+        for (sequence, e) in (first_sequence..).zip(events) {
+            // The key goes on the command's first event only: one row per key.
+            let keyed = if sequence == first_sequence {
+                key.clone()
+            } else {
+                None
+            };
             stage_event(
                 staged,
                 PERIOD,
@@ -445,7 +449,6 @@ impl Writer {
                 keyed,
             );
             committed.push(Committed { sequence, event: e });
-            sequence += 1;
         }
         staged.touched.push((PERIOD, id.clone()));
         let outcome = Outcome {
