@@ -274,7 +274,11 @@ impl Engine {
     /// Run one period command. Bad input is refused here, before it reaches the queue.
     pub async fn execute(&self, req: PeriodRequest) -> Result<Outcome, EngineError> {
         self.validate(&req)?;
-        let fingerprint = fingerprint(&req);
+        // Only keyed commands are ever compared, so only they pay for the hash.
+        let fingerprint = match req.idempotency_key {
+            Some(_) => fingerprint(&req),
+            None => String::new(),
+        };
         self.submit(|reply| Job::Period {
             req,
             fingerprint,

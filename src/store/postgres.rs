@@ -149,10 +149,17 @@ impl EventLog for PostgresLog {
         let ids: Vec<&str> = keys.iter().map(|(id, _)| id.as_str()).collect();
         let ks: Vec<&str> = keys.iter().map(|(_, k)| k.as_str()).collect();
         let rows = sqlx::query(
+            // One probe of the unique key index per key, whatever the table statistics:
+            // a plain join lets the planner scan the stream (or every stream) per batch
+            // on a table autovacuum has not analyzed yet.
             "SELECT e.aggregate_id, e.idempotency_key, e.request_hash, e.sequence, e.payload::text
                FROM UNNEST($2::text[], $3::text[]) AS k(id, key)
-               JOIN events e ON e.aggregate_type = $1 AND e.aggregate_id = k.id
-                            AND e.idempotency_key = k.key",
+               CROSS JOIN LATERAL (
+                     SELECT aggregate_id, idempotency_key, request_hash, sequence, payload
+                       FROM events
+                      WHERE aggregate_type = $1 AND aggregate_id = k.id
+                        AND idempotency_key = k.key AND idempotency_key IS NOT NULL
+                      LIMIT 1) e",
         )
         .bind(aggregate_type)
         .bind(&ids)

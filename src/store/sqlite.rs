@@ -132,9 +132,11 @@ impl EventLog for SqliteLog {
     ) -> Result<Vec<KeyedEvent>, StoreError> {
         let pairs = json_pairs(keys.iter().map(|(id, k)| (id.as_str(), k.as_str())));
         let rows = sqlx::query(
+            // CROSS JOIN fixes SQLite's join order: the key list outside, one probe of the
+            // unique key index per key, even before ANALYZE has gathered statistics.
             "SELECT e.aggregate_id, e.idempotency_key, e.request_hash, e.sequence, e.payload
                FROM json_each(?2) k
-               JOIN events e ON e.aggregate_type = ?1 AND e.aggregate_id = k.value ->> 0
+               CROSS JOIN events e ON e.aggregate_type = ?1 AND e.aggregate_id = k.value ->> 0
                             AND e.idempotency_key = k.value ->> 1",
         )
         .bind(aggregate_type)
