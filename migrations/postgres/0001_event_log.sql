@@ -24,8 +24,10 @@ CREATE TABLE events
     PRIMARY KEY (aggregate_type, aggregate_id, sequence)
 );
 
+-- The key leads: on a table without statistics the planner otherwise ties this index
+-- with events_pkey (same leading columns) and scans the whole stream for every key.
 CREATE UNIQUE INDEX events_idempotency_key
-    ON events (aggregate_type, aggregate_id, idempotency_key)
+    ON events (idempotency_key, aggregate_id, aggregate_type)
     WHERE idempotency_key IS NOT NULL;
 
 CREATE INDEX events_global_order ON events (transaction_id, position);

@@ -46,6 +46,17 @@ struct Staged {
     keyed: HashMap<(String, String), (String, Outcome)>,
 }
 
+/// Jobs decided together, with their answers, waiting for (or in) one append.
+#[derive(Default)]
+struct Batch {
+    jobs: Vec<Job>,
+    answers: Vec<Answer>,
+    staged: Staged,
+}
+
+/// The append of the batch in flight.
+type Append = tokio::task::JoinHandle<Result<(), StoreError>>;
+
 pub(crate) struct Writer {
     log: Arc<dyn EventLog>,
     catalog: Arc<Catalog>,
@@ -56,6 +67,8 @@ pub(crate) struct Writer {
     brands: LruCache<String, BrandAggregate>,
     /// Recent idempotent outcomes: (stream id, key) -> (fingerprint, outcome).
     keys: LruCache<(String, String), (String, Outcome)>,
+    /// Keys of the batch whose append is in flight: not yet in `keys` nor in the log.
+    pending_keys: HashMap<(String, String), (String, Outcome)>,
 }
 
 impl Writer {
@@ -76,24 +89,136 @@ impl Writer {
             periods: LruCache::new(cap(streams)),
             brands: LruCache::new(cap(streams)),
             keys: LruCache::new(cap(cfg.idempotency_cache_max)),
+            pending_keys: HashMap::new(),
             cfg,
         }
     }
 
+    /// The writer loop. While one batch's append is in flight, the jobs that arrive are
+    /// decided against the running state (which already includes the in-flight batch)
+    /// into the next batch; that batch is appended as soon as the previous one has
+    /// committed. Deciding overlaps the commit wait, and appends stay strictly ordered.
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        let mut batch = Vec::with_capacity(self.cfg.batch_commands_max);
-        while let Some(job) = rx.recv().await {
-            batch.push(job);
-            while batch.len() < self.cfg.batch_commands_max {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
+        let max = self.cfg.batch_commands_max;
+        let mut next = Batch::default();
+        let mut inflight: Option<(Batch, Append)> = None;
+        let mut open = true;
+        // Set when a batch is answered: launch the next one once `expect` jobs are in
+        // it, or at `until`, whichever comes first.
+        let mut linger: Option<(usize, tokio::time::Instant)> = None;
+        loop {
+            if inflight.is_none() {
+                let filled = linger.is_none_or(|(expect, until)| {
+                    next.jobs.len() >= expect.min(max) || tokio::time::Instant::now() >= until
+                });
+                if !next.jobs.is_empty() && (filled || !open) {
+                    inflight = Some(self.launch(std::mem::take(&mut next)));
+                    linger = None;
+                } else if next.jobs.is_empty() && !open {
+                    break;
                 }
             }
-            self.process(&mut batch).await;
+            let room = open && next.jobs.len() < max;
+            let lingering = inflight.is_none() && !next.jobs.is_empty();
+            let until = linger.map_or_else(tokio::time::Instant::now, |(_, until)| until);
+            tokio::select! {
+                biased;
+                _ = tokio::time::sleep_until(until), if lingering => linger = None,
+                done = async {
+                    match inflight.as_mut() {
+                        Some((_, append)) => append.await,
+                        None => std::future::pending().await,
+                    }
+                }, if inflight.is_some() => {
+                    let (batch, _) = inflight.take().expect("the branch runs only with a batch in flight");
+                    let done = done.unwrap_or_else(|e| Err(StoreError::Corrupt(format!("append task failed: {e}"))));
+                    let answered = batch.jobs.len();
+                    self.finish(batch, done, &mut next).await;
+                    let until = tokio::time::Instant::now() + self.cfg.batch_linger_max;
+                    linger = Some((next.jobs.len() + answered, until));
+                }
+                job = rx.recv(), if room => match job {
+                    None => open = false,
+                    Some(job) => {
+                        let mut jobs = vec![job];
+                        while next.jobs.len() + jobs.len() < max {
+                            match rx.try_recv() {
+                                Ok(job) => jobs.push(job),
+                                Err(_) => break,
+                            }
+                        }
+                        self.decide_into(&mut next, jobs).await;
+                    }
+                },
+                else => break,
+            }
         }
     }
 
+    /// Decide `jobs` into the next batch. If loading fails, nothing of them was staged
+    /// and they are answered with the error at once.
+    async fn decide_into(&mut self, next: &mut Batch, jobs: Vec<Job>) {
+        let now = self.clock.now();
+        match self.decide_batch(&jobs, now, &mut next.staged).await {
+            Ok(answers) => {
+                next.jobs.extend(jobs);
+                next.answers.extend(answers);
+            }
+            Err(e) => reply_all(jobs.into_iter(), Err(EngineError::Store(Arc::new(e)))),
+        }
+    }
+
+    /// Start appending a decided batch; its keys stay visible to later decisions.
+    fn launch(&mut self, mut batch: Batch) -> (Batch, Append) {
+        self.stage_snapshots(&mut batch.staged);
+        let events = std::mem::take(&mut batch.staged.events);
+        let snapshots = std::mem::take(&mut batch.staged.snapshots);
+        self.pending_keys = std::mem::take(&mut batch.staged.keyed);
+        let log = self.log.clone();
+        let append = tokio::spawn(async move { log.append(&events, &snapshots).await });
+        (batch, append)
+    }
+
+    /// Answer a batch whose append returned. On failure, the speculative next batch is
+    /// discarded with it: both are decided again from the log.
+    async fn finish(&mut self, batch: Batch, done: Result<(), StoreError>, next: &mut Batch) {
+        if done.is_ok() {
+            for (k, v) in self.pending_keys.drain() {
+                self.keys.put(k, v);
+            }
+            reply_all(batch.jobs.into_iter(), Ok(batch.answers));
+            return;
+        }
+        self.pending_keys.clear();
+        let next = std::mem::take(next);
+        for (t, id) in batch.staged.touched.iter().chain(&next.staged.touched) {
+            self.evict(t, id);
+        }
+        let mut retry = next.jobs;
+        match done {
+            // A unique violation aborted the statement: nothing was written, so the
+            // in-flight jobs are safe to decide again.
+            Err(StoreError::Conflict(why)) => {
+                tracing::debug!(%why, "append conflict; reloading and deciding again");
+                let mut jobs = batch.jobs;
+                jobs.append(&mut retry);
+                retry = jobs;
+            }
+            // Any other failure may have happened after the commit (a lost connection):
+            // re-running could apply the same command twice, so its callers are told.
+            Err(e) => {
+                tracing::error!(error = %e, "append failed; every caller of the batch is told");
+                reply_all(batch.jobs.into_iter(), Err(EngineError::Store(Arc::new(e))));
+            }
+            Ok(()) => unreachable!("handled above"),
+        }
+        if !retry.is_empty() {
+            self.process(&mut retry).await;
+        }
+    }
+
+    /// Decide and append one batch on its own, retrying conflicts: the path of batches
+    /// whose pipelined append conflicted.
     async fn process(&mut self, batch: &mut Vec<Job>) {
         let now = self.clock.now();
         let mut attempt = 0;
@@ -138,6 +263,20 @@ impl Writer {
         now: DateTime<Utc>,
         staged: &mut Staged,
     ) -> Result<Vec<Answer>, StoreError> {
+        let answers = self.decide_batch(batch, now, staged).await?;
+        self.stage_snapshots(staged);
+        self.log.append(&staged.events, &staged.snapshots).await?;
+        Ok(answers)
+    }
+
+    /// Load what the jobs need, then decide each in order into `staged`. Store errors
+    /// can only come from loading, before anything is decided.
+    async fn decide_batch(
+        &mut self,
+        batch: &[Job],
+        now: DateTime<Utc>,
+        staged: &mut Staged,
+    ) -> Result<Vec<Answer>, StoreError> {
         self.load_missing(batch, now).await?;
         let carried = self.carried_levels(batch, now).await?;
         let known = self.known_keys(batch, now).await?;
@@ -171,8 +310,6 @@ impl Writer {
                 ),
             });
         }
-        self.stage_snapshots(staged);
-        self.log.append(&staged.events, &staged.snapshots).await?;
         Ok(answers)
     }
 
@@ -292,7 +429,7 @@ impl Writer {
                 period_stream_id(&req.brand, target_period(req, now)),
                 key.to_string(),
             );
-            match self.keys.get(&k) {
+            match self.pending_keys.get(&k).or_else(|| self.keys.get(&k)) {
                 Some(hit) => {
                     known.insert(k, hit.clone());
                 }
