@@ -46,6 +46,13 @@ struct Staged {
     keyed: HashMap<(String, String), (String, Outcome)>,
 }
 
+/// The period and stream id a period job acts on.
+type Target = (PeriodKey, String);
+/// Gauge levels carried into each period the batch opens, by stream id.
+type Carried = HashMap<String, BTreeMap<MetricKey, u64>>;
+/// Outcomes of idempotency keys already used: (stream id, key) -> (fingerprint, outcome).
+type Known = HashMap<(String, String), (String, Outcome)>;
+
 /// Jobs decided together, with their answers, waiting for (or in) one append.
 #[derive(Default)]
 struct Batch {
@@ -277,32 +284,50 @@ impl Writer {
         now: DateTime<Utc>,
         staged: &mut Staged,
     ) -> Result<Vec<Answer>, StoreError> {
-        self.load_missing(batch, now).await?;
-        let carried = self.carried_levels(batch, now).await?;
-        let known = self.known_keys(batch, now).await?;
+        // Each period job's stream, resolved once against this batch's clock.
+        let targets: Vec<Option<Target>> = batch
+            .iter()
+            .map(|job| match job {
+                Job::Period { req, .. } => {
+                    let period = target_period(req, now);
+                    Some((period, period_stream_id(&req.brand, period)))
+                }
+                _ => None,
+            })
+            .collect();
+        self.load_missing(batch, &targets, now).await?;
+        let carried = self.carried_levels(&targets).await?;
+        let known = self.known_keys(batch, &targets).await?;
         let mut answers = Vec::with_capacity(batch.len());
-        for job in batch {
-            answers.push(match job {
-                Job::Period {
-                    req, fingerprint, ..
-                } => Answer::Period(self.decide_period(
+        for (job, target) in batch.iter().zip(&targets) {
+            answers.push(match (job, target) {
+                (
+                    Job::Period {
+                        req, fingerprint, ..
+                    },
+                    Some((period, id)),
+                ) => Answer::Period(self.decide_period(
                     req,
                     fingerprint,
+                    (*period, id),
                     now,
-                    &carried,
-                    &known,
+                    (&carried, &known),
                     staged,
                 )),
-                Job::SetPlan {
-                    brand, plan, actor, ..
-                } => Answer::Plan(self.decide_plan(brand, plan, actor, now, staged)),
-                Job::ReadPeriod { brand, period, .. } => Answer::ReadPeriod(
+                (Job::Period { .. }, None) => unreachable!("every period job has a target"),
+                (
+                    Job::SetPlan {
+                        brand, plan, actor, ..
+                    },
+                    _,
+                ) => Answer::Plan(self.decide_plan(brand, plan, actor, now, staged)),
+                (Job::ReadPeriod { brand, period, .. }, _) => Answer::ReadPeriod(
                     self.periods
                         .get(&period_stream_id(brand, *period))
                         .filter(|a| a.version > 0)
                         .cloned(),
                 ),
-                Job::ReadBrand { brand, .. } => Answer::ReadBrand(
+                (Job::ReadBrand { brand, .. }, _) => Answer::ReadBrand(
                     self.brands
                         .get(brand.as_str())
                         .filter(|a| a.version > 0)
@@ -314,14 +339,15 @@ impl Writer {
     }
 
     /// The streams a job reads or writes.
-    fn streams_of(job: &Job, now: DateTime<Utc>) -> [Option<(&'static str, String)>; 2] {
+    fn streams_of(
+        job: &Job,
+        target: &Option<Target>,
+        now: DateTime<Utc>,
+    ) -> [Option<(&'static str, String)>; 2] {
         match job {
             Job::Period { req, .. } => [
                 Some((BRAND, req.brand.to_string())),
-                Some((
-                    PERIOD,
-                    period_stream_id(&req.brand, target_period(req, now)),
-                )),
+                target.as_ref().map(|(_, id)| (PERIOD, id.clone())),
             ],
             Job::SetPlan { brand, .. } => [
                 Some((BRAND, brand.to_string())),
@@ -335,10 +361,15 @@ impl Writer {
     }
 
     /// Load every stream the batch needs that is not cached, in one call.
-    async fn load_missing(&mut self, batch: &[Job], now: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn load_missing(
+        &mut self,
+        batch: &[Job],
+        targets: &[Option<Target>],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let mut missing: Vec<(&'static str, String)> = Vec::new();
-        for job in batch {
-            for (t, id) in Self::streams_of(job, now).into_iter().flatten() {
+        for (job, target) in batch.iter().zip(targets) {
+            for (t, id) in Self::streams_of(job, target, now).into_iter().flatten() {
                 let cached = if t == PERIOD {
                     self.periods.contains(&id)
                 } else {
@@ -372,24 +403,21 @@ impl Writer {
     /// earlier period, found by exact-key lookups over a bounded window.
     async fn carried_levels(
         &mut self,
-        batch: &[Job],
-        now: DateTime<Utc>,
+        targets: &[Option<Target>],
     ) -> Result<HashMap<String, BTreeMap<MetricKey, u64>>, StoreError> {
         let mut out = HashMap::new();
-        for job in batch {
-            let Job::Period { req, .. } = job else {
-                continue;
-            };
-            let id = period_stream_id(&req.brand, target_period(req, now));
-            let opened = self.periods.peek(&id).is_some_and(|a| a.is_open());
-            if opened || out.contains_key(&id) {
+        for (period, id) in targets.iter().flatten() {
+            let opened = self.periods.peek(id).is_some_and(|a| a.is_open());
+            if opened || out.contains_key(id) {
                 continue;
             }
+            let (brand, _) = ledger_aggregates::ids::parse_period_stream_id(id)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let mut candidates = Vec::new();
-            let mut p = target_period(req, now);
+            let mut p = *period;
             for _ in 0..self.cfg.gauge_lookback_periods_max {
                 p = p.prev();
-                candidates.push(period_stream_id(&req.brand, p));
+                candidates.push(period_stream_id(&brand, p));
             }
             let existing = self.log.existing_streams(PERIOD, &candidates).await?;
             // Ids of one brand sort chronologically: the greatest is the newest.
@@ -405,7 +433,7 @@ impl Writer {
                 }
                 None => BTreeMap::new(),
             };
-            out.insert(id, levels);
+            out.insert(id.clone(), levels);
         }
         Ok(out)
     }
@@ -414,21 +442,18 @@ impl Writer {
     async fn known_keys(
         &mut self,
         batch: &[Job],
-        now: DateTime<Utc>,
+        targets: &[Option<Target>],
     ) -> Result<HashMap<(String, String), (String, Outcome)>, StoreError> {
         let mut known = HashMap::new();
         let mut ask = Vec::new();
-        for job in batch {
-            let Job::Period { req, .. } = job else {
+        for (job, target) in batch.iter().zip(targets) {
+            let (Job::Period { req, .. }, Some((_, id))) = (job, target) else {
                 continue;
             };
             let Some(key) = &req.idempotency_key else {
                 continue;
             };
-            let k = (
-                period_stream_id(&req.brand, target_period(req, now)),
-                key.to_string(),
-            );
+            let k = (id.clone(), key.to_string());
             match self.pending_keys.get(&k).or_else(|| self.keys.get(&k)) {
                 Some(hit) => {
                     known.insert(k, hit.clone());
@@ -472,15 +497,13 @@ impl Writer {
         &mut self,
         req: &PeriodRequest,
         fingerprint: &str,
+        (period, id): (PeriodKey, &str),
         now: DateTime<Utc>,
-        carried: &HashMap<String, BTreeMap<MetricKey, u64>>,
-        known: &HashMap<(String, String), (String, Outcome)>,
+        (carried, known): (&Carried, &Known),
         staged: &mut Staged,
     ) -> Result<Outcome, EngineError> {
-        let period = target_period(req, now);
-        let id = period_stream_id(&req.brand, period);
         if let Some(key) = &req.idempotency_key {
-            let k = (id.clone(), key.to_string());
+            let k = (id.to_owned(), key.to_string());
             if let Some((hash, outcome)) = staged.keyed.get(&k).or_else(|| known.get(&k)) {
                 if hash != fingerprint {
                     return Err(EngineError::KeyReuse(key.clone()));
@@ -497,7 +520,7 @@ impl Writer {
             .peek(req.brand.as_str())
             .and_then(|b| b.plan.as_ref())
             .ok_or_else(|| EngineError::BrandNotRegistered(req.brand.clone()))?;
-        let cached = self.periods.peek(&id).expect("loaded before deciding");
+        let cached = self.periods.peek(id).expect("loaded before deciding");
         // Opening and the command are decided on a copy when the period is new, so a
         // refused command (or a pure check) leaves no `PeriodOpened` behind.
         let mut opening = None;
@@ -508,7 +531,7 @@ impl Writer {
                 period,
                 plan: plan.clone(),
                 metric_kinds: self.metric_kinds.clone(),
-                carried_levels: carried.get(&id).cloned().unwrap_or_default(),
+                carried_levels: carried.get(id).cloned().unwrap_or_default(),
                 at: now,
             };
             let events = fresh.decide(&open, &self.cfg.rules)?;
@@ -519,7 +542,7 @@ impl Writer {
         }
         let agg = match &mut opening {
             Some((fresh, _)) => fresh,
-            None => self.periods.get_mut(&id).expect("loaded before deciding"),
+            None => self.periods.get_mut(id).expect("loaded before deciding"),
         };
         let first_sequence = agg.version + 1;
         let (command, decision) = command_for(agg, &req.action, now)?;
@@ -553,7 +576,7 @@ impl Writer {
                 stage_event(
                     staged,
                     PERIOD,
-                    &id,
+                    id,
                     sequence,
                     e.event_type_str(),
                     LEDGER_EVENT_VERSION,
@@ -561,7 +584,7 @@ impl Writer {
                     None,
                 );
             }
-            self.periods.put(id.clone(), fresh);
+            self.periods.put(id.to_owned(), fresh);
         }
         let key = req
             .idempotency_key
@@ -578,7 +601,7 @@ impl Writer {
             stage_event(
                 staged,
                 PERIOD,
-                &id,
+                id,
                 sequence,
                 e.event_type_str(),
                 LEDGER_EVENT_VERSION,
@@ -587,7 +610,7 @@ impl Writer {
             );
             committed.push(Committed { sequence, event: e });
         }
-        staged.touched.push((PERIOD, id.clone()));
+        staged.touched.push((PERIOD, id.to_owned()));
         let outcome = Outcome {
             brand: req.brand.clone(),
             period,
@@ -596,7 +619,9 @@ impl Writer {
             replayed: false,
         };
         if let Some((k, hash)) = key {
-            staged.keyed.insert((id, k), (hash, outcome.clone()));
+            staged
+                .keyed
+                .insert((id.to_owned(), k), (hash, outcome.clone()));
         }
         Ok(outcome)
     }
