@@ -566,3 +566,94 @@ async fn every_acknowledged_command_survives_an_abort(db: &common::TestDb) {
     }
 }
 on_both_stores!(crash_safety, every_acknowledged_command_survives_an_abort);
+
+// Proves the failure path of pipelined appends: while the event table is unavailable
+// (renamed away on purpose), callers get store errors and nothing is acknowledged; once
+// it is back, the ledger holds exactly the acknowledged commands, none lost, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_database_fails_callers_and_never_double_applies() {
+    use sqlx::Executor;
+    let Some(db) = common::TestDb::postgres().await else {
+        return;
+    };
+    let (e, _) = engine(&db).await;
+    e.set_plan(brand("acme"), plan("enterprise"), "test".into())
+        .await
+        .unwrap();
+    let admin = sqlx::PgPool::connect(db.pg_url().unwrap()).await.unwrap();
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let load = |n: usize| {
+        let (e, acked, failed) = (e.clone(), acked.clone(), failed.clone());
+        tokio::spawn(async move {
+            let tasks: Vec<_> = (0..n)
+                .map(|_| {
+                    let (e, acked, failed) = (e.clone(), acked.clone(), failed.clone());
+                    tokio::spawn(async move {
+                        for _ in 0..20 {
+                            match e.execute(record("acme", "api_calls", 1, None)).await {
+                                Ok(_) => acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                                Err(EngineError::Store(_)) => {
+                                    failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                                }
+                                Err(other) => panic!("unexpected {other}"),
+                            };
+                        }
+                    })
+                })
+                .collect();
+            futures::future::join_all(tasks).await;
+        })
+    };
+    let running = load(32);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    admin
+        .execute("ALTER TABLE events RENAME TO events_away")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    admin
+        .execute("ALTER TABLE events_away RENAME TO events")
+        .await
+        .unwrap();
+    running.await.unwrap();
+    assert!(
+        failed.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the outage must be seen by callers"
+    );
+    // A new engine reads only what was committed.
+    let (e2, log) = engine(&db).await;
+    let state = e2
+        .period_state(brand("acme"), PeriodKey::parse("2026-11").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let acked = acked.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(state.metric(&metric("api_calls")).unwrap().current, acked);
+    let recorded = log
+        .read_stream("usage_period", "acme:2026-11", 0, 100_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded
+            .iter()
+            .filter(|e| e.event_type == "UsageRecorded")
+            .count() as u64,
+        acked
+    );
+    // And the first engine, after the outage, goes on from the committed state.
+    e.execute(record("acme", "api_calls", 1, None))
+        .await
+        .unwrap();
+    let after = e
+        .period_state(brand("acme"), PeriodKey::parse("2026-11").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        after.metric(&metric("api_calls")).unwrap().current,
+        acked + 1
+    );
+    admin.close().await;
+    db.cleanup().await;
+}
