@@ -403,14 +403,8 @@ fn setup_ok(what: &str, run: &Run) -> Result<(), BoxError> {
 // Raw ceiling
 // ---------------------------------------------------------------------------------
 
-/// The engine's append statement (`src/store/postgres.rs`, `INSERT_EVENTS`), verbatim.
-const INSERT_EVENTS: &str = "
-INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
-                    payload, metadata, idempotency_key, request_hash)
-SELECT t, id, seq, et, ev, p::json, m::json, k, h
-  FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
-              $6::text[], $7::text[], $8::text[], $9::text[])
-       AS u(t, id, seq, et, ev, p, m, k, h)";
+/// The engine's own append statement, shared so the ceiling can never drift from it.
+use usage_ledger::store::postgres::INSERT_EVENTS;
 
 /// The statement of postgres-es, one row, in autocommit.
 const INSERT_EVENT: &str = "

@@ -17,7 +17,9 @@ pub const PG_POOL_CONNECTIONS_MAX: u32 = 16;
 /// A request waiting longer than this for a connection fails instead of piling up.
 pub const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
-const INSERT_EVENTS: &str = "
+/// The batch append: one statement, one row per array element. Public so the benchmark's
+/// raw ceiling runs exactly this statement.
+pub const INSERT_EVENTS: &str = "
 INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
                     payload, metadata, idempotency_key, request_hash)
 SELECT t, id, seq, et, ev, p::json, m::json, k, h
