@@ -96,18 +96,23 @@ impl Aggregate for BrandAggregate {
     }
 
     fn apply(&mut self, event: Self::Event) {
-        self.version += 1;
-        match event {
-            BrandEvent::BrandRegistered { brand_id, plan, .. } => {
-                self.brand_id = Some(brand_id);
-                self.plan = Some(plan);
-            }
-            BrandEvent::PlanChanged { plan, .. } => self.plan = Some(plan),
-        }
+        self.fold(&event);
     }
 }
 
 impl BrandAggregate {
+    /// Fold one event: `Aggregate::apply` by reference.
+    pub fn fold(&mut self, event: &BrandEvent) {
+        self.version += 1;
+        match event {
+            BrandEvent::BrandRegistered { brand_id, plan, .. } => {
+                self.brand_id = Some(brand_id.clone());
+                self.plan = Some(plan.clone());
+            }
+            BrandEvent::PlanChanged { plan, .. } => self.plan = Some(plan.clone()),
+        }
+    }
+
     pub fn is_registered(&self) -> bool {
         self.plan.is_some()
     }

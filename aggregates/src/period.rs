@@ -609,7 +609,9 @@ impl UsagePeriodAggregate {
         }
     }
 
-    fn fold(&mut self, event: &LedgerEvent) {
+    /// Fold one event: `Aggregate::apply` by reference, for callers that keep the event
+    /// (the engine stages it after folding) and need no copy.
+    pub fn fold(&mut self, event: &LedgerEvent) {
         self.version += 1;
         match event {
             LedgerEvent::PeriodOpened {

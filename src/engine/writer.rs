@@ -12,7 +12,8 @@ use ledger_aggregates::catalog::Catalog;
 use ledger_aggregates::ids::period_stream_id;
 use ledger_aggregates::period::{PeriodCommand, LEDGER_EVENT_VERSION};
 use ledger_aggregates::{
-    BrandAggregate, BrandId, LedgerEvent, MetricKey, MetricKind, PeriodKey, UsagePeriodAggregate,
+    BrandAggregate, BrandEvent, BrandId, LedgerEvent, MetricKey, MetricKind, PeriodKey,
+    UsagePeriodAggregate,
 };
 use lru::LruCache;
 use tokio::sync::mpsc;
@@ -42,6 +43,8 @@ struct Staged {
     snapshots: Vec<NewSnapshot>,
     /// Streams whose cached state now includes uncommitted events.
     touched: Vec<(&'static str, String)>,
+    /// Streams whose staged sequences reached a multiple of the snapshot interval.
+    snapshot_due: Vec<(&'static str, String)>,
     /// (stream id, key) -> (fingerprint, outcome) of commands in this batch.
     keyed: HashMap<(String, String), (String, Outcome)>,
 }
@@ -535,9 +538,7 @@ impl Writer {
                 at: now,
             };
             let events = fresh.decide(&open, &self.cfg.rules)?;
-            for e in &events {
-                fresh.apply(e.clone());
-            }
+            events.iter().for_each(|e| fresh.fold(e));
             opening = Some((fresh, events));
         }
         let agg = match &mut opening {
@@ -547,9 +548,7 @@ impl Writer {
         let first_sequence = agg.version + 1;
         let (command, decision) = command_for(agg, &req.action, now)?;
         let events = agg.decide(&command, &self.cfg.rules)?;
-        for e in &events {
-            agg.apply(e.clone());
-        }
+        events.iter().for_each(|e| agg.fold(e));
         let decision = decision.or_else(|| {
             let plan = agg.plan()?;
             events
@@ -570,47 +569,21 @@ impl Writer {
                 replayed: false,
             });
         }
+        let every = self.cfg.snapshot_every_events;
         if let Some((fresh, open_events)) = opening {
             let opened_at = first_sequence - open_events.len() as u64;
-            for (sequence, e) in (opened_at..).zip(&open_events) {
-                stage_event(
-                    staged,
-                    PERIOD,
-                    id,
-                    sequence,
-                    e.event_type_str(),
-                    LEDGER_EVENT_VERSION,
-                    e,
-                    None,
-                );
-            }
+            staged.stage(id, opened_at, &open_events, None, every);
             self.periods.put(id.to_owned(), fresh);
         }
         let key = req
             .idempotency_key
             .as_ref()
             .map(|k| (k.to_string(), fingerprint.to_owned()));
-        let mut committed = Vec::with_capacity(events.len());
-        for (sequence, e) in (first_sequence..).zip(events) {
-            // The key goes on the command's first event only: one row per key.
-            let keyed = if sequence == first_sequence {
-                key.clone()
-            } else {
-                None
-            };
-            stage_event(
-                staged,
-                PERIOD,
-                id,
-                sequence,
-                e.event_type_str(),
-                LEDGER_EVENT_VERSION,
-                &e,
-                keyed,
-            );
-            committed.push(Committed { sequence, event: e });
-        }
-        staged.touched.push((PERIOD, id.to_owned()));
+        staged.stage(id, first_sequence, &events, key.clone(), every);
+        let committed = (first_sequence..)
+            .zip(events)
+            .map(|(sequence, event)| Committed { sequence, event })
+            .collect();
         let outcome = Outcome {
             brand: req.brand.clone(),
             period,
@@ -650,22 +623,9 @@ impl Writer {
             actor: actor.to_owned(),
             at: now,
         })?;
-        for (sequence, e) in (agg.version + 1..).zip(&events) {
-            agg.apply(e.clone());
-            stage_event(
-                staged,
-                BRAND,
-                brand.as_str(),
-                sequence,
-                e.event_type_str(),
-                BRAND_EVENT_VERSION,
-                e,
-                None,
-            );
-        }
-        if !events.is_empty() {
-            staged.touched.push((BRAND, brand.to_string()));
-        }
+        let every = self.cfg.snapshot_every_events;
+        staged.stage(brand.as_str(), agg.version + 1, &events, None, every);
+        events.iter().for_each(|e| agg.fold(e));
         // The new plan takes effect in the brand's open period, in the same commit.
         let period = PeriodKey::containing(now);
         let id = period_stream_id(brand, period);
@@ -676,21 +636,9 @@ impl Writer {
             .filter(|p| p.is_open() && p.closed.is_none())
         {
             let applied = p.decide(&PeriodCommand::ApplyPlan { plan, at: now }, &self.cfg.rules)?;
-            for (sequence, e) in (p.version + 1..).zip(&applied) {
-                p.apply(e.clone());
-                stage_event(
-                    staged,
-                    PERIOD,
-                    &id,
-                    sequence,
-                    e.event_type_str(),
-                    LEDGER_EVENT_VERSION,
-                    e,
-                    None,
-                );
-            }
+            staged.stage(&id, p.version + 1, &applied, None, every);
+            applied.iter().for_each(|e| p.fold(e));
             if !applied.is_empty() {
-                staged.touched.push((PERIOD, id));
                 applied_to = Some(period);
             }
         }
@@ -703,37 +651,24 @@ impl Writer {
         })
     }
 
-    /// Snapshot every touched stream whose sequence crossed a multiple of the interval.
+    /// Snapshot the streams due for one, as they stand with every staged event folded.
     fn stage_snapshots(&mut self, staged: &mut Staged) {
-        let every = self.cfg.snapshot_every_events.max(1);
-        let mut seen = std::collections::HashSet::new();
-        let mut last_seq: HashMap<&str, (i64, i64)> = HashMap::new();
-        for e in &staged.events {
-            let entry = last_seq
-                .entry(e.aggregate_id.as_str())
-                .or_insert((e.sequence, e.sequence));
-            entry.1 = e.sequence;
-        }
-        for (t, id) in &staged.touched {
-            if !seen.insert((*t, id.clone())) {
-                continue;
-            }
-            let Some((first, last)) = last_seq.get(id.as_str()).copied() else {
-                continue;
-            };
-            if (first - 1) as u64 / every == last as u64 / every {
-                continue;
-            }
-            let payload = if *t == PERIOD {
-                self.periods.peek(id).map(serde_json::to_string)
+        for (t, id) in std::mem::take(&mut staged.snapshot_due) {
+            let state = if t == PERIOD {
+                self.periods
+                    .peek(&id)
+                    .map(|a| (a.version, serde_json::to_string(a)))
             } else {
-                self.brands.peek(id).map(serde_json::to_string)
+                self.brands
+                    .peek(&id)
+                    .map(|a| (a.version, serde_json::to_string(a)))
             };
-            if let Some(Ok(payload)) = payload {
+            // A stream evicted since it was staged is snapshotted at its next interval.
+            if let Some((version, Ok(payload))) = state {
                 staged.snapshots.push(NewSnapshot {
                     aggregate_type: t,
-                    aggregate_id: id.clone(),
-                    last_sequence: last,
+                    aggregate_id: id,
+                    last_sequence: version as i64,
                     payload,
                 });
             }
@@ -836,32 +771,63 @@ fn command_for(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn stage_event<E: serde::Serialize>(
-    staged: &mut Staged,
-    aggregate_type: &'static str,
-    aggregate_id: &str,
-    sequence: u64,
-    event_type: &'static str,
-    event_version: &'static str,
-    event: &E,
-    keyed: Option<(String, String)>,
-) {
-    let (idempotency_key, request_hash) = match keyed {
-        Some((k, h)) => (Some(k), Some(h)),
-        None => (None, None),
-    };
-    staged.events.push(NewEvent {
-        aggregate_type,
-        aggregate_id: aggregate_id.to_owned(),
-        sequence: sequence as i64,
-        event_type,
-        event_version,
-        payload: serde_json::to_string(event).expect("events always serialize"),
-        metadata: EMPTY_METADATA.to_owned(),
-        idempotency_key,
-        request_hash,
-    });
+/// What staging needs to know of an event of either stream type.
+trait StreamEvent: serde::Serialize {
+    const AGGREGATE_TYPE: &'static str;
+    const VERSION: &'static str;
+    fn type_str(&self) -> &'static str;
+}
+
+impl StreamEvent for LedgerEvent {
+    const AGGREGATE_TYPE: &'static str = PERIOD;
+    const VERSION: &'static str = LEDGER_EVENT_VERSION;
+    fn type_str(&self) -> &'static str {
+        self.event_type_str()
+    }
+}
+
+impl StreamEvent for BrandEvent {
+    const AGGREGATE_TYPE: &'static str = BRAND;
+    const VERSION: &'static str = BRAND_EVENT_VERSION;
+    fn type_str(&self) -> &'static str {
+        self.event_type_str()
+    }
+}
+
+impl Staged {
+    /// Stage the events one decision produced for stream `id`, numbered from `first`.
+    /// The idempotency key goes on the first event only: one row per key. The stream is
+    /// marked touched, and due for a snapshot when a sequence reaches a multiple of `every`.
+    fn stage<E: StreamEvent>(
+        &mut self,
+        id: &str,
+        first: u64,
+        events: &[E],
+        mut key: Option<(String, String)>,
+        every: u64,
+    ) {
+        if events.is_empty() {
+            return;
+        }
+        for (sequence, event) in (first..).zip(events) {
+            let (idempotency_key, request_hash) = key.take().unzip();
+            self.events.push(NewEvent {
+                aggregate_type: E::AGGREGATE_TYPE,
+                aggregate_id: id.to_owned(),
+                sequence: sequence as i64,
+                event_type: event.type_str(),
+                event_version: E::VERSION,
+                payload: serde_json::to_string(event).expect("events always serialize"),
+                metadata: EMPTY_METADATA.to_owned(),
+                idempotency_key,
+                request_hash,
+            });
+            if sequence % every.max(1) == 0 {
+                self.snapshot_due.push((E::AGGREGATE_TYPE, id.to_owned()));
+            }
+        }
+        self.touched.push((E::AGGREGATE_TYPE, id.to_owned()));
+    }
 }
 
 /// Rebuild an aggregate from its snapshot and later events.
