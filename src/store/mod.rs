@@ -133,6 +133,41 @@ pub trait EventLog: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
+/// Decode a row of `aggregate_type, aggregate_id, sequence, event_type, event_version,
+/// payload, metadata` (payload and metadata as text), on either database.
+pub(crate) fn stored_event<R: sqlx::Row>(row: &R) -> Result<StoredEvent, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(StoredEvent {
+        aggregate_type: row.try_get(0)?,
+        aggregate_id: row.try_get(1)?,
+        sequence: row.try_get(2)?,
+        event_type: row.try_get(3)?,
+        event_version: row.try_get(4)?,
+        payload: row.try_get(5)?,
+        metadata: row.try_get(6)?,
+    })
+}
+
+/// Decode a row of `aggregate_id, idempotency_key, request_hash, sequence, payload`.
+pub(crate) fn keyed_event<R: sqlx::Row>(row: &R) -> Result<KeyedEvent, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(KeyedEvent {
+        aggregate_id: row.try_get(0)?,
+        idempotency_key: row.try_get(1)?,
+        request_hash: row.try_get::<Option<String>, _>(2)?.unwrap_or_default(),
+        sequence: row.try_get(3)?,
+        payload: row.try_get(4)?,
+    })
+}
+
 /// Group flat rows (ordered by stream then sequence) into per-stream loads.
 pub(crate) fn group_streams(
     keys: &[(&'static str, String)],

@@ -7,8 +7,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
 
 use super::{
-    group_streams, EventLog, KeyedEvent, LoadedStream, NewEvent, NewSnapshot, StoreError,
-    StoredEvent,
+    group_streams, keyed_event, stored_event, EventLog, KeyedEvent, LoadedStream, NewEvent,
+    NewSnapshot, StoreError, StoredEvent,
 };
 
 /// Connections in the pool: one for the engine's writer, the rest for loads and API
@@ -74,18 +74,6 @@ impl PostgresLog {
     }
 }
 
-fn stored(row: &sqlx::postgres::PgRow) -> Result<StoredEvent, sqlx::Error> {
-    Ok(StoredEvent {
-        aggregate_type: row.try_get(0)?,
-        aggregate_id: row.try_get(1)?,
-        sequence: row.try_get(2)?,
-        event_type: row.try_get(3)?,
-        event_version: row.try_get(4)?,
-        payload: row.try_get(5)?,
-        metadata: row.try_get(6)?,
-    })
-}
-
 #[async_trait]
 impl EventLog for PostgresLog {
     async fn load_streams(
@@ -121,7 +109,7 @@ impl EventLog for PostgresLog {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(stored)
+        .map(stored_event)
         .collect::<Result<Vec<_>, _>>()?;
         Ok(group_streams(keys, snaps, events))
     }
@@ -169,16 +157,8 @@ impl EventLog for PostgresLog {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| {
-                Ok(KeyedEvent {
-                    aggregate_id: r.try_get(0)?,
-                    idempotency_key: r.try_get(1)?,
-                    request_hash: r.try_get::<Option<String>, _>(2)?.unwrap_or_default(),
-                    sequence: r.try_get(3)?,
-                    payload: r.try_get(4)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
+            .map(keyed_event)
+            .collect::<Result<_, _>>()
             .map_err(StoreError::from)
     }
 
@@ -265,7 +245,7 @@ impl EventLog for PostgresLog {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(stored)
+            .map(stored_event)
             .collect::<Result<_, _>>()
             .map_err(StoreError::from)
     }

@@ -9,8 +9,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::{
-    group_streams, EventLog, KeyedEvent, LoadedStream, NewEvent, NewSnapshot, StoreError,
-    StoredEvent,
+    group_streams, keyed_event, stored_event, EventLog, KeyedEvent, LoadedStream, NewEvent,
+    NewSnapshot, StoreError, StoredEvent,
 };
 
 /// Readers share the file through WAL; SQLite has one writer whatever the pool size.
@@ -56,18 +56,6 @@ impl SqliteLog {
     }
 }
 
-fn stored(row: &sqlx::sqlite::SqliteRow) -> Result<StoredEvent, sqlx::Error> {
-    Ok(StoredEvent {
-        aggregate_type: row.try_get(0)?,
-        aggregate_id: row.try_get(1)?,
-        sequence: row.try_get(2)?,
-        event_type: row.try_get(3)?,
-        event_version: row.try_get(4)?,
-        payload: row.try_get(5)?,
-        metadata: row.try_get(6)?,
-    })
-}
-
 /// Keys travel as one JSON array parameter, unpacked with `json_each`.
 fn json_pairs<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> String {
     serde_json::to_string(&pairs.collect::<Vec<_>>()).expect("strings always serialize")
@@ -104,7 +92,7 @@ impl EventLog for SqliteLog {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(stored)
+        .map(stored_event)
         .collect::<Result<Vec<_>, _>>()?;
         Ok(group_streams(keys, snaps, events))
     }
@@ -144,16 +132,8 @@ impl EventLog for SqliteLog {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| {
-                Ok(KeyedEvent {
-                    aggregate_id: r.try_get(0)?,
-                    idempotency_key: r.try_get(1)?,
-                    request_hash: r.try_get::<Option<String>, _>(2)?.unwrap_or_default(),
-                    sequence: r.try_get(3)?,
-                    payload: r.try_get(4)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
+            .map(keyed_event)
+            .collect::<Result<_, _>>()
             .map_err(StoreError::from)
     }
 
@@ -228,7 +208,7 @@ impl EventLog for SqliteLog {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(stored)
+            .map(stored_event)
             .collect::<Result<_, _>>()
             .map_err(StoreError::from)
     }
