@@ -1,36 +1,514 @@
-//! Service configuration: command-line flags with environment fallbacks. Every default
-//! is stated with its reason; the resolved configuration is printed at start-up with
-//! secrets redacted.
+//! Service configuration, in layers: command-line flags > environment > configuration
+//! file > defaults. Every default is stated with its reason; the resolved configuration
+//! is printed at start-up with secrets redacted (see [`Settings`]'s `Display`).
+//!
+//! | file key | environment | flag | default |
+//! | --- | --- | --- | --- |
+//! | | `LEDGER_CONFIG` | `--config` | `usage-ledger.toml` if present |
+//! | `store.database_url` | `DATABASE_URL` | `--database-url` | unset: embedded SQLite |
+//! | `store.data_dir` | `LEDGER_DATA_DIR` | `--data-dir` | `data` |
+//! | `store.catalog_path` | `LEDGER_CATALOG_PATH` | `--catalog-path` | embedded catalog |
+//! | `http.bind` | `LEDGER_BIND` | `--bind` | `127.0.0.1:3333` |
+//! | `http.body_bytes_max` | `LEDGER_BODY_BYTES_MAX` | `--body-bytes-max` | 1 MiB |
+//! | `auth.mode` | `LEDGER_MODE` | `--mode` | `development` |
+//! | `auth.jwt_algorithm` | `LEDGER_JWT_ALGORITHM` | `--jwt-algorithm` | `HS256` |
+//! | `auth.jwt_secret` | `LEDGER_JWT_SECRET` | (none: argv is visible to every user) | dev: `<data_dir>/jwt-secret` |
+//! | `auth.jwt_public_key_path` | `LEDGER_JWT_PUBLIC_KEY_PATH` | `--jwt-public-key-path` | unset |
+//! | `auth.jwt_private_key_path` | `LEDGER_JWT_PRIVATE_KEY_PATH` | `--jwt-private-key-path` | unset |
+//! | `auth.issuer` | `LEDGER_JWT_ISSUER` | `--jwt-issuer` | unset: not checked |
+//! | `auth.audience` | `LEDGER_JWT_AUDIENCE` | `--jwt-audience` | unset: not checked |
+//! | `auth.token_ttl` | `LEDGER_TOKEN_TTL` | `--ttl` (`token` only) | `1h` |
+//!
+//! An environment variable set to the empty string counts as unset.
 
 use std::fmt;
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
+use figment::providers::{Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use ledger_aggregates::Catalog;
+use serde::Deserialize;
+
+use crate::auth::{Jwt, JwtAlgorithm, JwtError, JwtKey, TokenTtl};
+use crate::secret::Secret;
+use crate::store::{ApiKeyStore, EventLog, PostgresLog, SqliteLog, StoreError};
 
 /// The original served on 3333; callers and dashboards keep that port.
 pub const DEFAULT_BIND: &str = "127.0.0.1:3333";
+/// A batch of 1,000 usage records at a few hundred bytes each fits with room to spare;
+/// anything larger is a mistake or an attack, refused before it is buffered.
+pub const BODY_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
+/// The largest body limit the configuration accepts: the whole body is buffered in
+/// memory per request, so a typo such as an extra zero must not become gigabytes.
+pub const BODY_BYTES_LIMIT_MAX: usize = 64 * 1024 * 1024;
+/// Read from the working directory when present and no file is named.
+pub const CONFIG_FILE_DEFAULT: &str = "usage-ledger.toml";
+/// The development signing secret, created once under the data directory.
+pub const DEV_SECRET_FILE: &str = "jwt-secret";
+/// 256 bits, the HS256 key size (RFC 7518 §3.2).
+pub const DEV_SECRET_BYTES: usize = 32;
+/// The admin token printed at a development start-up: a working day of local trials.
+pub const DEV_ADMIN_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
-#[derive(Args, Clone)]
+/// Environment variables and the setting each one sets. `DATABASE_URL` keeps its
+/// conventional name; the others share the `LEDGER_` prefix.
+pub const ENVIRONMENT: &[(&str, &str)] = &[
+    ("DATABASE_URL", "store.database_url"),
+    ("LEDGER_DATA_DIR", "store.data_dir"),
+    ("LEDGER_CATALOG_PATH", "store.catalog_path"),
+    ("LEDGER_BIND", "http.bind"),
+    ("LEDGER_BODY_BYTES_MAX", "http.body_bytes_max"),
+    ("LEDGER_MODE", "auth.mode"),
+    ("LEDGER_JWT_ALGORITHM", "auth.jwt_algorithm"),
+    ("LEDGER_JWT_SECRET", "auth.jwt_secret"),
+    ("LEDGER_JWT_PUBLIC_KEY_PATH", "auth.jwt_public_key_path"),
+    ("LEDGER_JWT_PRIVATE_KEY_PATH", "auth.jwt_private_key_path"),
+    ("LEDGER_JWT_ISSUER", "auth.issuer"),
+    ("LEDGER_JWT_AUDIENCE", "auth.audience"),
+    ("LEDGER_TOKEN_TTL", "auth.token_ttl"),
+];
+/// The variable naming the configuration file.
+pub const CONFIG_FILE_ENV: &str = "LEDGER_CONFIG";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    NoFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Bad(String),
+    #[error("production mode refuses to start without a signing key: {0}")]
+    MissingKey(String),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("development signing secret {path}: {source}")]
+    DevSecret {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("plan catalog {path}: {detail}")]
+    Catalog { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Jwt(#[from] JwtError),
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        ConfigError::Invalid(Box::new(e))
+    }
+}
+
+/// How much the service trusts its surroundings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A laptop: a signing secret is created if none is configured and an admin token
+    /// is printed at start-up.
+    #[default]
+    Development,
+    /// A server: every key must be configured, and no token is ever printed.
+    Production,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Development => "development",
+            Mode::Production => "production",
+        })
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// PostgreSQL URL. Without it the embedded SQLite store in `--data-dir` is used.
-    #[arg(long, env = "DATABASE_URL")]
+    /// PostgreSQL URL. Without it the embedded SQLite store in `data_dir` is used.
     pub database_url: Option<String>,
-    /// Directory of the embedded SQLite store (`ledger.db`).
-    #[arg(long, env = "LEDGER_DATA_DIR", default_value = "data")]
+    /// Directory of the embedded SQLite store (`ledger.db`) and of the development
+    /// signing secret.
     pub data_dir: PathBuf,
     /// A plan catalog TOML file replacing the embedded default catalog.
-    #[arg(long, env = "LEDGER_CATALOG_PATH")]
     pub catalog_path: Option<PathBuf>,
 }
 
-#[derive(Args, Clone)]
-pub struct ServeConfig {
-    #[command(flatten)]
-    pub store: StoreConfig,
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            data_dir: PathBuf::from("data"),
+            catalog_path: None,
+        }
+    }
+}
+
+/// The opened store: the event log and the API keys, in one database.
+#[derive(Clone)]
+pub struct Stores {
+    pub log: Arc<dyn EventLog>,
+    pub keys: Arc<dyn ApiKeyStore>,
+}
+
+impl StoreConfig {
+    /// Open (and migrate) the configured store.
+    pub async fn open(&self) -> Result<Stores, StoreError> {
+        Ok(match &self.database_url {
+            Some(url) => {
+                let db = Arc::new(PostgresLog::connect(url).await?);
+                Stores {
+                    log: db.clone(),
+                    keys: db,
+                }
+            }
+            None => {
+                let db = Arc::new(SqliteLog::open_in(&self.data_dir).await?);
+                Stores {
+                    log: db.clone(),
+                    keys: db,
+                }
+            }
+        })
+    }
+
+    /// The configured plan catalog, or the embedded one.
+    pub fn catalog(&self) -> Result<Catalog, ConfigError> {
+        let Some(path) = &self.catalog_path else {
+            return Ok(Catalog::default_catalog());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Catalog::from_toml(&text).map_err(|e| ConfigError::Catalog {
+            path: path.clone(),
+            detail: e.to_string(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
     /// Address to listen on.
-    #[arg(long, env = "LEDGER_BIND", default_value = DEFAULT_BIND)]
     pub bind: SocketAddr,
+    /// Request bodies above this are answered 413 without being read further.
+    pub body_bytes_max: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            bind: DEFAULT_BIND.parse().expect("the default address parses"),
+            body_bytes_max: BODY_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: Mode,
+    /// Pinned: tokens signed with any other algorithm are refused.
+    pub jwt_algorithm: JwtAlgorithmSetting,
+    /// HS256 shared secret (at least 32 bytes).
+    pub jwt_secret: Option<Secret>,
+    /// RS256 / EdDSA: PEM public key that verifies tokens.
+    pub jwt_public_key_path: Option<PathBuf>,
+    /// RS256 / EdDSA: PEM private key, only needed to mint tokens here.
+    pub jwt_private_key_path: Option<PathBuf>,
+    /// Required `iss` of every token, stamped in minted ones.
+    pub issuer: Option<String>,
+    /// Required `aud` of every token, stamped in minted ones.
+    pub audience: Option<String>,
+    /// Lifetime of tokens minted by `usage-ledger token` without `--ttl`.
+    pub token_ttl: TokenTtl,
+}
+
+/// [`JwtAlgorithm`] with the default this configuration gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct JwtAlgorithmSetting(pub JwtAlgorithm);
+
+impl Default for JwtAlgorithmSetting {
+    /// HS256 needs nothing but a secret, which development mode can create itself.
+    fn default() -> Self {
+        Self(JwtAlgorithm::Hs256)
+    }
+}
+
+/// Where the signing key came from, so start-up can say so (and print a development
+/// token only when the key is the development one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    Configured,
+    Development { path: PathBuf, created: bool },
+}
+
+impl AuthConfig {
+    /// The key material for the configured algorithm. In development mode with nothing
+    /// configured, the secret in `<data_dir>/jwt-secret` (created on first use); in
+    /// production mode, a missing key is an error.
+    pub fn jwt_key(&self, data_dir: &Path) -> Result<(JwtKey, KeySource), ConfigError> {
+        let alg = self.jwt_algorithm.0;
+        let has_paths = self.jwt_public_key_path.is_some() || self.jwt_private_key_path.is_some();
+        match alg {
+            JwtAlgorithm::Hs256 if has_paths => Err(ConfigError::Bad(
+                "jwt_public_key_path / jwt_private_key_path are for RS256 or EdDSA; \
+                 set jwt_algorithm or remove them"
+                    .to_owned(),
+            )),
+            JwtAlgorithm::Hs256 => match (&self.jwt_secret, self.mode) {
+                (Some(secret), _) => Ok((JwtKey::Hs256(secret.clone()), KeySource::Configured)),
+                (None, Mode::Production) => Err(ConfigError::MissingKey(
+                    "set LEDGER_JWT_SECRET (HS256), or jwt_algorithm RS256/EdDSA with \
+                     LEDGER_JWT_PUBLIC_KEY_PATH"
+                        .to_owned(),
+                )),
+                (None, Mode::Development) => {
+                    let (secret, created) = dev_secret(data_dir)?;
+                    let path = data_dir.join(DEV_SECRET_FILE);
+                    Ok((
+                        JwtKey::Hs256(secret),
+                        KeySource::Development { path, created },
+                    ))
+                }
+            },
+            _ if self.jwt_secret.is_some() => Err(ConfigError::Bad(format!(
+                "jwt_secret is for HS256 but jwt_algorithm is {alg}"
+            ))),
+            _ => self.pem_keys(alg),
+        }
+    }
+
+    fn pem_keys(&self, alg: JwtAlgorithm) -> Result<(JwtKey, KeySource), ConfigError> {
+        let public = self.jwt_public_key_path.as_ref().ok_or_else(|| {
+            let why = format!("{alg} needs LEDGER_JWT_PUBLIC_KEY_PATH (a PEM public key)");
+            match self.mode {
+                Mode::Production => ConfigError::MissingKey(why),
+                Mode::Development => ConfigError::Bad(why),
+            }
+        })?;
+        let public_pem = read(public)?;
+        let private_pem = self
+            .jwt_private_key_path
+            .as_ref()
+            .map(|p| read(p).map(Secret::new))
+            .transpose()?;
+        let key = match alg {
+            JwtAlgorithm::Rs256 => JwtKey::Rs256 {
+                public_pem,
+                private_pem,
+            },
+            _ => JwtKey::EdDsa {
+                public_pem,
+                private_pem,
+            },
+        };
+        Ok((key, KeySource::Configured))
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The development secret: read if it exists, else created with mode 0600. It is
+/// written to a private temporary file and hard-linked into place, so two processes
+/// starting together never see a half-written secret: one link wins, the other reads.
+pub fn dev_secret(data_dir: &Path) -> Result<(Secret, bool), ConfigError> {
+    let path = data_dir.join(DEV_SECRET_FILE);
+    let fail = |source| ConfigError::DevSecret {
+        path: path.clone(),
+        source,
+    };
+    if path.exists() {
+        return read_dev_secret(&path).map(|s| (s, false));
+    }
+    std::fs::create_dir_all(data_dir).map_err(fail)?;
+    let mut bytes = [0u8; DEV_SECRET_BYTES];
+    getrandom::fill(&mut bytes).map_err(|e| fail(std::io::Error::other(e)))?;
+    let secret = hex::encode(bytes);
+    let tmp = data_dir.join(format!(
+        ".{DEV_SECRET_FILE}.{}.tmp",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let written = write_private(&tmp, secret.as_bytes());
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, &path));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok((Secret::new(secret), true)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            read_dev_secret(&path).map(|s| (s, false))
+        }
+        Err(e) => Err(fail(e)),
+    }
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+fn read_dev_secret(path: &Path) -> Result<Secret, ConfigError> {
+    let text = read(path)?;
+    let secret = text.trim();
+    if secret.len() < crate::auth::jwt::JWT_SECRET_BYTES_MIN {
+        return Err(ConfigError::Bad(format!(
+            "{} is too short to be a signing secret: delete it to create a new one",
+            path.display()
+        )));
+    }
+    Ok(Secret::new(secret))
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub store: StoreConfig,
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+}
+
+/// Where settings come from, passed in so tests need not touch the process environment.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// The file named by `--config` (beats `LEDGER_CONFIG`).
+    pub file: Option<PathBuf>,
+    /// Read when no file is named, if it exists.
+    pub default_file: Option<PathBuf>,
+    /// Environment variables (only those in [`ENVIRONMENT`] and [`CONFIG_FILE_ENV`] are read).
+    pub env: Vec<(String, String)>,
+    /// `(setting, value)` pairs of the flags given on the command line.
+    pub flags: Vec<(&'static str, String)>,
+}
+
+impl Sources {
+    /// This process's environment and working directory, and the given flags.
+    pub fn from_process(file: Option<PathBuf>, flags: Vec<(&'static str, String)>) -> Self {
+        Self {
+            file,
+            default_file: Some(PathBuf::from(CONFIG_FILE_DEFAULT)),
+            env: std::env::vars().collect(),
+            flags,
+        }
+    }
+
+    fn env(&self, name: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, v)| k == name && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn config_file(&self) -> Result<Option<PathBuf>, ConfigError> {
+        let named = self
+            .file
+            .clone()
+            .or_else(|| self.env(CONFIG_FILE_ENV).map(PathBuf::from));
+        match named {
+            Some(p) if p.is_file() => Ok(Some(p)),
+            Some(p) => Err(ConfigError::NoFile(p)),
+            None => Ok(self.default_file.clone().filter(|p| p.is_file())),
+        }
+    }
+}
+
+/// One layer of `(setting, value)` pairs under a name that error messages quote
+/// ("for key `http.bind` in environment variable LEDGER_BIND").
+struct Layer {
+    name: String,
+    pairs: Vec<(&'static str, String)>,
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name.clone())
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut root = Dict::new();
+        for (path, value) in &self.pairs {
+            insert(&mut root, path, Value::from(value.clone()));
+        }
+        Ok(Profile::Default.collect(root))
+    }
+}
+
+/// Put `value` at the dotted `path` (`http.bind`), creating the tables on the way.
+fn insert(dict: &mut Dict, path: &str, value: Value) {
+    match path.split_once('.') {
+        None => {
+            dict.insert(path.to_owned(), value);
+        }
+        Some((head, rest)) => {
+            let child = dict
+                .entry(head.to_owned())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, table) = child {
+                insert(table, rest, value);
+            }
+        }
+    }
+}
+
+impl Settings {
+    /// Resolve the layers: defaults, then the file, then the environment, then flags.
+    pub fn resolve(sources: &Sources) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(file) = sources.config_file()? {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        for (name, key) in ENVIRONMENT {
+            if let Some(value) = sources.env(name) {
+                figment = figment.merge(Layer {
+                    name: format!("environment variable {name}"),
+                    pairs: vec![(key, value.to_owned())],
+                });
+            }
+        }
+        figment = figment.merge(Layer {
+            name: "command-line flags".to_owned(),
+            pairs: sources.flags.clone(),
+        });
+        // Lossy: numbers and booleans may arrive as text from the environment.
+        let settings: Settings = figment.extract_lossy()?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if !(1..=BODY_BYTES_LIMIT_MAX).contains(&self.http.body_bytes_max) {
+            return Err(ConfigError::Bad(format!(
+                "http.body_bytes_max must be 1 to {BODY_BYTES_LIMIT_MAX}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The token verifier (and minter) of this configuration, and where its key came from.
+    pub fn jwt(&self) -> Result<(Jwt, KeySource), ConfigError> {
+        let (key, source) = self.auth.jwt_key(&self.store.data_dir)?;
+        let jwt = Jwt::new(key, self.auth.issuer.clone(), self.auth.audience.clone())?;
+        Ok((jwt, source))
+    }
 }
 
 /// Hide the password of a database URL.
@@ -64,6 +542,179 @@ impl fmt::Display for StoreConfig {
     }
 }
 
+/// The database URL may hold a password: `Debug` shows it redacted, like `Display`.
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
+            .field("data_dir", &self.data_dir)
+            .field("catalog_path", &self.catalog_path)
+            .finish()
+    }
+}
+
+fn or_unset(v: Option<impl fmt::Display>) -> String {
+    v.map_or_else(|| "unset".to_owned(), |v| v.to_string())
+}
+
+/// One line for the start-up log; secrets appear only as `set` or `unset`.
+impl fmt::Display for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let a = &self.auth;
+        write!(
+            f,
+            "{} bind={} body_bytes_max={} mode={} jwt_algorithm={} jwt_secret={} \
+             jwt_public_key_path={} jwt_private_key_path={} issuer={} audience={} token_ttl={}",
+            self.store,
+            self.http.bind,
+            self.http.body_bytes_max,
+            a.mode,
+            a.jwt_algorithm.0,
+            if a.jwt_secret.is_some() {
+                "set"
+            } else {
+                "unset"
+            },
+            or_unset(a.jwt_public_key_path.as_ref().map(|p| p.display())),
+            or_unset(a.jwt_private_key_path.as_ref().map(|p| p.display())),
+            or_unset(a.issuer.as_ref()),
+            or_unset(a.audience.as_ref()),
+            a.token_ttl,
+        )
+    }
+}
+
+/// Flags every subcommand shares: the file and the store.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ConfigArgs {
+    /// Configuration file (TOML) [env: LEDGER_CONFIG] [default: usage-ledger.toml if present]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// PostgreSQL URL; without it the embedded SQLite store is used [env: DATABASE_URL]
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Directory of the embedded store and the development signing secret
+    /// [env: LEDGER_DATA_DIR] [default: data]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Plan catalog TOML replacing the embedded one [env: LEDGER_CATALOG_PATH]
+    #[arg(long, value_name = "FILE")]
+    pub catalog_path: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    pub fn flags(&self) -> Vec<(&'static str, String)> {
+        let mut f = Vec::new();
+        push(&mut f, "store.database_url", self.database_url.as_ref());
+        push(
+            &mut f,
+            "store.data_dir",
+            self.data_dir.as_ref().map(|p| p.display()),
+        );
+        push(
+            &mut f,
+            "store.catalog_path",
+            self.catalog_path.as_ref().map(|p| p.display()),
+        );
+        f
+    }
+
+    /// Settings from these flags, this process's environment and the file.
+    pub fn resolve(&self) -> Result<Settings, ConfigError> {
+        Settings::resolve(&Sources::from_process(self.config.clone(), self.flags()))
+    }
+}
+
+/// Flags of the token verifier and minter.
+#[derive(Args, Clone, Debug, Default)]
+pub struct AuthArgs {
+    /// `development` creates a signing secret and prints an admin token; `production`
+    /// requires configured keys [env: LEDGER_MODE] [default: development]
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// HS256, RS256 or EdDSA [env: LEDGER_JWT_ALGORITHM] [default: HS256]
+    #[arg(long, value_name = "ALG")]
+    pub jwt_algorithm: Option<JwtAlgorithm>,
+    /// PEM public key for RS256/EdDSA [env: LEDGER_JWT_PUBLIC_KEY_PATH]
+    #[arg(long, value_name = "FILE")]
+    pub jwt_public_key_path: Option<PathBuf>,
+    /// PEM private key for RS256/EdDSA, to mint tokens [env: LEDGER_JWT_PRIVATE_KEY_PATH]
+    #[arg(long, value_name = "FILE")]
+    pub jwt_private_key_path: Option<PathBuf>,
+    /// Required token issuer (iss) [env: LEDGER_JWT_ISSUER]
+    #[arg(long, value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+    /// Required token audience (aud) [env: LEDGER_JWT_AUDIENCE]
+    #[arg(long, value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+}
+
+impl AuthArgs {
+    pub fn flags(&self) -> Vec<(&'static str, String)> {
+        let mut f = Vec::new();
+        push(&mut f, "auth.mode", self.mode.as_ref());
+        push(&mut f, "auth.jwt_algorithm", self.jwt_algorithm.as_ref());
+        push(
+            &mut f,
+            "auth.jwt_public_key_path",
+            self.jwt_public_key_path.as_ref().map(|p| p.display()),
+        );
+        push(
+            &mut f,
+            "auth.jwt_private_key_path",
+            self.jwt_private_key_path.as_ref().map(|p| p.display()),
+        );
+        push(&mut f, "auth.issuer", self.jwt_issuer.as_ref());
+        push(&mut f, "auth.audience", self.jwt_audience.as_ref());
+        f
+    }
+}
+
+/// Flags of `serve`.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Address to listen on [env: LEDGER_BIND] [default: 127.0.0.1:3333]
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<SocketAddr>,
+    /// Largest request body accepted, in bytes [env: LEDGER_BODY_BYTES_MAX] [default: 1048576]
+    #[arg(long, value_name = "BYTES")]
+    pub body_bytes_max: Option<usize>,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+impl ServeArgs {
+    pub fn flags(&self) -> Vec<(&'static str, String)> {
+        let mut f = self.config.flags();
+        push(&mut f, "http.bind", self.bind.as_ref());
+        push(&mut f, "http.body_bytes_max", self.body_bytes_max.as_ref());
+        f.extend(self.auth.flags());
+        f
+    }
+
+    pub fn resolve(&self) -> Result<Settings, ConfigError> {
+        Settings::resolve(&Sources::from_process(
+            self.config.config.clone(),
+            self.flags(),
+        ))
+    }
+}
+
+fn push(
+    flags: &mut Vec<(&'static str, String)>,
+    key: &'static str,
+    value: Option<impl fmt::Display>,
+) {
+    if let Some(v) = value {
+        flags.push((key, v.to_string()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +726,197 @@ mod tests {
             "postgres://u:***@h:5432/db"
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn flags_beat_the_environment_which_beats_the_file_which_beats_defaults() {
+        // Proves the precedence of the four layers, setting by setting.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ledger.toml");
+        std::fs::write(
+            &file,
+            "[store]\ndata_dir = \"from-file\"\ncatalog_path = \"file.toml\"\n\
+             [http]\nbind = \"127.0.0.1:1001\"\nbody_bytes_max = 1000\n\
+             [auth]\nissuer = \"file-iss\"\n",
+        )
+        .unwrap();
+        let sources = Sources {
+            file: Some(file),
+            default_file: None,
+            env: env(&[
+                ("LEDGER_BIND", "127.0.0.1:2002"),
+                ("LEDGER_BODY_BYTES_MAX", "2000"),
+                ("LEDGER_JWT_ISSUER", "env-iss"),
+                ("LEDGER_CATALOG_PATH", ""),
+            ]),
+            flags: vec![("http.bind", "127.0.0.1:3003".to_owned())],
+        };
+        let s = Settings::resolve(&sources).unwrap();
+        assert_eq!(s.http.bind.port(), 3003, "flag beats environment");
+        assert_eq!(s.http.body_bytes_max, 2000, "environment beats file");
+        assert_eq!(s.auth.issuer.as_deref(), Some("env-iss"));
+        assert_eq!(
+            s.store.data_dir,
+            PathBuf::from("from-file"),
+            "file beats default"
+        );
+        assert_eq!(
+            s.store.catalog_path,
+            Some(PathBuf::from("file.toml")),
+            "an empty variable counts as unset"
+        );
+        assert_eq!(s.auth.mode, Mode::Development, "default");
+        assert_eq!(s.auth.jwt_algorithm.0, JwtAlgorithm::Hs256, "default");
+        assert_eq!(s.auth.token_ttl, TokenTtl::default(), "default");
+    }
+
+    #[test]
+    fn nothing_configured_gives_the_documented_defaults() {
+        // Proves the defaults stated in the module table.
+        let s = Settings::resolve(&Sources::default()).unwrap();
+        assert_eq!(s.http.bind.to_string(), DEFAULT_BIND);
+        assert_eq!(s.http.body_bytes_max, 1024 * 1024);
+        assert_eq!(s.store.data_dir, PathBuf::from("data"));
+        assert!(s.store.database_url.is_none());
+        assert_eq!(s.auth.mode, Mode::Development);
+    }
+
+    #[test]
+    fn a_typo_in_the_file_or_a_bad_value_is_refused_with_its_source() {
+        // Proves unknown keys and unparsable values fail loudly instead of being ignored.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ledger.toml");
+        std::fs::write(&file, "[http]\nbindd = \"127.0.0.1:1\"\n").unwrap();
+        let typo = Sources {
+            file: Some(file),
+            ..Sources::default()
+        };
+        assert!(Settings::resolve(&typo).is_err());
+
+        let bad = Sources {
+            env: env(&[("LEDGER_MODE", "staging")]),
+            ..Sources::default()
+        };
+        let e = Settings::resolve(&bad).unwrap_err().to_string();
+        assert!(e.contains("LEDGER_MODE"), "{e}");
+
+        let huge = Sources {
+            env: env(&[("LEDGER_BODY_BYTES_MAX", "0")]),
+            ..Sources::default()
+        };
+        assert!(Settings::resolve(&huge).is_err());
+    }
+
+    #[test]
+    fn a_named_config_file_that_does_not_exist_is_an_error() {
+        // Proves `LEDGER_CONFIG` pointing nowhere is reported, not silently skipped.
+        let sources = Sources {
+            env: env(&[("LEDGER_CONFIG", "/nonexistent/usage-ledger.toml")]),
+            ..Sources::default()
+        };
+        assert!(matches!(
+            Settings::resolve(&sources),
+            Err(ConfigError::NoFile(_))
+        ));
+    }
+
+    #[test]
+    fn production_mode_refuses_to_start_without_a_secret() {
+        // Proves production never falls back to a generated secret, for either key kind.
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Settings::resolve(&Sources {
+            env: env(&[("LEDGER_MODE", "production")]),
+            ..Sources::default()
+        })
+        .unwrap();
+        s.store.data_dir = dir.path().to_owned();
+        assert!(matches!(s.jwt(), Err(ConfigError::MissingKey(_))));
+        assert!(
+            !dir.path().join(DEV_SECRET_FILE).exists(),
+            "no secret is created in production"
+        );
+
+        s.auth.jwt_algorithm = JwtAlgorithmSetting(JwtAlgorithm::Rs256);
+        assert!(matches!(s.jwt(), Err(ConfigError::MissingKey(_))));
+
+        s.auth.jwt_algorithm = JwtAlgorithmSetting(JwtAlgorithm::Hs256);
+        s.auth.jwt_secret = Some(Secret::new("p".repeat(40)));
+        let (_, source) = s.jwt().unwrap();
+        assert_eq!(source, KeySource::Configured);
+    }
+
+    #[test]
+    fn a_short_hs256_secret_is_refused() {
+        // Proves a secret below 256 bits never becomes a signing key.
+        let mut s = Settings::default();
+        s.auth.jwt_secret = Some(Secret::new("short"));
+        assert!(matches!(s.jwt(), Err(ConfigError::Jwt(_))));
+    }
+
+    #[test]
+    fn the_development_secret_is_created_once_private_and_reused() {
+        // Proves the dev secret survives restarts and is readable by its owner only.
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let (first, created) = dev_secret(&data).unwrap();
+        assert!(created);
+        assert_eq!(first.expose().len(), DEV_SECRET_BYTES * 2);
+        let (again, created_again) = dev_secret(&data).unwrap();
+        assert!(!created_again);
+        assert_eq!(first, again);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(data.join(DEV_SECRET_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let leftovers = std::fs::read_dir(&data).unwrap().count();
+        assert_eq!(leftovers, 1, "no temporary file is left behind");
+
+        // Tokens minted with it before a restart verify after it.
+        let mut s = Settings::default();
+        s.store.data_dir = data;
+        let (jwt, source) = s.jwt().unwrap();
+        assert!(matches!(
+            source,
+            KeySource::Development { created: false, .. }
+        ));
+        let token = jwt
+            .mint(crate::auth::Role::Admin, &[], "dev", TokenTtl::default())
+            .unwrap();
+        let (after_restart, _) = s.jwt().unwrap();
+        assert!(after_restart.verify(&token).is_ok());
+    }
+
+    #[test]
+    fn debug_and_display_never_contain_secrets() {
+        // Proves neither the JWT secret nor the database password reaches a log line.
+        let s = Settings::resolve(&Sources {
+            env: env(&[
+                ("LEDGER_JWT_SECRET", "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t"),
+                ("DATABASE_URL", "postgres://ledger:pa55word@db:5432/ledger"),
+            ]),
+            ..Sources::default()
+        })
+        .unwrap();
+        assert_eq!(
+            s.auth.jwt_secret.as_ref().unwrap().expose(),
+            "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t"
+        );
+        for printed in [format!("{s}"), format!("{s:?}"), format!("{s:#?}")] {
+            assert!(!printed.contains("s3cr3t"), "{printed}");
+            assert!(!printed.contains("pa55word"), "{printed}");
+        }
+        assert!(format!("{s}").contains("jwt_secret=set"));
     }
 }

@@ -4,11 +4,17 @@
 //! - [`store`]: the event log trait and its PostgreSQL and SQLite implementations.
 //! - [`engine`]: the single-writer command engine with group commit and idempotency.
 //! - [`clock`]: injectable time.
-//! - [`config`]: service configuration (flags and environment).
+//! - [`auth`]: who is calling: bearer JWTs and per-brand API keys, resolved to a principal.
+//! - [`secret`]: a string kept out of `Debug` and `Display`.
+//! - [`config`]: service configuration: flags, environment, file, defaults.
 //! - [`http`]: the axum router; the only module that speaks HTTP.
+//! - [`cli`]: operator commands on the ledger (`brands`, `reset`) as library code.
 
+pub mod auth;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod http;
+pub mod secret;
 pub mod store;

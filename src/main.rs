@@ -1,42 +1,83 @@
 //! `usage-ledger`: the service binary.
 
+use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
-use ledger_aggregates::Catalog;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ledger_aggregates::BrandId;
 use tracing_subscriber::EnvFilter;
+use usage_ledger::auth::{Authenticator, Role, TokenTtl};
 use usage_ledger::clock::SystemClock;
-use usage_ledger::config::{ServeConfig, StoreConfig};
+use usage_ledger::config::{
+    AuthArgs, ConfigArgs, KeySource, ServeArgs, Settings, Sources, DEV_ADMIN_TOKEN_TTL,
+};
 use usage_ledger::engine::{Engine, EngineConfig};
-use usage_ledger::http::{router, AppState};
-use usage_ledger::store::{EventLog, PostgresLog, SqliteLog};
+use usage_ledger::http::{router, AppState, API_PREFIX};
 
 #[derive(Parser)]
 #[command(
     name = "usage-ledger",
     version,
-    about = "Event-sourced usage ledger: quotas, credits, alerts and overage cost"
+    about = "Event-sourced usage ledger: quotas, credits, alerts and overage cost",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Without a subcommand the service runs, with these flags.
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP service (the default).
-    Serve(ServeConfig),
-    /// Create or upgrade the event store schema, then exit.
-    Migrate(StoreConfig),
+    Serve(ServeArgs),
+    /// Create or upgrade the store schema, then exit.
+    Migrate(ConfigArgs),
     /// Print the plan catalog as JSON.
-    Plans(StoreConfig),
+    Plans(ConfigArgs),
+    /// Print a JWT signed with the configured key (in development, the local secret).
+    Token(TokenArgs),
 }
 
-/// `usage-ledger` with no subcommand serves with flags from the environment only.
-#[derive(Parser)]
-struct DefaultServe {
+#[derive(Args)]
+struct TokenArgs {
+    /// What the token may do.
+    #[arg(long, value_enum)]
+    role: RoleArg,
+    /// A brand the token is scoped to: exactly one for `brand`, one or more for
+    /// `service`, none for `admin`.
+    #[arg(long = "brand", value_name = "BRAND")]
+    brands: Vec<String>,
+    /// Who the token stands for in the audit trail [default: cli:$USER]
+    #[arg(long)]
+    subject: Option<String>,
+    /// Lifetime, e.g. 15m, 1h, 7d (at most 30d) [env: LEDGER_TOKEN_TTL] [default: 1h]
+    #[arg(long)]
+    ttl: Option<TokenTtl>,
     #[command(flatten)]
-    cfg: ServeConfig,
+    config: ConfigArgs,
+    #[command(flatten)]
+    auth: AuthArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Admin,
+    Brand,
+    Service,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Admin => Role::Admin,
+            RoleArg::Brand => Role::Brand,
+            RoleArg::Service => Role::Service,
+        }
+    }
 }
 
 /// glibc's allocator was ~13 % of the writer's CPU in a `perf` profile (many small,
@@ -48,31 +89,35 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
-async fn open_store(cfg: &StoreConfig) -> Result<Arc<dyn EventLog>, Failure> {
-    Ok(match &cfg.database_url {
-        Some(url) => Arc::new(PostgresLog::connect(url).await?),
-        None => Arc::new(SqliteLog::open_in(&cfg.data_dir).await?),
-    })
-}
-
-fn load_catalog(cfg: &StoreConfig) -> Result<Catalog, Failure> {
-    Ok(match &cfg.catalog_path {
-        Some(path) => Catalog::from_toml(&std::fs::read_to_string(path)?)?,
-        None => Catalog::default_catalog(),
-    })
-}
-
-async fn serve(cfg: ServeConfig) -> Result<(), Failure> {
-    let catalog = Arc::new(load_catalog(&cfg.store)?);
+async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let settings = args.resolve()?;
+    tracing::info!("configuration: {settings}");
+    let (jwt, key_source) = settings.jwt()?;
+    let catalog = Arc::new(settings.store.catalog()?);
     let engine_cfg = EngineConfig::default();
-    tracing::info!(bind = %cfg.bind, store = %cfg.store, catalog_version = %catalog.version,
+    tracing::info!(catalog_version = %catalog.version, jwt_algorithm = %jwt.algorithm(),
         batch_commands_max = engine_cfg.batch_commands_max, queue_commands_max = engine_cfg.queue_commands_max,
         "starting usage-ledger");
-    let log = open_store(&cfg.store).await?;
-    let engine = Engine::start(log.clone(), catalog, Arc::new(SystemClock), engine_cfg);
-    let listener = tokio::net::TcpListener::bind(cfg.bind).await?;
-    tracing::info!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, router(AppState { engine, log }))
+    let stores = settings.store.open().await?;
+    let engine = Engine::start(
+        stores.log.clone(),
+        catalog,
+        Arc::new(SystemClock),
+        engine_cfg,
+    );
+    let auth = Authenticator::new(jwt, stores.keys);
+    let listener = tokio::net::TcpListener::bind(settings.http.bind).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!("listening on http://{addr}");
+    if let KeySource::Development { path, created } = &key_source {
+        print_dev_token(&auth, addr, path, *created)?;
+    }
+    let state = AppState {
+        engine,
+        log: stores.log,
+        auth,
+    };
+    axum::serve(listener, router(state))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
@@ -80,28 +125,88 @@ async fn serve(cfg: ServeConfig) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Development only: a ready admin token and a request to try it with. Production never
+/// gets here (its key is always configured), so it never prints a token.
+fn print_dev_token(
+    auth: &Authenticator,
+    addr: SocketAddr,
+    secret_path: &std::path::Path,
+    created: bool,
+) -> Result<(), Failure> {
+    let ttl = TokenTtl::from_secs(DEV_ADMIN_TOKEN_TTL.as_secs())?;
+    let token = auth.jwt().mint(Role::Admin, &[], "dev-admin", ttl)?;
+    let host = match addr.ip().is_unspecified() {
+        true => SocketAddr::from(([127, 0, 0, 1], addr.port())),
+        false => addr,
+    };
+    let verb = if created { "created" } else { "reused" };
+    println!(
+        "development mode: signing secret {verb} at {} (on a server, set LEDGER_MODE=production \
+         and LEDGER_JWT_SECRET)\nadmin token, valid {} h:\n  {token}\ntry (registers brand `demo` \
+         on plan `starter`):\n  curl -X PUT -H 'Authorization: Bearer {token}' \
+         -H 'Content-Type: application/json' -d '{{\"plan\":\"starter\"}}' \
+         http://{host}{API_PREFIX}/brands/demo",
+        secret_path.display(),
+        DEV_ADMIN_TOKEN_TTL.as_secs() / 3600,
+    );
+    Ok(())
+}
+
+fn token(args: TokenArgs) -> Result<(), Failure> {
+    let mut flags = args.config.flags();
+    flags.extend(args.auth.flags());
+    let settings = Settings::resolve(&Sources::from_process(args.config.config.clone(), flags))?;
+    let (jwt, _) = settings.jwt()?;
+    let brands = args
+        .brands
+        .iter()
+        .map(|b| BrandId::parse(b))
+        .collect::<Result<Vec<_>, _>>()?;
+    let subject = args.subject.unwrap_or_else(|| {
+        format!(
+            "cli:{}",
+            std::env::var("USER").unwrap_or_else(|_| "operator".to_owned())
+        )
+    });
+    let ttl = args.ttl.unwrap_or(settings.auth.token_ttl);
+    println!("{}", jwt.mint(args.role.into(), &brands, &subject, ttl)?);
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        None => serve(cli.serve).await,
+        Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Migrate(args)) => {
+            let settings = args.resolve()?;
+            settings.store.open().await?;
+            println!("store is up to date ({})", settings.store);
+            Ok(())
+        }
+        Some(Command::Plans(args)) => {
+            let catalog = args.resolve()?.store.catalog()?;
+            println!("{}", serde_json::to_string_pretty(catalog.plans())?);
+            Ok(())
+        }
+        Some(Command::Token(args)) => token(args),
+    }
+}
+
 #[tokio::main]
-async fn main() -> Result<(), Failure> {
+async fn main() -> ExitCode {
+    // Logs go to stderr, so stdout carries only what a command prints (a token, the
+    // catalog) and `TOKEN=$(usage-ledger token --role admin)` works.
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let cli = Cli::parse();
-    match cli.command {
-        None => serve(DefaultServe::parse_from(["usage-ledger"]).cfg).await,
-        Some(Command::Serve(cfg)) => serve(cfg).await,
-        Some(Command::Migrate(cfg)) => {
-            open_store(&cfg).await?;
-            println!("event store is up to date ({cfg})");
-            Ok(())
-        }
-        Some(Command::Plans(cfg)) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(load_catalog(&cfg)?.plans())?
-            );
-            Ok(())
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("usage-ledger: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -40,6 +40,7 @@ fn record(b: &str, m: &str, n: u64, k: Option<&str>) -> PeriodRequest {
             occurred_at: None,
         },
         idempotency_key: k.map(key),
+        metadata: Default::default(),
     }
 }
 
@@ -53,6 +54,7 @@ fn consume(b: &str, m: &str, n: u64) -> PeriodRequest {
             consume: true,
         },
         idempotency_key: None,
+        metadata: Default::default(),
     }
 }
 
@@ -151,6 +153,7 @@ async fn refused_commands_write_nothing(db: &common::TestDb) {
             reason: "typo".into(),
         },
         idempotency_key: None,
+        metadata: Default::default(),
     };
     let err = e.execute(adjust).await.unwrap_err();
     assert!(matches!(err, EngineError::Ledger(_)), "{err}");
@@ -163,6 +166,7 @@ async fn refused_commands_write_nothing(db: &common::TestDb) {
             consume: false,
         },
         idempotency_key: None,
+        metadata: Default::default(),
     };
     let pure = e.execute(check).await.unwrap();
     assert!(pure.events.is_empty());

@@ -63,6 +63,7 @@ async fn write_a_varied_stream(e: &Engine) {
             period: None,
             action,
             idempotency_key: None,
+            metadata: Default::default(),
         })
         .await
         .unwrap();

@@ -330,6 +330,20 @@ pub struct MetricState {
     /// Thresholds already crossed this period (each fires once).
     pub fired: Vec<u8>,
     pub overage_cost: Money,
+    /// The crossings themselves, in order, for the summary's alert list. Defaulted so
+    /// snapshots taken before it existed still load (their alerts come from events).
+    #[serde(default)]
+    pub crossings: Vec<Crossing>,
+}
+
+/// One threshold crossing as the summary shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Crossing {
+    pub threshold: u8,
+    pub severity: Severity,
+    /// current / effective limit × 100 when it was crossed, two decimals.
+    pub percentage: Decimal,
+    pub at: DateTime<Utc>,
 }
 
 /// The answer to a quota question, with the original's `QuotaEvaluation` fields.
@@ -417,6 +431,20 @@ impl UsagePeriodAggregate {
             .filter(|(k, s)| o.metric_kinds.get(*k) == Some(&MetricKind::Gauge) && s.current > 0)
             .map(|(k, s)| (k.clone(), s.current))
             .collect()
+    }
+
+    /// A metric's totals as they stand, under the plan in force (`None` before opening).
+    /// The same rule the events carry, so a summary equals the last event's totals.
+    pub fn totals(&self, metric: &MetricKey) -> Option<MetricTotals> {
+        let opened = self.opened.as_ref()?;
+        let state = self.metrics.get(metric).cloned().unwrap_or_default();
+        Some(totals_for(
+            opened.plan.quota(metric),
+            opened.kind(metric),
+            state.current,
+            state.peak,
+            state.top_up_units,
+        ))
     }
 
     /// Decide a command against the current state. Pure: the engine calls it on its hot
@@ -667,13 +695,21 @@ impl UsagePeriodAggregate {
                 s.overage_cost = totals.overage_cost;
             }
             LedgerEvent::ThresholdCrossed {
-                metric, threshold, ..
+                metric,
+                threshold,
+                severity,
+                percentage,
+                at,
+                ..
             } => {
-                self.metrics
-                    .entry(metric.clone())
-                    .or_default()
-                    .fired
-                    .push(*threshold);
+                let s = self.metrics.entry(metric.clone()).or_default();
+                s.fired.push(*threshold);
+                s.crossings.push(Crossing {
+                    threshold: *threshold,
+                    severity: *severity,
+                    percentage: *percentage,
+                    at: *at,
+                });
             }
             LedgerEvent::UsageDenied { .. } => {}
             LedgerEvent::PeriodClosed { invoice, .. } => self.closed = Some(invoice.clone()),

@@ -814,6 +814,7 @@ async fn engine_run(
                     occurred_at: None,
                 },
                 idempotency_key: key,
+                metadata: Default::default(),
             };
             async move {
                 engine

@@ -9,6 +9,7 @@
 
 mod writer;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
@@ -138,6 +139,78 @@ pub struct PeriodRequest {
     pub period: Option<PeriodKey>,
     pub action: Action,
     pub idempotency_key: Option<IdempotencyKey>,
+    /// Stored with every event the command appends; part of the idempotency fingerprint.
+    pub metadata: Metadata,
+}
+
+/// Entries of one command's metadata: enough for a request id, a source and a few
+/// caller tags; more belongs in the caller's own systems, not in every event row.
+pub const METADATA_ENTRIES_MAX: usize = 16;
+/// Metadata keys are short identifiers.
+pub const METADATA_KEY_CHARS_MAX: usize = 64;
+/// Metadata values are tags and ids, not documents.
+pub const METADATA_VALUE_CHARS_MAX: usize = 256;
+
+/// Facts about a command (who sent it, the caller's request id, …) stored in the
+/// events' `metadata` column. A flat string map because that is the cqrs-es metadata
+/// type: `postgres-es` and `sqlite-es` read it back as is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Metadata(BTreeMap<String, String>);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetadataError {
+    #[error("metadata holds {0} entries; at most {METADATA_ENTRIES_MAX} are accepted")]
+    TooMany(usize),
+    #[error(
+        "metadata key {0:?} must be 1 to {METADATA_KEY_CHARS_MAX} characters of [A-Za-z0-9_.-]"
+    )]
+    BadKey(String),
+    #[error("metadata value of {0:?} is longer than {METADATA_VALUE_CHARS_MAX} characters")]
+    ValueTooLong(String),
+}
+
+impl Metadata {
+    pub fn parse(entries: BTreeMap<String, String>) -> Result<Self, MetadataError> {
+        if entries.len() > METADATA_ENTRIES_MAX {
+            return Err(MetadataError::TooMany(entries.len()));
+        }
+        for (k, v) in &entries {
+            let key_ok = !k.is_empty()
+                && k.chars().count() <= METADATA_KEY_CHARS_MAX
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+            if !key_ok {
+                return Err(MetadataError::BadKey(k.clone()));
+            }
+            if v.chars().count() > METADATA_VALUE_CHARS_MAX {
+                return Err(MetadataError::ValueTooLong(k.clone()));
+            }
+        }
+        Ok(Metadata(entries))
+    }
+
+    /// Set an entry the service itself vouches for (e.g. `actor`), replacing any
+    /// caller value under that key.
+    pub fn set(&mut self, key: &str, value: impl Into<String>) {
+        self.0.insert(key.to_owned(), value.into());
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn into_map(self) -> BTreeMap<String, String> {
+        self.0
+    }
+
+    /// The JSON text stored in the `metadata` column.
+    pub(crate) fn to_json(&self) -> String {
+        serde_json::to_string(&self.0).expect("a string map always serializes")
+    }
 }
 
 /// An event with its place in the stream.
@@ -418,11 +491,16 @@ fn fingerprint(req: &PeriodRequest) -> String {
         brand: &'a BrandId,
         period: Option<PeriodKey>,
         action: &'a Action,
+        // Absent when empty, so fingerprints of requests without metadata are the
+        // ones recorded before metadata existed.
+        #[serde(skip_serializing_if = "Metadata::is_empty")]
+        metadata: &'a Metadata,
     }
     let canon = serde_json::to_vec(&Canon {
         brand: &req.brand,
         period: req.period,
         action: &req.action,
+        metadata: &req.metadata,
     })
     .expect("requests always serialize");
     hex::encode(Sha256::digest(canon))

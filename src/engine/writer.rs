@@ -572,14 +572,19 @@ impl Writer {
         let every = self.cfg.snapshot_every_events;
         if let Some((fresh, open_events)) = opening {
             let opened_at = first_sequence - open_events.len() as u64;
-            staged.stage(id, opened_at, &open_events, None, every);
+            staged.stage(id, opened_at, &open_events, None, EMPTY_METADATA, every);
             self.periods.put(id.to_owned(), fresh);
         }
         let key = req
             .idempotency_key
             .as_ref()
             .map(|k| (k.to_string(), fingerprint.to_owned()));
-        staged.stage(id, first_sequence, &events, key.clone(), every);
+        // Serialized once per command, not per event.
+        let metadata = match req.metadata.is_empty() {
+            true => std::borrow::Cow::Borrowed(EMPTY_METADATA),
+            false => std::borrow::Cow::Owned(req.metadata.to_json()),
+        };
+        staged.stage(id, first_sequence, &events, key.clone(), &metadata, every);
         let committed = (first_sequence..)
             .zip(events)
             .map(|(sequence, event)| Committed { sequence, event })
@@ -624,7 +629,14 @@ impl Writer {
             at: now,
         })?;
         let every = self.cfg.snapshot_every_events;
-        staged.stage(brand.as_str(), agg.version + 1, &events, None, every);
+        staged.stage(
+            brand.as_str(),
+            agg.version + 1,
+            &events,
+            None,
+            EMPTY_METADATA,
+            every,
+        );
         events.iter().for_each(|e| agg.fold(e));
         // The new plan takes effect in the brand's open period, in the same commit.
         let period = PeriodKey::containing(now);
@@ -636,7 +648,7 @@ impl Writer {
             .filter(|p| p.is_open() && p.closed.is_none())
         {
             let applied = p.decide(&PeriodCommand::ApplyPlan { plan, at: now }, &self.cfg.rules)?;
-            staged.stage(&id, p.version + 1, &applied, None, every);
+            staged.stage(&id, p.version + 1, &applied, None, EMPTY_METADATA, every);
             applied.iter().for_each(|e| p.fold(e));
             if !applied.is_empty() {
                 applied_to = Some(period);
@@ -804,6 +816,7 @@ impl Staged {
         first: u64,
         events: &[E],
         mut key: Option<(String, String)>,
+        metadata: &str,
         every: u64,
     ) {
         if events.is_empty() {
@@ -818,7 +831,7 @@ impl Staged {
                 event_type: event.type_str(),
                 event_version: E::VERSION,
                 payload: serde_json::to_string(event).expect("events always serialize"),
-                metadata: EMPTY_METADATA.to_owned(),
+                metadata: metadata.to_owned(),
                 idempotency_key,
                 request_hash,
             });

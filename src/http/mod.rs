@@ -1,32 +1,66 @@
 //! HTTP: the only module that speaks axum. One router per resource, merged here.
+//!
+//! # Layout
+//! - [`error`]: the one error type and its problem+json answers.
+//! - [`extract`]: body, path and query extractors that answer problem+json, and the caller.
+//! - [`views`]: response shapes shared by several routes.
+//! - `usage`: record, record/batch, check-quota.
+//! - `reads`: summary, current, history, the audit trail.
+//! - `admin`: brand plans and manual credit grants.
+//! - `api_keys`: per-brand API keys.
+//! - `plans`: the catalog.
+
+pub mod error;
+pub mod extract;
+pub mod views;
+
+mod admin;
+mod api_keys;
+mod plans;
+mod reads;
+mod usage;
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
-use ledger_aggregates::{PlanDefinition, PlanId};
+use axum::Router;
 
+use crate::auth::Authenticator;
 use crate::engine::Engine;
 use crate::store::EventLog;
+use error::ApiError;
+
+pub use reads::{HISTORY_SCAN_EVENTS_MAX, PAGE_ITEMS_MAX};
+pub use usage::RECORD_BATCH_ITEMS_MAX;
 
 /// The original's prefix (`/api/v1` global prefix + `usage-billing` controller).
 pub const API_PREFIX: &str = "/api/v1/usage-billing";
+
+/// Request bodies larger than this are refused with 413 before they are parsed. A full
+/// `record/batch` of 1,000 items is about 300 KB; a megabyte leaves room for metadata.
+pub const BODY_BYTES_MAX: usize = 1 << 20;
 
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Engine,
     pub log: Arc<dyn EventLog>,
+    pub auth: Authenticator,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route(&format!("{API_PREFIX}/plans"), get(list_plans))
-        .route(&format!("{API_PREFIX}/plans/{{plan}}"), get(get_plan))
+        .merge(plans::router())
+        .merge(usage::router())
+        .merge(reads::router())
+        .merge(admin::router())
+        .merge(api_keys::router())
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(state)
 }
 
@@ -46,27 +80,6 @@ async fn readyz(State(s): State<AppState>) -> Response {
     }
 }
 
-async fn list_plans(State(s): State<AppState>) -> Json<Vec<PlanDefinition>> {
-    Json(s.engine.catalog().plans().to_vec())
-}
-
-/// An unknown plan is a 404, never the original's silent fallback to `starter`.
-async fn get_plan(State(s): State<AppState>, Path(plan): Path<String>) -> Response {
-    let found = PlanId::parse(&plan)
-        .ok()
-        .and_then(|id| s.engine.catalog().plan(&id).cloned());
-    match found {
-        Some(p) => Json(p).into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            [("content-type", "application/problem+json")],
-            Json(serde_json::json!({
-                "type": "about:blank",
-                "title": "Unknown plan",
-                "status": 404,
-                "detail": format!("no plan named {plan:?} in the catalog"),
-            })),
-        )
-            .into_response(),
-    }
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
 }

@@ -2,11 +2,13 @@
 //! SQLite embedded by default). Rows are stored in the cqrs-es column layout; payloads
 //! travel as JSON text so the store never needs to know the event types.
 
+pub mod api_keys;
 pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
 
+pub use api_keys::{ApiKeyInfo, ApiKeyStore};
 pub use postgres::PostgresLog;
 pub use sqlite::SqliteLog;
 
@@ -126,6 +128,16 @@ pub trait EventLog: Send + Sync + 'static {
         aggregate_type: &'static str,
         aggregate_id: &str,
         after_sequence: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Events of one stream before `before_sequence`, newest first, at most `limit`:
+    /// the history pages of dashboards.
+    async fn read_stream_back(
+        &self,
+        aggregate_type: &'static str,
+        aggregate_id: &str,
+        before_sequence: i64,
         limit: i64,
     ) -> Result<Vec<StoredEvent>, StoreError>;
 

@@ -72,6 +72,28 @@ impl PostgresLog {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// One page of a stream with `sql` (which binds type, id, a sequence bound, limit).
+    async fn stream_page(
+        &self,
+        sql: &'static str,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        bound: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(sql)
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .bind(bound)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(stored_event)
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::from)
+    }
 }
 
 #[async_trait]
@@ -231,23 +253,27 @@ impl EventLog for PostgresLog {
         after_sequence: i64,
         limit: i64,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version,
-                    payload::text, metadata::text
+        const SQL: &str = "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload::text, metadata::text
                FROM events
-              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
-              ORDER BY sequence LIMIT $4",
-        )
-        .bind(aggregate_type)
-        .bind(aggregate_id)
-        .bind(after_sequence)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(stored_event)
-            .collect::<Result<_, _>>()
-            .map_err(StoreError::from)
+              WHERE aggregate_type = $1 AND aggregate_id = $2
+                AND sequence > $3 ORDER BY sequence LIMIT $4";
+        self.stream_page(SQL, aggregate_type, aggregate_id, after_sequence, limit)
+            .await
+    }
+
+    async fn read_stream_back(
+        &self,
+        aggregate_type: &'static str,
+        aggregate_id: &str,
+        before_sequence: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        const SQL: &str = "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload::text, metadata::text
+               FROM events
+              WHERE aggregate_type = $1 AND aggregate_id = $2
+                AND sequence < $3 ORDER BY sequence DESC LIMIT $4";
+        self.stream_page(SQL, aggregate_type, aggregate_id, before_sequence, limit)
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -151,7 +151,7 @@ macro_rules! on_both_stores {
             use super::*;
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                let Some(db) = common::TestDb::postgres().await else {
+                let Some(db) = $crate::common::TestDb::postgres().await else {
                     return;
                 };
                 $body(&db).await;
@@ -159,7 +159,7 @@ macro_rules! on_both_stores {
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                let db = common::TestDb::sqlite();
+                let db = $crate::common::TestDb::sqlite();
                 $body(&db).await;
             }
         }

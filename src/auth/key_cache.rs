@@ -1,0 +1,111 @@
+//! A bounded cache in front of the API key store, so a high-volume caller's key costs
+//! one query per [`API_KEY_CACHE_AGE_MAX`], not one per request.
+//!
+//! Revocation through this wrapper clears the cache, so it takes effect at once in this
+//! process. A key revoked by another process is honoured here after at most
+//! [`API_KEY_CACHE_AGE_MAX`]. Only keys found active are cached: an unknown key always
+//! asks the store.
+
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use ledger_aggregates::BrandId;
+use lru::LruCache;
+use uuid::Uuid;
+
+use crate::secret::Secret;
+use crate::store::api_keys::{ApiKeyError, ApiKeyInfo, ApiKeyStore, KeyLabel};
+use crate::store::StoreError;
+
+/// Distinct keys remembered. Each entry is a few hundred bytes; ten thousand callers
+/// per process is far beyond the expected number of integrations.
+pub const API_KEY_CACHE_ENTRIES_MAX: usize = 10_000;
+/// How stale a cached answer may be: the delay before a revocation made by another
+/// process is honoured here.
+pub const API_KEY_CACHE_AGE_MAX: Duration = Duration::from_secs(30);
+
+struct CacheState {
+    /// Bumped by every revocation. A lookup that started before a revocation does not
+    /// store its (possibly just revoked) answer.
+    generation: u64,
+    entries: LruCache<String, (ApiKeyInfo, Instant)>,
+}
+
+pub struct CachedKeys {
+    inner: Arc<dyn ApiKeyStore>,
+    state: Mutex<CacheState>,
+}
+
+impl CachedKeys {
+    pub fn new(inner: Arc<dyn ApiKeyStore>) -> Self {
+        let cap = NonZeroUsize::new(API_KEY_CACHE_ENTRIES_MAX).expect("the limit is not zero");
+        Self {
+            inner,
+            state: Mutex::new(CacheState {
+                generation: 0,
+                entries: LruCache::new(cap),
+            }),
+        }
+    }
+
+    /// The lock is never held across an await or a panic-prone call, so a poisoned lock
+    /// still guards a consistent cache.
+    fn state(&self) -> MutexGuard<'_, CacheState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl ApiKeyStore for CachedKeys {
+    async fn create(
+        &self,
+        brand: &BrandId,
+        label: &KeyLabel,
+        created_by: &str,
+    ) -> Result<(ApiKeyInfo, Secret), ApiKeyError> {
+        self.inner.create(brand, label, created_by).await
+    }
+
+    async fn list(&self, brand: &BrandId) -> Result<Vec<ApiKeyInfo>, StoreError> {
+        self.inner.list(brand).await
+    }
+
+    async fn revoke(&self, brand: &BrandId, id: Uuid) -> Result<bool, StoreError> {
+        let revoked = self.inner.revoke(brand, id).await;
+        // Cleared whatever the outcome: after a failure we cannot tell what was written.
+        let mut state = self.state();
+        state.generation += 1;
+        state.entries.clear();
+        revoked
+    }
+
+    async fn find_active_by_hash(
+        &self,
+        secret_sha256: &str,
+    ) -> Result<Option<ApiKeyInfo>, StoreError> {
+        let generation = {
+            let mut state = self.state();
+            if let Some((info, at)) = state.entries.get(secret_sha256) {
+                if at.elapsed() <= API_KEY_CACHE_AGE_MAX {
+                    return Ok(Some(info.clone()));
+                }
+            }
+            state.generation
+        };
+        let found = self.inner.find_active_by_hash(secret_sha256).await?;
+        let mut state = self.state();
+        match &found {
+            Some(info) if state.generation == generation => {
+                state
+                    .entries
+                    .put(secret_sha256.to_owned(), (info.clone(), Instant::now()));
+            }
+            _ => {
+                state.entries.pop(secret_sha256);
+            }
+        }
+        Ok(found)
+    }
+}

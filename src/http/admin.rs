@@ -1,0 +1,180 @@
+//! Admin routes: register a brand or change its plan, grant credit by hand.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{post, put};
+use axum::{Json, Router};
+use ledger_aggregates::{BrandId, IdempotencyKey, LedgerEvent, MetricKey, Money, PlanId, Quantity};
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::extract::{idempotency_header, one_key, ApiJson, ApiPath, Caller};
+use super::views::{event_id, MetricView};
+use super::{AppState, API_PREFIX};
+use crate::engine::{Action, Metadata, PeriodRequest, PlanChange};
+
+/// A grant's reason is a sentence for the audit trail, not a document.
+pub const GRANT_REASON_CHARS_MAX: usize = 500;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(&format!("{API_PREFIX}/brands/{{brand}}"), put(set_plan))
+        .route(&format!("{API_PREFIX}/topups/grant"), post(grant))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanBody {
+    pub plan: PlanId,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanAnswer {
+    pub brand_id: BrandId,
+    pub plan: PlanId,
+    /// True when this call registered the brand.
+    pub registered: bool,
+    /// False when the brand was already on this plan (nothing was appended).
+    pub changed: bool,
+    /// The open period the new plan took effect in, if any.
+    pub applied_to: Option<ledger_aggregates::PeriodKey>,
+}
+
+/// 201 when the brand is new, 200 otherwise. Idempotent: the same plan twice changes
+/// nothing the second time.
+async fn set_plan(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(brand): ApiPath<BrandId>,
+    ApiJson(body): ApiJson<PlanBody>,
+) -> Result<Response, ApiError> {
+    caller.admin()?;
+    let PlanChange {
+        brand,
+        plan,
+        registered,
+        changed,
+        applied_to,
+    } = s
+        .engine
+        .set_plan(brand, body.plan, caller.0.subject.clone())
+        .await?;
+    let status = match registered {
+        true => StatusCode::CREATED,
+        false => StatusCode::OK,
+    };
+    Ok((
+        status,
+        Json(PlanAnswer {
+            brand_id: brand,
+            plan,
+            registered,
+            changed,
+            applied_to,
+        }),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrantBody {
+    pub brand_id: BrandId,
+    pub metric: MetricKey,
+    pub units: Quantity,
+    pub reason: String,
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantAnswer {
+    pub id: String,
+    pub sequence: u64,
+    pub brand_id: BrandId,
+    pub period: ledger_aggregates::PeriodKey,
+    pub replayed: bool,
+    pub state: MetricView,
+}
+
+/// A free credit for the current period, with who granted it and why. 201, or 200 for
+/// a replayed idempotency key.
+async fn grant(
+    State(s): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<GrantBody>,
+) -> Result<Response, ApiError> {
+    caller.admin()?;
+    let reason = body.reason.trim();
+    if reason.is_empty() || reason.chars().count() > GRANT_REASON_CHARS_MAX {
+        return Err(ApiError::invalid(
+            "invalid-reason",
+            format!("reason must be 1 to {GRANT_REASON_CHARS_MAX} characters"),
+        ));
+    }
+    let key = one_key(idempotency_header(&headers)?, body.idempotency_key)?;
+    let outcome = s
+        .engine
+        .execute(PeriodRequest {
+            brand: body.brand_id.clone(),
+            period: None,
+            action: Action::TopUp {
+                metric: body.metric.clone(),
+                units: body.units,
+                price: Money::ZERO,
+                reference: format!("grant: {reason}"),
+                actor: caller.0.subject.clone(),
+            },
+            idempotency_key: key,
+            metadata: Metadata::default(),
+        })
+        .await?;
+    let Some(first) = outcome.events.first() else {
+        return Err(ApiError::Internal("a grant appended no event".to_owned()));
+    };
+    let LedgerEvent::TopUpApplied { totals, .. } = &first.event else {
+        return Err(ApiError::Internal(format!(
+            "a grant appended {} first",
+            first.event.event_type_str()
+        )));
+    };
+    let state = s
+        .engine
+        .period_state(outcome.brand.clone(), outcome.period)
+        .await?;
+    let base = state
+        .as_ref()
+        .and_then(|a| a.plan())
+        .and_then(|p| p.quota(&body.metric))
+        .map(|q| q.limit);
+    // From the event itself, so a replayed grant answers what the grant did.
+    let top_up_units = match (totals.effective_limit, base) {
+        (Some(effective), Some(base)) => effective.saturating_sub(base),
+        _ => 0,
+    };
+    let unit = s
+        .engine
+        .catalog()
+        .metric(&body.metric)
+        .map(|m| m.unit.clone())
+        .unwrap_or_default();
+    let status = match outcome.replayed {
+        true => StatusCode::OK,
+        false => StatusCode::CREATED,
+    };
+    Ok((
+        status,
+        Json(GrantAnswer {
+            id: event_id(&outcome.brand, outcome.period, first.sequence),
+            sequence: first.sequence,
+            brand_id: outcome.brand,
+            period: outcome.period,
+            replayed: outcome.replayed,
+            state: MetricView::new(&body.metric, base, totals, top_up_units, &unit),
+        }),
+    )
+        .into_response())
+}

@@ -1,0 +1,267 @@
+//! The one HTTP error type. Every failure a handler can meet becomes an [`ApiError`],
+//! and every [`ApiError`] is answered as `application/problem+json` (RFC 9457) with the
+//! status its variant documents. Internal causes are logged, never sent.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use ledger_aggregates::{LedgerError, QuotaDecision};
+use serde::Serialize;
+
+use crate::auth::AuthError;
+use crate::engine::EngineError;
+
+/// The `type` of our problems: a stable URN per kind, so clients can branch on it
+/// without parsing prose.
+const PROBLEM_TYPE_PREFIX: &str = "urn:usage-ledger:problem:";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the body is not JSON, or a path/query parameter does not parse.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: no credentials, or credentials that do not verify.
+    #[error(transparent)]
+    Unauthenticated(AuthError),
+    /// 403: authenticated, but the role may not use this route.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: no such resource, or one the caller may not see (the two are answered alike).
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the request is valid but the ledger's state refuses it (period closed, too late).
+    #[error("{0}")]
+    Conflict(String),
+    /// 409: a `block` quota refused the usage. The refusal itself is in the log.
+    #[error("quota exceeded for {metric}")]
+    QuotaExceeded {
+        metric: String,
+        decision: Box<QuotaDecision>,
+    },
+    /// 413: the body is larger than the named limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 415: the body is not sent as `application/json`.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 422: well-formed JSON whose content is invalid (wrong type, missing field, out of
+    /// range, unknown metric or plan, idempotency key reused with another payload).
+    #[error("{detail}")]
+    Invalid { kind: &'static str, detail: String },
+    /// 503: overloaded (retry shortly) or the store is unreachable.
+    #[error("{detail}")]
+    Unavailable {
+        detail: String,
+        retry_after_s: Option<u32>,
+    },
+    /// 500: a defect or a corrupt log. Logged with its cause, answered opaquely.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(kind: &'static str, detail: impl Into<String>) -> Self {
+        ApiError::Invalid {
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        ApiError::NotFound(detail.into())
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated(AuthError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) | ApiError::QuotaExceeded { .. } => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The short, stable name in the problem `type`.
+    fn kind(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad-request",
+            ApiError::Unauthenticated(AuthError::Unavailable(_)) => "unavailable",
+            ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not-found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::QuotaExceeded { .. } => "quota-exceeded",
+            ApiError::PayloadTooLarge(_) => "payload-too-large",
+            ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
+            ApiError::Invalid { kind, .. } => kind,
+            ApiError::Unavailable { .. } => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// The problem document of this error, as sent.
+    pub fn problem(&self) -> Problem {
+        let status = self.status();
+        let detail = match self {
+            ApiError::Internal(_) => "an internal error occurred; it has been logged".to_owned(),
+            other => other.to_string(),
+        };
+        Problem {
+            r#type: format!("{PROBLEM_TYPE_PREFIX}{}", self.kind()),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail,
+            decision: match self {
+                ApiError::QuotaExceeded { decision, .. } => Some(decision.as_ref().clone()),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// An RFC 9457 problem document. `decision` is an extension member carried by
+/// `quota-exceeded` so the caller sees the limit it hit.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Problem {
+    pub r#type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<QuotaDecision>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            ApiError::Internal(cause) => tracing::error!(%cause, "internal error"),
+            ApiError::Unavailable { detail, .. } => tracing::warn!(%detail, "unavailable"),
+            ApiError::Unauthenticated(AuthError::Unavailable(cause)) => {
+                tracing::warn!(%cause, "credential store unavailable")
+            }
+            _ => {}
+        }
+        let problem = self.problem();
+        let mut res = (self.status(), axum::Json(problem)).into_response();
+        let headers = res.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        match &self {
+            ApiError::Unauthenticated(AuthError::Missing | AuthError::Invalid(_)) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::Unavailable {
+                retry_after_s: Some(s),
+                ..
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*s));
+            }
+            _ => {}
+        }
+        res
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        ApiError::Unauthenticated(e)
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        use crate::store::StoreError;
+        match e {
+            EngineError::Overloaded => ApiError::Unavailable {
+                detail: e.to_string(),
+                retry_after_s: Some(1),
+            },
+            EngineError::Stopped => ApiError::Unavailable {
+                detail: e.to_string(),
+                retry_after_s: Some(5),
+            },
+            EngineError::BrandNotRegistered(_) => ApiError::NotFound(e.to_string()),
+            EngineError::UnknownMetric(_) => ApiError::invalid("unknown-metric", e.to_string()),
+            EngineError::UnknownPlan(_) => ApiError::invalid("unknown-plan", e.to_string()),
+            EngineError::InFuture { .. } => ApiError::invalid("in-future", e.to_string()),
+            EngineError::PeriodRequired => ApiError::invalid("period-required", e.to_string()),
+            EngineError::KeyReuse(_) => ApiError::invalid("idempotency-key-reused", e.to_string()),
+            EngineError::Ledger(l) => l.into(),
+            EngineError::Brand(b) => ApiError::Internal(b.to_string()),
+            EngineError::Store(s) => match s.as_ref() {
+                StoreError::Unavailable(_) => ApiError::Unavailable {
+                    detail: "the event store is unavailable; the command may or may not have \
+                             been applied: retry with the same idempotency key"
+                        .to_owned(),
+                    retry_after_s: Some(1),
+                },
+                StoreError::Conflict(_) | StoreError::Corrupt(_) => {
+                    ApiError::Internal(s.to_string())
+                }
+            },
+        }
+    }
+}
+
+impl From<LedgerError> for ApiError {
+    fn from(e: LedgerError) -> Self {
+        let detail = e.to_string();
+        match e {
+            LedgerError::TooLate { .. } => ApiError::invalid("too-late", detail),
+            LedgerError::Closed(_) => ApiError::Conflict(detail),
+            LedgerError::WrongPeriod { .. } => ApiError::invalid("wrong-period", detail),
+            LedgerError::UnknownMetric(_) => ApiError::invalid("unknown-metric", detail),
+            LedgerError::NotAGauge { .. } => ApiError::invalid("not-a-gauge", detail),
+            LedgerError::BelowZero { .. } | LedgerError::AboveBlockLimit { .. } => {
+                ApiError::Conflict(detail)
+            }
+            LedgerError::BadAdjustment | LedgerError::BadLevel => {
+                ApiError::invalid("out-of-range", detail)
+            }
+            LedgerError::TopUpOnUnlimited(_) => ApiError::invalid("unlimited-metric", detail),
+            // The engine opens periods itself; seeing these is a defect.
+            LedgerError::NotOpened | LedgerError::AlreadyOpened => ApiError::Internal(detail),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::JsonSyntaxError(e) => {
+                ApiError::BadRequest(format!("malformed JSON: {}", e.body_text()))
+            }
+            JsonRejection::JsonDataError(e) => ApiError::invalid("invalid-body", e.body_text()),
+            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
+                "send the body as `Content-Type: application/json`".to_owned(),
+            ),
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::PayloadTooLarge(format!(
+                    "the body exceeds {} bytes",
+                    super::BODY_BYTES_MAX
+                ))
+            }
+            other => ApiError::BadRequest(other.body_text()),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::BadRequest(r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::BadRequest(r.body_text())
+    }
+}

@@ -1,0 +1,124 @@
+//! Extractors whose rejections are [`ApiError`]s, so every malformed request is answered
+//! as problem+json, and the [`Caller`] of a request.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use ledger_aggregates::{BrandId, IdempotencyKey};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::auth::{AuthError, Principal};
+
+/// A JSON body; syntax errors are 400, content errors 422, a wrong content type 415 and
+/// an oversized body 413.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
+        Ok(ApiJson(value))
+    }
+}
+
+/// Path parameters; one that does not parse is a 400.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+/// Query parameters; one that does not parse is a 400.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// The authenticated caller. A request without valid credentials never reaches a
+/// handler that takes a `Caller`: it is answered 401 here.
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let authorization = header_str(&parts.headers, header::AUTHORIZATION.as_str())?;
+        let api_key = header_str(&parts.headers, "x-api-key")?;
+        let principal = state.auth.authenticate(authorization, api_key).await?;
+        Ok(Caller(principal))
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| AuthError::Invalid(format!("the {name} header is not ASCII")).into())
+        })
+        .transpose()
+}
+
+/// The `Idempotency-Key` header, if any (the body's `idempotencyKey` is the other way).
+pub fn idempotency_header(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(raw) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let raw = raw.to_str().map_err(|_| {
+        ApiError::invalid("invalid-idempotency-key", "Idempotency-Key is not ASCII")
+    })?;
+    IdempotencyKey::parse(raw)
+        .map(Some)
+        .map_err(|e| ApiError::invalid("invalid-idempotency-key", e.to_string()))
+}
+
+/// One key from the header and the body: both may be given only if they agree.
+pub fn one_key(
+    header: Option<IdempotencyKey>,
+    body: Option<IdempotencyKey>,
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    match (header, body) {
+        (Some(h), Some(b)) if h != b => Err(ApiError::invalid(
+            "idempotency-key-mismatch",
+            format!("the Idempotency-Key header ({h}) and the body's idempotencyKey ({b}) differ"),
+        )),
+        (h, b) => Ok(h.or(b)),
+    }
+}
+
+/// The answer for a brand the caller may not see: word for word the answer for a brand
+/// that does not exist, so tenants cannot probe for each other.
+pub fn unknown_brand(brand: &BrandId) -> ApiError {
+    crate::engine::EngineError::BrandNotRegistered(brand.clone()).into()
+}
+
+impl Caller {
+    /// Usage and quota checks: admins, the brand itself, or a service scoped to it.
+    pub fn meter(&self, brand: &BrandId) -> Result<(), ApiError> {
+        match self.0.may_meter(brand) {
+            true => Ok(()),
+            false => Err(unknown_brand(brand)),
+        }
+    }
+
+    /// Summaries, history and the audit trail: admins and the brand itself. A service
+    /// scoped to the brand knows it exists, so it is told it lacks the permission.
+    pub fn read(&self, brand: &BrandId) -> Result<(), ApiError> {
+        if !self.0.sees(brand) {
+            return Err(unknown_brand(brand));
+        }
+        match self.0.may_read(brand) {
+            true => Ok(()),
+            false => Err(ApiError::Forbidden(
+                "service credentials record usage and check quotas; they cannot read".to_owned(),
+            )),
+        }
+    }
+
+    pub fn admin(&self) -> Result<(), ApiError> {
+        match self.0.is_admin() {
+            true => Ok(()),
+            false => Err(ApiError::Forbidden("this route is for admins".to_owned())),
+        }
+    }
+}

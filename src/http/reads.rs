@@ -1,0 +1,454 @@
+//! Reads: the summary (seed shape), current usage, usage history and the audit trail
+//! of a period's events.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use ledger_aggregates::{
+    BrandId, LedgerEvent, MetricKey, Money, PeriodKey, PlanDefinition, UsagePeriodAggregate,
+};
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::extract::{unknown_brand, ApiPath, ApiQuery, Caller};
+use super::views::{event_id, AlertView, CostView, MetricView};
+use super::{AppState, API_PREFIX};
+use crate::store::StoredEvent;
+
+/// Items of one history or audit page when the caller does not say.
+pub const PAGE_ITEMS_DEFAULT: u32 = 100;
+/// Items of one history or audit page at most: a page stays well under a megabyte.
+pub const PAGE_ITEMS_MAX: u32 = 1_000;
+/// Events a history request reads back at most while filtering by metric. Beyond this,
+/// the page is returned short with `truncated`: a read never scans a hot stream whole.
+pub const HISTORY_SCAN_EVENTS_MAX: usize = 10_000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(&format!("{API_PREFIX}/summary"), get(own_summary))
+        .route(
+            &format!("{API_PREFIX}/summary/{{brand}}"),
+            get(brand_summary),
+        )
+        .route(&format!("{API_PREFIX}/current/{{brand}}"), get(current))
+        .route(&format!("{API_PREFIX}/history/{{brand}}"), get(history))
+        .route(
+            &format!("{API_PREFIX}/brands/{{brand}}/periods/{{period}}/events"),
+            get(audit_events),
+        )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeriodQuery {
+    /// `YYYY-MM`; the current period when absent.
+    pub period: Option<PeriodKey>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SummaryAnswer {
+    pub plan: PlanDefinition,
+    pub summary: Summary,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub brand_id: BrandId,
+    pub period: PeriodView,
+    pub metrics: Vec<MetricView>,
+    pub estimated_cost: CostView,
+    /// Threshold crossings of the period, newest first. Reading never adds any.
+    pub alerts: Vec<AlertView>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeriodView {
+    pub key: PeriodKey,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    /// `active` (now is in it), `ended` (over, not closed), `closed` (invoice frozen)
+    /// or `upcoming`.
+    pub status: &'static str,
+}
+
+async fn own_summary(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<PeriodQuery>,
+) -> Result<Json<SummaryAnswer>, ApiError> {
+    let brand = caller.0.own_brand().cloned().ok_or_else(|| {
+        ApiError::BadRequest(
+            "these credentials stand for no single brand; use /summary/{brandId}".to_owned(),
+        )
+    })?;
+    caller.read(&brand)?;
+    summary(&s, brand, q.period).await.map(Json)
+}
+
+async fn brand_summary(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(brand): ApiPath<BrandId>,
+    ApiQuery(q): ApiQuery<PeriodQuery>,
+) -> Result<Json<SummaryAnswer>, ApiError> {
+    caller.read(&brand)?;
+    summary(&s, brand, q.period).await.map(Json)
+}
+
+/// The plan and the period's aggregate (`None` while the period has no events). An
+/// unregistered brand is a 404.
+async fn period_of(
+    s: &AppState,
+    brand: &BrandId,
+    period: PeriodKey,
+) -> Result<(PlanDefinition, Option<UsagePeriodAggregate>), ApiError> {
+    let registry = s.engine.brand_state(brand.clone()).await?;
+    let Some(plan) = registry.and_then(|b| b.plan) else {
+        return Err(unknown_brand(brand));
+    };
+    let agg = s
+        .engine
+        .period_state(brand.clone(), period)
+        .await?
+        .filter(|a| a.is_open());
+    // The period's own plan snapshot wins over today's plan: it is what it is billed on.
+    let plan = agg.as_ref().and_then(|a| a.plan().cloned()).unwrap_or(plan);
+    Ok((plan, agg))
+}
+
+async fn summary(
+    s: &AppState,
+    brand: BrandId,
+    period: Option<PeriodKey>,
+) -> Result<SummaryAnswer, ApiError> {
+    let now = s.engine.now();
+    let period = period.unwrap_or_else(|| PeriodKey::containing(now));
+    let (plan, agg) = period_of(s, &brand, period).await?;
+    let empty = UsagePeriodAggregate::default();
+    let agg_ref = agg.as_ref().unwrap_or(&empty);
+    let unit_of = |m: &MetricKey| {
+        s.engine
+            .catalog()
+            .metric(m)
+            .map(|d| d.unit.clone())
+            .unwrap_or_default()
+    };
+    // Plan quotas in catalog order, then metrics without a quota that saw usage.
+    let mut keys: Vec<&MetricKey> = plan.quotas.iter().map(|q| &q.metric).collect();
+    keys.extend(agg_ref.metrics.keys().filter(|m| plan.quota(m).is_none()));
+    let metrics: Vec<MetricView> = keys
+        .into_iter()
+        .map(|m| {
+            let state = agg_ref.metric(m).cloned().unwrap_or_default();
+            let totals = agg_ref
+                .totals(m)
+                .unwrap_or(ledger_aggregates::MetricTotals {
+                    current: 0,
+                    billable: 0,
+                    effective_limit: plan.quota(m).map(|q| q.limit),
+                    overage_units: 0,
+                    overage_cost: Money::ZERO,
+                });
+            let base = plan.quota(m).map(|q| q.limit);
+            MetricView::new(m, base, &totals, state.top_up_units, &unit_of(m))
+        })
+        .collect();
+    let overage: Money = metrics
+        .iter()
+        .map(|m| Money::from_minor(m.overage_cost))
+        .sum();
+    let mut alerts: Vec<AlertView> = agg_ref
+        .metrics
+        .iter()
+        .flat_map(|(m, st)| {
+            let label = plan
+                .quota(m)
+                .map_or_else(|| m.to_string(), |q| q.label.clone());
+            st.crossings
+                .iter()
+                .map(move |c| AlertView::new(m, &label, c))
+        })
+        .collect();
+    alerts.sort_by(|a, b| {
+        b.timestamp
+            .cmp(&a.timestamp)
+            .then(b.threshold.cmp(&a.threshold))
+    });
+    let status = match () {
+        _ if agg_ref.closed.is_some() => "closed",
+        _ if period.contains(now) => "active",
+        _ if now >= period.end() => "ended",
+        _ => "upcoming",
+    };
+    let estimated_cost = match &agg_ref.closed {
+        Some(invoice) => CostView::new(invoice.base, invoice.overage),
+        None => CostView::new(plan.base_price_cents, overage),
+    };
+    Ok(SummaryAnswer {
+        summary: Summary {
+            brand_id: brand,
+            period: PeriodView {
+                key: period,
+                start: period.start(),
+                end: period.end(),
+                status,
+            },
+            metrics,
+            estimated_cost,
+            alerts,
+        },
+        plan,
+    })
+}
+
+/// The original's `{brandId, usage: {metric: number}}`, with the period.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CurrentAnswer {
+    pub brand_id: BrandId,
+    pub period: PeriodKey,
+    pub usage: BTreeMap<MetricKey, u64>,
+}
+
+async fn current(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(brand): ApiPath<BrandId>,
+    ApiQuery(q): ApiQuery<PeriodQuery>,
+) -> Result<Json<CurrentAnswer>, ApiError> {
+    caller.read(&brand)?;
+    let period = q
+        .period
+        .unwrap_or_else(|| PeriodKey::containing(s.engine.now()));
+    let (plan, agg) = period_of(&s, &brand, period).await?;
+    let mut usage: BTreeMap<MetricKey, u64> =
+        plan.quotas.iter().map(|q| (q.metric.clone(), 0)).collect();
+    if let Some(agg) = agg {
+        usage.extend(agg.metrics.iter().map(|(m, st)| (m.clone(), st.current)));
+    }
+    Ok(Json(CurrentAnswer {
+        brand_id: brand,
+        period,
+        usage,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    pub metric: Option<MetricKey>,
+    pub limit: Option<u32>,
+    pub period: Option<PeriodKey>,
+}
+
+/// One change of usage, newest first: the original's `UsageMetric` row, plus how the
+/// change came about.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    pub id: String,
+    pub sequence: u64,
+    pub brand_id: BrandId,
+    pub metric: MetricKey,
+    /// `recorded`, `adjusted` (signed correction) or `gauge_set` (absolute level).
+    pub kind: &'static str,
+    /// Units recorded, the signed delta, or the new level.
+    pub value: i64,
+    pub unit: String,
+    pub timestamp: DateTime<Utc>,
+    pub metadata: serde_json::Value,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryAnswer {
+    pub brand_id: BrandId,
+    pub period: PeriodKey,
+    pub entries: Vec<HistoryEntry>,
+    /// True when the scan limit stopped the search before `limit` entries were found.
+    pub truncated: bool,
+}
+
+fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit.unwrap_or(PAGE_ITEMS_DEFAULT) {
+        n @ 1..=PAGE_ITEMS_MAX => Ok(n),
+        n => Err(ApiError::invalid(
+            "invalid-limit",
+            format!("limit must be 1 to {PAGE_ITEMS_MAX}; got {n}"),
+        )),
+    }
+}
+
+async fn history(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(brand): ApiPath<BrandId>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> Result<Json<HistoryAnswer>, ApiError> {
+    caller.read(&brand)?;
+    let limit = page_limit(q.limit)? as usize;
+    let period = q
+        .period
+        .unwrap_or_else(|| PeriodKey::containing(s.engine.now()));
+    period_of(&s, &brand, period).await?;
+    let id = ledger_aggregates::ids::period_stream_id(&brand, period);
+    let mut entries = Vec::new();
+    let mut before = i64::MAX;
+    let mut scanned = 0;
+    while entries.len() < limit && scanned < HISTORY_SCAN_EVENTS_MAX {
+        let page = s
+            .log
+            .read_stream_back(UsagePeriodAggregate::TYPE, &id, before, limit as i64)
+            .await
+            .map_err(crate::engine::EngineError::from)?;
+        let Some(last) = page.last() else { break };
+        before = last.sequence;
+        scanned += page.len();
+        for stored in &page {
+            if let Some(e) = history_entry(&s, &brand, period, stored)? {
+                if q.metric.as_ref().is_none_or(|m| *m == e.metric) && entries.len() < limit {
+                    entries.push(e);
+                }
+            }
+        }
+    }
+    Ok(Json(HistoryAnswer {
+        brand_id: brand,
+        period,
+        truncated: entries.len() < limit && scanned >= HISTORY_SCAN_EVENTS_MAX,
+        entries,
+    }))
+}
+
+fn decode(stored: &StoredEvent) -> Result<LedgerEvent, ApiError> {
+    serde_json::from_str(&stored.payload).map_err(|e| {
+        ApiError::Internal(format!(
+            "event {}#{} does not decode: {e}",
+            stored.aggregate_id, stored.sequence
+        ))
+    })
+}
+
+fn history_entry(
+    s: &AppState,
+    brand: &BrandId,
+    period: PeriodKey,
+    stored: &StoredEvent,
+) -> Result<Option<HistoryEntry>, ApiError> {
+    let (metric, kind, value, timestamp) = match decode(stored)? {
+        LedgerEvent::UsageRecorded {
+            metric,
+            quantity,
+            occurred_at,
+            ..
+        } => (metric, "recorded", quantity as i64, occurred_at),
+        LedgerEvent::UsageAdjusted {
+            metric, delta, at, ..
+        } => (metric, "adjusted", delta, at),
+        LedgerEvent::GaugeLevelSet {
+            metric, totals, at, ..
+        } => (metric, "gauge_set", totals.current as i64, at),
+        _ => return Ok(None),
+    };
+    let unit = s
+        .engine
+        .catalog()
+        .metric(&metric)
+        .map(|d| d.unit.clone())
+        .unwrap_or_default();
+    Ok(Some(HistoryEntry {
+        id: event_id(brand, period, stored.sequence as u64),
+        sequence: stored.sequence as u64,
+        brand_id: brand.clone(),
+        metric,
+        kind,
+        value,
+        unit,
+        timestamp,
+        metadata: serde_json::from_str(&stored.metadata).unwrap_or(serde_json::Value::Null),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditQuery {
+    pub after_sequence: Option<u64>,
+    pub limit: Option<u32>,
+}
+
+/// One stored event, as an auditor reads it: the payload exactly as stored.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEvent {
+    pub sequence: u64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub version: String,
+    pub payload: serde_json::Value,
+    pub metadata: serde_json::Value,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditAnswer {
+    pub brand_id: BrandId,
+    pub period: PeriodKey,
+    pub events: Vec<AuditEvent>,
+    /// Pass as `afterSequence` for the next page; absent on the last page.
+    pub next_after_sequence: Option<u64>,
+}
+
+async fn audit_events(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath((brand, period)): ApiPath<(BrandId, PeriodKey)>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> Result<Json<AuditAnswer>, ApiError> {
+    caller.read(&brand)?;
+    let limit = page_limit(q.limit)?;
+    if s.engine.brand_state(brand.clone()).await?.is_none() {
+        return Err(unknown_brand(&brand));
+    }
+    let after = q.after_sequence.unwrap_or(0);
+    let id = ledger_aggregates::ids::period_stream_id(&brand, period);
+    let rows = s
+        .log
+        .read_stream(
+            UsagePeriodAggregate::TYPE,
+            &id,
+            i64::try_from(after).unwrap_or(i64::MAX),
+            i64::from(limit),
+        )
+        .await
+        .map_err(crate::engine::EngineError::from)?;
+    let full = rows.len() == limit as usize;
+    let events: Vec<AuditEvent> = rows
+        .into_iter()
+        .map(|r| {
+            Ok(AuditEvent {
+                sequence: r.sequence as u64,
+                payload: serde_json::from_str(&r.payload)
+                    .map_err(|e| ApiError::Internal(format!("stored payload is not JSON: {e}")))?,
+                metadata: serde_json::from_str(&r.metadata).unwrap_or(serde_json::Value::Null),
+                event_type: r.event_type,
+                version: r.event_version,
+            })
+        })
+        .collect::<Result<_, ApiError>>()?;
+    Ok(Json(AuditAnswer {
+        brand_id: brand,
+        period,
+        next_after_sequence: if full {
+            events.last().map(|e| e.sequence)
+        } else {
+            None
+        },
+        events,
+    }))
+}

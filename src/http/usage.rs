@@ -1,0 +1,341 @@
+//! Metering: `POST /record`, `POST /record/batch` and `POST /check-quota`. Answers
+//! come from the aggregate through the engine, after the commit: never stale.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use ledger_aggregates::{
+    BrandId, IdempotencyKey, LedgerEvent, MetricKey, PeriodKey, Quantity, QuotaDecision,
+};
+use serde::{Deserialize, Serialize};
+
+use super::error::{ApiError, Problem};
+use super::extract::{idempotency_header, one_key, ApiJson, Caller};
+use super::views::{event_id, AlertView, MetricView};
+use super::{AppState, API_PREFIX};
+use crate::engine::{Action, Metadata, Outcome, PeriodRequest};
+
+/// Items of one `POST /record/batch`: a full engine batch, so a batch of items commits
+/// together, and a body around 300 KB, well inside the body limit.
+pub const RECORD_BATCH_ITEMS_MAX: usize = 1_000;
+
+/// The metadata key under which the ledger stores who sent a command.
+pub const ACTOR_METADATA_KEY: &str = "actor";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(&format!("{API_PREFIX}/record"), post(record))
+        .route(&format!("{API_PREFIX}/record/batch"), post(record_batch))
+        .route(&format!("{API_PREFIX}/check-quota"), post(check_quota))
+}
+
+fn one() -> Quantity {
+    Quantity::new(1).expect("1 is a valid quantity")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RecordBody {
+    pub brand_id: BrandId,
+    pub metric: MetricKey,
+    /// Units to add; 1 when absent, like the original.
+    #[serde(default = "one")]
+    pub value: Quantity,
+    /// When the usage happened (RFC 3339); now when absent. Selects the period.
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// A flat map of strings stored with the event (request ids, sources, tags).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The answer to a record: the event as stored and the metric's state after it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Recorded {
+    pub brand_id: BrandId,
+    pub period: PeriodKey,
+    /// True when an earlier request with the same idempotency key is answered again.
+    pub replayed: bool,
+    pub event: RecordedEvent,
+    pub state: MetricView,
+    /// Thresholds this usage crossed (each crossing is reported once, here and in the
+    /// summary's `alerts`).
+    pub alerts: Vec<AlertView>,
+}
+
+/// The original's `UsageMetric` shape, with the ledger's sequence.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedEvent {
+    pub id: String,
+    pub sequence: u64,
+    pub brand_id: BrandId,
+    pub metric: MetricKey,
+    pub value: u64,
+    pub unit: String,
+    pub timestamp: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+async fn record(
+    State(s): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<RecordBody>,
+) -> Result<Response, ApiError> {
+    let key = one_key(idempotency_header(&headers)?, body.idempotency_key.clone())?;
+    let (status, recorded) = record_one(&s, &caller, body, key).await?;
+    Ok((status, Json(recorded)).into_response())
+}
+
+/// 201 for a new record, 200 for a replayed key.
+async fn record_one(
+    s: &AppState,
+    caller: &Caller,
+    body: RecordBody,
+    key: Option<IdempotencyKey>,
+) -> Result<(StatusCode, Recorded), ApiError> {
+    caller.meter(&body.brand_id)?;
+    let metadata = metadata_for(caller, body.metadata.clone())?;
+    let outcome = s
+        .engine
+        .execute(PeriodRequest {
+            brand: body.brand_id.clone(),
+            period: None,
+            action: Action::Record {
+                metric: body.metric.clone(),
+                quantity: body.value,
+                occurred_at: body.occurred_at,
+            },
+            idempotency_key: key,
+            metadata: metadata.clone(),
+        })
+        .await?;
+    let status = match outcome.replayed {
+        true => StatusCode::OK,
+        false => StatusCode::CREATED,
+    };
+    Ok((status, recorded(s, outcome, &body.metric, metadata)?))
+}
+
+/// The caller's metadata, validated, with the authenticated subject stored beside it.
+fn metadata_for(caller: &Caller, entries: BTreeMap<String, String>) -> Result<Metadata, ApiError> {
+    if entries.contains_key(ACTOR_METADATA_KEY) {
+        return Err(ApiError::invalid(
+            "invalid-metadata",
+            format!("metadata key {ACTOR_METADATA_KEY:?} is reserved: the ledger sets it"),
+        ));
+    }
+    let mut metadata = Metadata::parse(entries)
+        .map_err(|e| ApiError::invalid("invalid-metadata", e.to_string()))?;
+    metadata.set(ACTOR_METADATA_KEY, caller.0.subject.clone());
+    Ok(metadata)
+}
+
+fn recorded(
+    s: &AppState,
+    outcome: Outcome,
+    metric: &MetricKey,
+    metadata: Metadata,
+) -> Result<Recorded, ApiError> {
+    let Some(first) = outcome.events.first() else {
+        return Err(ApiError::Internal("a record appended no event".to_owned()));
+    };
+    let decision = outcome.decision.clone();
+    match &first.event {
+        LedgerEvent::UsageRecorded {
+            quantity,
+            occurred_at,
+            totals,
+            at,
+            ..
+        } => {
+            let catalog = s.engine.catalog();
+            let unit = catalog
+                .metric(metric)
+                .map(|m| m.unit.clone())
+                .unwrap_or_default();
+            let base_limit = decision.as_ref().and_then(|d| d.limit);
+            let top_up_units = match (totals.effective_limit, base_limit) {
+                (Some(effective), Some(base)) => effective.saturating_sub(base),
+                _ => 0,
+            };
+            let label_of = |m: &MetricKey| label(s, &decision, m);
+            Ok(Recorded {
+                brand_id: outcome.brand.clone(),
+                period: outcome.period,
+                replayed: outcome.replayed,
+                event: RecordedEvent {
+                    id: event_id(&outcome.brand, outcome.period, first.sequence),
+                    sequence: first.sequence,
+                    brand_id: outcome.brand.clone(),
+                    metric: metric.clone(),
+                    value: *quantity,
+                    unit: unit.clone(),
+                    timestamp: *occurred_at,
+                    recorded_at: *at,
+                    metadata: metadata.into_map(),
+                },
+                state: MetricView::new(metric, base_limit, totals, top_up_units, &unit),
+                alerts: AlertView::from_events(&outcome.events, label_of),
+            })
+        }
+        LedgerEvent::UsageDenied { .. } => {
+            Err(ApiError::QuotaExceeded {
+                metric: metric.to_string(),
+                decision: Box::new(decision.ok_or_else(|| {
+                    ApiError::Internal("a denial without its decision".to_owned())
+                })?),
+            })
+        }
+        other => Err(ApiError::Internal(format!(
+            "a record appended {} first",
+            other.event_type_str()
+        ))),
+    }
+}
+
+/// The metric's label in the plan that decided, or its key.
+fn label(s: &AppState, decision: &Option<QuotaDecision>, metric: &MetricKey) -> String {
+    decision
+        .as_ref()
+        .and_then(|d| s.engine.catalog().plan(&d.plan_id))
+        .and_then(|p| p.quota(metric))
+        .map_or_else(|| metric.to_string(), |q| q.label.clone())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    /// Each item is parsed on its own, so one bad item does not sink the others.
+    pub events: Vec<serde_json::Value>,
+}
+
+/// One item's result: the status and body the same item would get from `POST /record`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchItem {
+    pub index: usize,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Recorded>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<Problem>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchAnswer {
+    pub accepted: usize,
+    pub rejected: usize,
+    pub results: Vec<BatchItem>,
+}
+
+/// Every item goes to the engine at once, so the batch shares group commits; each is
+/// answered on its own (200 overall, one status per item).
+async fn record_batch(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<BatchBody>,
+) -> Result<Json<BatchAnswer>, ApiError> {
+    if body.events.is_empty() || body.events.len() > RECORD_BATCH_ITEMS_MAX {
+        return Err(ApiError::invalid(
+            "invalid-batch",
+            format!(
+                "events must hold 1 to {RECORD_BATCH_ITEMS_MAX} items; got {}",
+                body.events.len()
+            ),
+        ));
+    }
+    let items = body.events.into_iter().enumerate().map(|(index, raw)| {
+        let s = &s;
+        let caller = &caller;
+        async move {
+            let result = match serde_json::from_value::<RecordBody>(raw) {
+                Ok(item) => {
+                    let key = item.idempotency_key.clone();
+                    record_one(s, caller, item, key).await
+                }
+                Err(e) => Err(ApiError::invalid("invalid-body", e.to_string())),
+            };
+            match result {
+                Ok((status, recorded)) => BatchItem {
+                    index,
+                    status: status.as_u16(),
+                    result: Some(recorded),
+                    problem: None,
+                },
+                Err(e) => {
+                    let problem = e.problem();
+                    BatchItem {
+                        index,
+                        status: problem.status,
+                        result: None,
+                        problem: Some(problem),
+                    }
+                }
+            }
+        }
+    });
+    let results = futures::future::join_all(items).await;
+    let accepted = results.iter().filter(|r| r.result.is_some()).count();
+    Ok(Json(BatchAnswer {
+        accepted,
+        rejected: results.len() - accepted,
+        results,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CheckBody {
+    pub brand_id: BrandId,
+    pub metric: MetricKey,
+    /// Units asked for; 1 when absent, like the original.
+    #[serde(default = "one")]
+    pub requested_amount: Quantity,
+    /// Record the request if it is allowed, atomically with the decision.
+    #[serde(default)]
+    pub consume: bool,
+    pub idempotency_key: Option<IdempotencyKey>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The decision, with the original's fields. A consuming check that is allowed was
+/// recorded before this answer; one that is refused is recorded as a denial.
+async fn check_quota(
+    State(s): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CheckBody>,
+) -> Result<Json<QuotaDecision>, ApiError> {
+    caller.meter(&body.brand_id)?;
+    let key = one_key(idempotency_header(&headers)?, body.idempotency_key)?;
+    let metadata = metadata_for(&caller, body.metadata)?;
+    let outcome = s
+        .engine
+        .execute(PeriodRequest {
+            brand: body.brand_id,
+            period: None,
+            action: Action::Check {
+                metric: body.metric,
+                requested: body.requested_amount,
+                consume: body.consume,
+            },
+            idempotency_key: key,
+            metadata,
+        })
+        .await?;
+    outcome
+        .decision
+        .map(Json)
+        .ok_or_else(|| ApiError::Internal("a check without a decision".to_owned()))
+}

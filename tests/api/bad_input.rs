@@ -1,0 +1,184 @@
+//! Bad input: every malformed request is a precise 4xx problem+json, never a 5xx, and
+//! changes nothing.
+
+use chrono::Duration;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::common::{t0, TestDb};
+use crate::helpers::{answer, spawn_app, TestApp, PREFIX};
+use crate::on_both_stores;
+
+/// Send a raw body with a content type, as a misbehaving client would.
+async fn raw(
+    app: &TestApp,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> crate::helpers::Answer {
+    let res = app
+        .client
+        .post(format!("{}{PREFIX}/{path}", app.base))
+        .bearer_auth(&app.admin)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    answer(res).await
+}
+
+fn record(overrides: Value) -> Value {
+    let mut body = json!({ "brandId": "acme", "metric": "renders_3d", "value": 1 });
+    for (k, v) in overrides.as_object().unwrap() {
+        if v.is_null() {
+            body.as_object_mut().unwrap().remove(k);
+        } else {
+            body[k] = v.clone();
+        }
+    }
+    body
+}
+
+async fn malformed_records_are_refused_precisely_and_change_nothing(db: &TestDb) {
+    // Each malformed body gets its own status and problem type; afterwards the period's
+    // log holds exactly what the one good record wrote.
+    let app = spawn_app(db).await;
+    app.register("acme", "starter").await;
+    let good = app.post("record", &app.admin, record(json!({}))).await;
+    assert_eq!(good.status, 201, "{:#}", good.body);
+    let before = app.audit("acme").await;
+
+    let future = (t0() + Duration::hours(1)).to_rfc3339();
+    // Three months back: far past the previous period's end plus its 72 h grace.
+    let stale = (t0() - Duration::days(90)).to_rfc3339();
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (record(json!({ "value": 0 })), 422, "invalid-body"),
+        (record(json!({ "value": -5 })), 422, "invalid-body"),
+        (record(json!({ "value": 1.5 })), 422, "invalid-body"),
+        (record(json!({ "value": 1e12 })), 422, "invalid-body"),
+        (
+            record(json!({ "value": 1_000_000_001u64 })),
+            422,
+            "invalid-body",
+        ),
+        (record(json!({ "value": "7" })), 422, "invalid-body"),
+        (record(json!({ "brandId": null })), 422, "invalid-body"),
+        (record(json!({ "metric": null })), 422, "invalid-body"),
+        (
+            record(json!({ "brandId": "acme:2026-11" })),
+            422,
+            "invalid-body",
+        ),
+        (record(json!({ "brandId": "" })), 422, "invalid-body"),
+        (
+            record(json!({ "metric": "renders_4d" })),
+            422,
+            "unknown-metric",
+        ),
+        (record(json!({ "brandId": "nobody" })), 404, "not-found"),
+        (record(json!({ "extra": true })), 422, "invalid-body"),
+        (
+            record(json!({ "occurredAt": "yesterday" })),
+            422,
+            "invalid-body",
+        ),
+        (record(json!({ "occurredAt": future })), 422, "in-future"),
+        (record(json!({ "occurredAt": stale })), 422, "too-late"),
+        (record(json!({ "idempotencyKey": "" })), 422, "invalid-body"),
+        (
+            record(json!({ "idempotencyKey": "x".repeat(256) })),
+            422,
+            "invalid-body",
+        ),
+        (
+            record(json!({ "metadata": { "actor": "someone-else" } })),
+            422,
+            "invalid-metadata",
+        ),
+        (
+            record(json!({ "metadata": { "bad key": "v" } })),
+            422,
+            "invalid-metadata",
+        ),
+        (
+            record(json!({ "metadata": { "n": 1 } })),
+            422,
+            "invalid-body",
+        ),
+        (json!([1, 2, 3]), 422, "invalid-body"),
+    ];
+    for (body, status, kind) in cases {
+        let a = app.post("record", &app.admin, body.clone()).await;
+        assert_eq!(a.status.as_u16(), status, "{body} → {:#}", a.body);
+        a.assert_problem(status, kind);
+    }
+
+    raw(
+        &app,
+        "record",
+        "application/json",
+        b"{\"brandId\": \"acme\",".to_vec(),
+    )
+    .await
+    .assert_problem(400, "bad-request");
+    raw(&app, "record", "text/plain", b"{}".to_vec())
+        .await
+        .assert_problem(415, "unsupported-media-type");
+    let huge = format!(
+        "{{\"brandId\":\"acme\",\"metric\":\"renders_3d\",\"metadata\":{{\"k\":\"{}\"}}}}",
+        "x".repeat(usage_ledger::http::BODY_BYTES_MAX)
+    );
+    raw(&app, "record", "application/json", huge.into_bytes())
+        .await
+        .assert_problem(413, "payload-too-large");
+
+    assert_eq!(app.audit("acme").await, before, "bad input changed the log");
+}
+on_both_stores!(
+    malformed_records_are_refused_precisely_and_change_nothing,
+    malformed_records_are_refused_precisely_and_change_nothing
+);
+
+async fn malformed_paths_and_queries_are_refused_precisely(db: &TestDb) {
+    // Path and query parameters parse like bodies: a bad period, brand or limit is a
+    // 4xx problem, an unknown route a 404 problem.
+    let app = spawn_app(db).await;
+    app.register("acme", "starter").await;
+    let cases: Vec<(&str, u16, &str)> = vec![
+        ("summary/acme?period=2026-13", 400, "bad-request"),
+        ("summary/acme?period=26-11", 400, "bad-request"),
+        ("summary/ac%3Ame", 400, "bad-request"),
+        ("history/acme?limit=0", 422, "invalid-limit"),
+        ("history/acme?limit=1001", 422, "invalid-limit"),
+        ("history/acme?limit=ten", 400, "bad-request"),
+        ("history/acme?metric=renders%204d", 400, "bad-request"),
+        ("brands/acme/periods/2026-1/events", 400, "bad-request"),
+        (
+            "brands/acme/periods/2026-11/events?afterSequence=-1",
+            400,
+            "bad-request",
+        ),
+        ("summary/acme?unknown=1", 400, "bad-request"),
+        ("plans/platinum", 404, "not-found"),
+        ("no/such/route", 404, "not-found"),
+    ];
+    for (path, status, kind) in cases {
+        let a = app.get(path, &app.admin).await;
+        assert_eq!(a.status.as_u16(), status, "{path} → {:#}", a.body);
+        a.assert_problem(status, kind);
+    }
+    let put_bad = app
+        .call(
+            Method::PUT,
+            "brands/acme",
+            Some(&app.admin),
+            Some(json!({ "plan": 7 })),
+        )
+        .await;
+    put_bad.assert_problem(422, "invalid-body");
+}
+on_both_stores!(
+    malformed_paths_and_queries_are_refused_precisely,
+    malformed_paths_and_queries_are_refused_precisely
+);

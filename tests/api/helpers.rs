@@ -1,0 +1,204 @@
+//! The API test harness: the real router on port 0, a fresh database per test, and
+//! tokens minted with the test's own signing secret.
+
+use std::sync::Arc;
+
+use ledger_aggregates::BrandId;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use usage_ledger::auth::jwt::{Jwt, JwtKey, TokenTtl};
+use usage_ledger::auth::{Authenticator, Role};
+use usage_ledger::clock::ManualClock;
+use usage_ledger::engine::EngineConfig;
+use usage_ledger::http::{router, AppState};
+use usage_ledger::secret::Secret;
+use usage_ledger::store::api_keys::ApiKeyStore;
+use usage_ledger::store::{EventLog, PostgresLog, SqliteLog};
+
+use crate::common::{self, Backend, TestDb};
+
+/// The test's HS256 signing secret (32 bytes, the minimum).
+const TEST_SECRET: &str = "test-secret-0123456789abcdef0123";
+
+pub const PREFIX: &str = "/api/v1/usage-billing";
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub clock: Arc<ManualClock>,
+    pub auth: Authenticator,
+    pub admin: String,
+}
+
+/// An answer: status, content type and JSON body (Null when the body is not JSON).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    /// Assert this is a problem+json answer with `status` and a `type` ending in `kind`.
+    #[track_caller]
+    pub fn assert_problem(&self, status: u16, kind: &str) {
+        assert_eq!(self.status.as_u16(), status, "{:#}", self.body);
+        assert_eq!(
+            self.content_type, "application/problem+json",
+            "{:#}",
+            self.body
+        );
+        assert_eq!(self.body["status"], status, "{:#}", self.body);
+        let t = self.body["type"].as_str().unwrap_or_default();
+        assert!(
+            t.ends_with(&format!(":{kind}")),
+            "type {t} is not {kind}: {:#}",
+            self.body
+        );
+        assert!(
+            !self.body["detail"].as_str().unwrap_or_default().is_empty(),
+            "a problem says what is wrong: {:#}",
+            self.body
+        );
+    }
+}
+
+pub async fn spawn_app(db: &TestDb) -> TestApp {
+    let (log, keys): (Arc<dyn EventLog>, Arc<dyn ApiKeyStore>) = match &db.backend {
+        Backend::Postgres { url, .. } => {
+            let log = Arc::new(PostgresLog::connect(url).await.expect("connect"));
+            (log.clone(), log)
+        }
+        Backend::Sqlite { dir } => {
+            let log = Arc::new(SqliteLog::open_in(dir.path()).await.expect("open"));
+            (log.clone(), log)
+        }
+    };
+    let clock = common::manual_clock();
+    let engine = common::engine_on(log.clone(), clock.clone(), EngineConfig::default());
+    let auth = Authenticator::new(jwt(TEST_SECRET), keys);
+    let state = AppState {
+        engine: engine.clone(),
+        log,
+        auth: auth.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind port 0");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        axum::serve(listener, router(state)).await.expect("serve");
+    });
+    let admin = mint(&auth, Role::Admin, &[]);
+    TestApp {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        clock,
+        auth,
+        admin,
+    }
+}
+
+impl TestApp {
+    pub fn token(&self, role: Role, brands: &[&str]) -> String {
+        mint(&self.auth, role, brands)
+    }
+
+    /// A request with an optional bearer token and JSON body.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let url = if path.starts_with('/') {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}{PREFIX}/{path}", self.base)
+        };
+        let mut req = self.client.request(method, url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        answer(req.send().await.expect("request")).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Answer {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Answer {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    /// Register `brand` on `plan` as admin.
+    pub async fn register(&self, brand: &str, plan: &str) {
+        let a = self
+            .call(
+                Method::PUT,
+                &format!("brands/{brand}"),
+                Some(&self.admin),
+                Some(json!({ "plan": plan })),
+            )
+            .await;
+        assert!(a.status.is_success(), "register {brand}: {:#}", a.body);
+    }
+
+    /// Every event of the brand's current period, as the audit trail shows them.
+    pub async fn audit(&self, brand: &str) -> Vec<Value> {
+        let a = self
+            .get(
+                &format!("brands/{brand}/periods/2026-11/events?limit=1000"),
+                &self.admin,
+            )
+            .await;
+        assert_eq!(a.status, 200, "{:#}", a.body);
+        a.body["events"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+pub async fn answer(res: reqwest::Response) -> Answer {
+    let status = res.status();
+    let headers = res.headers().clone();
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let text = res.text().await.unwrap_or_default();
+    Answer {
+        status,
+        content_type,
+        headers,
+        body: serde_json::from_str(&text).unwrap_or(Value::Null),
+    }
+}
+
+fn jwt(secret: &str) -> Jwt {
+    Jwt::new(JwtKey::Hs256(Secret::new(secret)), None, None).expect("test key")
+}
+
+/// A token for `role` over `brands`, with subject `<role>-test`.
+pub fn mint(auth: &Authenticator, role: Role, brands: &[&str]) -> String {
+    mint_with(auth.jwt(), role, brands)
+}
+
+fn mint_with(jwt: &Jwt, role: Role, brands: &[&str]) -> String {
+    let brands: Vec<BrandId> = brands.iter().map(|b| BrandId::parse(b).unwrap()).collect();
+    let subject = format!(
+        "{}-test",
+        serde_json::to_value(role).unwrap().as_str().unwrap()
+    );
+    jwt.mint(role, &brands, &subject, TokenTtl::from_secs(600).unwrap())
+        .expect("mint")
+}
+
+/// An admin token signed with another secret than the app's.
+pub fn forged_token() -> String {
+    mint_with(&jwt("another-secret-0123456789abcdef0"), Role::Admin, &[])
+}

@@ -1,0 +1,10 @@
+//! HTTP API tests: the real app on port 0, a fresh database per test, both stores.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod helpers;
+
+mod bad_input;
+mod metering;
+mod reads;
+mod tenants;

@@ -1,0 +1,197 @@
+//! Summary, current, history and the audit trail through HTTP.
+
+use chrono::Duration;
+use serde_json::json;
+use usage_ledger::auth::Role;
+
+use crate::common::TestDb;
+use crate::helpers::spawn_app;
+use crate::on_both_stores;
+
+async fn the_summary_has_the_seed_shape_and_alerts_fire_once(db: &TestDb) {
+    // The seed's `{plan, summary: {metrics, estimatedCost, alerts}}`, in cents, with
+    // percentage capped at 100 and overage counted; reading twice adds no alert.
+    let app = spawn_app(db).await;
+    app.register("acme", "starter").await;
+    for (metric, value) in [("renders_3d", 13), ("ai_generations", 19)] {
+        let a = app
+            .post(
+                "record",
+                &app.admin,
+                json!({ "brandId": "acme", "metric": metric, "value": value }),
+            )
+            .await;
+        assert_eq!(a.status, 201, "{:#}", a.body);
+    }
+    let brand = app.token(Role::Brand, &["acme"]);
+    let first = app.get("summary", &brand).await;
+    assert_eq!(first.status, 200, "{:#}", first.body);
+    assert_eq!(first.body["plan"]["id"], "starter");
+    let s = &first.body["summary"];
+    assert_eq!(s["brandId"], "acme");
+    assert_eq!(s["period"]["key"], "2026-11");
+    assert_eq!(s["period"]["status"], "active");
+    let metric = |key: &str| {
+        s["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["type"] == key)
+            .cloned()
+            .unwrap()
+    };
+    let r3d = metric("renders_3d");
+    assert_eq!(r3d["current"], 13);
+    assert_eq!(r3d["limit"], 10);
+    assert_eq!(r3d["percentage"], 100.0);
+    assert_eq!(r3d["overage"], 3);
+    assert_eq!(r3d["overageCost"], 300);
+    assert_eq!(metric("ai_generations")["percentage"], 95.0);
+    assert_eq!(metric("team_members")["current"], 0);
+    // Base 29.00 € + 3 renders × 1.00 €.
+    assert_eq!(
+        s["estimatedCost"],
+        json!({ "base": 2900, "usage": 0, "overage": 300, "total": 3200 })
+    );
+    let alerts = s["alerts"].as_array().unwrap();
+    // renders_3d crossed 50, 75, 90; ai_generations crossed 50, 75, 90: six crossings,
+    // critical at 90, the highest threshold named (the original always said 50).
+    assert_eq!(alerts.len(), 6, "{alerts:#?}");
+    let critical: Vec<_> = alerts
+        .iter()
+        .filter(|a| a["severity"] == "critical")
+        .map(|a| {
+            (
+                a["metric"].as_str().unwrap(),
+                a["threshold"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(critical.len(), 2);
+    assert!(critical.iter().all(|(_, t)| *t == 90));
+    assert!(alerts
+        .iter()
+        .all(|a| a["message"].as_str().unwrap().contains("% of quota")));
+
+    app.clock.advance(Duration::minutes(5));
+    let second = app.get("summary/acme", &brand).await;
+    assert_eq!(
+        second.body["summary"]["alerts"],
+        first.body["summary"]["alerts"]
+    );
+}
+on_both_stores!(
+    the_summary_has_the_seed_shape_and_alerts_fire_once,
+    the_summary_has_the_seed_shape_and_alerts_fire_once
+);
+
+async fn a_registered_brand_without_usage_reads_zeros(db: &TestDb) {
+    // Reading a period that has no events yet answers its plan with zero usage and
+    // writes nothing.
+    let app = spawn_app(db).await;
+    app.register("quiet", "business").await;
+    let s = app.get("summary/quiet?period=2026-12", &app.admin).await;
+    assert_eq!(s.status, 200, "{:#}", s.body);
+    assert_eq!(s.body["summary"]["period"]["status"], "upcoming");
+    assert_eq!(s.body["summary"]["estimatedCost"]["total"], 29900);
+    assert!(s.body["summary"]["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["current"] == 0));
+    let c = app.get("current/quiet", &app.admin).await;
+    assert_eq!(c.body["usage"]["api_calls"], 0);
+    let trail = app
+        .get("brands/quiet/periods/2026-12/events", &app.admin)
+        .await;
+    assert_eq!(trail.body["events"], json!([]));
+}
+on_both_stores!(
+    a_registered_brand_without_usage_reads_zeros,
+    a_registered_brand_without_usage_reads_zeros
+);
+
+async fn history_is_newest_first_and_filters_by_metric(db: &TestDb) {
+    // History lists usage changes newest first, filtered by metric, limited.
+    let app = spawn_app(db).await;
+    app.register("acme", "starter").await;
+    for (metric, value) in [
+        ("renders_2d", 1),
+        ("renders_3d", 2),
+        ("renders_2d", 3),
+        ("renders_2d", 4),
+    ] {
+        app.post(
+            "record",
+            &app.admin,
+            json!({ "brandId": "acme", "metric": metric, "value": value }),
+        )
+        .await;
+    }
+    let h = app
+        .get("history/acme?metric=renders_2d&limit=2", &app.admin)
+        .await;
+    assert_eq!(h.status, 200, "{:#}", h.body);
+    let values: Vec<_> = h.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["value"].as_i64().unwrap())
+        .collect();
+    assert_eq!(values, vec![4, 3]);
+    assert_eq!(h.body["entries"][0]["kind"], "recorded");
+    assert_eq!(h.body["entries"][0]["unit"], "render");
+    let all = app.get("history/acme", &app.admin).await;
+    assert_eq!(all.body["entries"].as_array().unwrap().len(), 4);
+}
+on_both_stores!(
+    history_is_newest_first_and_filters_by_metric,
+    history_is_newest_first_and_filters_by_metric
+);
+
+async fn the_audit_trail_pages_through_every_event_in_order(db: &TestDb) {
+    // Pages follow `nextAfterSequence` until the last page, which has none; together
+    // they hold every event once, in sequence order.
+    let app = spawn_app(db).await;
+    app.register("acme", "starter").await;
+    for _ in 0..7 {
+        app.post(
+            "record",
+            &app.admin,
+            json!({ "brandId": "acme", "metric": "api_calls", "value": 10 }),
+        )
+        .await;
+    }
+    let mut after = 0;
+    let mut seen = Vec::new();
+    loop {
+        let page = app
+            .get(
+                &format!("brands/acme/periods/2026-11/events?afterSequence={after}&limit=3"),
+                &app.admin,
+            )
+            .await;
+        assert_eq!(page.status, 200, "{:#}", page.body);
+        for e in page.body["events"].as_array().unwrap() {
+            seen.push(e["sequence"].as_u64().unwrap());
+        }
+        match page.body["nextAfterSequence"].as_u64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    // PeriodOpened + 7 records.
+    assert_eq!(seen, (1..=8).collect::<Vec<_>>());
+    let first = app
+        .get("brands/acme/periods/2026-11/events?limit=1", &app.admin)
+        .await;
+    assert_eq!(first.body["events"][0]["type"], "PeriodOpened");
+    assert_eq!(
+        first.body["events"][0]["payload"]["period_opened"]["plan"]["id"],
+        "starter"
+    );
+}
+on_both_stores!(
+    the_audit_trail_pages_through_every_event_in_order,
+    the_audit_trail_pages_through_every_event_in_order
+);
