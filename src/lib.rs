@@ -1,7 +1,7 @@
 //! The usage ledger service: event log, command engine and (later) HTTP.
 //!
 //! # Layout
-//! - [`store`]: the event log trait and its PostgreSQL and SQLite implementations.
+//! - [`store`]: the event log and API key traits and their PostgreSQL and SQLite implementations.
 //! - [`engine`]: the single-writer command engine with group commit and idempotency.
 //! - [`clock`]: injectable time.
 //! - [`auth`]: who is calling: bearer JWTs and per-brand API keys, resolved to a principal.

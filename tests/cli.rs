@@ -118,6 +118,7 @@ async fn a_dry_run_appends_nothing_and_prints_the_commands_of_the_real_run(db: &
     )
     .await;
     let dry = dry.unwrap();
+    println!("{out}");
     assert_eq!(stream_len(&log, "acme:2026-11").await, before);
     let state = e.period_state(brand("acme"), november()).await.unwrap();
     assert_eq!(state.unwrap().version, before as u64);
@@ -133,12 +134,13 @@ async fn a_dry_run_appends_nothing_and_prints_the_commands_of_the_real_run(db: &
     for step in &dry.plan.steps {
         assert!(out.contains(step.key.as_str()), "{out}");
     }
-    let (real, _) = reset_cmd(
+    let (real, out) = reset_cmd(
         &e,
         &log,
         &reset_args("acme", "ai_generations", 90, 25, false),
     )
     .await;
+    println!("{out}");
     let real = real.unwrap();
     assert_eq!(
         real.plan, dry.plan,

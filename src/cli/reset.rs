@@ -52,7 +52,7 @@ use ledger_aggregates::{
 };
 use rust_decimal::Decimal;
 
-use crate::engine::{Action, Engine, EngineError, Outcome, PeriodRequest};
+use crate::engine::{Action, Engine, EngineError, Metadata, Outcome, PeriodRequest};
 use crate::store::{EventLog, StoreError};
 
 /// The original capped `--target` at 150 %: far enough above 100 % to put a `charge`
@@ -209,9 +209,12 @@ pub enum ResetError {
         metric: MetricKey,
         effective_limit: u64,
         target_pct: u32,
-        target_value: u64,
+        target_value: u128,
     },
-    #[error("moving {metric} from {current} to {target_value} exceeds the {QUANTITY_MAX} units one command may move")]
+    #[error(
+        "moving {metric} from {current} to {target_value} exceeds the {QUANTITY_MAX} units \
+         one command may move"
+    )]
     AdjustmentTooLarge {
         metric: MetricKey,
         current: u64,
@@ -219,7 +222,10 @@ pub enum ResetError {
     },
     /// The key was used with another request: another actor ran the same reset on the
     /// same state at the same time.
-    #[error("an identical reset by another actor was appended concurrently (key {0}); run the command again to plan against the new state")]
+    #[error(
+        "an identical reset by another actor was appended concurrently (key {0}); run the \
+         command again to plan against the new state"
+    )]
     Concurrent(IdempotencyKey),
     #[error(transparent)]
     Engine(EngineError),
@@ -305,14 +311,19 @@ pub fn plan_reset(
         Some(_) => 0,
         None => req.top_up_units,
     };
-    let effective = quota.limit + ms.top_up_units + grant;
+    // Saturating: a limit near u64::MAX is unlimited in all but name, and the target
+    // check below refuses any delta above QUANTITY_MAX anyway.
+    let effective = quota
+        .limit
+        .saturating_add(ms.top_up_units)
+        .saturating_add(grant);
     let target = target_value(effective, req.target_pct);
     if quota.overage == OveragePolicy::Block && target > u128::from(effective) {
         return Err(ResetError::AboveBlockLimit {
             metric: metric.clone(),
             effective_limit: effective,
             target_pct: req.target_pct,
-            target_value: target as u64,
+            target_value: target,
         });
     }
     let delta = target as i128 - i128::from(ms.current);
@@ -526,7 +537,7 @@ async fn execute(
     let mut queue: VecDeque<ResetStep> = plan.steps.iter().cloned().collect();
     let mut replanned = false;
     while let Some(step) = queue.pop_front() {
-        let outcome = submit(engine, &plan, &step).await?;
+        let outcome = submit(engine, &plan, &step, &req.actor).await?;
         report_step(&outcome, out)?;
         if !outcome.replayed {
             appended.extend(outcome.events.iter().map(|c| c.sequence));
@@ -555,18 +566,25 @@ fn is_top_up(step: &ResetStep) -> bool {
     matches!(step.action, Action::TopUp { .. })
 }
 
+/// The metadata key under which the HTTP layer records who sent a command; the
+/// command line records its actor the same way, so the audit trail reads alike.
+const ACTOR_METADATA_KEY: &str = "actor";
+
 async fn submit(
     engine: &Engine,
     plan: &ResetPlan,
     step: &ResetStep,
+    actor: &str,
 ) -> Result<Outcome, ResetError> {
+    let mut metadata = Metadata::default();
+    metadata.set(ACTOR_METADATA_KEY, actor);
     Ok(engine
         .execute(PeriodRequest {
             brand: plan.brand.clone(),
             period: Some(plan.period),
             action: step.action.clone(),
             idempotency_key: Some(step.key.clone()),
-            metadata: Default::default(),
+            metadata,
         })
         .await?)
 }
@@ -625,15 +643,20 @@ impl fmt::Display for ResetPlan {
             self.top_up_units_before,
             percentage(self.current, before)
         )?;
+        let limit_is = match self.top_up_units {
+            0 => "the effective limit",
+            _ => "the effective limit after this reset's top-up",
+        };
         writeln!(
             f,
-            "  target: {} % of the effective limit after this reset's top-up: ceil({} × {} / 100) = {}",
+            "  target: {} % of {limit_is}: ceil({} × {} / 100) = {}",
             self.target_pct, self.effective_limit, self.target_pct, self.target_value
         )?;
         if let Some(seq) = self.top_up_granted_at {
             writeln!(
                 f,
-                "  top-up: an identical top-up was already granted in this period (#{seq}): not granted again"
+                "  top-up: an identical top-up was already granted in this period (#{seq}): \
+                 not granted again"
             )?;
         }
         match self.steps.is_empty() {
@@ -655,7 +678,7 @@ impl fmt::Display for ResetPlan {
         )?;
         writeln!(
             f,
-            "  alerts: new {}; already raised this period (once each): {}",
+            "  alerts: new {}; already raised this period, never raised twice: {}",
             pct_list(&self.new_alerts),
             pct_list(&self.alerts_already_raised)
         )?;

@@ -7,8 +7,9 @@ use axum::routing::{post, put};
 use axum::{Json, Router};
 use ledger_aggregates::{BrandId, IdempotencyKey, LedgerEvent, MetricKey, Money, PlanId, Quantity};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::error::ApiError;
+use super::error::{ApiError, Problem};
 use super::extract::{idempotency_header, one_key, ApiJson, ApiPath, Caller};
 use super::views::{event_id, MetricView};
 use super::{AppState, API_PREFIX};
@@ -23,28 +24,37 @@ pub fn router() -> Router<AppState> {
         .route(&format!("{API_PREFIX}/topups/grant"), post(grant))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanBody {
+    #[schema(value_type = String, example = "starter")]
     pub plan: PlanId,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PlanAnswer {
+    #[schema(value_type = String)]
     pub brand_id: BrandId,
+    #[schema(value_type = String)]
     pub plan: PlanId,
     /// True when this call registered the brand.
     pub registered: bool,
     /// False when the brand was already on this plan (nothing was appended).
     pub changed: bool,
     /// The open period the new plan took effect in, if any.
+    #[schema(value_type = Option<String>)]
     pub applied_to: Option<ledger_aggregates::PeriodKey>,
 }
 
 /// 201 when the brand is new, 200 otherwise. Idempotent: the same plan twice changes
 /// nothing the second time.
-async fn set_plan(
+#[utoipa::path(put, path = "/api/v1/usage-billing/brands/{brandId}", tag = "admin",
+    params(("brandId" = String, Path)), request_body = PlanBody,
+    responses((status = 201, body = PlanAnswer, description = "registered"), (status = 200, body = PlanAnswer),
+        (status = 403, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(crate) async fn set_plan(
     State(s): State<AppState>,
     caller: Caller,
     ApiPath(brand): ApiPath<BrandId>,
@@ -78,22 +88,28 @@ async fn set_plan(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GrantBody {
+    #[schema(value_type = String)]
     pub brand_id: BrandId,
+    #[schema(value_type = String)]
     pub metric: MetricKey,
+    #[schema(value_type = u64, minimum = 1)]
     pub units: Quantity,
     pub reason: String,
+    #[schema(value_type = Option<String>)]
     pub idempotency_key: Option<IdempotencyKey>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GrantAnswer {
     pub id: String,
     pub sequence: u64,
+    #[schema(value_type = String)]
     pub brand_id: BrandId,
+    #[schema(value_type = String)]
     pub period: ledger_aggregates::PeriodKey,
     pub replayed: bool,
     pub state: MetricView,
@@ -101,7 +117,12 @@ pub struct GrantAnswer {
 
 /// A free credit for the current period, with who granted it and why. 201, or 200 for
 /// a replayed idempotency key.
-async fn grant(
+#[utoipa::path(post, path = "/api/v1/usage-billing/topups/grant", tag = "admin",
+    request_body = GrantBody,
+    responses((status = 201, body = GrantAnswer), (status = 200, body = GrantAnswer, description = "replayed key"),
+        (status = 403, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(crate) async fn grant(
     State(s): State<AppState>,
     caller: Caller,
     headers: HeaderMap,

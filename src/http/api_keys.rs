@@ -8,9 +8,10 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use ledger_aggregates::BrandId;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::error::ApiError;
+use super::error::{ApiError, Problem};
 use super::extract::{unknown_brand, ApiJson, ApiPath, Caller};
 use super::{AppState, API_PREFIX};
 use crate::store::api_keys::{ApiKeyError, ApiKeyInfo, KeyLabel};
@@ -23,18 +24,19 @@ pub fn router() -> Router<AppState> {
         .route(&format!("{keys}/{{key}}"), delete(revoke))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
     pub label: String,
 }
 
 /// The answer to a creation: the only time `key` is ever sent.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreatedKey {
     pub id: Uuid,
     pub key: String,
+    #[schema(value_type = String)]
     pub brand_id: BrandId,
     pub label: String,
     pub created_at: DateTime<Utc>,
@@ -42,7 +44,12 @@ pub struct CreatedKey {
 
 /// 201 with the key. The brand must be registered: a key for a typo would authenticate
 /// a caller that can meter nothing.
-async fn create(
+#[utoipa::path(post, path = "/api/v1/usage-billing/brands/{brandId}/api-keys", tag = "admin",
+    params(("brandId" = String, Path)), request_body = CreateBody,
+    responses((status = 201, body = CreatedKey, description = "the key, shown this once"),
+        (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(crate) async fn create(
     State(s): State<AppState>,
     caller: Caller,
     ApiPath(brand): ApiPath<BrandId>,
@@ -71,7 +78,12 @@ async fn create(
 }
 
 /// Every key of the brand, revoked ones included, newest first; never a secret or a hash.
-async fn list(
+#[utoipa::path(get, path = "/api/v1/usage-billing/brands/{brandId}/api-keys", tag = "admin",
+    params(("brandId" = String, Path)),
+    responses((status = 200, body = Vec<Object>, description = "id, brandId, label, createdAt, createdBy, revokedAt"),
+        (status = 403, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(crate) async fn list(
     State(s): State<AppState>,
     caller: Caller,
     ApiPath(brand): ApiPath<BrandId>,
@@ -83,7 +95,11 @@ async fn list(
 
 /// 204 once revoked; 404 for a key that is unknown, of another brand, or already revoked.
 /// The revocation is effective in this process before the answer is sent.
-async fn revoke(
+#[utoipa::path(delete, path = "/api/v1/usage-billing/brands/{brandId}/api-keys/{keyId}", tag = "admin",
+    params(("brandId" = String, Path), ("keyId" = String, Path)),
+    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(crate) async fn revoke(
     State(s): State<AppState>,
     caller: Caller,
     ApiPath((brand, id)): ApiPath<(BrandId, Uuid)>,

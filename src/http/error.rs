@@ -127,13 +127,14 @@ impl ApiError {
 
 /// An RFC 9457 problem document. `decision` is an extension member carried by
 /// `quota-exceeded` so the caller sees the limit it hit.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Problem {
     pub r#type: String,
     pub title: String,
     pub status: u16,
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub decision: Option<QuotaDecision>,
 }
 

@@ -9,6 +9,7 @@
 //! - `admin`: brand plans and manual credit grants.
 //! - `api_keys`: per-brand API keys.
 //! - `plans`: the catalog.
+//! - `openapi`: the OpenAPI document generated from the handlers.
 
 pub mod error;
 pub mod extract;
@@ -16,6 +17,7 @@ pub mod views;
 
 mod admin;
 mod api_keys;
+mod openapi;
 mod plans;
 mod reads;
 mod usage;
@@ -33,6 +35,7 @@ use crate::engine::Engine;
 use crate::store::EventLog;
 use error::ApiError;
 
+pub use openapi::{ApiDoc, OPENAPI_PATH};
 pub use reads::{HISTORY_SCAN_EVENTS_MAX, PAGE_ITEMS_MAX};
 pub use usage::RECORD_BATCH_ITEMS_MAX;
 
@@ -54,6 +57,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route(openapi::OPENAPI_PATH, get(openapi::openapi_json))
         .merge(plans::router())
         .merge(usage::router())
         .merge(reads::router())

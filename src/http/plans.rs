@@ -5,7 +5,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use ledger_aggregates::{PlanDefinition, PlanId};
 
-use super::error::ApiError;
+use super::error::{ApiError, Problem};
 use super::extract::ApiPath;
 use super::{AppState, API_PREFIX};
 
@@ -15,12 +15,18 @@ pub fn router() -> Router<AppState> {
         .route(&format!("{API_PREFIX}/plans/{{plan}}"), get(get_plan))
 }
 
-async fn list_plans(State(s): State<AppState>) -> Json<Vec<PlanDefinition>> {
+/// The catalog's plans in tier order.
+#[utoipa::path(get, path = "/api/v1/usage-billing/plans", tag = "plans",
+    responses((status = 200, body = Vec<Object>)))]
+pub(crate) async fn list_plans(State(s): State<AppState>) -> Json<Vec<PlanDefinition>> {
     Json(s.engine.catalog().plans().to_vec())
 }
 
 /// An unknown plan is a 404, never the original's silent fallback to `starter`.
-async fn get_plan(
+#[utoipa::path(get, path = "/api/v1/usage-billing/plans/{plan}", tag = "plans",
+    params(("plan" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn get_plan(
     State(s): State<AppState>,
     ApiPath(plan): ApiPath<String>,
 ) -> Result<Json<PlanDefinition>, ApiError> {

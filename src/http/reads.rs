@@ -12,8 +12,9 @@ use ledger_aggregates::{
     BrandId, LedgerEvent, MetricKey, Money, PeriodKey, PlanDefinition, UsagePeriodAggregate,
 };
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::error::ApiError;
+use super::error::{ApiError, Problem};
 use super::extract::{unknown_brand, ApiPath, ApiQuery, Caller};
 use super::views::{event_id, AlertView, CostView, MetricView};
 use super::{AppState, API_PREFIX};
@@ -42,22 +43,26 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct PeriodQuery {
     /// `YYYY-MM`; the current period when absent.
+    #[param(value_type = Option<String>, example = "2026-11")]
     pub period: Option<PeriodKey>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SummaryAnswer {
+    /// The plan the period is billed on.
+    #[schema(value_type = Object)]
     pub plan: PlanDefinition,
     pub summary: Summary,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
+    #[schema(value_type = String)]
     pub brand_id: BrandId,
     pub period: PeriodView,
     pub metrics: Vec<MetricView>,
@@ -66,9 +71,10 @@ pub struct Summary {
     pub alerts: Vec<AlertView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PeriodView {
+    #[schema(value_type = String, example = "2026-11")]
     pub key: PeriodKey,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
@@ -77,7 +83,11 @@ pub struct PeriodView {
     pub status: &'static str,
 }
 
-async fn own_summary(
+/// The summary of the brand the credentials stand for.
+#[utoipa::path(get, path = "/api/v1/usage-billing/summary", tag = "reads", params(PeriodQuery),
+    responses((status = 200, body = SummaryAnswer), (status = 400, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(crate) async fn own_summary(
     State(s): State<AppState>,
     caller: Caller,
     ApiQuery(q): ApiQuery<PeriodQuery>,
@@ -91,7 +101,12 @@ async fn own_summary(
     summary(&s, brand, q.period).await.map(Json)
 }
 
-async fn brand_summary(
+/// The seed's usage summary of a brand for a period.
+#[utoipa::path(get, path = "/api/v1/usage-billing/summary/{brandId}", tag = "reads",
+    params(("brandId" = String, Path), PeriodQuery),
+    responses((status = 200, body = SummaryAnswer), (status = 404, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(crate) async fn brand_summary(
     State(s): State<AppState>,
     caller: Caller,
     ApiPath(brand): ApiPath<BrandId>,
@@ -103,7 +118,7 @@ async fn brand_summary(
 
 /// The plan and the period's aggregate (`None` while the period has no events). An
 /// unregistered brand is a 404.
-async fn period_of(
+pub(crate) async fn period_of(
     s: &AppState,
     brand: &BrandId,
     period: PeriodKey,
@@ -122,7 +137,7 @@ async fn period_of(
     Ok((plan, agg))
 }
 
-async fn summary(
+pub(crate) async fn summary(
     s: &AppState,
     brand: BrandId,
     period: Option<PeriodKey>,
@@ -208,15 +223,23 @@ async fn summary(
 }
 
 /// The original's `{brandId, usage: {metric: number}}`, with the period.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CurrentAnswer {
+    #[schema(value_type = String)]
     pub brand_id: BrandId,
+    #[schema(value_type = String)]
     pub period: PeriodKey,
+    #[schema(value_type = BTreeMap<String, u64>)]
     pub usage: BTreeMap<MetricKey, u64>,
 }
 
-async fn current(
+/// Current usage per metric (`{brandId, usage: {metric: number}}`).
+#[utoipa::path(get, path = "/api/v1/usage-billing/current/{brandId}", tag = "reads",
+    params(("brandId" = String, Path), PeriodQuery),
+    responses((status = 200, body = CurrentAnswer), (status = 404, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(crate) async fn current(
     State(s): State<AppState>,
     caller: Caller,
     ApiPath(brand): ApiPath<BrandId>,
@@ -239,22 +262,29 @@ async fn current(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
+    /// Only this metric.
+    #[param(value_type = Option<String>)]
     pub metric: Option<MetricKey>,
+    /// Entries, 1 to 1,000 (default 100).
     pub limit: Option<u32>,
+    /// `YYYY-MM`; the current period when absent.
+    #[param(value_type = Option<String>)]
     pub period: Option<PeriodKey>,
 }
 
 /// One change of usage, newest first: the original's `UsageMetric` row, plus how the
 /// change came about.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HistoryEntry {
     pub id: String,
     pub sequence: u64,
+    #[schema(value_type = String)]
     pub brand_id: BrandId,
+    #[schema(value_type = String)]
     pub metric: MetricKey,
     /// `recorded`, `adjusted` (signed correction) or `gauge_set` (absolute level).
     pub kind: &'static str,
@@ -265,10 +295,12 @@ pub struct HistoryEntry {
     pub metadata: serde_json::Value,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HistoryAnswer {
+    #[schema(value_type = String)]
     pub brand_id: BrandId,
+    #[schema(value_type = String)]
     pub period: PeriodKey,
     pub entries: Vec<HistoryEntry>,
     /// True when the scan limit stopped the search before `limit` entries were found.
@@ -285,7 +317,12 @@ fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     }
 }
 
-async fn history(
+/// Usage changes of a period, newest first.
+#[utoipa::path(get, path = "/api/v1/usage-billing/history/{brandId}", tag = "reads",
+    params(("brandId" = String, Path), HistoryQuery),
+    responses((status = 200, body = HistoryAnswer), (status = 404, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(crate) async fn history(
     State(s): State<AppState>,
     caller: Caller,
     ApiPath(brand): ApiPath<BrandId>,
@@ -375,15 +412,16 @@ fn history_entry(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(rename_all = "camelCase")]
 pub struct AuditQuery {
     pub after_sequence: Option<u64>,
     pub limit: Option<u32>,
 }
 
 /// One stored event, as an auditor reads it: the payload exactly as stored.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditEvent {
     pub sequence: u64,
@@ -394,17 +432,24 @@ pub struct AuditEvent {
     pub metadata: serde_json::Value,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditAnswer {
+    #[schema(value_type = String)]
     pub brand_id: BrandId,
+    #[schema(value_type = String)]
     pub period: PeriodKey,
     pub events: Vec<AuditEvent>,
     /// Pass as `afterSequence` for the next page; absent on the last page.
     pub next_after_sequence: Option<u64>,
 }
 
-async fn audit_events(
+/// The audit trail: a period's events exactly as stored, in sequence order.
+#[utoipa::path(get, path = "/api/v1/usage-billing/brands/{brandId}/periods/{period}/events", tag = "reads",
+    params(("brandId" = String, Path), ("period" = String, Path, example = "2026-11"), AuditQuery),
+    responses((status = 200, body = AuditAnswer), (status = 404, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(crate) async fn audit_events(
     State(s): State<AppState>,
     caller: Caller,
     ApiPath((brand, period)): ApiPath<(BrandId, PeriodKey)>,

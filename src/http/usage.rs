@@ -13,6 +13,7 @@ use ledger_aggregates::{
     BrandId, IdempotencyKey, LedgerEvent, MetricKey, PeriodKey, Quantity, QuotaDecision,
 };
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::error::{ApiError, Problem};
 use super::extract::{idempotency_header, one_key, ApiJson, Caller};
@@ -38,16 +39,20 @@ fn one() -> Quantity {
     Quantity::new(1).expect("1 is a valid quantity")
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RecordBody {
+    #[schema(value_type = String, example = "acme")]
     pub brand_id: BrandId,
+    #[schema(value_type = String, example = "renders_3d")]
     pub metric: MetricKey,
     /// Units to add; 1 when absent, like the original.
     #[serde(default = "one")]
+    #[schema(value_type = u64, minimum = 1, maximum = 1_000_000_000)]
     pub value: Quantity,
     /// When the usage happened (RFC 3339); now when absent. Selects the period.
     pub occurred_at: Option<DateTime<Utc>>,
+    #[schema(value_type = Option<String>)]
     pub idempotency_key: Option<IdempotencyKey>,
     /// A flat map of strings stored with the event (request ids, sources, tags).
     #[serde(default)]
@@ -55,10 +60,12 @@ pub struct RecordBody {
 }
 
 /// The answer to a record: the event as stored and the metric's state after it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Recorded {
+    #[schema(value_type = String)]
     pub brand_id: BrandId,
+    #[schema(value_type = String, example = "2026-11")]
     pub period: PeriodKey,
     /// True when an earlier request with the same idempotency key is answered again.
     pub replayed: bool,
@@ -70,12 +77,14 @@ pub struct Recorded {
 }
 
 /// The original's `UsageMetric` shape, with the ledger's sequence.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecordedEvent {
     pub id: String,
     pub sequence: u64,
+    #[schema(value_type = String)]
     pub brand_id: BrandId,
+    #[schema(value_type = String)]
     pub metric: MetricKey,
     pub value: u64,
     pub unit: String,
@@ -84,7 +93,20 @@ pub struct RecordedEvent {
     pub metadata: BTreeMap<String, String>,
 }
 
-async fn record(
+/// Record usage.
+///
+/// 201 with the stored event and the metric's state after it; 200 when an earlier
+/// request with the same idempotency key is answered again.
+#[utoipa::path(post, path = "/api/v1/usage-billing/record", tag = "metering",
+    request_body = RecordBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same as the body's idempotencyKey")),
+    responses(
+        (status = 201, body = Recorded), (status = 200, body = Recorded, description = "replayed key"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "quota exceeded (block)"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ("apiKey" = [])))]
+pub(crate) async fn record(
     State(s): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
@@ -96,7 +118,7 @@ async fn record(
 }
 
 /// 201 for a new record, 200 for a replayed key.
-async fn record_one(
+pub(crate) async fn record_one(
     s: &AppState,
     caller: &Caller,
     body: RecordBody,
@@ -211,15 +233,16 @@ fn label(s: &AppState, decision: &Option<QuotaDecision>, metric: &MetricKey) -> 
         .map_or_else(|| metric.to_string(), |q| q.label.clone())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
     /// Each item is parsed on its own, so one bad item does not sink the others.
+    #[schema(value_type = Vec<RecordBody>)]
     pub events: Vec<serde_json::Value>,
 }
 
 /// One item's result: the status and body the same item would get from `POST /record`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchItem {
     pub index: usize,
@@ -230,7 +253,7 @@ pub struct BatchItem {
     pub problem: Option<Problem>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchAnswer {
     pub accepted: usize,
@@ -240,7 +263,11 @@ pub struct BatchAnswer {
 
 /// Every item goes to the engine at once, so the batch shares group commits; each is
 /// answered on its own (200 overall, one status per item).
-async fn record_batch(
+#[utoipa::path(post, path = "/api/v1/usage-billing/record/batch", tag = "metering",
+    request_body = BatchBody,
+    responses((status = 200, body = BatchAnswer), (status = 422, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("apiKey" = [])))]
+pub(crate) async fn record_batch(
     State(s): State<AppState>,
     caller: Caller,
     ApiJson(body): ApiJson<BatchBody>,
@@ -293,17 +320,21 @@ async fn record_batch(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CheckBody {
+    #[schema(value_type = String)]
     pub brand_id: BrandId,
+    #[schema(value_type = String)]
     pub metric: MetricKey,
     /// Units asked for; 1 when absent, like the original.
     #[serde(default = "one")]
+    #[schema(value_type = u64, minimum = 1, maximum = 1_000_000_000)]
     pub requested_amount: Quantity,
     /// Record the request if it is allowed, atomically with the decision.
     #[serde(default)]
     pub consume: bool,
+    #[schema(value_type = Option<String>)]
     pub idempotency_key: Option<IdempotencyKey>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
@@ -311,7 +342,12 @@ pub struct CheckBody {
 
 /// The decision, with the original's fields. A consuming check that is allowed was
 /// recorded before this answer; one that is refused is recorded as a denial.
-async fn check_quota(
+#[utoipa::path(post, path = "/api/v1/usage-billing/check-quota", tag = "metering",
+    request_body = CheckBody,
+    responses((status = 200, body = Object, description = "the decision: allowed, remaining, limit, effectiveLimit, current, overage, willCharge, estimatedCost, cumulativeOverageCost, planId, overagePolicy, consumed"),
+        (status = 422, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("apiKey" = [])))]
+pub(crate) async fn check_quota(
     State(s): State<AppState>,
     caller: Caller,
     headers: HeaderMap,

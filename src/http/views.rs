@@ -7,15 +7,17 @@ use ledger_aggregates::period::Crossing;
 use ledger_aggregates::{BrandId, LedgerEvent, MetricKey, MetricTotals, Money, PeriodKey};
 use rust_decimal::prelude::ToPrimitive;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::engine::Committed;
 
 /// One metric of a period, as the summary and the record answer show it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricView {
     /// The metric key (`type` in the original's summary).
     #[serde(rename = "type")]
+    #[schema(value_type = String)]
     pub metric: MetricKey,
     /// Counter: total of the period. Gauge: current level.
     pub current: u64,
@@ -67,12 +69,15 @@ impl MetricView {
 }
 
 /// One threshold crossing, as the summary's `alerts` list shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AlertView {
+    /// `warning` below 90 %, `critical` from 90 %.
+    #[schema(value_type = String, example = "warning")]
     pub severity: ledger_aggregates::period::Severity,
     /// `"<label> at <pct>% of quota"`, the original's wording.
     pub message: String,
+    #[schema(value_type = String)]
     pub metric: MetricKey,
     pub threshold: u8,
     /// When the crossing was recorded: it never changes on later reads.
@@ -124,7 +129,7 @@ pub fn event_id(brand: &BrandId, period: PeriodKey, sequence: u64) -> String {
 }
 
 /// Amounts of the summary's `estimatedCost`, in cents.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 pub struct CostView {
     pub base: i64,
     /// Always 0: plans have no per-unit usage price besides overage (the original's field).

@@ -5,6 +5,7 @@ mod common;
 mod helpers;
 
 mod bad_input;
+mod docs;
 mod metering;
 mod reads;
 mod tenants;

@@ -1,0 +1,73 @@
+//! `GET /api/v1/openapi.json`: the OpenAPI 3.1 document, generated from the handlers'
+//! `#[utoipa::path]` attributes and the request and response types.
+
+use std::sync::OnceLock;
+
+use axum::Json;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{admin, api_keys, error, plans, reads, usage, views};
+
+/// Where the document is served (outside the `usage-billing` prefix, like the original's
+/// Swagger document was outside its controller).
+pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "usage-ledger",
+        description = "Event-sourced usage ledger: quotas, top-up credits, threshold alerts and overage cost per brand and billing period. Errors are application/problem+json (RFC 9457)."
+    ),
+    paths(
+        usage::record, usage::record_batch, usage::check_quota,
+        reads::own_summary, reads::brand_summary, reads::current, reads::history, reads::audit_events,
+        admin::set_plan, admin::grant,
+        api_keys::create, api_keys::list, api_keys::revoke,
+        plans::list_plans, plans::get_plan,
+    ),
+    components(schemas(
+        error::Problem, views::MetricView, views::AlertView, views::CostView,
+        usage::RecordBody, usage::Recorded, usage::RecordedEvent, usage::BatchBody,
+        usage::BatchItem, usage::BatchAnswer, usage::CheckBody,
+        reads::SummaryAnswer, reads::Summary, reads::PeriodView, reads::CurrentAnswer,
+        reads::HistoryEntry, reads::HistoryAnswer, reads::AuditEvent, reads::AuditAnswer,
+        admin::PlanBody, admin::PlanAnswer, admin::GrantBody, admin::GrantAnswer,
+    )),
+    modifiers(&Security),
+    tags(
+        (name = "metering", description = "Record usage and check quotas (admin, brand, service, API key)"),
+        (name = "reads", description = "Summaries, history and the audit trail (admin, brand)"),
+        (name = "admin", description = "Brands, plans, credit grants and API keys (admin)"),
+        (name = "plans", description = "The plan catalog (public)"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The two ways to authenticate: a bearer JWT, or a brand's API key.
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "apiKey",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Api-Key"))),
+        );
+    }
+}
+
+/// Built once: the document never changes while the process runs.
+pub(crate) async fn openapi_json() -> Json<&'static utoipa::openapi::OpenApi> {
+    static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    Json(DOC.get_or_init(ApiDoc::openapi))
+}
