@@ -661,3 +661,44 @@ async fn a_broken_database_fails_callers_and_never_double_applies() {
     admin.close().await;
     db.cleanup().await;
 }
+
+async fn reads_see_what_another_process_appended(db: &common::TestDb) {
+    // The reset CLI and a second instance write to the same log as a running server:
+    // a read after their commit reflects it, although this engine has the stream cached.
+    let (a, _) = engine(db).await;
+    let (b, _) = engine(db).await;
+    a.set_plan(brand("acme"), plan("starter"), "t".into())
+        .await
+        .unwrap();
+    a.execute(record("acme", "renders_3d", 2, None))
+        .await
+        .unwrap();
+    let period = ledger_aggregates::PeriodKey::containing(common::t0());
+    let before = a
+        .period_state(brand("acme"), period)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(before.metric(&metric("renders_3d")).unwrap().current, 2);
+
+    b.execute(record("acme", "renders_3d", 5, None))
+        .await
+        .unwrap();
+    b.set_plan(brand("acme"), plan("business"), "t".into())
+        .await
+        .unwrap();
+
+    let after = a
+        .period_state(brand("acme"), period)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.metric(&metric("renders_3d")).unwrap().current, 7);
+    assert_eq!(after.plan().unwrap().id, plan("business"));
+    let registry = a.brand_state(brand("acme")).await.unwrap().unwrap();
+    assert_eq!(registry.plan.unwrap().id, plan("business"));
+}
+on_both_stores!(
+    reads_see_what_another_process_appended,
+    reads_see_what_another_process_appended
+);

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
+use cqrs_es::Aggregate;
 use ledger_aggregates::catalog::Catalog;
 use ledger_aggregates::period::LedgerRules;
 use ledger_aggregates::{
@@ -308,10 +309,14 @@ pub(crate) enum Job {
     ReadPeriod {
         brand: BrandId,
         period: PeriodKey,
+        /// The stream's version in the log when the read was asked: a cached state
+        /// behind it (another process appended) is reloaded first.
+        logged: u64,
         reply: Reply<Option<UsagePeriodAggregate>>,
     },
     ReadBrand {
         brand: BrandId,
+        logged: u64,
         reply: Reply<Option<BrandAggregate>>,
     },
 }
@@ -325,6 +330,8 @@ pub struct Engine {
     catalog: Arc<Catalog>,
     clock: Arc<dyn Clock>,
     config: Arc<EngineConfig>,
+    /// For the freshness probe of reads; all writes go through the writers.
+    log: Arc<dyn EventLog>,
 }
 
 impl Engine {
@@ -358,6 +365,7 @@ impl Engine {
             .collect();
         let config = Arc::new(config);
         Engine {
+            log,
             shards: shards.into(),
             catalog,
             clock,
@@ -413,23 +421,40 @@ impl Engine {
         .await
     }
 
-    /// The period's aggregate as of every command answered so far (`None`: no events).
+    /// The period's aggregate as of every command answered so far (`None`: no events),
+    /// including what other processes (the CLI, a second instance) appended before the
+    /// call: one indexed probe of the log decides whether the cached state is behind.
     pub async fn period_state(
         &self,
         brand: BrandId,
         period: PeriodKey,
     ) -> Result<Option<UsagePeriodAggregate>, EngineError> {
+        let id = ledger_aggregates::ids::period_stream_id(&brand, period);
+        let logged = self
+            .log
+            .stream_version(UsagePeriodAggregate::TYPE, &id)
+            .await?;
         self.submit(&brand.clone(), |reply| Job::ReadPeriod {
             brand,
             period,
+            logged,
             reply,
         })
         .await
     }
 
+    /// The brand registry's state, fresh in the same sense as [`Engine::period_state`].
     pub async fn brand_state(&self, brand: BrandId) -> Result<Option<BrandAggregate>, EngineError> {
-        self.submit(&brand.clone(), |reply| Job::ReadBrand { brand, reply })
-            .await
+        let logged = self
+            .log
+            .stream_version(BrandAggregate::TYPE, brand.as_str())
+            .await?;
+        self.submit(&brand.clone(), |reply| Job::ReadBrand {
+            brand,
+            logged,
+            reply,
+        })
+        .await
     }
 
     /// The shard of a brand: a fixed hash, so every stream of the brand (registry and

@@ -363,7 +363,8 @@ impl Writer {
         }
     }
 
-    /// Load every stream the batch needs that is not cached, in one call.
+    /// Load every stream the batch needs that is not cached, in one call. A read that
+    /// saw the log further than the cache (another process appended) reloads its stream.
     async fn load_missing(
         &mut self,
         batch: &[Job],
@@ -372,12 +373,17 @@ impl Writer {
     ) -> Result<(), StoreError> {
         let mut missing: Vec<(&'static str, String)> = Vec::new();
         for (job, target) in batch.iter().zip(targets) {
+            let logged = match job {
+                Job::ReadPeriod { logged, .. } | Job::ReadBrand { logged, .. } => *logged,
+                _ => 0,
+            };
             for (t, id) in Self::streams_of(job, target, now).into_iter().flatten() {
-                let cached = if t == PERIOD {
-                    self.periods.contains(&id)
+                let version = if t == PERIOD {
+                    self.periods.peek(&id).map(|a| a.version)
                 } else {
-                    self.brands.contains(&id)
+                    self.brands.peek(&id).map(|a| a.version)
                 };
+                let cached = version.is_some_and(|v| v >= logged);
                 if !cached && !missing.iter().any(|(mt, mid)| *mt == t && *mid == id) {
                     missing.push((t, id));
                 }

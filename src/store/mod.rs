@@ -141,6 +141,13 @@ pub trait EventLog: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<StoredEvent>, StoreError>;
 
+    /// The highest sequence of a stream (0 when it has none): one primary-key probe.
+    async fn stream_version(
+        &self,
+        aggregate_type: &'static str,
+        aggregate_id: &str,
+    ) -> Result<u64, StoreError>;
+
     /// Cheap reachability probe for readiness checks.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -276,6 +276,22 @@ impl EventLog for PostgresLog {
             .await
     }
 
+    async fn stream_version(
+        &self,
+        aggregate_type: &'static str,
+        aggregate_id: &str,
+    ) -> Result<u64, StoreError> {
+        let version: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(sequence), 0) FROM events
+              WHERE aggregate_type = $1 AND aggregate_id = $2",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(version as u64)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
