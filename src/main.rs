@@ -116,6 +116,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         engine,
         log: stores.log,
         auth,
+        body_bytes_max: settings.http.body_bytes_max,
     };
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async {

@@ -244,11 +244,9 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
                 "send the body as `Content-Type: application/json`".to_owned(),
             ),
+            // `ApiJson` answers this one itself, with the configured limit in the text.
             JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                ApiError::PayloadTooLarge(format!(
-                    "the body exceeds {} bytes",
-                    super::BODY_BYTES_MAX
-                ))
+                ApiError::PayloadTooLarge("the body exceeds the configured limit".to_owned())
             }
             other => ApiError::BadRequest(other.body_text()),
         }

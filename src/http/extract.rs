@@ -1,9 +1,10 @@
 //! Extractors whose rejections are [`ApiError`]s, so every malformed request is answered
 //! as problem+json, and the [`Caller`] of a request.
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, StatusCode};
 use ledger_aggregates::{BrandId, IdempotencyKey};
 use serde::de::DeserializeOwned;
 
@@ -15,12 +16,22 @@ use crate::auth::{AuthError, Principal};
 /// an oversized body 413.
 pub struct ApiJson<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
-        Ok(ApiJson(value))
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(JsonRejection::BytesRejection(e))
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(ApiError::PayloadTooLarge(format!(
+                    "the body exceeds {} bytes",
+                    state.body_bytes_max
+                )))
+            }
+            Err(other) => Err(other.into()),
+        }
     }
 }
 

@@ -42,8 +42,9 @@ pub use usage::RECORD_BATCH_ITEMS_MAX;
 /// The original's prefix (`/api/v1` global prefix + `usage-billing` controller).
 pub const API_PREFIX: &str = "/api/v1/usage-billing";
 
-/// Request bodies larger than this are refused with 413 before they are parsed. A full
-/// `record/batch` of 1,000 items is about 300 KB; a megabyte leaves room for metadata.
+/// The default limit on request bodies (`http.body_bytes_max` changes it): larger ones
+/// are refused with 413 before they are parsed. A full `record/batch` of 1,000 items is
+/// about 300 KB; a megabyte leaves room for metadata.
 pub const BODY_BYTES_MAX: usize = 1 << 20;
 
 #[derive(Clone)]
@@ -51,9 +52,12 @@ pub struct AppState {
     pub engine: Engine,
     pub log: Arc<dyn EventLog>,
     pub auth: Authenticator,
+    /// Request bodies above this many bytes are refused with 413.
+    pub body_bytes_max: usize,
 }
 
 pub fn router(state: AppState) -> Router {
+    let body_bytes_max = state.body_bytes_max;
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -64,7 +68,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::router())
         .merge(api_keys::router())
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(DefaultBodyLimit::max(body_bytes_max))
         .with_state(state)
 }
 
