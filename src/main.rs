@@ -8,12 +8,16 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ledger_aggregates::BrandId;
 use tracing_subscriber::EnvFilter;
 use usage_ledger::auth::{Authenticator, Role, TokenTtl};
+use usage_ledger::cli::brands::{self, BrandsArgs};
+use usage_ledger::cli::cli_actor;
+use usage_ledger::cli::reset::{self, ResetArgs};
 use usage_ledger::clock::SystemClock;
 use usage_ledger::config::{
     AuthArgs, ConfigArgs, KeySource, ServeArgs, Settings, Sources, DEV_ADMIN_TOKEN_TTL,
 };
 use usage_ledger::engine::{Engine, EngineConfig};
 use usage_ledger::http::{router, AppState, API_PREFIX};
+use usage_ledger::store::EventLog;
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +44,26 @@ enum Command {
     Plans(ConfigArgs),
     /// Print a JWT signed with the configured key (in development, the local secret).
     Token(TokenArgs),
+    /// Register a brand on a plan, change its plan, or show it.
+    Brands(BrandsCmd),
+    /// The runbook's quota reset, as compensating events: never deletion.
+    Reset(ResetCmd),
+}
+
+#[derive(Args)]
+struct BrandsCmd {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(flatten)]
+    args: BrandsArgs,
+}
+
+#[derive(Args)]
+struct ResetCmd {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(flatten)]
+    args: ResetArgs,
 }
 
 #[derive(Args)]
@@ -163,12 +187,7 @@ fn token(args: TokenArgs) -> Result<(), Failure> {
         .iter()
         .map(|b| BrandId::parse(b))
         .collect::<Result<Vec<_>, _>>()?;
-    let subject = args.subject.unwrap_or_else(|| {
-        format!(
-            "cli:{}",
-            std::env::var("USER").unwrap_or_else(|_| "operator".to_owned())
-        )
-    });
+    let subject = args.subject.unwrap_or_else(cli_actor);
     let ttl = args.ttl.unwrap_or(settings.auth.token_ttl);
     println!("{}", jwt.mint(args.role.into(), &brands, &subject, ttl)?);
     Ok(())
@@ -190,7 +209,32 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Some(Command::Token(args)) => token(args),
+        Some(Command::Brands(cmd)) => {
+            let (engine, _) = cli_engine(&cmd.config).await?;
+            brands::run(&engine, &cmd.args, &mut std::io::stdout()).await?;
+            Ok(())
+        }
+        Some(Command::Reset(cmd)) => {
+            let (engine, log) = cli_engine(&cmd.config).await?;
+            reset::run(&engine, log.as_ref(), &cmd.args, &mut std::io::stdout()).await?;
+            Ok(())
+        }
     }
+}
+
+/// The engine a one-shot command writes through: the same rules, idempotency and
+/// conflict handling as the service, on the configured store.
+async fn cli_engine(config: &ConfigArgs) -> Result<(Engine, Arc<dyn EventLog>), Failure> {
+    let settings = config.resolve()?;
+    let catalog = Arc::new(settings.store.catalog()?);
+    let stores = settings.store.open().await?;
+    let engine = Engine::start(
+        stores.log.clone(),
+        catalog,
+        Arc::new(SystemClock),
+        EngineConfig::default(),
+    );
+    Ok((engine, stores.log))
 }
 
 #[tokio::main]

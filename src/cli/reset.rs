@@ -490,7 +490,8 @@ fn request_of(engine: &Engine, args: &ResetArgs) -> Result<ResetRequest, ResetEr
 }
 
 /// Plan against the period as it stands now. The log is asked about the top-up key
-/// first, then the state is read, so a grant seen in the log is in the state too.
+/// first, then the state is read (`period_state` sees what other processes appended),
+/// so a grant seen in the log is in the state too.
 async fn plan_from_store(
     engine: &Engine,
     log: &dyn EventLog,
