@@ -42,11 +42,6 @@ pub use usage::RECORD_BATCH_ITEMS_MAX;
 /// The original's prefix (`/api/v1` global prefix + `usage-billing` controller).
 pub const API_PREFIX: &str = "/api/v1/usage-billing";
 
-/// The default limit on request bodies (`http.body_bytes_max` changes it): larger ones
-/// are refused with 413 before they are parsed. A full `record/batch` of 1,000 items is
-/// about 300 KB; a megabyte leaves room for metadata.
-pub const BODY_BYTES_MAX: usize = 1 << 20;
-
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Engine,

@@ -127,7 +127,7 @@ async fn malformed_records_are_refused_precisely_and_change_nothing(db: &TestDb)
         .assert_problem(415, "unsupported-media-type");
     let huge = format!(
         "{{\"brandId\":\"acme\",\"metric\":\"renders_3d\",\"metadata\":{{\"k\":\"{}\"}}}}",
-        "x".repeat(usage_ledger::http::BODY_BYTES_MAX)
+        "x".repeat(usage_ledger::config::BODY_BYTES_MAX_DEFAULT)
     );
     raw(&app, "record", "application/json", huge.into_bytes())
         .await

@@ -82,7 +82,7 @@ pub async fn spawn_app(db: &TestDb) -> TestApp {
         engine: engine.clone(),
         log,
         auth: auth.clone(),
-        body_bytes_max: usage_ledger::http::BODY_BYTES_MAX,
+        body_bytes_max: usage_ledger::config::BODY_BYTES_MAX_DEFAULT,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
