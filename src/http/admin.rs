@@ -171,17 +171,6 @@ pub(crate) async fn grant(
         .and_then(|a| a.plan())
         .and_then(|p| p.quota(&body.metric))
         .map(|q| q.limit);
-    // From the event itself, so a replayed grant answers what the grant did.
-    let top_up_units = match (totals.effective_limit, base) {
-        (Some(effective), Some(base)) => effective.saturating_sub(base),
-        _ => 0,
-    };
-    let unit = s
-        .engine
-        .catalog()
-        .metric(&body.metric)
-        .map(|m| m.unit.clone())
-        .unwrap_or_default();
     let status = match outcome.replayed {
         true => StatusCode::OK,
         false => StatusCode::CREATED,
@@ -194,7 +183,8 @@ pub(crate) async fn grant(
             brand_id: outcome.brand,
             period: outcome.period,
             replayed: outcome.replayed,
-            state: MetricView::new(&body.metric, base, totals, top_up_units, &unit),
+            // From the event itself, so a replayed grant answers what the grant did.
+            state: MetricView::new(s.engine.catalog(), &body.metric, base, totals),
         }),
     )
         .into_response())

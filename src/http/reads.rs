@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, Problem};
 use super::extract::{unknown_brand, ApiPath, ApiQuery, Caller};
-use super::views::{event_id, AlertView, CostView, MetricView};
+use super::views::{event_id, unit_of, AlertView, CostView, MetricView};
 use super::{AppState, API_PREFIX};
 use crate::store::StoredEvent;
 
@@ -147,20 +147,12 @@ pub(crate) async fn summary(
     let (plan, agg) = period_of(s, &brand, period).await?;
     let empty = UsagePeriodAggregate::default();
     let agg_ref = agg.as_ref().unwrap_or(&empty);
-    let unit_of = |m: &MetricKey| {
-        s.engine
-            .catalog()
-            .metric(m)
-            .map(|d| d.unit.clone())
-            .unwrap_or_default()
-    };
     // Plan quotas in catalog order, then metrics without a quota that saw usage.
     let mut keys: Vec<&MetricKey> = plan.quotas.iter().map(|q| &q.metric).collect();
     keys.extend(agg_ref.metrics.keys().filter(|m| plan.quota(m).is_none()));
     let metrics: Vec<MetricView> = keys
         .into_iter()
         .map(|m| {
-            let state = agg_ref.metric(m).cloned().unwrap_or_default();
             let totals = agg_ref
                 .totals(m)
                 .unwrap_or(ledger_aggregates::MetricTotals {
@@ -171,7 +163,7 @@ pub(crate) async fn summary(
                     overage_cost: Money::ZERO,
                 });
             let base = plan.quota(m).map(|q| q.limit);
-            MetricView::new(m, base, &totals, state.top_up_units, &unit_of(m))
+            MetricView::new(s.engine.catalog(), m, base, &totals)
         })
         .collect();
     let overage: Money = metrics
@@ -393,12 +385,7 @@ fn history_entry(
         } => (metric, "gauge_set", totals.current as i64, at),
         _ => return Ok(None),
     };
-    let unit = s
-        .engine
-        .catalog()
-        .metric(&metric)
-        .map(|d| d.unit.clone())
-        .unwrap_or_default();
+    let unit = unit_of(s.engine.catalog(), &metric);
     Ok(Some(HistoryEntry {
         id: event_id(brand, period, stored.sequence as u64),
         sequence: stored.sequence as u64,

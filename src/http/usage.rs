@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, Problem};
 use super::extract::{idempotency_header, one_key, ApiJson, Caller};
-use super::views::{event_id, AlertView, MetricView};
+use super::views::{event_id, unit_of, AlertView, MetricView};
 use super::{AppState, API_PREFIX};
 use crate::engine::{Action, Metadata, Outcome, PeriodRequest};
 
@@ -180,15 +180,7 @@ fn recorded(
             ..
         } => {
             let catalog = s.engine.catalog();
-            let unit = catalog
-                .metric(metric)
-                .map(|m| m.unit.clone())
-                .unwrap_or_default();
             let base_limit = decision.as_ref().and_then(|d| d.limit);
-            let top_up_units = match (totals.effective_limit, base_limit) {
-                (Some(effective), Some(base)) => effective.saturating_sub(base),
-                _ => 0,
-            };
             let label_of = |m: &MetricKey| label(s, &decision, m);
             Ok(Recorded {
                 brand_id: outcome.brand.clone(),
@@ -200,12 +192,12 @@ fn recorded(
                     brand_id: outcome.brand.clone(),
                     metric: metric.clone(),
                     value: *quantity,
-                    unit: unit.clone(),
+                    unit: unit_of(catalog, metric),
                     timestamp: *occurred_at,
                     recorded_at: *at,
                     metadata: metadata.into_map(),
                 },
-                state: MetricView::new(metric, base_limit, totals, top_up_units, &unit),
+                state: MetricView::new(catalog, metric, base_limit, totals),
                 alerts: AlertView::from_events(&outcome.events, label_of),
             })
         }

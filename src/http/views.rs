@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use ledger_aggregates::period::Crossing;
+use ledger_aggregates::Catalog;
 use ledger_aggregates::{BrandId, LedgerEvent, MetricKey, MetricTotals, Money, PeriodKey};
 use rust_decimal::prelude::ToPrimitive;
 use serde::Serialize;
@@ -41,13 +42,17 @@ pub struct MetricView {
 const PERCENTAGE_CAP: f64 = 100.0;
 
 impl MetricView {
+    /// The view of `totals`; top-ups are what the effective limit holds above the plan's.
     pub fn new(
+        catalog: &Catalog,
         metric: &MetricKey,
         base_limit: Option<u64>,
         totals: &MetricTotals,
-        top_up_units: u64,
-        unit: &str,
     ) -> Self {
+        let top_up_units = match (totals.effective_limit, base_limit) {
+            (Some(effective), Some(base)) => effective.saturating_sub(base),
+            _ => 0,
+        };
         let percentage = totals.effective_limit.map_or(0.0, |limit| {
             ledger_aggregates::period::percentage(totals.current, limit)
                 .to_f64()
@@ -63,9 +68,17 @@ impl MetricView {
             percentage,
             overage: totals.overage_units,
             overage_cost: totals.overage_cost.minor(),
-            unit: unit.to_owned(),
+            unit: unit_of(catalog, metric),
         }
     }
+}
+
+/// The catalog's unit of a metric (`render`, `gb`, …).
+pub fn unit_of(catalog: &Catalog, metric: &MetricKey) -> String {
+    catalog
+        .metric(metric)
+        .map(|m| m.unit.clone())
+        .unwrap_or_default()
 }
 
 /// One threshold crossing, as the summary's `alerts` list shows it.
