@@ -7,5 +7,6 @@ mod helpers;
 mod bad_input;
 mod docs;
 mod metering;
+mod outage;
 mod reads;
 mod tenants;

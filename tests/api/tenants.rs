@@ -100,6 +100,9 @@ async fn a_tenant_learns_nothing_about_another_tenant(db: &TestDb) {
         .await
         .assert_problem(403, "forbidden");
     }
+    app.post("brands/rival/api-keys", &rival, json!({ "label": "mine" }))
+        .await
+        .assert_problem(403, "forbidden");
     app.post(
         "topups/grant",
         &rival,
