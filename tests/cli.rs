@@ -201,6 +201,32 @@ on_both_stores!(
     a_reset_reaches_the_target_and_a_second_run_appends_nothing
 );
 
+async fn a_reset_prepares_a_brand_that_has_no_usage_yet(db: &common::TestDb) {
+    // The runbook's "prepare an account": a registered brand without events this
+    // period is reset to 90 % of a counter; the period opens on the brand's plan and
+    // usage lands on the target. Running it again appends nothing.
+    let (e, log) = engine(db).await;
+    register(&e, "acme", "starter").await;
+    let args = reset_args("acme", "ai_generations", 90, 0, false);
+    let (first, out) = reset_cmd(&e, &log, &args).await;
+    // The adjustment and the three crossings it causes (after the period's opening).
+    assert_eq!(first.unwrap().appended, vec![2, 3, 4, 5], "{out}");
+    let state = e
+        .period_state(brand("acme"), november())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.metric(&metric("ai_generations")).unwrap().current, 18);
+    let len = stream_len(&log, "acme:2026-11").await;
+    let (second, out) = reset_cmd(&e, &log, &args).await;
+    assert!(second.unwrap().appended.is_empty(), "{out}");
+    assert_eq!(stream_len(&log, "acme:2026-11").await, len);
+}
+on_both_stores!(
+    a_reset_prepares_a_brand_that_has_no_usage_yet,
+    a_reset_prepares_a_brand_that_has_no_usage_yet
+);
+
 // Proves the reset touches only the metric it names, unlike the original that
 // deleted every metric of the brand for the month.
 async fn a_reset_leaves_the_other_metrics_untouched(db: &common::TestDb) {
@@ -305,16 +331,12 @@ async fn a_reset_refuses_clearly_and_appends_nothing(db: &common::TestDb) {
         "{res:?}"
     );
     register(&e, "acme", "starter").await;
-    let (res, _) = reset_cmd(
-        &e,
-        &log,
-        &reset_args("acme", "ai_generations", 90, 0, false),
-    )
-    .await;
+    let (res, _) = reset_cmd(&e, &log, &reset_args("acme", "team_members", 90, 0, false)).await;
     assert!(
         matches!(res, Err(ResetError::PeriodNotOpen { .. })),
         "{res:?}"
     );
+    assert_eq!(stream_len(&log, "acme:2026-11").await, 0);
     record(&e, "acme", "exports_gltf", 3).await;
     let len = stream_len(&log, "acme:2026-11").await;
     let (res, _) = reset_cmd(&e, &log, &reset_args("acme", "exports_gltf", 90, 10, false)).await;

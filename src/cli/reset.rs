@@ -38,7 +38,7 @@
 //! [`plan_reset`] is the pure decision (no I/O); [`run`] reads the state, plans, prints
 //! and executes the plan through the engine.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::io::Write;
 
@@ -47,8 +47,8 @@ use clap::Args;
 use ledger_aggregates::ids::{period_stream_id, QUANTITY_MAX};
 use ledger_aggregates::period::{effective_limit, percentage, USAGE_PERIOD_TYPE};
 use ledger_aggregates::{
-    BrandId, IdempotencyKey, MetricKey, MetricKind, Money, OveragePolicy, PeriodKey, PlanId,
-    Quantity, UsagePeriodAggregate,
+    BrandId, IdempotencyKey, LedgerEvent, MetricKey, MetricKind, Money, OveragePolicy, PeriodKey,
+    PlanId, Quantity, UsagePeriodAggregate,
 };
 use rust_decimal::Decimal;
 
@@ -180,7 +180,10 @@ pub enum ResetError {
     UnknownMetric { metric: MetricKey, known: String },
     #[error("brand {0} is not registered")]
     BrandNotRegistered(BrandId),
-    #[error("period {period} of brand {brand} has no events yet: there is no usage to reset")]
+    #[error(
+        "period {period} of brand {brand} has no events yet: a gauge's level carries over \
+         from the previous period when the period opens; record a level first"
+    )]
     PeriodNotOpen { brand: BrandId, period: PeriodKey },
     /// [`plan_reset`] was given a state without `PeriodOpened`.
     #[error("the period has no events yet: there is no usage to reset")]
@@ -510,14 +513,50 @@ async fn plan_from_store(
                 .map(|hit| hit.sequence as u64)
         }
     };
-    let state = engine
-        .period_state(brand.clone(), period)
-        .await?
-        .ok_or_else(|| ResetError::PeriodNotOpen {
-            brand: brand.clone(),
-            period,
-        })?;
+    let state = match engine.period_state(brand.clone(), period).await? {
+        Some(state) => state,
+        None => as_it_will_open(engine, brand, period, &req.metric).await?,
+    };
     plan_reset(&state, req, granted_at)
+}
+
+/// A period with no events yet, as the engine will open it on the first command: the
+/// brand's current plan and every counter at zero. A gauge carries its level over from
+/// the previous period, which only the opening itself decides, so a gauge waits for
+/// the period to open (its first reported level does that).
+async fn as_it_will_open(
+    engine: &Engine,
+    brand: &BrandId,
+    period: PeriodKey,
+    metric: &MetricKey,
+) -> Result<UsagePeriodAggregate, ResetError> {
+    let not_open = || ResetError::PeriodNotOpen {
+        brand: brand.clone(),
+        period,
+    };
+    let kinds: BTreeMap<MetricKey, MetricKind> = engine
+        .catalog()
+        .metrics()
+        .map(|m| (m.key.clone(), m.kind))
+        .collect();
+    if kinds.get(metric) != Some(&MetricKind::Counter) {
+        return Err(not_open());
+    }
+    let plan = engine
+        .brand_state(brand.clone())
+        .await?
+        .and_then(|b| b.plan)
+        .ok_or_else(|| ResetError::BrandNotRegistered(brand.clone()))?;
+    let mut state = UsagePeriodAggregate::default();
+    state.fold(&LedgerEvent::PeriodOpened {
+        brand_id: brand.clone(),
+        period,
+        plan,
+        metric_kinds: kinds,
+        carried_levels: BTreeMap::new(),
+        at: engine.now(),
+    });
+    Ok(state)
 }
 
 /// Append the plan's steps in order. If the top-up turns out to have been granted by
