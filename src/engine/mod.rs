@@ -499,6 +499,14 @@ impl Engine {
                     skew_s: self.config.future_skew_max.num_seconds(),
                 });
             }
+            // Refused here, before any stream is loaded: whether a period still takes
+            // usage depends on the clock alone, and a stale timestamp (a replayed queue,
+            // a zeroed clock) must not make the writer open or look back from 1970.
+            let period = PeriodKey::containing(*at);
+            let deadline = period.end() + self.config.rules.late_usage_grace;
+            if self.clock.now() > deadline {
+                return Err(LedgerError::TooLate { period, deadline }.into());
+            }
         }
         if matches!(req.action, Action::Close { .. }) && req.period.is_none() {
             return Err(EngineError::PeriodRequired);

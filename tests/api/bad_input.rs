@@ -85,6 +85,16 @@ async fn malformed_records_are_refused_precisely_and_change_nothing(db: &TestDb)
         ),
         (record(json!({ "occurredAt": future })), 422, "in-future"),
         (record(json!({ "occurredAt": stale })), 422, "too-late"),
+        (
+            record(json!({ "occurredAt": "1970-01-01T00:00:00Z" })),
+            422,
+            "too-late",
+        ),
+        (
+            record(json!({ "occurredAt": "9999-12-31T23:59:59Z" })),
+            422,
+            "in-future",
+        ),
         (record(json!({ "idempotencyKey": "" })), 422, "invalid-body"),
         (
             record(json!({ "idempotencyKey": "x".repeat(256) })),
