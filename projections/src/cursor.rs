@@ -1,0 +1,117 @@
+//! Deduplication, in one place for every model: the last sequence applied per stream.
+//!
+//! The projector delivers at least once (a crash between a batch and its checkpoint
+//! redelivers the batch), so a model must take an event twice and count it once. Every
+//! model keeps a [`StreamCursors`] and folds only through [`ReadModel::apply`], which
+//! asks the cursors first; the fold itself needs an [`Admitted`] that only the cursors
+//! hand out, so no model can fold around the check.
+
+use std::collections::BTreeMap;
+
+use ledger_aggregates::{BrandId, PeriodKey};
+use serde::{Deserialize, Serialize};
+
+use crate::event::{ProjectedEvent, StreamEvent};
+use crate::keyed::ByPeriod;
+
+/// The last sequence applied of every stream a model has seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamCursors {
+    /// Brand-period streams (`brand:YYYY-MM`).
+    periods: ByPeriod<u64>,
+    /// Brand registry streams.
+    brands: BTreeMap<BrandId, u64>,
+}
+
+/// What [`ReadModel::apply`] did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The next event of its stream: folded.
+    Applied,
+    /// Folded, but sequences `expected..sequence` of its stream were never delivered:
+    /// the log was read with a hole. The models are no longer a replay of the log; the
+    /// projector must treat this as an error and rebuild.
+    AppliedAfterGap { expected: u64 },
+    /// Already applied (its sequence is at or below `last_applied`): ignored.
+    Duplicate { last_applied: u64 },
+}
+
+impl Delivery {
+    /// Whether the event changed the model.
+    pub fn folded(self) -> bool {
+        !matches!(self, Delivery::Duplicate { .. })
+    }
+}
+
+/// Proof that the cursors admitted an event: the only way to reach [`ReadModel::fold`].
+#[derive(Debug)]
+pub struct Admitted {
+    delivery: Delivery,
+}
+
+impl StreamCursors {
+    /// The last sequence applied of a brand-period stream (0: none).
+    pub fn period(&self, brand: &BrandId, period: PeriodKey) -> u64 {
+        self.periods.get(brand, period).copied().unwrap_or(0)
+    }
+
+    /// The last sequence applied of a brand registry stream (0: none).
+    pub fn brand(&self, brand: &BrandId) -> u64 {
+        self.brands.get(brand).copied().unwrap_or(0)
+    }
+
+    /// Admit `event` if its sequence is above its stream's last one, and move the cursor.
+    pub(crate) fn admit(&mut self, event: &ProjectedEvent) -> Result<Admitted, Delivery> {
+        let last = match &event.event {
+            StreamEvent::Period { brand, period, .. } => self.periods.get(brand, *period),
+            StreamEvent::Brand { brand, .. } => self.brands.get(brand),
+        }
+        .copied()
+        .unwrap_or(0);
+        if event.sequence <= last {
+            return Err(Delivery::Duplicate { last_applied: last });
+        }
+        match &event.event {
+            StreamEvent::Period { brand, period, .. } => {
+                *self.periods.get_or_insert_with(brand, *period, || 0) = event.sequence;
+            }
+            StreamEvent::Brand { brand, .. } => match self.brands.get_mut(brand) {
+                Some(cursor) => *cursor = event.sequence,
+                None => {
+                    self.brands.insert(brand.clone(), event.sequence);
+                }
+            },
+        }
+        let expected = last + 1;
+        let delivery = if event.sequence == expected {
+            Delivery::Applied
+        } else {
+            Delivery::AppliedAfterGap { expected }
+        };
+        Ok(Admitted { delivery })
+    }
+}
+
+/// A read model: a fold of the log that takes every event at least once and counts it
+/// once.
+pub trait ReadModel {
+    fn cursors(&self) -> &StreamCursors;
+    fn cursors_mut(&mut self) -> &mut StreamCursors;
+
+    /// Fold an event the cursors admitted. Reached only through [`ReadModel::apply`].
+    fn fold(&mut self, event: &ProjectedEvent, admitted: &Admitted);
+
+    /// Fold `event` unless its stream already went past it. Idempotent: applying an
+    /// event again, or any prefix of a stream again, leaves the model as it was.
+    fn apply(&mut self, event: &ProjectedEvent) -> Delivery {
+        match self.cursors_mut().admit(event) {
+            Ok(admitted) => {
+                self.fold(event, &admitted);
+                admitted.delivery
+            }
+            Err(duplicate) => duplicate,
+        }
+    }
+}
+
+crate::diff::diff_fields!(StreamCursors { periods, brands });
