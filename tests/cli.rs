@@ -10,8 +10,8 @@ use clap::Parser;
 use ledger_aggregates::{BrandId, MetricKey, PeriodKey, PlanId, Quantity};
 use usage_ledger::cli::brands::{self, BrandsArgs, BrandsCommand, BrandsError};
 use usage_ledger::cli::reset::{self, ResetArgs, ResetError, ResetReport};
-use usage_ledger::clock::Clock;
-use usage_ledger::engine::{Action, Engine, EngineConfig, PeriodRequest};
+
+use usage_ledger::engine::{Action, Engine, PeriodRequest};
 use usage_ledger::store::EventLog;
 
 fn brand(s: &str) -> BrandId {
@@ -24,21 +24,7 @@ fn november() -> PeriodKey {
     PeriodKey::parse("2026-11").unwrap()
 }
 
-async fn engine(db: &common::TestDb) -> (Engine, Arc<dyn EventLog>) {
-    let log = db.log().await;
-    let clock: Arc<dyn Clock> = common::manual_clock();
-    (
-        common::engine_on(log.clone(), clock, EngineConfig::default()),
-        log,
-    )
-}
-
-async fn stream_len(log: &Arc<dyn EventLog>, id: &str) -> usize {
-    log.read_stream("usage_period", id, 0, 1_000_000)
-        .await
-        .unwrap()
-        .len()
-}
+use common::{engine, stream_len};
 
 async fn brands_cmd(e: &Engine, command: BrandsCommand) -> (Result<(), BrandsError>, String) {
     let mut out = Vec::new();

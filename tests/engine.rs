@@ -10,9 +10,8 @@ use chrono::Duration;
 use ledger_aggregates::{
     BrandId, IdempotencyKey, LedgerEvent, MetricKey, Money, PeriodKey, PlanId, Quantity,
 };
-use usage_ledger::clock::{Clock, SystemClock};
+use usage_ledger::clock::SystemClock;
 use usage_ledger::engine::{Action, Engine, EngineConfig, EngineError, PeriodRequest};
-use usage_ledger::store::EventLog;
 
 fn brand(s: &str) -> BrandId {
     BrandId::parse(s).unwrap()
@@ -58,21 +57,7 @@ fn consume(b: &str, m: &str, n: u64) -> PeriodRequest {
     }
 }
 
-async fn engine(db: &common::TestDb) -> (Engine, Arc<dyn EventLog>) {
-    let log = db.log().await;
-    let clock: Arc<dyn Clock> = common::manual_clock();
-    (
-        common::engine_on(log.clone(), clock, EngineConfig::default()),
-        log,
-    )
-}
-
-async fn stream_len(log: &Arc<dyn EventLog>, id: &str) -> usize {
-    log.read_stream("usage_period", id, 0, 1_000_000)
-        .await
-        .unwrap()
-        .len()
-}
+use common::{engine, stream_len};
 
 // Proves the basic path: a registered brand records usage, the answer carries the
 // running total, and a new engine on the same database rebuilds the same state.

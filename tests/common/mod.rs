@@ -138,6 +138,21 @@ pub fn manual_clock() -> Arc<ManualClock> {
     Arc::new(ManualClock::new(t0()))
 }
 
+/// An engine with the default configuration on a new connection to `db`, and its log.
+pub async fn engine(db: &TestDb) -> (Engine, Arc<dyn EventLog>) {
+    let log = db.log().await;
+    let clock: Arc<dyn Clock> = manual_clock();
+    (engine_on(log.clone(), clock, EngineConfig::default()), log)
+}
+
+/// How many events the period stream `id` holds.
+pub async fn stream_len(log: &Arc<dyn EventLog>, id: &str) -> usize {
+    log.read_stream("usage_period", id, 0, 1_000_000)
+        .await
+        .unwrap()
+        .len()
+}
+
 pub fn engine_on(log: Arc<dyn EventLog>, clock: Arc<dyn Clock>, config: EngineConfig) -> Engine {
     Engine::start(log, Arc::new(Catalog::default_catalog()), clock, config)
 }
