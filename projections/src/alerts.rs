@@ -11,9 +11,8 @@ use ledger_aggregates::{BrandId, LedgerEvent, MetricKey, PeriodKey};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::cursor::{Admitted, ReadModel, StreamCursors};
 use crate::event::ProjectedEvent;
-use crate::keyed::ByPeriod;
+use crate::timeline::{Timeline, TimelineEntry};
 
 /// One threshold crossing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,38 +35,11 @@ pub struct Alert {
 }
 
 /// Threshold crossings per brand and period, in the order they happened.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AlertTimeline {
-    cursors: StreamCursors,
-    entries: ByPeriod<Vec<Alert>>,
-}
+pub type AlertTimeline = Timeline<Alert>;
 
-impl AlertTimeline {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The crossings of `brand` in `period`, oldest first (empty when none).
-    pub fn get(&self, brand: &BrandId, period: PeriodKey) -> &[Alert] {
-        self.entries.get(brand, period).map_or(&[], Vec::as_slice)
-    }
-
-    /// Every brand-period with crossings, in brand then period order.
-    pub fn iter(&self) -> impl Iterator<Item = (&BrandId, PeriodKey, &[Alert])> {
-        self.entries.iter().map(|(b, p, v)| (b, p, v.as_slice()))
-    }
-}
-
-impl ReadModel for AlertTimeline {
-    fn cursors(&self) -> &StreamCursors {
-        &self.cursors
-    }
-    fn cursors_mut(&mut self) -> &mut StreamCursors {
-        &mut self.cursors
-    }
-
-    fn fold(&mut self, event: &ProjectedEvent, _: &Admitted) {
-        let Some((
+impl TimelineEntry for Alert {
+    fn of(event: &ProjectedEvent) -> Option<(&BrandId, PeriodKey, Self)> {
+        let (
             brand,
             period,
             LedgerEvent::ThresholdCrossed {
@@ -79,13 +51,14 @@ impl ReadModel for AlertTimeline {
                 effective_limit,
                 at,
             },
-        )) = event.as_period()
+        ) = event.as_period()?
         else {
-            return;
+            return None;
         };
-        self.entries
-            .get_or_insert_with(brand, period, Vec::new)
-            .push(Alert {
+        Some((
+            brand,
+            period,
+            Alert {
                 metric: metric.clone(),
                 threshold: *threshold,
                 severity: *severity,
@@ -95,7 +68,8 @@ impl ReadModel for AlertTimeline {
                 at: *at,
                 position: event.position,
                 sequence: event.sequence,
-            });
+            },
+        ))
     }
 }
 
@@ -110,4 +84,3 @@ crate::diff::diff_fields!(Alert {
     position,
     sequence,
 });
-crate::diff::diff_fields!(AlertTimeline { cursors, entries });

@@ -18,6 +18,7 @@
 //! - [`cost`]: `PeriodCost`, the estimated cost per brand-period, and the rounding rule.
 //! - [`alerts`]: `AlertTimeline`, every threshold crossing.
 //! - [`topups`]: `TopUpHistory`, every top-up.
+//! - [`timeline`]: `Timeline<T>`, the one list-per-brand-period model both are.
 //! - [`overage`]: `OverageLedger`, finance's overage lines per period, brand and metric,
 //!   and how late usage becomes an adjustment line.
 //! - [`models`]: `ReadModels`, all of the above behind one `apply`.
@@ -33,6 +34,7 @@ pub mod keyed;
 pub mod models;
 pub mod overage;
 pub mod quota;
+pub mod timeline;
 pub mod topups;
 mod totals;
 
@@ -47,4 +49,5 @@ pub use overage::{
     BrandOverages, FinanceLine, LineKind, OverageLedger, OverageLine, OverageTotals, PeriodOverages,
 };
 pub use quota::{MetricQuota, PeriodQuotas, QuotaSummary};
+pub use timeline::{Timeline, TimelineEntry};
 pub use topups::{TopUp, TopUpHistory};

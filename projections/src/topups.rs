@@ -7,9 +7,8 @@ use chrono::{DateTime, Utc};
 use ledger_aggregates::{BrandId, LedgerEvent, MetricKey, Money, PeriodKey};
 use serde::{Deserialize, Serialize};
 
-use crate::cursor::{Admitted, ReadModel, StreamCursors};
 use crate::event::ProjectedEvent;
-use crate::keyed::ByPeriod;
+use crate::timeline::{Timeline, TimelineEntry};
 
 /// One top-up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,38 +31,11 @@ pub struct TopUp {
 }
 
 /// Top-ups per brand and period, in the order they were applied.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TopUpHistory {
-    cursors: StreamCursors,
-    entries: ByPeriod<Vec<TopUp>>,
-}
+pub type TopUpHistory = Timeline<TopUp>;
 
-impl TopUpHistory {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The top-ups of `brand` in `period`, oldest first (empty when none).
-    pub fn get(&self, brand: &BrandId, period: PeriodKey) -> &[TopUp] {
-        self.entries.get(brand, period).map_or(&[], Vec::as_slice)
-    }
-
-    /// Every brand-period with top-ups, in brand then period order.
-    pub fn iter(&self) -> impl Iterator<Item = (&BrandId, PeriodKey, &[TopUp])> {
-        self.entries.iter().map(|(b, p, v)| (b, p, v.as_slice()))
-    }
-}
-
-impl ReadModel for TopUpHistory {
-    fn cursors(&self) -> &StreamCursors {
-        &self.cursors
-    }
-    fn cursors_mut(&mut self) -> &mut StreamCursors {
-        &mut self.cursors
-    }
-
-    fn fold(&mut self, event: &ProjectedEvent, _: &Admitted) {
-        let Some((
+impl TimelineEntry for TopUp {
+    fn of(event: &ProjectedEvent) -> Option<(&BrandId, PeriodKey, Self)> {
+        let (
             brand,
             period,
             LedgerEvent::TopUpApplied {
@@ -76,13 +48,14 @@ impl ReadModel for TopUpHistory {
                 at,
                 ..
             },
-        )) = event.as_period()
+        ) = event.as_period()?
         else {
-            return;
+            return None;
         };
-        self.entries
-            .get_or_insert_with(brand, period, Vec::new)
-            .push(TopUp {
+        Some((
+            brand,
+            period,
+            TopUp {
                 metric: metric.clone(),
                 units: *units,
                 price: *price,
@@ -92,7 +65,8 @@ impl ReadModel for TopUpHistory {
                 at: *at,
                 position: event.position,
                 sequence: event.sequence,
-            });
+            },
+        ))
     }
 }
 
@@ -107,4 +81,3 @@ crate::diff::diff_fields!(TopUp {
     position,
     sequence,
 });
-crate::diff::diff_fields!(TopUpHistory { cursors, entries });
