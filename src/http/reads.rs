@@ -116,6 +116,14 @@ pub(crate) async fn brand_summary(
     summary(&s, brand, q.period).await.map(Json)
 }
 
+/// Routes that read the log directly only need the brand to exist (else a 404).
+async fn registered(s: &AppState, brand: &BrandId) -> Result<(), ApiError> {
+    match s.engine.brand_state(brand.clone()).await? {
+        Some(_) => Ok(()),
+        None => Err(unknown_brand(brand)),
+    }
+}
+
 /// The plan and the period's aggregate (`None` while the period has no events). An
 /// unregistered brand is a 404.
 pub(crate) async fn period_of(
@@ -325,7 +333,7 @@ pub(crate) async fn history(
     let period = q
         .period
         .unwrap_or_else(|| PeriodKey::containing(s.engine.now()));
-    period_of(&s, &brand, period).await?;
+    registered(&s, &brand).await?;
     let id = ledger_aggregates::ids::period_stream_id(&brand, period);
     let mut entries = Vec::new();
     let mut before = i64::MAX;
@@ -444,9 +452,7 @@ pub(crate) async fn audit_events(
 ) -> Result<Json<AuditAnswer>, ApiError> {
     caller.read(&brand)?;
     let limit = page_limit(q.limit)?;
-    if s.engine.brand_state(brand.clone()).await?.is_none() {
-        return Err(unknown_brand(&brand));
-    }
+    registered(&s, &brand).await?;
     let after = q.after_sequence.unwrap_or(0);
     let id = ledger_aggregates::ids::period_stream_id(&brand, period);
     let rows = s
