@@ -113,6 +113,20 @@ impl PeriodCost {
         Self::default()
     }
 
+    /// Put back the estimate of a brand-period stream folded up to `sequence`.
+    pub(crate) fn restore(
+        &mut self,
+        brand: &BrandId,
+        period: PeriodKey,
+        sequence: u64,
+        row: Option<CostEstimate>,
+    ) {
+        self.cursors.restore_period(brand, period, sequence);
+        if let Some(row) = row {
+            self.rows.insert(brand, period, row);
+        }
+    }
+
     pub fn get(&self, brand: &BrandId, period: PeriodKey) -> Option<&CostEstimate> {
         self.rows.get(brand, period)
     }

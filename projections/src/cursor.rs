@@ -60,6 +60,17 @@ impl StreamCursors {
         self.brands.get(brand).copied().unwrap_or(0)
     }
 
+    /// Set the last sequence applied of a brand-period stream, for a model restored
+    /// from storage.
+    pub(crate) fn restore_period(&mut self, brand: &BrandId, period: PeriodKey, sequence: u64) {
+        self.periods.insert(brand, period, sequence);
+    }
+
+    /// Every brand-period stream seen, with its last sequence applied.
+    pub fn periods(&self) -> impl Iterator<Item = (&BrandId, PeriodKey, u64)> {
+        self.periods.iter().map(|(b, p, s)| (b, p, *s))
+    }
+
     /// Admit `event` if its sequence is above its stream's last one, and move the cursor.
     pub(crate) fn admit(&mut self, event: &ProjectedEvent) -> Result<Admitted, Delivery> {
         let last = match &event.event {

@@ -21,7 +21,10 @@
 //! - [`timeline`]: `Timeline<T>`, the one list-per-brand-period model both are.
 //! - [`overage`]: `OverageLedger`, finance's overage lines per period, brand and metric,
 //!   and how late usage becomes an adjustment line.
-//! - [`models`]: `ReadModels`, all of the above behind one `apply`.
+//! - [`models`]: `ReadModels`, all of the above behind one `apply`, and `PeriodModels`,
+//!   what they hold about one brand-period (the row a store keeps).
+//! - [`record`]: `LogRecord`, a row of the log in global order, and `LogPosition`,
+//!   that order (a projector's checkpoint).
 //! - [`diff`]: the differences between two `ReadModels`, in words.
 //! - `totals` (private): where each event states a metric's totals.
 
@@ -34,6 +37,7 @@ pub mod keyed;
 pub mod models;
 pub mod overage;
 pub mod quota;
+pub mod record;
 pub mod timeline;
 pub mod topups;
 mod totals;
@@ -44,10 +48,11 @@ pub use cursor::{Admitted, Delivery, ReadModel, StreamCursors};
 pub use diff::{Difference, Differences, DIFFERENCES_LISTED_MAX};
 pub use event::{Payload, ProjectedEvent, StoredEventError, StreamEvent};
 pub use keyed::ByPeriod;
-pub use models::ReadModels;
+pub use models::{PeriodModels, ReadModels};
 pub use overage::{
     BrandOverages, FinanceLine, LineKind, OverageLedger, OverageLine, OverageTotals, PeriodOverages,
 };
 pub use quota::{MetricQuota, PeriodQuotas, QuotaSummary};
+pub use record::{DecodeError, LogPosition, LogRecord};
 pub use timeline::{Timeline, TimelineEntry};
 pub use topups::{TopUp, TopUpHistory};

@@ -1,15 +1,16 @@
 //! `ReadModels`: every model, fed by one entry point, and compared as a whole.
 
+use ledger_aggregates::{BrandId, PeriodKey};
 use serde::{Deserialize, Serialize};
 
-use crate::alerts::AlertTimeline;
-use crate::cost::PeriodCost;
+use crate::alerts::{Alert, AlertTimeline};
+use crate::cost::{CostEstimate, PeriodCost};
 use crate::cursor::{Delivery, ReadModel};
 use crate::diff::{Diff, Differences};
 use crate::event::ProjectedEvent;
-use crate::overage::OverageLedger;
-use crate::quota::QuotaSummary;
-use crate::topups::TopUpHistory;
+use crate::overage::{BrandOverages, OverageLedger};
+use crate::quota::{PeriodQuotas, QuotaSummary};
+use crate::topups::{TopUp, TopUpHistory};
 
 /// All read models of the ledger. Each keeps its own cursors, so each stays idempotent
 /// on its own and can be stored, rebuilt or checked apart from the others.
@@ -22,9 +23,79 @@ pub struct ReadModels {
     pub overage_ledger: OverageLedger,
 }
 
+/// Everything the read models hold about one brand-period stream: the unit a store
+/// keeps as one row. Streams fold independently of each other, so a batch of events
+/// needs only the rows of the streams it touches: restore them into an empty
+/// [`ReadModels`], apply the batch, take them back out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeriodModels {
+    /// The last sequence of the stream folded in.
+    pub sequence: u64,
+    pub quotas: PeriodQuotas,
+    /// `None` only if the stream's `PeriodOpened` was never seen (a gap).
+    pub cost: Option<CostEstimate>,
+    pub alerts: Vec<Alert>,
+    pub top_ups: Vec<TopUp>,
+    /// `None` only if the stream's `PeriodOpened` was never seen (a gap).
+    pub overages: Option<BrandOverages>,
+}
+
 impl ReadModels {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// What the models hold about one brand-period stream, `None` if they never saw it.
+    pub fn period_models(&self, brand: &BrandId, period: PeriodKey) -> Option<PeriodModels> {
+        let sequence = self.quota_summary.cursors().period(brand, period);
+        if sequence == 0 {
+            return None;
+        }
+        Some(PeriodModels {
+            sequence,
+            quotas: self
+                .quota_summary
+                .period(brand, period)
+                .cloned()
+                .unwrap_or_default(),
+            cost: self.period_cost.get(brand, period).cloned(),
+            alerts: self.alert_timeline.get(brand, period).to_vec(),
+            top_ups: self.top_up_history.get(brand, period).to_vec(),
+            overages: self
+                .overage_ledger
+                .period(period)
+                .and_then(|p| p.brand(brand))
+                .cloned(),
+        })
+    }
+
+    /// Every brand-period stream the models saw, in brand then period order.
+    pub fn periods(&self) -> impl Iterator<Item = (&BrandId, PeriodKey)> {
+        self.quota_summary
+            .cursors()
+            .periods()
+            .map(|(b, p, _)| (b, p))
+    }
+
+    /// Put back what [`ReadModels::period_models`] took out, replacing what the models
+    /// held about that stream. The models then take the stream's next events as if
+    /// they had folded it from its start.
+    pub fn restore(&mut self, brand: &BrandId, period: PeriodKey, models: PeriodModels) {
+        let PeriodModels {
+            sequence,
+            quotas,
+            cost,
+            alerts,
+            top_ups,
+            overages,
+        } = models;
+        self.quota_summary.restore(brand, period, sequence, quotas);
+        self.period_cost.restore(brand, period, sequence, cost);
+        self.alert_timeline.restore(brand, period, sequence, alerts);
+        self.top_up_history
+            .restore(brand, period, sequence, top_ups);
+        self.overage_ledger
+            .restore(brand, period, sequence, overages);
     }
 
     /// Apply `event` to every model. Answers `AppliedAfterGap` if any model saw a gap,

@@ -302,6 +302,34 @@ impl OverageLedger {
         Self::default()
     }
 
+    /// Put back the lines of a brand-period stream folded up to `sequence`; the
+    /// period's totals take its charges and adjustments in.
+    pub(crate) fn restore(
+        &mut self,
+        brand: &BrandId,
+        period: PeriodKey,
+        sequence: u64,
+        lines: Option<BrandOverages>,
+    ) {
+        self.cursors.restore_period(brand, period, sequence);
+        let Some(lines) = lines else {
+            return;
+        };
+        let p = self.periods.entry(period).or_default();
+        let sum = |l: &BTreeMap<MetricKey, OverageLine>| l.values().map(|l| l.amount).sum();
+        let delta = Delta {
+            charged: sum(&lines.charges),
+            adjustments: sum(&lines.adjustments),
+        };
+        if let Some(old) = p.brands.insert(brand.clone(), lines) {
+            p.add(Delta {
+                charged: Money::ZERO - sum(&old.charges),
+                adjustments: Money::ZERO - sum(&old.adjustments),
+            });
+        }
+        p.add(delta);
+    }
+
     pub fn period(&self, period: PeriodKey) -> Option<&PeriodOverages> {
         self.periods.get(&period)
     }

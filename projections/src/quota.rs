@@ -89,6 +89,18 @@ impl QuotaSummary {
         Self::default()
     }
 
+    /// Put back the rows of a brand-period stream folded up to `sequence`.
+    pub(crate) fn restore(
+        &mut self,
+        brand: &BrandId,
+        period: PeriodKey,
+        sequence: u64,
+        rows: PeriodQuotas,
+    ) {
+        self.cursors.restore_period(brand, period, sequence);
+        self.rows.insert(brand, period, rows);
+    }
+
     /// The metrics of `brand` in `period`, in metric order.
     pub fn period(&self, brand: &BrandId, period: PeriodKey) -> Option<&PeriodQuotas> {
         self.rows.get(brand, period)

@@ -47,6 +47,20 @@ impl<T> Timeline<T> {
     pub fn iter(&self) -> impl Iterator<Item = (&BrandId, PeriodKey, &[T])> {
         self.entries.iter().map(|(b, p, v)| (b, p, v.as_slice()))
     }
+
+    /// Put back the entries of a brand-period stream folded up to `sequence`.
+    pub(crate) fn restore(
+        &mut self,
+        brand: &BrandId,
+        period: PeriodKey,
+        sequence: u64,
+        entries: Vec<T>,
+    ) {
+        self.cursors.restore_period(brand, period, sequence);
+        if !entries.is_empty() {
+            self.entries.insert(brand, period, entries);
+        }
+    }
 }
 
 impl<T: TimelineEntry> ReadModel for Timeline<T> {
