@@ -148,6 +148,9 @@ pub trait EventLog: Send + Sync + 'static {
         aggregate_id: &str,
     ) -> Result<u64, StoreError>;
 
+    /// The id of every stream of a type (every registered brand, say), in id order.
+    async fn stream_ids(&self, aggregate_type: &'static str) -> Result<Vec<String>, StoreError>;
+
     /// Cheap reachability probe for readiness checks.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -256,6 +256,17 @@ impl EventLog for SqliteLog {
         Ok(version as u64)
     }
 
+    async fn stream_ids(&self, aggregate_type: &'static str) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT aggregate_id FROM events
+              WHERE aggregate_type = ?1 AND sequence = 1
+              ORDER BY aggregate_id",
+        )
+        .bind(aggregate_type)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
