@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`store`]: the event log and API key traits and their PostgreSQL and SQLite implementations.
 //! - [`engine`]: the single-writer command engine with group commit and idempotency.
+//! - [`projector`]: tails the log into the stored read models, one transaction per batch.
 //! - [`clock`]: injectable time.
 //! - [`auth`]: who is calling: bearer JWTs and per-brand API keys, resolved to a principal.
 //! - [`secret`]: a string kept out of `Debug` and `Display`.
@@ -16,5 +17,6 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod http;
+pub mod projector;
 pub mod secret;
 pub mod store;

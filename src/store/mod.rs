@@ -4,12 +4,14 @@
 
 pub mod api_keys;
 pub mod postgres;
+pub mod projection;
 pub mod sqlite;
 
 use async_trait::async_trait;
 
 pub use api_keys::{ApiKeyInfo, ApiKeyStore};
 pub use postgres::PostgresLog;
+pub use projection::{ModelRow, ProjectionStore, READ_MODELS_PROJECTOR};
 pub use sqlite::SqliteLog;
 
 /// One event to append. `payload` and `metadata` are JSON text.

@@ -47,6 +47,8 @@ ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
 
 pub struct PostgresLog {
     pool: PgPool,
+    /// Notified after each append of this process commits (see `ProjectionStore`).
+    commits: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl PostgresLog {
@@ -59,7 +61,10 @@ impl PostgresLog {
             .connect_with(opts)
             .await?;
         Self::migrate(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            commits: Default::default(),
+        })
     }
 
     pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
@@ -67,6 +72,11 @@ impl PostgresLog {
             .run(pool)
             .await
             .map_err(|e| StoreError::Unavailable(e.into()))
+    }
+
+    /// The signal this process's committed appends notify.
+    pub fn commit_signal(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        std::sync::Arc::clone(&self.commits)
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -243,6 +253,7 @@ impl EventLog for PostgresLog {
         q.execute(&self.pool)
             .await
             .map_err(StoreError::from_write)?;
+        self.commits.notify_one();
         Ok(())
     }
 

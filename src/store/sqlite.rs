@@ -23,6 +23,8 @@ pub const SQLITE_INSERT_ROWS_MAX: usize = 500;
 
 pub struct SqliteLog {
     pool: SqlitePool,
+    /// Notified after each append of this process commits (see `ProjectionStore`).
+    commits: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl SqliteLog {
@@ -48,7 +50,15 @@ impl SqliteLog {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Unavailable(e.into()))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            commits: Default::default(),
+        })
+    }
+
+    /// The signal this process's committed appends notify.
+    pub fn commit_signal(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        std::sync::Arc::clone(&self.commits)
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -207,6 +217,7 @@ impl EventLog for SqliteLog {
             .map_err(StoreError::from_write)?;
         }
         tx.commit().await.map_err(StoreError::from_write)?;
+        self.commits.notify_one();
         Ok(())
     }
 

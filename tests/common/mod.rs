@@ -9,7 +9,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::Executor;
 use usage_ledger::clock::{Clock, ManualClock};
 use usage_ledger::engine::{Engine, EngineConfig};
-use usage_ledger::store::{EventLog, PostgresLog, SqliteLog};
+use usage_ledger::store::{EventLog, PostgresLog, ProjectionStore, SqliteLog};
 
 /// The server that hosts per-test databases. CI sets `DATABASE_URL`; locally the
 /// machine's default server is used.
@@ -92,6 +92,21 @@ impl TestDb {
             }
             Backend::Sqlite { dir } => {
                 Arc::new(SqliteLog::open_in(dir.path()).await.expect("open sqlite"))
+            }
+        }
+    }
+
+    /// A new connection pool on this database, as the log and as the projection store
+    /// (one object: an in-process projector wakes on this log's appends).
+    pub async fn stores(&self) -> (Arc<dyn EventLog>, Arc<dyn ProjectionStore>) {
+        match &self.backend {
+            Backend::Postgres { url, .. } => {
+                let db = Arc::new(PostgresLog::connect(url).await.expect("connect pg"));
+                (db.clone(), db)
+            }
+            Backend::Sqlite { dir } => {
+                let db = Arc::new(SqliteLog::open_in(dir.path()).await.expect("open sqlite"));
+                (db.clone(), db)
             }
         }
     }
