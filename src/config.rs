@@ -18,6 +18,7 @@
 //! | `auth.issuer` | `LEDGER_JWT_ISSUER` | `--jwt-issuer` | unset: not checked |
 //! | `auth.audience` | `LEDGER_JWT_AUDIENCE` | `--jwt-audience` | unset: not checked |
 //! | `auth.token_ttl` | `LEDGER_TOKEN_TTL` | `--ttl` (`token` only) | `1h` |
+//! | `ledger.late_usage_grace_hours` | `LEDGER_LATE_USAGE_GRACE_HOURS` | `--late-usage-grace-hours` | 72 |
 //!
 //! An environment variable set to the empty string counts as unset.
 
@@ -32,12 +33,13 @@ use clap::{Args, ValueEnum};
 use figment::providers::{Format, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
+use ledger_aggregates::period::{LedgerRules, LATE_USAGE_GRACE_HOURS_DEFAULT};
 use ledger_aggregates::Catalog;
 use serde::Deserialize;
 
 use crate::auth::{Jwt, JwtAlgorithm, JwtError, JwtKey, TokenTtl};
 use crate::secret::Secret;
-use crate::store::{ApiKeyStore, EventLog, PostgresLog, SqliteLog, StoreError};
+use crate::store::{ApiKeyStore, EventLog, PostgresLog, ProjectionStore, SqliteLog, StoreError};
 
 /// The original served on 3333; callers and dashboards keep that port.
 pub const DEFAULT_BIND: &str = "127.0.0.1:3333";
@@ -47,6 +49,10 @@ pub const BODY_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
 /// The largest body limit the configuration accepts: the whole body is buffered in
 /// memory per request, so a typo such as an extra zero must not become gigabytes.
 pub const BODY_BYTES_LIMIT_MAX: usize = 64 * 1024 * 1024;
+/// The longest grace after a period's end the configuration accepts: 31 days. Longer,
+/// a period would still take usage after the next one has ended, and a typo (720 for
+/// 72) would keep invoices open for a month unnoticed.
+pub const LATE_USAGE_GRACE_HOURS_MAX: i64 = 31 * 24;
 /// Read from the working directory when present and no file is named.
 pub const CONFIG_FILE_DEFAULT: &str = "usage-ledger.toml";
 /// The development signing secret, created once under the data directory.
@@ -72,6 +78,10 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("LEDGER_JWT_ISSUER", "auth.issuer"),
     ("LEDGER_JWT_AUDIENCE", "auth.audience"),
     ("LEDGER_TOKEN_TTL", "auth.token_ttl"),
+    (
+        "LEDGER_LATE_USAGE_GRACE_HOURS",
+        "ledger.late_usage_grace_hours",
+    ),
 ];
 /// The variable naming the configuration file.
 pub const CONFIG_FILE_ENV: &str = "LEDGER_CONFIG";
@@ -156,6 +166,8 @@ impl Default for StoreConfig {
 pub struct Stores {
     pub log: Arc<dyn EventLog>,
     pub keys: Arc<dyn ApiKeyStore>,
+    /// The same database as `log`, one object: its projector wakes on `log`'s appends.
+    pub projections: Arc<dyn ProjectionStore>,
 }
 
 impl StoreConfig {
@@ -166,14 +178,16 @@ impl StoreConfig {
                 let db = Arc::new(PostgresLog::connect(url).await?);
                 Stores {
                     log: db.clone(),
-                    keys: db,
+                    keys: db.clone(),
+                    projections: db,
                 }
             }
             None => {
                 let db = Arc::new(SqliteLog::open_in(&self.data_dir).await?);
                 Stores {
                     log: db.clone(),
-                    keys: db,
+                    keys: db.clone(),
+                    projections: db,
                 }
             }
         })
@@ -378,6 +392,32 @@ fn read_dev_secret(path: &Path) -> Result<Secret, ConfigError> {
     Ok(Secret::new(secret))
 }
 
+/// Ledger rules that are deployment choices, not data of a stream: the engine's
+/// [`LedgerRules`]. The service and the CLI's engine must agree on them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// Hours after a period's end during which usage stamped in it is still accepted
+    /// (flagged `after_close` once the period is closed); later usage is refused.
+    pub late_usage_grace_hours: i64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            late_usage_grace_hours: LATE_USAGE_GRACE_HOURS_DEFAULT,
+        }
+    }
+}
+
+impl LedgerConfig {
+    pub fn rules(&self) -> LedgerRules {
+        LedgerRules {
+            late_usage_grace: chrono::Duration::hours(self.late_usage_grace_hours),
+        }
+    }
+}
+
 /// The resolved configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -385,6 +425,7 @@ pub struct Settings {
     pub store: StoreConfig,
     pub http: HttpConfig,
     pub auth: AuthConfig,
+    pub ledger: LedgerConfig,
 }
 
 /// Where settings come from, passed in so tests need not touch the process environment.
@@ -500,6 +541,11 @@ impl Settings {
                 "http.body_bytes_max must be 1 to {BODY_BYTES_LIMIT_MAX}"
             )));
         }
+        if !(0..=LATE_USAGE_GRACE_HOURS_MAX).contains(&self.ledger.late_usage_grace_hours) {
+            return Err(ConfigError::Bad(format!(
+                "ledger.late_usage_grace_hours must be 0 to {LATE_USAGE_GRACE_HOURS_MAX}"
+            )));
+        }
         Ok(())
     }
 
@@ -567,7 +613,8 @@ impl fmt::Display for Settings {
         write!(
             f,
             "{} bind={} body_bytes_max={} mode={} jwt_algorithm={} jwt_secret={} \
-             jwt_public_key_path={} jwt_private_key_path={} issuer={} audience={} token_ttl={}",
+             jwt_public_key_path={} jwt_private_key_path={} issuer={} audience={} token_ttl={} \
+             late_usage_grace_hours={}",
             self.store,
             self.http.bind,
             self.http.body_bytes_max,
@@ -583,6 +630,7 @@ impl fmt::Display for Settings {
             or_unset(a.issuer.as_ref()),
             or_unset(a.audience.as_ref()),
             a.token_ttl,
+            self.ledger.late_usage_grace_hours,
         )
     }
 }
@@ -603,6 +651,10 @@ pub struct ConfigArgs {
     /// Plan catalog TOML replacing the embedded one [env: LEDGER_CATALOG_PATH]
     #[arg(long, value_name = "FILE")]
     pub catalog_path: Option<PathBuf>,
+    /// Hours after a period's end during which its usage is still accepted, 0 to 744
+    /// [env: LEDGER_LATE_USAGE_GRACE_HOURS] [default: 72]
+    #[arg(long, value_name = "HOURS")]
+    pub late_usage_grace_hours: Option<i64>,
 }
 
 impl ConfigArgs {
@@ -618,6 +670,11 @@ impl ConfigArgs {
             &mut f,
             "store.catalog_path",
             self.catalog_path.as_ref().map(|p| p.display()),
+        );
+        push(
+            &mut f,
+            "ledger.late_usage_grace_hours",
+            self.late_usage_grace_hours.as_ref(),
         );
         f
     }
@@ -812,6 +869,34 @@ mod tests {
             ..Sources::default()
         };
         assert!(Settings::resolve(&huge).is_err());
+    }
+
+    #[test]
+    fn the_late_usage_grace_is_configurable_up_to_a_month() {
+        // Proves the grace reaches the engine's rules from each layer, defaults to 72 h,
+        // and a value outside 0..=744 h is refused rather than clamped.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ledger.toml");
+        std::fs::write(&file, "[ledger]\nlate_usage_grace_hours = 24\n").unwrap();
+        let resolve = |env_value: &str, flag: Option<&str>| {
+            Settings::resolve(&Sources {
+                file: Some(file.clone()),
+                env: env(&[("LEDGER_LATE_USAGE_GRACE_HOURS", env_value)]),
+                flags: flag
+                    .map(|v| vec![("ledger.late_usage_grace_hours", v.to_owned())])
+                    .unwrap_or_default(),
+                ..Sources::default()
+            })
+        };
+        let hours = |s: Settings| s.ledger.rules().late_usage_grace.num_hours();
+        assert_eq!(hours(Settings::default()), 72, "default");
+        assert_eq!(hours(resolve("", None).unwrap()), 24, "file");
+        assert_eq!(hours(resolve("0", None).unwrap()), 0, "environment");
+        assert_eq!(hours(resolve("0", Some("744")).unwrap()), 744, "flag");
+        for bad in ["745", "-1", "three days"] {
+            let e = resolve(bad, None).unwrap_err().to_string();
+            assert!(e.contains("late_usage_grace_hours"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use tracing_subscriber::EnvFilter;
 use usage_ledger::auth::{Authenticator, Role, TokenTtl};
 use usage_ledger::cli::brands::{self, BrandsArgs};
 use usage_ledger::cli::cli_actor;
+use usage_ledger::cli::replay::{self, ReplayCommand};
 use usage_ledger::cli::reset::{self, ResetArgs};
 use usage_ledger::clock::SystemClock;
 use usage_ledger::config::{
@@ -17,7 +18,8 @@ use usage_ledger::config::{
 };
 use usage_ledger::engine::{Engine, EngineConfig};
 use usage_ledger::http::{router, AppState, API_PREFIX};
-use usage_ledger::store::EventLog;
+use usage_ledger::projector::Projector;
+use usage_ledger::store::{EventLog, READ_MODELS_PROJECTOR};
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +50,18 @@ enum Command {
     Brands(BrandsCmd),
     /// The runbook's quota reset, as compensating events: never deletion.
     Reset(ResetCmd),
+    /// Auditors: rebuild or verify the read models, replay a period as of a point,
+    /// export the log with a hash chain and verify such an export.
+    Replay(ReplayCmd),
+}
+
+#[derive(Args)]
+struct ReplayCmd {
+    /// Store flags go before the subcommand: `replay --data-dir DIR verify`.
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(subcommand)]
+    command: ReplayCommand,
 }
 
 #[derive(Args)]
@@ -118,7 +132,10 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     tracing::info!("configuration: {settings}");
     let (jwt, key_source) = settings.jwt()?;
     let catalog = Arc::new(settings.store.catalog()?);
-    let engine_cfg = EngineConfig::default();
+    let engine_cfg = EngineConfig {
+        rules: settings.ledger.rules(),
+        ..EngineConfig::default()
+    };
     tracing::info!(catalog_version = %catalog.version, jwt_algorithm = %jwt.algorithm(),
         batch_commands_max = engine_cfg.batch_commands_max, queue_commands_max = engine_cfg.queue_commands_max,
         "starting usage-ledger");
@@ -136,9 +153,12 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     if let KeySource::Development { path, created } = &key_source {
         print_dev_token(&auth, addr, path, *created)?;
     }
+    let projector = Projector::start(stores.projections.clone(), READ_MODELS_PROJECTOR).await?;
     let state = AppState {
         engine,
         log: stores.log,
+        projections: stores.projections,
+        projector,
         auth,
         body_bytes_max: settings.http.body_bytes_max,
     };
@@ -214,12 +234,49 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             brands::run(&engine, &cmd.args, &mut std::io::stdout()).await?;
             Ok(())
         }
+        Some(Command::Replay(cmd)) => replay(cmd).await,
         Some(Command::Reset(cmd)) => {
             let (engine, log) = cli_engine(&cmd.config).await?;
             reset::run(&engine, log.as_ref(), &cmd.args, &mut std::io::stdout()).await?;
             Ok(())
         }
     }
+}
+
+async fn replay(cmd: ReplayCmd) -> Result<(), Failure> {
+    let out = &mut std::io::stdout();
+    let config = &cmd.config;
+    let store =
+        || async move { Ok::<_, Failure>(config.resolve()?.store.open().await?.projections) };
+    match cmd.command {
+        ReplayCommand::Rebuild => drop(replay::rebuild(store().await?, out).await?),
+        ReplayCommand::Verify => drop(replay::verify(store().await?, out).await?),
+        ReplayCommand::AsOf(args) => replay::as_of(store().await?.as_ref(), &args, out).await?,
+        ReplayCommand::Export(args) => {
+            let summary = match &args.output {
+                Some(path) => {
+                    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+                    replay::export(store().await?, file).await?
+                }
+                None => {
+                    let stdout = std::io::BufWriter::new(std::io::stdout());
+                    replay::export(store().await?, stdout).await?
+                }
+            };
+            eprintln!(
+                "exported {} events in {} streams, digest {}",
+                summary.events, summary.streams, summary.digest
+            );
+        }
+        ReplayCommand::VerifyExport(args) => {
+            let summary = replay::verify_export(&args)?;
+            println!(
+                "export verified: {} events in {} streams, digest {}",
+                summary.events, summary.streams, summary.digest
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The engine a one-shot command writes through: the same rules, idempotency and
@@ -232,7 +289,11 @@ async fn cli_engine(config: &ConfigArgs) -> Result<(Engine, Arc<dyn EventLog>), 
         stores.log.clone(),
         catalog,
         Arc::new(SystemClock),
-        EngineConfig::default(),
+        // The CLI decides with the service's rules: `reset` honours the same grace.
+        EngineConfig {
+            rules: settings.ledger.rules(),
+            ..EngineConfig::default()
+        },
     );
     Ok((engine, stores.log))
 }

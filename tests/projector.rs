@@ -7,160 +7,15 @@ mod common;
 use std::time::Duration;
 
 use ledger_aggregates::{BrandId, MetricKey, Money, PlanId, Quantity};
-use ledger_projections::{LogPosition, ReadModels};
-use usage_ledger::engine::{Action, Engine, PeriodRequest};
-use usage_ledger::projector::rows::{restore_all, rows_of_all};
+use ledger_projections::LogPosition;
+use usage_ledger::engine::Action;
 use usage_ledger::projector::{fold_batch, Projector};
-use usage_ledger::store::{ProjectionStore, READ_MODELS_PROJECTOR};
+use usage_ledger::store::READ_MODELS_PROJECTOR;
 
+use common::workload::{assert_same, id, replay, request, stored, workload, BRANDS, COMMANDS};
 use common::{engine_on, manual_clock, TestDb};
 
-const BRANDS: [&str; 5] = ["acme", "globex", "initech", "umbrella", "hooli"];
-const PLANS: [&str; 3] = ["starter", "professional", "business"];
-const METRICS: [&str; 4] = ["renders_3d", "api_calls", "ai_generations", "team_members"];
-/// Enough to reach overage on `starter` (renders_3d: 10) and to cross thresholds.
-const COMMANDS: usize = 300;
 const CATCH_UP: Duration = Duration::from_secs(10);
-
-/// A small deterministic generator (splitmix64), so a failing run can be repeated.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, n: usize) -> usize {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        ((z ^ (z >> 31)) % n as u64) as usize
-    }
-}
-
-fn id<T>(parse: fn(&str) -> Result<T, ledger_aggregates::ParseError>, s: &str) -> T {
-    parse(s).expect("a valid id")
-}
-
-fn request(brand: &str, action: Action) -> PeriodRequest {
-    PeriodRequest {
-        brand: id(BrandId::parse, brand),
-        period: None,
-        action,
-        idempotency_key: None,
-        metadata: Default::default(),
-    }
-}
-
-/// A random command: mostly usage, with checks that consume, top-ups, corrections,
-/// gauge levels and plan changes mixed in. Refusals (a blocked quota) are part of it.
-fn command(rng: &mut Rng) -> PeriodRequest {
-    let brand = BRANDS[rng.next(BRANDS.len())];
-    let metric = id(MetricKey::parse, METRICS[rng.next(METRICS.len())]);
-    let quantity = Quantity::new(1 + rng.next(6) as u64).expect("positive");
-    let action = match rng.next(10) {
-        0..=4 => Action::Record {
-            metric,
-            quantity,
-            occurred_at: None,
-        },
-        5 => Action::Check {
-            metric,
-            requested: quantity,
-            consume: true,
-        },
-        6 => Action::TopUp {
-            metric,
-            units: quantity,
-            price: Money::from_minor(100 * rng.next(5) as i64),
-            reference: format!("order-{}", rng.next(1_000_000)),
-            actor: "test".into(),
-        },
-        7 => Action::Adjust {
-            metric,
-            delta: rng.next(5) as i64 - 2,
-            actor: "support".into(),
-            reason: "correction".into(),
-        },
-        _ => Action::SetGauge {
-            metric: id(MetricKey::parse, "team_members"),
-            level: rng.next(60) as u64,
-        },
-    };
-    request(brand, action)
-}
-
-async fn register_all(engine: &Engine, rng: &mut Rng) {
-    for (i, brand) in BRANDS.into_iter().enumerate() {
-        // The first brand starts on the smallest plan: the run reaches its overage.
-        let plan = id(
-            PlanId::parse,
-            PLANS[if i == 0 { 0 } else { rng.next(PLANS.len()) }],
-        );
-        engine
-            .set_plan(id(BrandId::parse, brand), plan, "admin".into())
-            .await
-            .expect("register");
-    }
-}
-
-/// `COMMANDS` random commands from 8 concurrent submitters, plan changes included.
-async fn workload(engine: &Engine, seed: u64) {
-    let mut rng = Rng(seed);
-    register_all(engine, &mut rng).await;
-    let mut tasks = Vec::new();
-    for lane in 0..8u64 {
-        let engine = engine.clone();
-        let mut rng = Rng(seed.wrapping_mul(31).wrapping_add(lane + 1));
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..COMMANDS / 8 {
-                if rng.next(40) == 0 {
-                    let brand = id(BrandId::parse, BRANDS[rng.next(BRANDS.len())]);
-                    let plan = id(PlanId::parse, PLANS[rng.next(PLANS.len())]);
-                    engine.set_plan(brand, plan, "admin".into()).await.ok();
-                } else {
-                    // Refused commands are part of the workload: they append nothing, or
-                    // a recorded refusal.
-                    let _ = engine.execute(command(&mut rng)).await;
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("submitter");
-    }
-}
-
-/// The models a fold of the whole log gives, restricted to brand-period streams (what
-/// the store keeps).
-async fn replay(store: &dyn ProjectionStore, until: Option<LogPosition>) -> ReadModels {
-    let mut models = ReadModels::new();
-    let mut after = LogPosition::START;
-    loop {
-        let page = store.read_log(after, until, 1_000).await.expect("read log");
-        let Some(last) = page.last() else { break };
-        after = last.at;
-        for record in &page {
-            models.apply(&record.decode().expect("decodes"));
-        }
-    }
-    restore_all(&rows_of_all(&models)).expect("rows round trip")
-}
-
-async fn stored(store: &dyn ProjectionStore) -> (LogPosition, ReadModels) {
-    let (at, rows) = store
-        .snapshot_models(READ_MODELS_PROJECTOR)
-        .await
-        .expect("snapshot");
-    (at, restore_all(&rows).expect("stored rows parse"))
-}
-
-#[track_caller]
-fn assert_same(stored: &ReadModels, replayed: &ReadModels) {
-    let diff = stored.diff(replayed);
-    assert!(
-        diff.is_empty(),
-        "stored models differ from a replay:\n{diff}"
-    );
-    assert_eq!(stored, replayed);
-}
 
 async fn models_equal_a_replay_after_a_random_workload(db: &TestDb) {
     let (log, store) = db.stores().await;
@@ -168,7 +23,7 @@ async fn models_equal_a_replay_after_a_random_workload(db: &TestDb) {
     let projector = Projector::start(store.clone(), READ_MODELS_PROJECTOR)
         .await
         .expect("start");
-    workload(&engine, 7).await;
+    workload(&engine, 7, COMMANDS).await;
     assert!(projector.catch_up(CATCH_UP).await, "caught up");
     let (at, models) = stored(store.as_ref()).await;
     let replayed = replay(store.as_ref(), None).await;
@@ -199,7 +54,7 @@ on_both_stores!(
 async fn a_batch_folded_but_not_checkpointed_is_not_counted_twice(db: &TestDb) {
     let (log, store) = db.stores().await;
     let engine = engine_on(log, manual_clock(), Default::default());
-    workload(&engine, 11).await;
+    workload(&engine, 11, COMMANDS).await;
     // The state a crash leaves when rows are written and the checkpoint is not: the
     // first half of the log folded into the rows, the checkpoint still at the start.
     let head = store
@@ -230,7 +85,7 @@ async fn projectors_killed_mid_run_and_a_rival_end_with_a_replay(db: &TestDb) {
     let engine = engine_on(log, manual_clock(), Default::default());
     let load = {
         let engine = engine.clone();
-        tokio::spawn(async move { workload(&engine, 23).await })
+        tokio::spawn(async move { workload(&engine, 23, COMMANDS).await })
     };
     // Projectors started and killed while the workload runs (a kill drops the batch's
     // transaction wherever it is), and a rival projector on its own connection pool.

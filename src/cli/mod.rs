@@ -6,8 +6,10 @@
 //! # Layout
 //! - [`brands`]: `brands set` registers a brand on a plan or changes it; `brands show`.
 //! - [`reset`]: `reset`, the runbook's quota reset done with compensating events.
+//! - [`replay`]: `replay rebuild|verify|as-of|export|verify-export`, for auditors.
 
 pub mod brands;
+pub mod replay;
 pub mod reset;
 
 /// Actor names are stored in every event a command appends; a login name longer than

@@ -18,7 +18,7 @@ use ledger_aggregates::catalog::Catalog;
 use ledger_aggregates::period::LedgerRules;
 use ledger_aggregates::{
     BrandAggregate, BrandError, BrandId, IdempotencyKey, LedgerError, LedgerEvent, MetricKey,
-    Money, PeriodKey, PlanId, Quantity, QuotaDecision, UsagePeriodAggregate,
+    Money, PeriodKey, PlanDefinition, PlanId, Quantity, QuotaDecision, UsagePeriodAggregate,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -117,6 +117,11 @@ pub enum Action {
     },
     Close {
         actor: String,
+        /// The plan in force when the period ended, read from the brand registry's
+        /// history. A period closed without ever having been opened is opened on it:
+        /// today's plan may be a later one. Ignored when the period is already open.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        plan_at_end: Option<Box<PlanDefinition>>,
     },
 }
 
@@ -264,6 +269,11 @@ pub enum EngineError {
     },
     #[error("a period is required for this action")]
     PeriodRequired,
+    #[error("period {period} has not ended: it can be closed from {end}")]
+    NotEnded {
+        period: PeriodKey,
+        end: DateTime<Utc>,
+    },
     #[error("idempotency key {0} was already used with a different request")]
     KeyReuse(IdempotencyKey),
     #[error(transparent)]
@@ -508,10 +518,22 @@ impl Engine {
                 return Err(LedgerError::TooLate { period, deadline }.into());
             }
         }
-        if matches!(req.action, Action::Close { .. }) && req.period.is_none() {
-            return Err(EngineError::PeriodRequired);
+        if let Action::Close { .. } = &req.action {
+            self.check_ended(req.period.ok_or(EngineError::PeriodRequired)?)?;
         }
         Ok(())
+    }
+
+    /// A period can be closed once it has ended: an earlier close would freeze an
+    /// invoice that usage of the period still changes.
+    pub fn check_ended(&self, period: PeriodKey) -> Result<(), EngineError> {
+        match self.clock.now() < period.end() {
+            true => Err(EngineError::NotEnded {
+                period,
+                end: period.end(),
+            }),
+            false => Ok(()),
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The writer task: batches jobs, decides them against the in-memory aggregates, and
 //! commits each batch with one append.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
@@ -409,42 +409,57 @@ impl Writer {
     }
 
     /// Gauge levels for each period this batch will open: those of the brand's newest
-    /// earlier period, found by exact-key lookups over a bounded window.
-    async fn carried_levels(
-        &mut self,
-        targets: &[Option<Target>],
-    ) -> Result<HashMap<String, BTreeMap<MetricKey, u64>>, StoreError> {
-        let mut out = HashMap::new();
+    /// earlier period, found by exact-key lookups over a bounded window. One lookup and
+    /// one load for the whole batch, not one per period: a month's first commands, or a
+    /// period close, open a period for every brand at once.
+    async fn carried_levels(&mut self, targets: &[Option<Target>]) -> Result<Carried, StoreError> {
+        // Each period to open, with its brand's earlier periods, newest first.
+        let mut opening: HashMap<String, Vec<String>> = HashMap::new();
         for (period, id) in targets.iter().flatten() {
             let opened = self.periods.peek(id).is_some_and(|a| a.is_open());
-            if opened || out.contains_key(id) {
+            if opened || opening.contains_key(id) {
                 continue;
             }
             let (brand, _) = ledger_aggregates::ids::parse_period_stream_id(id)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let mut candidates = Vec::new();
-            let mut p = *period;
-            for _ in 0..self.cfg.gauge_lookback_periods_max {
-                p = p.prev();
-                candidates.push(period_stream_id(&brand, p));
-            }
-            let existing = self.log.existing_streams(PERIOD, &candidates).await?;
-            // Ids of one brand sort chronologically: the greatest is the newest.
-            let levels = match existing.into_iter().max() {
-                Some(prev) => {
-                    if !self.periods.contains(&prev) {
-                        self.load(&[(PERIOD, prev.clone())]).await?;
-                    }
-                    self.periods
-                        .peek(&prev)
-                        .map(|a| a.gauge_levels())
-                        .unwrap_or_default()
-                }
-                None => BTreeMap::new(),
-            };
-            out.insert(id.clone(), levels);
+            let earlier = std::iter::successors(Some(period.prev()), |p| Some(p.prev()))
+                .take(self.cfg.gauge_lookback_periods_max as usize)
+                .map(|p| period_stream_id(&brand, p))
+                .collect();
+            opening.insert(id.clone(), earlier);
         }
-        Ok(out)
+        if opening.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let candidates: Vec<String> = opening.values().flatten().cloned().collect();
+        let existing: HashSet<String> = self
+            .log
+            .existing_streams(PERIOD, &candidates)
+            .await?
+            .into_iter()
+            .collect();
+        let previous: HashMap<String, Option<String>> = opening
+            .into_iter()
+            .map(|(id, earlier)| (id, earlier.into_iter().find(|p| existing.contains(p))))
+            .collect();
+        let mut missing: Vec<(&'static str, String)> = previous
+            .values()
+            .flatten()
+            .filter(|p| !self.periods.contains(*p))
+            .map(|p| (PERIOD, p.clone()))
+            .collect();
+        missing.sort();
+        missing.dedup();
+        self.load(&missing).await?;
+        Ok(previous
+            .into_iter()
+            .map(|(id, prev)| {
+                let levels = prev
+                    .and_then(|p| self.periods.peek(&p).map(|a| a.gauge_levels()))
+                    .unwrap_or_default();
+                (id, levels)
+            })
+            .collect())
     }
 
     /// Outcomes of keys already used, from memory or, for the rest, from the log.
@@ -529,6 +544,14 @@ impl Writer {
             .peek(req.brand.as_str())
             .and_then(|b| b.plan.as_ref())
             .ok_or_else(|| EngineError::BrandNotRegistered(req.brand.clone()))?;
+        // A period first opened by its close is billed on the plan it ended on.
+        let plan = match &req.action {
+            Action::Close {
+                plan_at_end: Some(at_end),
+                ..
+            } => at_end.as_ref(),
+            _ => plan,
+        };
         let cached = self.periods.peek(id).expect("loaded before deciding");
         // Opening and the command are decided on a copy when the period is new, so a
         // refused command (or a pure check) leaves no `PeriodOpened` behind.
@@ -785,7 +808,7 @@ fn command_for(
             },
             None,
         ),
-        Action::Close { actor } => (PeriodCommand::ClosePeriod { actor, at: now }, None),
+        Action::Close { actor, .. } => (PeriodCommand::ClosePeriod { actor, at: now }, None),
     })
 }
 

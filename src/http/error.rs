@@ -29,9 +29,18 @@ pub enum ApiError {
     /// 404: no such resource, or one the caller may not see (the two are answered alike).
     #[error("{0}")]
     NotFound(String),
-    /// 409: the request is valid but the ledger's state refuses it (period closed, too late).
+    /// 406: the `Accept` header allows none of the formats the route answers in.
+    #[error("{0}")]
+    NotAcceptable(String),
+    /// 409: the request is valid but the ledger's state refuses it (a correction below
+    /// zero, a brand's key list full).
     #[error("{0}")]
     Conflict(String),
+    /// 409: the period's state refuses the request, with a type of its own a client can
+    /// branch on: `period-not-ended` (a close before the period's end), `period-closed`
+    /// (a change to a frozen invoice).
+    #[error("{detail}")]
+    PeriodState { kind: &'static str, detail: String },
     /// 409: a `block` quota refused the usage. The refusal itself is in the log.
     #[error("quota exceeded for {metric}")]
     QuotaExceeded {
@@ -78,7 +87,10 @@ impl ApiError {
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) | ApiError::QuotaExceeded { .. } => StatusCode::CONFLICT,
+            ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
+            ApiError::Conflict(_)
+            | ApiError::PeriodState { .. }
+            | ApiError::QuotaExceeded { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -95,7 +107,9 @@ impl ApiError {
             ApiError::Unauthenticated(_) => "unauthenticated",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not-found",
+            ApiError::NotAcceptable(_) => "not-acceptable",
             ApiError::Conflict(_) => "conflict",
+            ApiError::PeriodState { kind, .. } => kind,
             ApiError::QuotaExceeded { .. } => "quota-exceeded",
             ApiError::PayloadTooLarge(_) => "payload-too-large",
             ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
@@ -138,9 +152,11 @@ pub struct Problem {
     pub decision: Option<QuotaDecision>,
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        match &self {
+impl ApiError {
+    /// Log what the problem document hides (internal causes) or what operators watch
+    /// (outages). Called for every answer, and for per-item errors reported inside a larger answer.
+    pub fn log(&self) {
+        match self {
             ApiError::Internal(cause) => tracing::error!(%cause, "internal error"),
             ApiError::Unavailable { detail, .. } => tracing::warn!(%detail, "unavailable"),
             ApiError::Unauthenticated(AuthError::Unavailable(cause)) => {
@@ -148,6 +164,12 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.log();
         let problem = self.problem();
         let mut res = (self.status(), axum::Json(problem)).into_response();
         let headers = res.headers_mut();
@@ -194,6 +216,10 @@ impl From<EngineError> for ApiError {
             EngineError::UnknownPlan(_) => ApiError::invalid("unknown-plan", e.to_string()),
             EngineError::InFuture { .. } => ApiError::invalid("in-future", e.to_string()),
             EngineError::PeriodRequired => ApiError::invalid("period-required", e.to_string()),
+            EngineError::NotEnded { .. } => ApiError::PeriodState {
+                kind: "period-not-ended",
+                detail: e.to_string(),
+            },
             EngineError::KeyReuse(_) => ApiError::invalid("idempotency-key-reused", e.to_string()),
             EngineError::Ledger(l) => l.into(),
             EngineError::Brand(b) => ApiError::Internal(b.to_string()),
@@ -217,7 +243,10 @@ impl From<LedgerError> for ApiError {
         let detail = e.to_string();
         match e {
             LedgerError::TooLate { .. } => ApiError::invalid("too-late", detail),
-            LedgerError::Closed(_) => ApiError::Conflict(detail),
+            LedgerError::Closed(_) => ApiError::PeriodState {
+                kind: "period-closed",
+                detail,
+            },
             LedgerError::WrongPeriod { .. } => ApiError::invalid("wrong-period", detail),
             LedgerError::UnknownMetric(_) => ApiError::invalid("unknown-metric", detail),
             LedgerError::NotAGauge { .. } => ApiError::invalid("not-a-gauge", detail),
@@ -262,5 +291,20 @@ impl From<PathRejection> for ApiError {
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
         ApiError::BadRequest(r.body_text())
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    /// Reads of the projections store fail like the engine's reads of the log.
+    fn from(e: crate::store::StoreError) -> Self {
+        EngineError::from(e).into()
+    }
+}
+
+impl From<crate::projector::RowError> for ApiError {
+    /// A stored read model that does not parse: a defect or a hand edit, which
+    /// `usage-ledger replay verify` names and `replay rebuild` repairs.
+    fn from(e: crate::projector::RowError) -> Self {
+        ApiError::Internal(e.to_string())
     }
 }

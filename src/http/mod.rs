@@ -7,6 +7,8 @@
 //! - `usage`: record, record/batch, check-quota.
 //! - `reads`: summary, current, history, the audit trail.
 //! - `admin`: brand plans and manual credit grants.
+//! - `periods`: closing an ended period: every brand's invoice frozen.
+//! - `finance`: a period's overage lines (charges, adjustments) and totals, JSON or CSV.
 //! - `api_keys`: per-brand API keys.
 //! - `plans`: the catalog.
 //! - `openapi`: the OpenAPI document generated from the handlers.
@@ -17,7 +19,9 @@ pub mod views;
 
 mod admin;
 mod api_keys;
+mod finance;
 mod openapi;
+mod periods;
 mod plans;
 mod reads;
 mod usage;
@@ -32,10 +36,12 @@ use axum::Router;
 
 use crate::auth::Authenticator;
 use crate::engine::Engine;
-use crate::store::EventLog;
+use crate::projector::Projector;
+use crate::store::{EventLog, ProjectionStore};
 use error::ApiError;
 
 pub use openapi::{ApiDoc, OPENAPI_PATH};
+pub use periods::CLOSE_BRANDS_IN_FLIGHT_MAX;
 pub use reads::{HISTORY_SCAN_EVENTS_MAX, PAGE_ITEMS_MAX};
 pub use usage::RECORD_BATCH_ITEMS_MAX;
 
@@ -46,6 +52,9 @@ pub const API_PREFIX: &str = "/api/v1/usage-billing";
 pub struct AppState {
     pub engine: Engine,
     pub log: Arc<dyn EventLog>,
+    /// The read models (summaries, costs, finance) and the projector that keeps them.
+    pub projections: Arc<dyn ProjectionStore>,
+    pub projector: Projector,
     pub auth: Authenticator,
     /// Request bodies above this many bytes are refused with 413.
     pub body_bytes_max: usize,
@@ -61,6 +70,8 @@ pub fn router(state: AppState) -> Router {
         .merge(usage::router())
         .merge(reads::router())
         .merge(admin::router())
+        .merge(periods::router())
+        .merge(finance::router())
         .merge(api_keys::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_bytes_max))

@@ -7,7 +7,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, api_keys, error, plans, reads, usage, views};
+use super::{admin, api_keys, error, finance, periods, plans, reads, usage, views};
 
 /// Where the document is served (outside the `usage-billing` prefix, like the original's
 /// Swagger document was outside its controller).
@@ -21,8 +21,9 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
     ),
     paths(
         usage::record, usage::record_batch, usage::check_quota,
-        reads::own_summary, reads::brand_summary, reads::current, reads::history, reads::audit_events,
-        admin::set_plan, admin::grant,
+        reads::own_summary, reads::brand_summary, reads::period_summary, reads::current, reads::history, reads::audit_events,
+        admin::set_plan, admin::grant, periods::close_period,
+        finance::overages,
         api_keys::create, api_keys::list, api_keys::revoke,
         plans::list_plans, plans::get_plan,
     ),
@@ -30,16 +31,20 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         error::Problem, views::MetricView, views::AlertView, views::CostView,
         usage::RecordBody, usage::Recorded, usage::RecordedEvent, usage::BatchBody,
         usage::BatchItem, usage::BatchAnswer, usage::CheckBody,
-        reads::SummaryAnswer, reads::Summary, reads::PeriodView, reads::CurrentAnswer,
+        reads::SummaryAnswer, reads::Summary, reads::PeriodView, reads::PeriodSummaryAnswer, reads::AsOfView, reads::CurrentAnswer,
         reads::HistoryEntry, reads::HistoryAnswer, reads::AuditEvent, reads::AuditAnswer,
         admin::PlanBody, admin::PlanAnswer, admin::GrantBody, admin::GrantAnswer,
+        periods::CloseAnswer, periods::InvoiceView, periods::InvoiceLineView, periods::CloseFailure,
+        finance::OveragesAnswer, finance::FinanceLineView, finance::FinanceTotalsView,
+        finance::FinanceBrandView, finance::FinanceBrandTotalsView,
     )),
     modifiers(&Security),
     tags(
         (name = "metering", description = "Record usage and check quotas (admin, brand, service, API key)"),
         (name = "reads", description = "Summaries, history and the audit trail (admin, brand)"),
-        (name = "admin", description = "Brands, plans, credit grants and API keys (admin)"),
+        (name = "admin", description = "Brands, plans, credit grants, API keys and period close (admin)"),
         (name = "plans", description = "The plan catalog (public)"),
+        (name = "finance", description = "Overage lines and totals per period, JSON or CSV (admin)"),
     )
 )]
 pub struct ApiDoc;

@@ -8,9 +8,13 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
+use ledger_aggregates::period::Crossing;
 use ledger_aggregates::{
-    BrandId, LedgerEvent, MetricKey, Money, PeriodKey, PlanDefinition, UsagePeriodAggregate,
+    BrandId, LedgerEvent, MetricKey, MetricTotals, Money, PeriodKey, PlanDefinition,
+    UsagePeriodAggregate,
 };
+use ledger_projections::{PeriodModels, PeriodQuotas};
+use ledger_replay::{as_of, Cutoff};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -18,6 +22,7 @@ use super::error::{ApiError, Problem};
 use super::extract::{unknown_brand, ApiPath, ApiQuery, Caller};
 use super::views::{event_id, unit_of, AlertView, CostView, MetricView};
 use super::{AppState, API_PREFIX};
+use crate::projector::{models_from_row, CATCH_UP_WAIT_MAX};
 use crate::store::StoredEvent;
 
 /// Items of one history or audit page when the caller does not say.
@@ -34,6 +39,10 @@ pub fn router() -> Router<AppState> {
         .route(
             &format!("{API_PREFIX}/summary/{{brand}}"),
             get(brand_summary),
+        )
+        .route(
+            &format!("{API_PREFIX}/brands/{{brand}}/periods/{{period}}/summary"),
+            get(period_summary),
         )
         .route(&format!("{API_PREFIX}/current/{{brand}}"), get(current))
         .route(&format!("{API_PREFIX}/history/{{brand}}"), get(history))
@@ -124,25 +133,38 @@ async fn registered(s: &AppState, brand: &BrandId) -> Result<(), ApiError> {
     }
 }
 
-/// The plan and the period's aggregate (`None` while the period has no events). An
-/// unregistered brand is a 404.
-pub(crate) async fn period_of(
+/// The plan a brand is on today. An unregistered brand is a 404.
+async fn brand_plan(s: &AppState, brand: &BrandId) -> Result<PlanDefinition, ApiError> {
+    let registry = s.engine.brand_state(brand.clone()).await?;
+    registry
+        .and_then(|b| b.plan)
+        .ok_or_else(|| unknown_brand(brand))
+}
+
+/// The stored read models of a brand-period (`None` while it has no events), once the
+/// projector holds every write acknowledged before this read; past
+/// [`CATCH_UP_WAIT_MAX`] the models answer as they are, and the lag is logged.
+pub(crate) async fn stored_period(
     s: &AppState,
     brand: &BrandId,
     period: PeriodKey,
-) -> Result<(PlanDefinition, Option<UsagePeriodAggregate>), ApiError> {
-    let registry = s.engine.brand_state(brand.clone()).await?;
-    let Some(plan) = registry.and_then(|b| b.plan) else {
-        return Err(unknown_brand(brand));
-    };
-    let agg = s
-        .engine
-        .period_state(brand.clone(), period)
-        .await?
-        .filter(|a| a.is_open());
-    // The period's own plan snapshot wins over today's plan: it is what it is billed on.
-    let plan = agg.as_ref().and_then(|a| a.plan().cloned()).unwrap_or(plan);
-    Ok((plan, agg))
+) -> Result<Option<PeriodModels>, ApiError> {
+    caught_up(s).await;
+    let rows = s
+        .projections
+        .load_models(&[(brand.to_string(), period.to_string())])
+        .await?;
+    match rows.first() {
+        Some(row) => Ok(Some(models_from_row(row)?.2)),
+        None => Ok(None),
+    }
+}
+
+/// Wait for the projector to hold every acknowledged write, bounded.
+pub(crate) async fn caught_up(s: &AppState) {
+    if !s.projector.catch_up(CATCH_UP_WAIT_MAX).await {
+        tracing::warn!(status = ?s.projector.status(), "read models are behind the log");
+    }
 }
 
 pub(crate) async fn summary(
@@ -150,62 +172,95 @@ pub(crate) async fn summary(
     brand: BrandId,
     period: Option<PeriodKey>,
 ) -> Result<SummaryAnswer, ApiError> {
+    let period = period.unwrap_or_else(|| PeriodKey::containing(s.engine.now()));
+    let plan = brand_plan(s, &brand).await?;
+    let models = stored_period(s, &brand, period).await?;
+    Ok(summary_of(s, brand, period, plan, models.as_ref()))
+}
+
+/// The summary a brand-period's read models give. `plan` is the brand's plan today,
+/// shown while the period has no events; once it has, the plan it runs on is the one
+/// its events name.
+pub(crate) fn summary_of(
+    s: &AppState,
+    brand: BrandId,
+    period: PeriodKey,
+    today: PlanDefinition,
+    models: Option<&PeriodModels>,
+) -> SummaryAnswer {
     let now = s.engine.now();
-    let period = period.unwrap_or_else(|| PeriodKey::containing(now));
-    let (plan, agg) = period_of(s, &brand, period).await?;
-    let empty = UsagePeriodAggregate::default();
-    let agg_ref = agg.as_ref().unwrap_or(&empty);
+    let plan = models
+        .and_then(|m| m.cost.as_ref())
+        .and_then(|c| s.engine.catalog().plan(&c.plan_id).cloned())
+        .unwrap_or(today);
+    let empty = PeriodQuotas::new();
+    let quotas = models.map_or(&empty, |m| &m.quotas);
     // Plan quotas in catalog order, then metrics without a quota that saw usage.
     let mut keys: Vec<&MetricKey> = plan.quotas.iter().map(|q| &q.metric).collect();
-    keys.extend(agg_ref.metrics.keys().filter(|m| plan.quota(m).is_none()));
+    keys.extend(quotas.keys().filter(|m| plan.quota(m).is_none()));
     let metrics: Vec<MetricView> = keys
         .into_iter()
         .map(|m| {
-            let totals = agg_ref
-                .totals(m)
-                .unwrap_or(ledger_aggregates::MetricTotals {
-                    current: 0,
-                    billable: 0,
-                    effective_limit: plan.quota(m).map(|q| q.limit),
-                    overage_units: 0,
-                    overage_cost: Money::ZERO,
-                });
-            let base = plan.quota(m).map(|q| q.limit);
+            let (base, totals) = match quotas.get(m) {
+                Some(q) => (
+                    q.base_limit,
+                    MetricTotals {
+                        current: q.current,
+                        billable: q.billable,
+                        effective_limit: q.effective_limit,
+                        overage_units: q.overage_units,
+                        overage_cost: q.overage_cost,
+                    },
+                ),
+                None => {
+                    let base = plan.quota(m).map(|q| q.limit);
+                    (
+                        base,
+                        MetricTotals {
+                            current: 0,
+                            billable: 0,
+                            effective_limit: base,
+                            overage_units: 0,
+                            overage_cost: Money::ZERO,
+                        },
+                    )
+                }
+            };
             MetricView::new(s.engine.catalog(), m, base, &totals)
         })
         .collect();
-    let overage: Money = metrics
+    let label = |m: &MetricKey| {
+        plan.quota(m)
+            .map_or_else(|| m.to_string(), |q| q.label.clone())
+    };
+    // Newest first; the timeline is in log order.
+    let alerts: Vec<AlertView> = models
+        .map_or(&[][..], |m| &m.alerts[..])
         .iter()
-        .map(|m| Money::from_minor(m.overage_cost))
-        .sum();
-    let mut alerts: Vec<AlertView> = agg_ref
-        .metrics
-        .iter()
-        .flat_map(|(m, st)| {
-            let label = plan
-                .quota(m)
-                .map_or_else(|| m.to_string(), |q| q.label.clone());
-            st.crossings
-                .iter()
-                .map(move |c| AlertView::new(m, &label, c))
+        .rev()
+        .map(|a| {
+            let crossing = Crossing {
+                threshold: a.threshold,
+                severity: a.severity,
+                percentage: a.percentage,
+                at: a.at,
+            };
+            AlertView::new(&a.metric, &label(&a.metric), &crossing)
         })
         .collect();
-    alerts.sort_by(|a, b| {
-        b.timestamp
-            .cmp(&a.timestamp)
-            .then(b.threshold.cmp(&a.threshold))
-    });
+    let cost = models.and_then(|m| m.cost.as_ref());
+    let closed = cost.is_some_and(|c| c.invoiced);
     let status = match () {
-        _ if agg_ref.closed.is_some() => "closed",
+        _ if closed => "closed",
         _ if period.contains(now) => "active",
         _ if now >= period.end() => "ended",
         _ => "upcoming",
     };
-    let estimated_cost = match &agg_ref.closed {
-        Some(invoice) => CostView::new(invoice.base, invoice.overage),
-        None => CostView::new(plan.base_price_cents, overage),
+    let estimated_cost = match cost {
+        Some(c) => CostView::new(c.base, c.overage),
+        None => CostView::new(plan.base_price_cents, Money::ZERO),
     };
-    Ok(SummaryAnswer {
+    SummaryAnswer {
         summary: Summary {
             brand_id: brand,
             period: PeriodView {
@@ -219,7 +274,81 @@ pub(crate) async fn summary(
             alerts,
         },
         plan,
-    })
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(rename_all = "camelCase")]
+pub struct AsOfQuery {
+    /// The summary as it stood at this point of the period's stream: a sequence
+    /// (`42`: after its 42nd event) or an RFC 3339 instant (after the last event
+    /// recorded by then). Absent: now, from the read models.
+    #[param(value_type = Option<String>, example = "2026-11-20T12:00:00Z")]
+    pub as_of: Option<String>,
+}
+
+/// Where an as-of summary stands in its stream.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AsOfView {
+    /// The cutoff as asked.
+    pub requested: String,
+    /// The last event of the stream folded in (0: the period had no event yet).
+    pub sequence: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeriodSummaryAnswer {
+    #[serde(flatten)]
+    pub answer: SummaryAnswer,
+    /// Present when the summary was replayed as of a point of the stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<AsOfView>,
+}
+
+/// A brand-period's summary, now or as it stood at a point of its stream (replayed
+/// from the log, never from the read models: an auditor's view).
+#[utoipa::path(get, path = "/api/v1/usage-billing/brands/{brandId}/periods/{period}/summary",
+    tag = "reads", params(("brandId" = String, Path), ("period" = String, Path), AsOfQuery),
+    responses((status = 200, body = PeriodSummaryAnswer),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(crate) async fn period_summary(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath((brand, period)): ApiPath<(BrandId, PeriodKey)>,
+    ApiQuery(q): ApiQuery<AsOfQuery>,
+) -> Result<Json<PeriodSummaryAnswer>, ApiError> {
+    caller.read(&brand)?;
+    let Some(requested) = q.as_of else {
+        let answer = summary(&s, brand, Some(period)).await?;
+        return Ok(Json(PeriodSummaryAnswer {
+            answer,
+            as_of: None,
+        }));
+    };
+    let cutoff: Cutoff = requested.parse().map_err(|e: ledger_replay::CutoffError| {
+        ApiError::invalid("invalid-as-of", e.to_string())
+    })?;
+    let plan = brand_plan(&s, &brand).await?;
+    let stream = ledger_aggregates::ids::period_stream_id(&brand, period);
+    let records = s
+        .projections
+        .stream_records(UsagePeriodAggregate::TYPE, &stream)
+        .await?;
+    let models = as_of(&records, &brand, period, cutoff)
+        .map_err(|e| ApiError::Internal(format!("replay of {stream}: {e}")))?;
+    let sequence = models.as_ref().map_or(0, |m| m.sequence);
+    Ok(Json(PeriodSummaryAnswer {
+        answer: summary_of(&s, brand, period, plan, models.as_ref()),
+        as_of: Some(AsOfView {
+            requested,
+            sequence,
+        }),
+    }))
 }
 
 /// The original's `{brandId, usage: {metric: number}}`, with the period.
@@ -249,11 +378,11 @@ pub(crate) async fn current(
     let period = q
         .period
         .unwrap_or_else(|| PeriodKey::containing(s.engine.now()));
-    let (plan, agg) = period_of(&s, &brand, period).await?;
+    let plan = brand_plan(&s, &brand).await?;
     let mut usage: BTreeMap<MetricKey, u64> =
         plan.quotas.iter().map(|q| (q.metric.clone(), 0)).collect();
-    if let Some(agg) = agg {
-        usage.extend(agg.metrics.iter().map(|(m, st)| (m.clone(), st.current)));
+    if let Some(models) = stored_period(&s, &brand, period).await? {
+        usage.extend(models.quotas.iter().map(|(m, q)| (m.clone(), q.current)));
     }
     Ok(Json(CurrentAnswer {
         brand_id: brand,

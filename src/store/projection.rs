@@ -48,6 +48,9 @@ pub trait ProjectionStore: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<LogRecord>, StoreError>;
 
+    /// How many events the log holds (for progress reports).
+    async fn log_len(&self) -> Result<u64, StoreError>;
+
     /// Every event of one stream, in sequence order, as log records.
     async fn stream_records(
         &self,
@@ -224,6 +227,13 @@ impl ProjectionStore for PostgresLog {
             q = q.bind(until.transaction.to_string()).bind(until.position);
         }
         pg_records(&q.fetch_all(self.pool()).await?)
+    }
+
+    async fn log_len(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(n as u64)
     }
 
     async fn stream_records(
@@ -457,6 +467,13 @@ impl ProjectionStore for SqliteLog {
             .fetch_all(self.pool())
             .await?;
         sqlite_records(&rows)
+    }
+
+    async fn log_len(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(n as u64)
     }
 
     async fn stream_records(

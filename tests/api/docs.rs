@@ -28,8 +28,14 @@ async fn the_openapi_document_lists_every_route(db: &TestDb) {
             "get",
             format!("{p}/brands/{{brandId}}/periods/{{period}}/events"),
         ),
+        (
+            "get",
+            format!("{p}/brands/{{brandId}}/periods/{{period}}/summary"),
+        ),
         ("put", format!("{p}/brands/{{brandId}}")),
         ("post", format!("{p}/topups/grant")),
+        ("post", format!("{p}/periods/{{period}}/close")),
+        ("get", format!("{p}/finance/overages")),
         ("post", format!("{p}/brands/{{brandId}}/api-keys")),
         ("get", format!("{p}/brands/{{brandId}}/api-keys")),
         (

@@ -11,9 +11,12 @@ use usage_ledger::auth::{Authenticator, Role};
 use usage_ledger::clock::ManualClock;
 use usage_ledger::engine::EngineConfig;
 use usage_ledger::http::{router, AppState};
+use usage_ledger::projector::Projector;
 use usage_ledger::secret::Secret;
 use usage_ledger::store::api_keys::ApiKeyStore;
-use usage_ledger::store::{EventLog, PostgresLog, SqliteLog};
+use usage_ledger::store::{
+    EventLog, PostgresLog, ProjectionStore, SqliteLog, READ_MODELS_PROJECTOR,
+};
 
 use crate::common::{self, Backend, TestDb};
 
@@ -65,22 +68,32 @@ impl Answer {
 }
 
 pub async fn spawn_app(db: &TestDb) -> TestApp {
-    let (log, keys): (Arc<dyn EventLog>, Arc<dyn ApiKeyStore>) = match &db.backend {
+    type Stores = (
+        Arc<dyn EventLog>,
+        Arc<dyn ApiKeyStore>,
+        Arc<dyn ProjectionStore>,
+    );
+    let (log, keys, projections): Stores = match &db.backend {
         Backend::Postgres { url, .. } => {
             let log = Arc::new(PostgresLog::connect(url).await.expect("connect"));
-            (log.clone(), log)
+            (log.clone(), log.clone(), log)
         }
         Backend::Sqlite { dir } => {
             let log = Arc::new(SqliteLog::open_in(dir.path()).await.expect("open"));
-            (log.clone(), log)
+            (log.clone(), log.clone(), log)
         }
     };
+    let projector = Projector::start(projections.clone(), READ_MODELS_PROJECTOR)
+        .await
+        .expect("start the projector");
     let clock = common::manual_clock();
     let engine = common::engine_on(log.clone(), clock.clone(), EngineConfig::default());
     let auth = Authenticator::new(jwt(TEST_SECRET), keys);
     let state = AppState {
         engine: engine.clone(),
         log,
+        projections,
+        projector,
         auth: auth.clone(),
         body_bytes_max: usage_ledger::config::BODY_BYTES_MAX_DEFAULT,
     };

@@ -6,7 +6,9 @@ mod helpers;
 
 mod bad_input;
 mod docs;
+mod finance;
 mod metering;
 mod outage;
+mod periods;
 mod reads;
 mod tenants;

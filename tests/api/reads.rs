@@ -195,3 +195,78 @@ on_both_stores!(
     the_audit_trail_pages_through_every_event_in_order,
     the_audit_trail_pages_through_every_event_in_order
 );
+
+async fn the_summary_as_of_sequence_n_is_the_summary_after_the_first_n_events(db: &TestDb) {
+    // After each command, the live summary is that of a ledger that has received
+    // exactly the stream's first N events; replayed later as of N, it must be equal.
+    let app = spawn_app(db).await;
+    app.register("acme", "starter").await;
+    let path = "brands/acme/periods/2026-11/summary";
+    let mut seen = Vec::new();
+    let commands = [
+        ("renders_3d", 4),
+        ("ai_generations", 11),
+        ("renders_3d", 5),
+        ("renders_3d", 3),
+        ("ai_generations", 10),
+        ("storage_gb", 2),
+    ];
+    for (metric, value) in commands {
+        let a = app
+            .post(
+                "record",
+                &app.admin,
+                json!({ "brandId": "acme", "metric": metric, "value": value }),
+            )
+            .await;
+        assert_eq!(a.status, 201, "{:#}", a.body);
+        let now = app.get(path, &app.admin).await;
+        assert_eq!(now.status, 200, "{:#}", now.body);
+        assert!(now.body.get("asOf").is_none());
+        seen.push((app.audit("acme").await.len(), now.body));
+    }
+    // The stream grew by more than one event per command somewhere (crossings).
+    assert!(seen.last().unwrap().0 > commands.len() + 1);
+    for (n, live) in &seen {
+        let replayed = app.get(&format!("{path}?asOf={n}"), &app.admin).await;
+        assert_eq!(replayed.status, 200, "{:#}", replayed.body);
+        assert_eq!(replayed.body["asOf"]["sequence"], *n as u64);
+        assert_eq!(replayed.body["summary"], live["summary"], "as of {n}");
+        assert_eq!(replayed.body["plan"], live["plan"]);
+    }
+    // An instant after the last write is the summary now; one before the first event
+    // is the plan with nothing used.
+    let later = (chrono::Utc::now() + Duration::minutes(1)).to_rfc3339();
+    let replayed = app
+        .call(
+            reqwest::Method::GET,
+            &format!("{path}?asOf={}", later.replace('+', "%2B")),
+            Some(&app.admin),
+            None,
+        )
+        .await;
+    assert_eq!(replayed.status, 200, "{:#}", replayed.body);
+    assert_eq!(replayed.body["summary"], seen.last().unwrap().1["summary"]);
+    let before = app
+        .get(&format!("{path}?asOf=2000-01-01T00:00:00Z"), &app.admin)
+        .await;
+    assert_eq!(before.body["asOf"]["sequence"], 0);
+    assert_eq!(before.body["summary"]["estimatedCost"]["overage"], 0);
+    assert!(before.body["summary"]["alerts"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // A cutoff that is neither is refused; another tenant sees no such brand.
+    app.get(&format!("{path}?asOf=yesterday"), &app.admin)
+        .await
+        .assert_problem(422, "invalid-as-of");
+    app.register("globex", "starter").await;
+    let other = app.token(Role::Brand, &["globex"]);
+    app.get(&format!("{path}?asOf=1"), &other)
+        .await
+        .assert_problem(404, "not-found");
+}
+on_both_stores!(
+    the_summary_as_of_sequence_n_is_the_summary_after_the_first_n_events,
+    the_summary_as_of_sequence_n_is_the_summary_after_the_first_n_events
+);

@@ -1,6 +1,8 @@
 //! Test harness: a fresh database per test, on real PostgreSQL and real SQLite.
 #![allow(dead_code)]
 
+pub mod workload;
+
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
