@@ -294,6 +294,43 @@ on_both_stores!(
     a_brand_without_usage_owes_the_base_price_of_the_plan_it_ended_the_period_on
 );
 
+async fn storage_held_since_an_earlier_period_is_invoiced_at_close(db: &TestDb) {
+    // Gauges carry over: held stored 7 GB in August, grown 7 GB then 8 GB in September,
+    // and neither recorded anything in October. The close opens October on the newest
+    // earlier level of each (held skips the empty September) and bills the storage
+    // above starter's 5 GB.
+    let app = spawn_app(db).await;
+    app.clock.set(at(8, 10, 12));
+    app.register("held", "starter").await;
+    app.register("grown", "starter").await;
+    for brand in ["held", "grown"] {
+        assert_eq!(record(&app, brand, "storage_gb", 7, None).await.status, 201);
+    }
+    app.clock.set(at(9, 10, 12));
+    assert_eq!(
+        record(&app, "grown", "storage_gb", 1, None).await.status,
+        201
+    );
+    let rate = rate_of(&app, "starter", "storage_gb").await;
+
+    app.clock.set(within_grace());
+    let a = close_october(&app).await;
+    assert_eq!(a.status, 201, "{:#}", a.body);
+    assert_eq!(ids(&a.body["closed"]), ["grown", "held"]);
+    for (invoice, level) in [(&a.body["closed"][0], 8), (&a.body["closed"][1], 7)] {
+        let line = &invoice["lines"][0];
+        assert_eq!(line["metric"], "storage_gb", "{invoice:#}");
+        assert_eq!(line["billableUnits"], level);
+        assert_eq!(line["overageUnits"], level - 5);
+        assert_eq!(line["amount"], (level - 5) * rate);
+        assert_eq!(invoice["total"], 2900 + (level - 5) * rate);
+    }
+}
+on_both_stores!(
+    storage_held_since_an_earlier_period_is_invoiced_at_close,
+    storage_held_since_an_earlier_period_is_invoiced_at_close
+);
+
 async fn late_usage_within_the_grace_is_accepted_and_flagged_after_close(db: &TestDb) {
     // After the close, usage stamped in October still arrives within the grace: it is
     // recorded (201), flagged `after_close` for finance, and the invoice stays frozen.
