@@ -32,16 +32,23 @@ use chrono::Utc;
 use clap::Parser;
 use cqrs_es::{Aggregate, AggregateError};
 use hdrhistogram::Histogram;
+use indicatif::ProgressBar;
 use ledger_aggregates::ids::period_stream_id;
 use ledger_aggregates::period::{PeriodCommand, UsageVia};
 use ledger_aggregates::{
     BrandId, Catalog, IdempotencyKey, LedgerEvent, LedgerRules, MetricKey, MetricKind,
     MetricTotals, Money, PeriodKey, PlanDefinition, PlanId, Quantity, UsagePeriodAggregate,
 };
+use ledger_projections::{LogRecord, ProjectedEvent, ReadModels};
+use ledger_replay::Replayer;
 use sqlx::{Connection, Executor, PgConnection, PgPool};
+use usage_ledger::cli::replay::scan_log;
 use usage_ledger::clock::SystemClock;
 use usage_ledger::engine::{Action, Engine, EngineConfig, PeriodRequest};
-use usage_ledger::store::{EventLog, PostgresLog, SqliteLog};
+use usage_ledger::projector::Projector;
+use usage_ledger::store::{
+    EventLog, PostgresLog, ProjectionStore, SqliteLog, READ_MODELS_PROJECTOR,
+};
 
 /// glibc's allocator was ~13 % of the writer's CPU in a `perf` profile (many small,
 /// short-lived allocations per command). Swapping in mimalloc gave no throughput change
@@ -101,7 +108,8 @@ struct Args {
     /// Only these scenarios (`hot`, `brands`); all when absent.
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
-    /// Only these systems (`raw`, `baseline`, `engine`); all when absent.
+    /// Only these systems (`raw`, `baseline`, `engine`, `projection`: the engine with
+    /// the projector beside it, then replays of the log it wrote); all when absent.
     #[arg(long, value_delimiter = ',')]
     systems: Vec<String>,
     /// Also run the engine on SQLite (a file in a temporary directory).
@@ -182,7 +190,7 @@ async fn run(args: &Args, server: &mut Server) -> Result<Vec<Measured>, BoxError
                 let url = server.fresh().await?;
                 let log = Arc::new(PostgresLog::connect(&url).await?);
                 let store = Store::Postgres(log.pool().clone());
-                results.push(engine_run(log, store, &scenario, args, keyed).await?);
+                results.push(engine_run(log, store, &scenario, args, keyed, None).await?);
                 server.drop_last().await;
             }
             if args.sqlite {
@@ -190,9 +198,17 @@ async fn run(args: &Args, server: &mut Server) -> Result<Vec<Measured>, BoxError
                     let dir = TempDir::new()?;
                     let log = Arc::new(SqliteLog::open_in(&dir.0).await?);
                     let store = Store::Sqlite(log.pool().clone());
-                    results.push(engine_run(log, store, &scenario, args, keyed).await?);
+                    results.push(engine_run(log, store, &scenario, args, keyed, None).await?);
                 }
             }
+        }
+        if wants(&args.systems, "projection") {
+            let url = server.fresh().await?;
+            let log = Arc::new(PostgresLog::connect(&url).await?);
+            let store = Store::Postgres(log.pool().clone());
+            let projection: Arc<dyn ProjectionStore> = log.clone();
+            results.push(engine_run(log, store, &scenario, args, false, Some(projection)).await?);
+            server.drop_last().await;
         }
     }
     Ok(results)
@@ -763,7 +779,13 @@ async fn engine_run(
     scenario: &Scenario,
     args: &Args,
     keyed: bool,
+    projection: Option<Arc<dyn ProjectionStore>>,
 ) -> Result<Measured, BoxError> {
+    // With a projection store, the projector runs beside the engine, as in the service.
+    let projector = match &projection {
+        Some(store) => Some(Projector::start(store.clone(), READ_MODELS_PROJECTOR).await?),
+        None => None,
+    };
     let catalog = Catalog::default_catalog();
     let plan = bench_plan(&catalog)?.id;
     let engine = Engine::start(
@@ -836,6 +858,10 @@ async fn engine_run(
     if args.analyze {
         store.analyze().await?;
     }
+    if let Some(p) = &projector {
+        p.catch_up(PROJECTOR_CATCH_UP_MAX).await;
+        p.reset_lag();
+    }
     let before = store.tally().await?;
     let run = drive(
         args.commands,
@@ -873,11 +899,19 @@ async fn engine_run(
             usage_payload(e.sequence as u64).len()
         ));
     }
+    if let (Some(p), Some(projection)) = (&projector, projection) {
+        remarks.extend(projection_remarks(p, projection).await?);
+    }
     store.close().await;
     Ok(Measured {
         scenario: scenario.title.clone(),
         system: args.label(format!(
-            "engine: {}{}",
+            "engine{}: {}{}",
+            if projector.is_some() {
+                " + projector"
+            } else {
+                ""
+            },
             store.name(),
             if keyed { " + idempotency key" } else { "" }
         )),
@@ -887,6 +921,102 @@ async fn engine_run(
         conflicts: None,
         remarks,
     })
+}
+
+/// How long the projector may take to fold what the timed run left behind.
+const PROJECTOR_CATCH_UP_MAX: Duration = Duration::from_secs(120);
+/// Event-to-read-model lag the issue asks for, at p99, while the engine runs flat out.
+const TARGET_LAG_P99_MS_MAX: u64 = 100;
+/// Replay rates the issue asks for: folding in memory, and reading PostgreSQL too.
+const TARGET_FOLD_EVENTS_PER_S_MIN: f64 = 1_000_000.0;
+const TARGET_PG_REPLAY_EVENTS_PER_S_MIN: f64 = 200_000.0;
+/// Replays of the same log per measurement; the median is reported.
+const REPLAY_REPEATS: usize = 3;
+
+/// The projector's lag over the timed run, then replay rates over the log the run
+/// wrote: from PostgreSQL (read, decode, fold), from records in memory (decode, fold)
+/// and from decoded events (fold alone).
+async fn projection_remarks(
+    projector: &Projector,
+    store: Arc<dyn ProjectionStore>,
+) -> Result<Vec<String>, BoxError> {
+    let caught_up = projector.catch_up(PROJECTOR_CATCH_UP_MAX).await;
+    let status = projector.status();
+    projector.abort();
+    let lag = status.lag_ms;
+    let mut out = vec![format!(
+        "projector lag over the timed run: p50 {} ms, p99 {} ms, max {} ms over {} events{} \
+         (target p99 < {TARGET_LAG_P99_MS_MAX} ms: {})",
+        lag.p50,
+        lag.p99,
+        lag.max,
+        lag.samples,
+        if caught_up { "" } else { ", NOT caught up" },
+        verdict(caught_up && lag.p99 < TARGET_LAG_P99_MS_MAX)
+    )];
+    let hidden = ProgressBar::hidden();
+    let median = |mut rates: Vec<f64>| {
+        rates.sort_by(f64::total_cmp);
+        rates[rates.len() / 2]
+    };
+    let mut from_pg = Vec::new();
+    let mut records = Vec::new();
+    for _ in 0..REPLAY_REPEATS {
+        let started = Instant::now();
+        let mut replayer = Replayer::new();
+        let report = scan_log(store.clone(), None, &hidden, |page| {
+            Ok(replayer.apply_all(page)?)
+        })
+        .await?;
+        from_pg.push(report.events as f64 / started.elapsed().as_secs_f64());
+    }
+    let mut read_only = Vec::new();
+    for _ in 0..REPLAY_REPEATS {
+        let started = Instant::now();
+        let report = scan_log(store.clone(), None, &hidden, |_| Ok(())).await?;
+        read_only.push(report.events as f64 / started.elapsed().as_secs_f64());
+    }
+    scan_log(store, None, &hidden, |page| {
+        records.extend_from_slice(page);
+        Ok(())
+    })
+    .await?;
+    let mut decode_fold = Vec::new();
+    let mut fold = Vec::new();
+    let events: Vec<ProjectedEvent> = records
+        .iter()
+        .map(LogRecord::decode)
+        .collect::<Result<_, _>>()?;
+    for _ in 0..REPLAY_REPEATS {
+        let started = Instant::now();
+        Replayer::new().apply_all(&records)?;
+        decode_fold.push(records.len() as f64 / started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let mut models = ReadModels::new();
+        for e in &events {
+            models.apply(e);
+        }
+        fold.push(events.len() as f64 / started.elapsed().as_secs_f64());
+        std::hint::black_box(&models);
+    }
+    let (from_pg, decode_fold, fold) = (median(from_pg), median(decode_fold), median(fold));
+    out.push(format!(
+        "replay of the {} events from PostgreSQL (read, decode, fold): {} events/s \
+         (target >= {}: {}); reading alone {} events/s",
+        records.len(),
+        thousands(from_pg),
+        thousands(TARGET_PG_REPLAY_EVENTS_PER_S_MIN),
+        verdict(from_pg >= TARGET_PG_REPLAY_EVENTS_PER_S_MIN),
+        thousands(median(read_only))
+    ));
+    out.push(format!(
+        "replay in memory: fold {} events/s (target >= {}: {}); decode + fold {} events/s",
+        thousands(fold),
+        thousands(TARGET_FOLD_EVENTS_PER_S_MIN),
+        verdict(fold >= TARGET_FOLD_EVENTS_PER_S_MIN),
+        thousands(decode_fold)
+    ));
+    Ok(out)
 }
 
 fn bench_plan(catalog: &Catalog) -> Result<PlanDefinition, BoxError> {
