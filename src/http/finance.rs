@@ -49,8 +49,9 @@ pub fn router() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct FinanceQuery {
     /// `YYYY-MM`, required: finance reconciles one period at a time. Optional here
-    /// only so that a missing period is answered 422 `period-required`, like a close
-    /// without one, rather than the 400 of a query that does not parse.
+    /// only so that a missing period is answered 422 `period-required` (the engine's
+    /// kind for a close without a period), rather than the 400 of a query that does
+    /// not parse.
     #[param(required = true, value_type = String, example = "2026-11")]
     pub period: Option<PeriodKey>,
 }
@@ -169,10 +170,7 @@ pub(crate) async fn overages(
 ) -> Result<Response, ApiError> {
     caller.admin()?;
     let period = q.period.ok_or_else(|| {
-        ApiError::invalid(
-            "period-required",
-            "`period` is required: ?period=YYYY-MM",
-        )
+        ApiError::invalid("period-required", "`period` is required: ?period=YYYY-MM")
     })?;
     let format = negotiate(&headers)?;
     let answer = reconcile(&s, period).await?;
@@ -183,8 +181,8 @@ pub(crate) async fn overages(
 }
 
 /// Every stored row of the period, restored into one `ReadModels`, once the projector
-/// holds every acknowledged write. One row per brand with events in the period: the
-/// same set the close walks, and finance needs all of it for the totals.
+/// holds every acknowledged write. That is one row per brand with events in the
+/// period, all of them: the totals need every brand, as the close does.
 async fn reconcile(s: &AppState, period: PeriodKey) -> Result<OveragesAnswer, ApiError> {
     caught_up(s).await;
     let rows = s.projections.models_in_period(&period.to_string()).await?;
@@ -396,7 +394,10 @@ fn csv_of(answer: &OveragesAnswer) -> String {
             LineKind::Adjustment => "adjustment",
         };
         // The exact decimal, never the float of the JSON: `0.5`, `100`.
-        let rate = l.rate.map(|r| r.normalize().to_string()).unwrap_or_default();
+        let rate = l
+            .rate
+            .map(|r| r.normalize().to_string())
+            .unwrap_or_default();
         csv_row(
             &mut out,
             &[
@@ -459,7 +460,10 @@ mod tests {
         assert_eq!(accept(&["TEXT/CSV; charset=utf-8"]).unwrap(), Format::Csv);
         assert_eq!(accept(&["text/*"]).unwrap(), Format::Csv);
         assert_eq!(accept(&["text/csv, */*"]).unwrap(), Format::Csv);
-        assert_eq!(accept(&["text/csv;q=0.5, application/json"]).unwrap(), Format::Json);
+        assert_eq!(
+            accept(&["text/csv;q=0.5, application/json"]).unwrap(),
+            Format::Json
+        );
         assert_eq!(accept(&["*/*;q=0.1", "text/csv"]).unwrap(), Format::Csv);
         assert_eq!(accept(&["*/*, application/json;q=0"]).unwrap(), Format::Csv);
     }

@@ -7,7 +7,8 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use ledger_aggregates::PeriodKey;
-use ledger_projections::{LineKind, LogPosition, ReadModels};
+use ledger_projections::{LogPosition, ReadModels};
+use ledger_replay::Replayer;
 use reqwest::header::{HeaderMap, ACCEPT};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -35,7 +36,12 @@ async fn record(app: &TestApp, brand: &str, metric: &str, value: u64, occurred: 
 }
 
 /// `GET finance/overages?<query>` with an optional `Accept`, as `token`.
-async fn finance(app: &TestApp, query: &str, token: &str, accept: Option<&str>) -> reqwest::Response {
+async fn finance(
+    app: &TestApp,
+    query: &str,
+    token: &str,
+    accept: Option<&str>,
+) -> reqwest::Response {
     let mut req = app
         .client
         .get(format!("{}{PREFIX}/finance/overages?{query}", app.base))
@@ -92,11 +98,11 @@ async fn summary_overage(app: &TestApp, brand: &str, period: &str) -> i64 {
         .unwrap()
 }
 
-/// The read models a fold of the whole log gives, read on a connection of its own:
-/// what an auditor's replay computes, independent of the projector's stored rows.
+/// The read models `ledger_replay` folds from the whole log, read on a connection of
+/// its own: what an auditor's replay computes, independent of the projector's rows.
 async fn replay(db: &TestDb) -> ReadModels {
     let (_, store) = db.stores().await;
-    let mut models = ReadModels::new();
+    let mut replayer = Replayer::new();
     let mut after = LogPosition::START;
     loop {
         let page = store
@@ -104,12 +110,12 @@ async fn replay(db: &TestDb) -> ReadModels {
             .await
             .expect("read the log");
         let Some(last) = page.last() else {
-            return models;
+            return replayer.into_models();
         };
         after = last.at;
-        for record in &page {
-            models.apply(&record.decode().expect("every stored event decodes"));
-        }
+        replayer
+            .apply_all(&page)
+            .expect("every stored event decodes and follows its stream");
     }
 }
 
@@ -118,6 +124,7 @@ async fn replay(db: &TestDb) -> ReadModels {
 #[track_caller]
 fn assert_matches_replay(body: &Value, replayed: &ReadModels, period: &str) {
     let period = PeriodKey::parse(period).unwrap();
+    // Rates are compared as decimal text: the answer's are JSON numbers.
     let lines: Vec<Value> = replayed
         .overage_ledger
         .lines(period)
@@ -125,8 +132,8 @@ fn assert_matches_replay(body: &Value, replayed: &ReadModels, period: &str) {
         .map(|l| {
             json!({
                 "brandId": l.brand.to_string(), "metric": l.metric.to_string(),
-                "kind": match l.kind { LineKind::Charge => "charge", LineKind::Adjustment => "adjustment" },
-                "unitsOver": l.units, "amount": l.amount.minor(),
+                "kind": serde_json::to_value(l.kind).unwrap(), "unitsOver": l.units,
+                "rate": l.rate.map(|r| r.normalize().to_string()), "amount": l.amount.minor(),
             })
         })
         .collect();
@@ -136,7 +143,7 @@ fn assert_matches_replay(body: &Value, replayed: &ReadModels, period: &str) {
         .iter()
         .map(|l| {
             let mut l = l.clone();
-            l.as_object_mut().unwrap().remove("rate");
+            l["rate"] = json!(l["rate"].as_number().map(|r| r.to_string()));
             l
         })
         .collect();
@@ -144,7 +151,11 @@ fn assert_matches_replay(body: &Value, replayed: &ReadModels, period: &str) {
     let t = replayed.overage_ledger.totals(period);
     assert_eq!(
         body["totals"],
-        json!({ "charged": t.charged.minor(), "adjustments": t.adjustments.minor(), "total": t.total.minor() })
+        json!({
+            "charged": t.charged.minor(),
+            "adjustments": t.adjustments.minor(),
+            "total": t.total.minor(),
+        })
     );
     let costs: Vec<_> = replayed.period_cost.in_period(period).collect();
     let overage: i64 = costs.iter().map(|(_, c)| c.overage.minor()).sum();
@@ -195,7 +206,10 @@ async fn finance_lists_each_overage_line_of_the_period_to_the_cent(db: &TestDb) 
     );
     // October holds acme's 20 renders over, and only them.
     let october = overages(&app, "2026-10").await;
-    assert_eq!(october["lines"], json!([line("acme", "renders_3d", 20, 100)]));
+    assert_eq!(
+        october["lines"],
+        json!([line("acme", "renders_3d", 20, 100)])
+    );
     assert_eq!(october["totals"]["charged"], 2000);
 }
 on_both_stores!(
@@ -293,14 +307,9 @@ async fn only_admins_read_the_finance_overages(db: &TestDb) {
                 .assert_problem(403, "forbidden");
         }
     }
-    app.call(
-        Method::GET,
-        "finance/overages?period=2026-11",
-        None,
-        None,
-    )
-    .await
-    .assert_problem(401, "unauthenticated");
+    app.call(Method::GET, "finance/overages?period=2026-11", None, None)
+        .await
+        .assert_problem(401, "unauthenticated");
 }
 on_both_stores!(
     only_admins_read_the_finance_overages,
@@ -356,7 +365,10 @@ async fn an_accept_that_allows_neither_json_nor_csv_is_refused_with_406(db: &Tes
         ("application/*", "application/json"),
         ("text/*", "text/csv; charset=utf-8"),
         ("text/csv;q=0.5, application/json", "application/json"),
-        ("application/json;q=0.5, text/csv", "text/csv; charset=utf-8"),
+        (
+            "application/json;q=0.5, text/csv",
+            "text/csv; charset=utf-8",
+        ),
     ] {
         let res = finance(&app, "period=2026-11", &app.admin, Some(accept)).await;
         assert_eq!(res.status(), StatusCode::OK, "{accept}");
@@ -407,7 +419,14 @@ async fn after_a_close_the_charges_are_the_invoice_and_late_usage_is_an_adjustme
     assert_matches_replay(&closed, &replay(db).await, "2026-10");
 
     record(&app, "acme", "renders_3d", 2, Some("2026-10-31T22:00:00Z")).await;
-    record(&app, "globex", "ai_generations", 5, Some("2026-10-31T22:00:00Z")).await;
+    record(
+        &app,
+        "globex",
+        "ai_generations",
+        5,
+        Some("2026-10-31T22:00:00Z"),
+    )
+    .await;
     let late = overages(&app, "2026-10").await;
     let charge = |brand: &str, metric: &str, units: i64, rate: i64| {
         json!({ "brandId": brand, "metric": metric, "kind": "charge",
@@ -447,7 +466,8 @@ async fn after_a_close_the_charges_are_the_invoice_and_late_usage_is_an_adjustme
     let csv = finance(&app, "period=2026-10", &app.admin, Some("text/csv")).await;
     let text = csv.text().await.unwrap();
     assert!(
-        text.contains("\r\nacme,renders_3d,adjustment,2,100,200\r\n") && text.ends_with("\r\nTOTAL,,,,,925\r\n"),
+        text.contains("\r\nacme,renders_3d,adjustment,2,100,200\r\n")
+            && text.ends_with("\r\nTOTAL,,,,,925\r\n"),
         "{text}"
     );
 }
