@@ -50,3 +50,17 @@ expect '"estimatedCost":{"base":2900'
 expect '"threshold":75'
 expect '"type":"PeriodOpened"'
 echo "README walk-through: ok"
+
+# docs/auditing.md: its block, on the ledger the walk-through left.
+sed -n '/^<!-- auditing -->$/,/^<!-- \/auditing -->$/p' docs/auditing.md |
+  sed -e '/^<!--/d' -e '/^```/d' > "$work/auditing.sh"
+[ -s "$work/auditing.sh" ] || { echo "docs/auditing.md block not found" >&2; exit 1; }
+bash -euo pipefail "$work/auditing.sh" > "$work/answers.out"
+expect 'no differences'
+expect 'rebuilt 1 brand-period rows'
+expect '"asOf":{"requested":"2","sequence":2}'
+expect 'export verified:'
+expect 'brand_id,metric,kind,units_over,rate,amount_cents'
+expect '"skipped":\["acme"\]'
+[ ! -e ledger-export.jsonl ] || { echo "the auditing block left its export behind" >&2; exit 1; }
+echo "docs/auditing.md: ok"
