@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{post, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use ledger_aggregates::{BrandId, IdempotencyKey, LedgerEvent, MetricKey, Money, PlanId, Quantity};
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,7 @@ use super::extract::{idempotency_header, one_key, ApiJson, ApiPath, Caller};
 use super::views::{event_id, MetricView};
 use super::{AppState, API_PREFIX};
 use crate::engine::{Action, Metadata, PeriodRequest, PlanChange};
+use crate::projector::ProjectorStatus;
 
 /// A grant's reason is a sentence for the audit trail, not a document.
 pub const GRANT_REASON_CHARS_MAX: usize = 500;
@@ -22,6 +23,21 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route(&format!("{API_PREFIX}/brands/{{brand}}"), put(set_plan))
         .route(&format!("{API_PREFIX}/topups/grant"), post(grant))
+        .route(&format!("{API_PREFIX}/projector"), get(projector_status))
+}
+
+/// Where the read models stand: the projector's checkpoint, events projected, lag
+/// (event commit to read-model commit, ms) and last error.
+#[utoipa::path(get, path = "/api/v1/usage-billing/projector", tag = "admin",
+    responses((status = 200, body = ProjectorStatus),
+        (status = 403, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(crate) async fn projector_status(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> Result<Json<ProjectorStatus>, ApiError> {
+    caller.admin()?;
+    Ok(Json(s.projector.status()))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -22,7 +22,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
     paths(
         usage::record, usage::record_batch, usage::check_quota,
         reads::own_summary, reads::brand_summary, reads::period_summary, reads::current, reads::history, reads::audit_events,
-        admin::set_plan, admin::grant, periods::close_period,
+        admin::set_plan, admin::grant, admin::projector_status, periods::close_period,
         finance::overages,
         api_keys::create, api_keys::list, api_keys::revoke,
         plans::list_plans, plans::get_plan,
@@ -34,6 +34,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         reads::SummaryAnswer, reads::Summary, reads::PeriodView, reads::PeriodSummaryAnswer, reads::AsOfView, reads::CurrentAnswer,
         reads::HistoryEntry, reads::HistoryAnswer, reads::AuditEvent, reads::AuditAnswer,
         admin::PlanBody, admin::PlanAnswer, admin::GrantBody, admin::GrantAnswer,
+        crate::projector::ProjectorStatus, crate::projector::LagSummary,
         periods::CloseAnswer, periods::InvoiceView, periods::InvoiceLineView, periods::CloseFailure,
         finance::OveragesAnswer, finance::FinanceLineView, finance::FinanceTotalsView,
         finance::FinanceBrandView, finance::FinanceBrandTotalsView,

@@ -59,9 +59,12 @@ pub enum ProjectorError {
 }
 
 /// What the projector reports about itself.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProjectorStatus {
+    /// The last event folded in, `transaction/position` in the log's global order.
+    #[schema(value_type = String, example = "1523/4")]
+    #[serde(serialize_with = "display")]
     pub checkpoint: LogPosition,
     /// Events folded and committed since start.
     pub events_projected: u64,
@@ -73,7 +76,11 @@ pub struct ProjectorStatus {
     pub last_error: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+fn display<S: serde::Serializer>(v: &LogPosition, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, utoipa::ToSchema)]
 pub struct LagSummary {
     pub samples: u64,
     pub p50: u64,

@@ -34,6 +34,7 @@ async fn the_openapi_document_lists_every_route(db: &TestDb) {
         ),
         ("put", format!("{p}/brands/{{brandId}}")),
         ("post", format!("{p}/topups/grant")),
+        ("get", format!("{p}/projector")),
         ("post", format!("{p}/periods/{{period}}/close")),
         ("get", format!("{p}/finance/overages")),
         ("post", format!("{p}/brands/{{brandId}}/api-keys")),

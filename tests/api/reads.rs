@@ -270,3 +270,32 @@ on_both_stores!(
     the_summary_as_of_sequence_n_is_the_summary_after_the_first_n_events,
     the_summary_as_of_sequence_n_is_the_summary_after_the_first_n_events
 );
+
+async fn the_projector_reports_its_checkpoint_and_lag_to_admins(db: &TestDb) {
+    let app = spawn_app(db).await;
+    app.register("acme", "starter").await;
+    let a = app
+        .post(
+            "record",
+            &app.admin,
+            json!({ "brandId": "acme", "metric": "renders_3d", "value": 2 }),
+        )
+        .await;
+    assert_eq!(a.status, 201);
+    // A summary read waits for the projector, so the record is projected by now.
+    assert_eq!(app.get("summary/acme", &app.admin).await.status, 200);
+    let status = app.get("projector", &app.admin).await;
+    assert_eq!(status.status, 200, "{:#}", status.body);
+    assert!(status.body["eventsProjected"].as_u64().unwrap() >= 2);
+    assert!(status.body["lagMs"]["samples"].as_u64().unwrap() >= 2);
+    assert!(status.body["lastError"].is_null());
+    assert!(status.body["checkpoint"].as_str().unwrap().contains('/'));
+    let brand = app.token(Role::Brand, &["acme"]);
+    app.get("projector", &brand)
+        .await
+        .assert_problem(403, "forbidden");
+}
+on_both_stores!(
+    the_projector_reports_its_checkpoint_and_lag_to_admins,
+    the_projector_reports_its_checkpoint_and_lag_to_admins
+);
