@@ -206,3 +206,52 @@ async fn an_event_committed_late_is_projected() {
     assert_same(&after, &replay(store.as_ref(), None).await);
     db.cleanup().await;
 }
+
+/// PostgreSQL: transaction ids are read back as text; the log must still be paged in
+/// their numeric order, across a change in their number of digits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_paged_in_numeric_transaction_order() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let (log, store) = db.stores().await;
+    let engine = engine_on(log, manual_clock(), Default::default());
+    engine
+        .set_plan(
+            id(BrandId::parse, "acme"),
+            id(PlanId::parse, "starter"),
+            "admin".into(),
+        )
+        .await
+        .unwrap();
+    // Two copies of acme's registry event, written as if by transactions 9 and 10:
+    // lower than any real one, and "10" < "9" as text.
+    let pool = sqlx::PgPool::connect(db.pg_url().unwrap()).await.unwrap();
+    for (xid, brand) in [("10", "ten"), ("9", "nine")] {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                                 payload, metadata, transaction_id)
+             SELECT aggregate_type, $1, sequence, event_type, event_version, payload, metadata,
+                    $2::text::xid8
+               FROM events WHERE aggregate_id = 'acme'",
+        )
+        .bind(brand)
+        .bind(xid)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let mut after = LogPosition::START;
+    let mut read = Vec::new();
+    // One event per page: each page must start where the previous one ended.
+    while let Some(record) = store.read_log(after, None, 1).await.unwrap().pop() {
+        after = record.at;
+        read.push(record);
+    }
+    let order: Vec<u64> = read.iter().map(|r| r.at.transaction).collect();
+    assert_eq!(read.len(), 3, "{order:?}");
+    assert_eq!(&order[..2], &[9, 10]);
+    assert_eq!(read[0].aggregate_id, "nine");
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+    db.cleanup().await;
+}

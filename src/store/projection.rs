@@ -161,6 +161,9 @@ horizon AS (
                    AND a.datname IS DISTINCT FROM current_database())),
         (SELECT pg_snapshot_xmax(s) FROM snapshot)) AS xid)";
 
+/// The columns of a log record. The first is named `transaction_id` too, but as text:
+/// an `ORDER BY` must name `events.transaction_id`, or it sorts by that text ("10"
+/// before "9") and pages the log out of order.
 const PG_RECORD_COLUMNS: &str = "transaction_id::text, position, aggregate_type, aggregate_id,
        sequence, event_type, event_version, payload::text, metadata::text, recorded_at";
 
@@ -216,7 +219,7 @@ impl ProjectionStore for PostgresLog {
               WHERE (transaction_id, position) > ($1::text::xid8, $2)
                 AND transaction_id < horizon.xid
                 {upper}
-              ORDER BY transaction_id, position
+              ORDER BY events.transaction_id, events.position
               LIMIT $3"
         );
         let mut q = sqlx::query(&sql)
@@ -243,7 +246,7 @@ impl ProjectionStore for PostgresLog {
     ) -> Result<Vec<LogRecord>, StoreError> {
         let sql = format!(
             "SELECT {PG_RECORD_COLUMNS} FROM events
-              WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence"
+              WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY events.sequence"
         );
         let rows = sqlx::query(&sql)
             .bind(aggregate_type)
