@@ -229,7 +229,18 @@ impl ProjectionStore for PostgresLog {
         if let Some(until) = until {
             q = q.bind(until.transaction.to_string()).bind(until.position);
         }
-        pg_records(&q.fetch_all(self.pool()).await?)
+        // Without statistics (a young table, a bulk load not yet analyzed) the planner
+        // underestimates the rows after the checkpoint and picks a bitmap scan that
+        // sorts everything left of the log for each page (177 ms a page of 10,000 on
+        // 100,000 events, against 7 ms walking the index). Sorting is never needed
+        // here: the index is the order.
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("SET LOCAL enable_sort = off")
+            .execute(&mut *tx)
+            .await?;
+        let rows = q.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        pg_records(&rows)
     }
 
     async fn log_len(&self) -> Result<u64, StoreError> {
