@@ -13,6 +13,7 @@
 
 pub mod rows;
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -241,13 +242,12 @@ pub async fn fold_batch(
     records: &[LogRecord],
 ) -> Result<Vec<crate::store::ModelRow>, ProjectorError> {
     let mut events = Vec::with_capacity(records.len());
-    let mut touched: Vec<(BrandId, PeriodKey)> = Vec::new();
+    let mut touched: BTreeSet<(BrandId, PeriodKey)> = BTreeSet::new();
     for record in records {
         let event = record.decode()?;
+        // Registry events change no read model (plans reach them as period events).
         if let Some((brand, period, _)) = event.as_period() {
-            if !touched.iter().any(|(b, p)| b == brand && *p == period) {
-                touched.push((brand.clone(), period));
-            }
+            touched.insert((brand.clone(), period));
             events.push(event);
         }
     }
