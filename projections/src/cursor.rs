@@ -72,35 +72,49 @@ impl StreamCursors {
     }
 
     /// Admit `event` if its sequence is above its stream's last one, and move the cursor.
+    /// A known stream's cursor is found once and moved in place: this runs for every
+    /// event in every model.
     pub(crate) fn admit(&mut self, event: &ProjectedEvent) -> Result<Admitted, Delivery> {
+        let sequence = event.sequence;
         let last = match &event.event {
-            StreamEvent::Period { brand, period, .. } => self.periods.get(brand, *period),
-            StreamEvent::Brand { brand, .. } => self.brands.get(brand),
-        }
-        .copied()
-        .unwrap_or(0);
-        if event.sequence <= last {
-            return Err(Delivery::Duplicate { last_applied: last });
-        }
-        match &event.event {
             StreamEvent::Period { brand, period, .. } => {
-                *self.periods.get_or_insert_with(brand, *period, || 0) = event.sequence;
+                match self.periods.get_mut(brand, *period) {
+                    Some(cursor) => advance(cursor, sequence)?,
+                    None => {
+                        let last = advance(&mut 0, sequence)?;
+                        self.periods.insert(brand, *period, sequence);
+                        last
+                    }
+                }
             }
             StreamEvent::Brand { brand, .. } => match self.brands.get_mut(brand) {
-                Some(cursor) => *cursor = event.sequence,
+                Some(cursor) => advance(cursor, sequence)?,
                 None => {
-                    self.brands.insert(brand.clone(), event.sequence);
+                    let last = advance(&mut 0, sequence)?;
+                    self.brands.insert(brand.clone(), sequence);
+                    last
                 }
             },
-        }
+        };
         let expected = last + 1;
-        let delivery = if event.sequence == expected {
+        let delivery = if sequence == expected {
             Delivery::Applied
         } else {
             Delivery::AppliedAfterGap { expected }
         };
         Ok(Admitted { delivery })
     }
+}
+
+/// Move `cursor` up to `sequence` and answer where it was; a `sequence` at or below it
+/// is a duplicate and leaves it.
+fn advance(cursor: &mut u64, sequence: u64) -> Result<u64, Delivery> {
+    let last = *cursor;
+    if sequence <= last {
+        return Err(Delivery::Duplicate { last_applied: last });
+    }
+    *cursor = sequence;
+    Ok(last)
 }
 
 /// A read model: a fold of the log that takes every event at least once and counts it

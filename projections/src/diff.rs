@@ -182,6 +182,16 @@ macro_rules! diff_fields {
 }
 pub(crate) use diff_fields;
 
+/// A view of a value: `BrandMap` diffs its brands in order, as references.
+impl<T: Diff + ?Sized> Diff for &T {
+    fn diff(&self, right: &Self, path: &str, out: &mut Differences) {
+        (**self).diff(*right, path, out);
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+}
+
 impl<T: Diff> Diff for Option<T> {
     fn diff(&self, right: &Self, path: &str, out: &mut Differences) {
         match (self, right) {

@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cursor::{Admitted, ReadModel, StreamCursors};
 use crate::event::ProjectedEvent;
+use crate::keyed::BrandMap;
 use crate::totals;
 
 /// Whether a line is billed on the period's invoice or adjusts a closed one.
@@ -103,7 +104,7 @@ pub struct FinanceLine {
 /// The overage of one period: every brand's lines and their totals.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeriodOverages {
-    brands: BTreeMap<BrandId, BrandOverages>,
+    brands: BrandMap<BrandOverages>,
     totals: OverageTotals,
 }
 
@@ -196,13 +197,14 @@ impl BrandOverages {
         } else {
             self.running.insert(metric.clone(), now);
         }
-        let rate = self.rates.get(metric).copied();
+        // Looked up only for a line: most usage is under its limit and has none.
+        let rate = || self.rates.get(metric).copied();
         match &self.at_close {
             None => {
                 // The invoice's rule: units over and something to bill.
                 let line = (now.units > 0 && now.amount > Money::ZERO).then(|| OverageLine {
                     units: units_i64(now.units),
-                    rate,
+                    rate: rate(),
                     amount: now.amount,
                 });
                 Delta {
@@ -214,7 +216,7 @@ impl BrandOverages {
                 let then = at_close.get(metric).copied().unwrap_or_default();
                 let line = (now != then).then(|| OverageLine {
                     units: units_i64(now.units) - units_i64(then.units),
-                    rate,
+                    rate: rate(),
                     amount: now.amount - then.amount,
                 });
                 Delta {
@@ -270,7 +272,7 @@ impl PeriodOverages {
     /// Every line, flat: by brand, then metric, charge before adjustment.
     pub fn lines(&self) -> Vec<FinanceLine> {
         let mut lines = Vec::new();
-        for (brand, b) in &self.brands {
+        for (brand, b) in self.brands.iter() {
             let charges = b.charges.iter().map(|(m, l)| (m, LineKind::Charge, l));
             let adjustments = b
                 .adjustments

@@ -165,19 +165,25 @@ impl QuotaSummary {
             return;
         };
         let at = totals::at_of(event);
-        let rows = self.rows.get_or_insert_with(brand, period, BTreeMap::new);
-        if !rows.contains_key(metric) {
-            // Metrics with a quota got their row when the plan was applied; this one
-            // has none, so its base limit is none too.
-            rows.insert(metric.clone(), MetricQuota::new(None, t, at));
-        }
-        let row = rows
-            .get_mut(metric)
-            .expect("the row was inserted just above");
-        if let LedgerEvent::TopUpApplied { units, .. } = event {
-            row.top_up_units += units;
-        }
-        row.set(t, at);
+        let top_up_units = match event {
+            LedgerEvent::TopUpApplied { units, .. } => *units,
+            _ => 0,
+        };
+        self.rows.with(brand, period, BTreeMap::new, |rows| {
+            match rows.get_mut(metric) {
+                Some(row) => {
+                    row.top_up_units += top_up_units;
+                    row.set(t, at);
+                }
+                None => {
+                    // Metrics with a quota got their row when the plan was applied; this
+                    // one has none, so its base limit is none too.
+                    let mut row = MetricQuota::new(None, t, at);
+                    row.top_up_units = top_up_units;
+                    rows.insert(metric.clone(), row);
+                }
+            }
+        });
     }
 }
 

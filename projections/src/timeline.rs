@@ -74,8 +74,7 @@ impl<T: TimelineEntry> ReadModel for Timeline<T> {
     fn fold(&mut self, event: &ProjectedEvent, _: &Admitted) {
         if let Some((brand, period, entry)) = T::of(event) {
             self.entries
-                .get_or_insert_with(brand, period, Vec::new)
-                .push(entry);
+                .with(brand, period, Vec::new, |entries| entries.push(entry));
         }
     }
 }

@@ -188,10 +188,6 @@ fn hex64(hash: &[u8; 32]) -> [u8; 64] {
     out
 }
 
-fn hex_string(hash: &[u8; 32]) -> String {
-    hex::encode(hash)
-}
-
 /// The hash of an event line: `prev_hex` is the line's `prev`, as written.
 fn chain_hash(prev_hex: &[u8], event: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -275,7 +271,7 @@ impl Chains {
             .iter()
             .flat_map(|(t, ids)| {
                 ids.iter()
-                    .map(move |(id, l)| format!("{t}/{id} {}\n", hex_string(&l.hash)))
+                    .map(move |(id, l)| format!("{t}/{id} {}\n", hex::encode(l.hash)))
             })
             .collect();
         lines.sort_unstable();
@@ -286,7 +282,7 @@ impl Chains {
         ExportSummary {
             events: self.events,
             streams: lines.len() as u64,
-            digest: hex_string(&h.finalize().into()),
+            digest: hex::encode(h.finalize()),
         }
     }
 }
@@ -459,7 +455,7 @@ fn verify_event_line(chains: &mut Chains, body: &[u8]) -> Result<(), Problem> {
     if line.hash.as_bytes() != hex64(&computed) {
         return Err(Problem::Hash {
             stated: line.hash.to_owned(),
-            computed: hex_string(&computed),
+            computed: hex::encode(computed),
         });
     }
     let event: Event = serde_json::from_str(line.event.get()).map_err(Problem::Malformed)?;
@@ -469,7 +465,7 @@ fn verify_event_line(chains: &mut Chains, body: &[u8]) -> Result<(), Problem> {
         return Err(Problem::Prev {
             stream: stream_name(&event),
             stated: line.prev.to_owned(),
-            expected: hex_string(&prev),
+            expected: hex::encode(prev),
         });
     }
     chains.push(&event, computed);

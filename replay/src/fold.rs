@@ -162,10 +162,11 @@ impl Cutoff {
 /// and reading stops there. `None` when the cutoff falls before the stream's first
 /// event.
 ///
-/// The cutoff ends a prefix rather than filtering the stream: `recorded_at` is taken
-/// when the writing transaction starts, so a later sequence can carry an earlier time
-/// than the one before it. Folding every event recorded by `t` could then skip an
-/// event and describe a state the stream never had; a prefix is a state it had.
+/// The cutoff ends a prefix rather than filtering the stream: `recorded_at` is the
+/// writing transaction's clock (on PostgreSQL, when the transaction started), so a
+/// later sequence can carry an earlier time than the one before it. Folding every
+/// event recorded by `t` could then skip an event and describe a state the stream
+/// never had; a prefix is a state it had.
 pub fn as_of<'a>(
     records: impl IntoIterator<Item = &'a LogRecord>,
     brand: &BrandId,
