@@ -143,6 +143,7 @@ async fn as_of_a_sequence_reads_a_prefix_of_the_stream(db: &TestDb) {
         .unwrap();
     let printed: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(printed["models"]["sequence"], 3);
+    assert_eq!(printed["asOf"], "3");
     let expected =
         ledger_replay::as_of(&records[..3], &args.brand, args.period, Cutoff::Sequence(3))
             .unwrap()

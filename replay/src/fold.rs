@@ -148,6 +148,16 @@ impl FromStr for Cutoff {
     }
 }
 
+/// The form [`Cutoff::from_str`] reads: a sequence, or an RFC 3339 instant in UTC.
+impl std::fmt::Display for Cutoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sequence(n) => write!(f, "{n}"),
+            Self::At(t) => f.write_str(&t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+        }
+    }
+}
+
 impl Cutoff {
     fn admits(&self, record: &LogRecord) -> bool {
         match *self {

@@ -289,6 +289,9 @@ fn a_cutoff_parses_from_a_sequence_or_an_rfc3339_instant() {
         .to_utc();
     assert_eq!("2026-11-30T22:59:59Z".parse(), Ok(Cutoff::At(utc)));
     assert_eq!("2026-11-30T23:59:59+01:00".parse(), Ok(Cutoff::At(utc)));
+    // Displayed in the form it parses from, instants in UTC.
+    assert_eq!(Cutoff::Sequence(42).to_string(), "42");
+    assert_eq!(Cutoff::At(utc).to_string(), "2026-11-30T22:59:59Z");
 
     for bad in ["", "-3", "4.5", "yesterday", "2026-11-30"] {
         let error = bad.parse::<Cutoff>().unwrap_err();

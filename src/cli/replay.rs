@@ -242,7 +242,7 @@ pub async fn as_of(
     let answer = serde_json::json!({
         "brandId": args.brand,
         "period": args.period,
-        "asOf": format!("{:?}", args.at),
+        "asOf": args.at.to_string(),
         "models": models,
     });
     writeln!(
