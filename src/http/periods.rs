@@ -171,11 +171,7 @@ pub(crate) async fn close_period(
     caller.admin()?;
     // Refused once here, rather than by every brand's command one by one.
     s.engine.check_ended(period)?;
-    let brands = s
-        .log
-        .stream_ids(BRAND_TYPE)
-        .await
-        .map_err(EngineError::from)?;
+    let brands = s.log.stream_ids(BRAND_TYPE).await?;
     let actor = caller.0.subject.as_str();
     let mut results: Vec<BrandResult> = futures::stream::iter(brands)
         .map(|id| {
@@ -254,8 +250,7 @@ async fn plan_at(
         let page = s
             .log
             .read_stream(BRAND_TYPE, brand.as_str(), after, REGISTRY_PAGE_EVENTS_MAX)
-            .await
-            .map_err(EngineError::from)?;
+            .await?;
         for stored in &page {
             let event: BrandEvent = serde_json::from_str(&stored.payload).map_err(|e| {
                 ApiError::Internal(format!("registry event {brand}#{}: {e}", stored.sequence))
@@ -279,11 +274,7 @@ async fn plan_at(
 /// Whether the brand's period stream holds any event: one primary-key probe.
 async fn has_events(s: &AppState, brand: &BrandId, period: PeriodKey) -> Result<bool, ApiError> {
     let id = period_stream_id(brand, period);
-    let version = s
-        .log
-        .stream_version(USAGE_PERIOD_TYPE, &id)
-        .await
-        .map_err(EngineError::from)?;
+    let version = s.log.stream_version(USAGE_PERIOD_TYPE, &id).await?;
     Ok(version > 0)
 }
 

@@ -471,8 +471,7 @@ pub(crate) async fn history(
         let page = s
             .log
             .read_stream_back(UsagePeriodAggregate::TYPE, &id, before, limit as i64)
-            .await
-            .map_err(crate::engine::EngineError::from)?;
+            .await?;
         let Some(last) = page.last() else { break };
         before = last.sequence;
         scanned += page.len();
@@ -592,8 +591,7 @@ pub(crate) async fn audit_events(
             i64::try_from(after).unwrap_or(i64::MAX),
             i64::from(limit),
         )
-        .await
-        .map_err(crate::engine::EngineError::from)?;
+        .await?;
     let full = rows.len() == limit as usize;
     let events: Vec<AuditEvent> = rows
         .into_iter()
