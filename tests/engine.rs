@@ -455,16 +455,14 @@ async fn a_full_queue_answers_overloaded_and_loses_nothing_accepted(db: &common:
     e.set_plan(brand("acme"), plan("enterprise"), "test".into())
         .await
         .unwrap();
-    let handles: Vec<_> = (0..200)
-        .map(|_| {
-            let e = e.clone();
-            tokio::spawn(async move { e.execute(record("acme", "api_calls", 1, None)).await })
-        })
-        .collect();
+    // Polled together from one task, the 200 commands are all offered to the queue in
+    // one pass, faster than the writer can take them: spawned tasks could instead be
+    // scheduled one after the other and never find the queue full.
+    let burst = (0..200).map(|_| e.execute(record("acme", "api_calls", 1, None)));
     let mut ok = 0;
     let mut overloaded = 0;
-    for h in handles {
-        match h.await.unwrap() {
+    for answer in futures::future::join_all(burst).await {
+        match answer {
             Ok(_) => ok += 1,
             Err(EngineError::Overloaded) => overloaded += 1,
             Err(other) => panic!("unexpected {other}"),
