@@ -87,21 +87,26 @@ async fn projectors_killed_mid_run_and_a_rival_end_with_a_replay(db: &TestDb) {
         let engine = engine.clone();
         tokio::spawn(async move { workload(&engine, 23, COMMANDS).await })
     };
-    // Projectors started and killed while the workload runs (a kill drops the batch's
-    // transaction wherever it is), and a rival projector on its own connection pool.
+    // Projectors started and killed while the workload runs, each as a process of its
+    // own: its own connection pool, closed when it is killed, so a transaction it had
+    // open is rolled back by the server as at a process's death. And a rival projector
+    // running throughout.
     let (_, rival_store) = db.stores().await;
     let rival = Projector::start(rival_store, READ_MODELS_PROJECTOR)
         .await
         .expect("rival");
     for _ in 0..5 {
-        let p = Projector::start(store.clone(), READ_MODELS_PROJECTOR)
+        let (_, own) = db.stores().await;
+        let p = Projector::start(own.clone(), READ_MODELS_PROJECTOR)
             .await
             .expect("start");
         tokio::time::sleep(Duration::from_millis(30)).await;
         p.abort();
+        own.close().await;
     }
     load.await.expect("workload");
-    let last = Projector::start(store.clone(), READ_MODELS_PROJECTOR)
+    let (_, own) = db.stores().await;
+    let last = Projector::start(own, READ_MODELS_PROJECTOR)
         .await
         .expect("restart");
     assert!(last.catch_up(CATCH_UP).await);

@@ -93,6 +93,11 @@ pub trait ProjectionStore: Send + Sync + 'static {
         rows: &[ModelRow],
     ) -> Result<(), StoreError>;
 
+    /// Close every connection. The server rolls back what a connection had open, as
+    /// when a process dies; an in-process `Projector::abort` alone leaves a dropped
+    /// transaction on its pooled connection until the pool reuses it.
+    async fn close(&self);
+
     /// Notified after events commit: by this process's appends at once, and on
     /// PostgreSQL by every process's commits through LISTEN/NOTIFY.
     async fn watch_commits(&self) -> Result<Arc<Notify>, StoreError>;
@@ -404,6 +409,10 @@ impl ProjectionStore for PostgresLog {
         Ok(())
     }
 
+    async fn close(&self) {
+        self.pool().close().await;
+    }
+
     async fn watch_commits(&self) -> Result<Arc<Notify>, StoreError> {
         let signal = self.commit_signal();
         let mut listener = PgListener::connect_with(self.pool()).await?;
@@ -415,6 +424,8 @@ impl ProjectionStore for PostgresLog {
             loop {
                 match listener.recv().await {
                     Ok(_) => forward.notify_one(),
+                    // The store was closed: let the listener's connection go with it.
+                    Err(sqlx::Error::PoolClosed) => return,
                     Err(e) => {
                         tracing::warn!(error = %e, "commit listener: reconnecting");
                         forward.notify_one();
@@ -634,6 +645,10 @@ impl ProjectionStore for SqliteLog {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool().close().await;
     }
 
     async fn watch_commits(&self) -> Result<Arc<Notify>, StoreError> {
