@@ -21,12 +21,12 @@ use std::time::Duration;
 use chrono::Utc;
 use hdrhistogram::Histogram;
 use ledger_aggregates::{BrandId, PeriodKey};
-use ledger_projections::{Delivery, LogPosition, LogRecord, ReadModels};
+use ledger_projections::{Delivery, LogPosition, LogRecord};
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
 use crate::store::{ProjectionStore, StoreError};
-pub use rows::{models_from_row, row_of, RowError};
+pub use rows::{models_from_row, restore_all, rows_of_all, RowError};
 
 /// Events read and folded per transaction: large enough to amortize the commit, small
 /// enough that a batch (its rows loaded, folded, written) stays in the milliseconds.
@@ -255,11 +255,7 @@ pub async fn fold_batch(
         .iter()
         .map(|(b, p)| (b.to_string(), p.to_string()))
         .collect();
-    let mut models = ReadModels::new();
-    for row in store.load_models(&keys).await? {
-        let (brand, period, stored) = models_from_row(&row)?;
-        models.restore(&brand, period, stored);
-    }
+    let mut models = restore_all(&store.load_models(&keys).await?)?;
     for event in &events {
         if let Delivery::AppliedAfterGap { expected } = models.apply(event) {
             return Err(ProjectorError::Gap {
@@ -269,15 +265,8 @@ pub async fn fold_batch(
             });
         }
     }
-    touched
-        .iter()
-        .map(|(brand, period)| {
-            let stored = models
-                .period_models(brand, *period)
-                .expect("every touched stream has at least one event folded");
-            Ok(row_of(brand, *period, &stored))
-        })
-        .collect()
+    // The models hold exactly the touched streams: their rows, loaded, and the batch.
+    Ok(rows_of_all(&models))
 }
 
 fn record_lag(s: &Shared, records: &[LogRecord]) {
