@@ -172,6 +172,9 @@ horizon AS (
 const PG_RECORD_COLUMNS: &str = "transaction_id::text, position, aggregate_type, aggregate_id,
        sequence, event_type, event_version, payload::text, metadata::text, recorded_at";
 
+/// The rows `model_row` decodes.
+const PG_MODEL_ROWS: &str = "SELECT brand_id, period, sequence, models::text FROM read_models";
+
 fn pg_records(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<LogRecord>, StoreError> {
     rows.iter()
         .map(|row| {
@@ -302,10 +305,10 @@ impl ProjectionStore for PostgresLog {
     }
 
     async fn models_of_brand(&self, brand_id: &str) -> Result<Vec<ModelRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT brand_id, period, sequence, models::text FROM read_models
-              WHERE brand_id = $1 ORDER BY period",
-        )
+        let rows = sqlx::query(&format!(
+            "{PG_MODEL_ROWS}
+              WHERE brand_id = $1 ORDER BY period"
+        ))
         .bind(brand_id)
         .fetch_all(self.pool())
         .await?;
@@ -313,10 +316,10 @@ impl ProjectionStore for PostgresLog {
     }
 
     async fn models_in_period(&self, period: &str) -> Result<Vec<ModelRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT brand_id, period, sequence, models::text FROM read_models
-              WHERE period = $1 ORDER BY brand_id",
-        )
+        let rows = sqlx::query(&format!(
+            "{PG_MODEL_ROWS}
+              WHERE period = $1 ORDER BY brand_id"
+        ))
         .bind(period)
         .fetch_all(self.pool())
         .await?;
@@ -371,10 +374,10 @@ impl ProjectionStore for PostgresLog {
             Some(row) => LogPosition::new(xid(&row.try_get::<String, _>(0)?)?, row.try_get(1)?),
             None => LogPosition::START,
         };
-        let rows = sqlx::query(
-            "SELECT brand_id, period, sequence, models::text FROM read_models
-              ORDER BY brand_id, period",
-        )
+        let rows = sqlx::query(&format!(
+            "{PG_MODEL_ROWS}
+              ORDER BY brand_id, period"
+        ))
         .fetch_all(&mut *tx)
         .await?;
         let rows = rows.iter().map(model_row).collect::<Result<_, _>>()?;
@@ -439,6 +442,9 @@ impl ProjectionStore for PostgresLog {
 }
 
 // --- SQLite -----------------------------------------------------------------------------
+
+/// The rows `model_row` decodes.
+const SQLITE_MODEL_ROWS: &str = "SELECT brand_id, period, sequence, models FROM read_models";
 
 const SQLITE_RECORD_COLUMNS: &str = "0, position, aggregate_type, aggregate_id, sequence,
        event_type, event_version, payload, metadata, recorded_at";
@@ -530,10 +536,8 @@ impl ProjectionStore for SqliteLog {
     async fn load_models(&self, keys: &[(String, String)]) -> Result<Vec<ModelRow>, StoreError> {
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(SQLITE_KEYS_PER_QUERY_MAX) {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "SELECT brand_id, period, sequence, models FROM read_models
-                  WHERE (brand_id, period) IN (",
-            );
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new(format!("{SQLITE_MODEL_ROWS} WHERE (brand_id, period) IN ("));
             let mut keys = qb.separated(", ");
             for (brand, period) in chunk {
                 keys.push("(")
@@ -552,10 +556,10 @@ impl ProjectionStore for SqliteLog {
     }
 
     async fn models_of_brand(&self, brand_id: &str) -> Result<Vec<ModelRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT brand_id, period, sequence, models FROM read_models
-              WHERE brand_id = ?1 ORDER BY period",
-        )
+        let rows = sqlx::query(&format!(
+            "{SQLITE_MODEL_ROWS}
+              WHERE brand_id = ?1 ORDER BY period"
+        ))
         .bind(brand_id)
         .fetch_all(self.pool())
         .await?;
@@ -563,10 +567,10 @@ impl ProjectionStore for SqliteLog {
     }
 
     async fn models_in_period(&self, period: &str) -> Result<Vec<ModelRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT brand_id, period, sequence, models FROM read_models
-              WHERE period = ?1 ORDER BY brand_id",
-        )
+        let rows = sqlx::query(&format!(
+            "{SQLITE_MODEL_ROWS}
+              WHERE period = ?1 ORDER BY brand_id"
+        ))
         .bind(period)
         .fetch_all(self.pool())
         .await?;
@@ -611,10 +615,10 @@ impl ProjectionStore for SqliteLog {
                 .bind(name)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let rows = sqlx::query(
-            "SELECT brand_id, period, sequence, models FROM read_models
-              ORDER BY brand_id, period",
-        )
+        let rows = sqlx::query(&format!(
+            "{SQLITE_MODEL_ROWS}
+              ORDER BY brand_id, period"
+        ))
         .fetch_all(&mut *tx)
         .await?;
         let rows = rows.iter().map(model_row).collect::<Result<_, _>>()?;
