@@ -56,6 +56,17 @@ type Carried = HashMap<String, BTreeMap<MetricKey, u64>>;
 /// Outcomes of idempotency keys already used: (stream id, key) -> (fingerprint, outcome).
 type Known = HashMap<(String, String), (String, Outcome)>;
 
+/// Where a batch looks for idempotency keys that are not in memory.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyLookup {
+    /// Nowhere: they are taken as new. A key the log already holds fails the append
+    /// on the unique key index (a conflict, nothing written), and the batch is decided
+    /// again with [`KeyLookup::Log`]. Fresh keys, nearly all of them, cost no query.
+    AssumeNew,
+    /// In the log, one query for the batch: after a conflict.
+    Log,
+}
+
 /// Jobs decided together, with their answers, waiting for (or in) one append.
 #[derive(Default)]
 struct Batch {
@@ -169,7 +180,10 @@ impl Writer {
     /// and they are answered with the error at once.
     async fn decide_into(&mut self, next: &mut Batch, jobs: Vec<Job>) {
         let now = self.clock.now();
-        match self.decide_batch(&jobs, now, &mut next.staged).await {
+        match self
+            .decide_batch(&jobs, now, KeyLookup::AssumeNew, &mut next.staged)
+            .await
+        {
             Ok(answers) => {
                 next.jobs.extend(jobs);
                 next.answers.extend(answers);
@@ -273,7 +287,9 @@ impl Writer {
         now: DateTime<Utc>,
         staged: &mut Staged,
     ) -> Result<Vec<Answer>, StoreError> {
-        let answers = self.decide_batch(batch, now, staged).await?;
+        let answers = self
+            .decide_batch(batch, now, KeyLookup::Log, staged)
+            .await?;
         self.stage_snapshots(staged);
         self.log.append(&staged.events, &staged.snapshots).await?;
         Ok(answers)
@@ -285,6 +301,7 @@ impl Writer {
         &mut self,
         batch: &[Job],
         now: DateTime<Utc>,
+        lookup: KeyLookup,
         staged: &mut Staged,
     ) -> Result<Vec<Answer>, StoreError> {
         // Each period job's stream, resolved once against this batch's clock.
@@ -300,7 +317,7 @@ impl Writer {
             .collect();
         self.load_missing(batch, &targets, now).await?;
         let carried = self.carried_levels(&targets).await?;
-        let known = self.known_keys(batch, &targets).await?;
+        let known = self.known_keys(batch, &targets, lookup).await?;
         let mut answers = Vec::with_capacity(batch.len());
         for (job, target) in batch.iter().zip(&targets) {
             answers.push(match (job, target) {
@@ -462,11 +479,13 @@ impl Writer {
             .collect())
     }
 
-    /// Outcomes of keys already used, from memory or, for the rest, from the log.
+    /// Outcomes of keys already used, from memory and, with [`KeyLookup::Log`], for
+    /// the rest from the log.
     async fn known_keys(
         &mut self,
         batch: &[Job],
         targets: &[Option<Target>],
+        lookup: KeyLookup,
     ) -> Result<HashMap<(String, String), (String, Outcome)>, StoreError> {
         let mut known = HashMap::new();
         let mut ask = Vec::new();
@@ -482,7 +501,8 @@ impl Writer {
                 Some(hit) => {
                     known.insert(k, hit.clone());
                 }
-                None => ask.push(k),
+                None if lookup == KeyLookup::Log => ask.push(k),
+                None => {}
             }
         }
         if ask.is_empty() {
