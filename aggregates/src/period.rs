@@ -336,6 +336,16 @@ pub struct MetricState {
     pub crossings: Vec<Crossing>,
 }
 
+/// The state of a metric with no usage yet in the period.
+static NO_USAGE: MetricState = MetricState {
+    current: 0,
+    peak: 0,
+    top_up_units: 0,
+    fired: Vec::new(),
+    overage_cost: Money::ZERO,
+    crossings: Vec::new(),
+};
+
 /// One threshold crossing as the summary shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Crossing {
@@ -867,8 +877,10 @@ impl Ctx<'_> {
             .ok_or_else(|| LedgerError::UnknownMetric(metric.clone()))
     }
 
-    fn state(&self, metric: &MetricKey) -> MetricState {
-        self.agg.metrics.get(metric).cloned().unwrap_or_default()
+    /// Borrowed, not cloned: deciding runs once per command on the hot path, and a
+    /// clone copies the crossing list.
+    fn state(&self, metric: &MetricKey) -> &MetricState {
+        self.agg.metrics.get(metric).unwrap_or(&NO_USAGE)
     }
 
     fn quota(&self, metric: &MetricKey) -> Option<&PlanQuota> {
@@ -920,7 +932,7 @@ impl Ctx<'_> {
         self.check_not_too_late(at)?;
         let state = self.state(metric);
         let quota = self.quota(metric);
-        let decision = evaluate(&self.opened.plan.id, quota, &state, kind, quantity.get());
+        let decision = evaluate(&self.opened.plan.id, quota, state, kind, quantity.get());
         if !decision.allowed {
             return Ok(vec![LedgerEvent::UsageDenied {
                 metric: metric.clone(),
@@ -949,7 +961,7 @@ impl Ctx<'_> {
             totals,
             at,
         }];
-        events.extend(self.crossings(metric, &state, &totals, at));
+        events.extend(self.crossings(metric, state, &totals, at));
         Ok(events)
     }
 
@@ -976,7 +988,7 @@ impl Ctx<'_> {
             let decision = evaluate(
                 &self.opened.plan.id,
                 quota,
-                &state,
+                state,
                 kind,
                 level - state.current,
             );
@@ -1005,7 +1017,7 @@ impl Ctx<'_> {
             totals,
             at,
         }];
-        events.extend(self.crossings(metric, &state, &totals, at));
+        events.extend(self.crossings(metric, state, &totals, at));
         Ok(events)
     }
 
@@ -1066,7 +1078,7 @@ impl Ctx<'_> {
                 current: state.current,
             })?;
         let quota = self.quota(metric);
-        let limit = effective_limit(quota, &state);
+        let limit = effective_limit(quota, state);
         if let (Some(q), Some(l)) = (quota, limit) {
             if q.overage == OveragePolicy::Block && delta > 0 && current > l {
                 return Err(LedgerError::AboveBlockLimit {
@@ -1093,7 +1105,7 @@ impl Ctx<'_> {
             totals,
             at,
         }];
-        events.extend(self.crossings(metric, &state, &totals, at));
+        events.extend(self.crossings(metric, state, &totals, at));
         Ok(events)
     }
 
@@ -1123,7 +1135,7 @@ impl Ctx<'_> {
             .collect();
         let mut events = Vec::new();
         for (m, t) in &totals {
-            events.extend(crossings_under(plan.quota(m), m, &self.state(m), t, at));
+            events.extend(crossings_under(plan.quota(m), m, self.state(m), t, at));
         }
         events.insert(
             0,

@@ -1,6 +1,7 @@
 //! The writer task: batches jobs, decides them against the in-memory aggregates, and
 //! commits each batch with one append.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -127,6 +128,10 @@ impl Writer {
         // Set when a batch is answered: launch the next one once `expect` jobs are in
         // it, or at `until`, whichever comes first.
         let mut linger: Option<(usize, tokio::time::Instant)> = None;
+        // One timer, re-armed only when the linger deadline moves: a fresh `Sleep` per
+        // loop turn registered and cancelled a timer for every job that arrived.
+        let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(timer);
         loop {
             if inflight.is_none() {
                 let filled = linger.is_none_or(|(expect, until)| {
@@ -141,10 +146,14 @@ impl Writer {
             }
             let room = open && next.jobs.len() < max;
             let lingering = inflight.is_none() && !next.jobs.is_empty();
-            let until = linger.map_or_else(tokio::time::Instant::now, |(_, until)| until);
+            if let Some((_, until)) = linger {
+                if timer.deadline() != until {
+                    timer.as_mut().reset(until);
+                }
+            }
             tokio::select! {
                 biased;
-                _ = tokio::time::sleep_until(until), if lingering => linger = None,
+                _ = &mut timer, if lingering && linger.is_some() => linger = None,
                 done = async {
                     match inflight.as_mut() {
                         Some((_, append)) => append.await,
@@ -358,25 +367,32 @@ impl Writer {
         Ok(answers)
     }
 
-    /// The streams a job reads or writes.
-    fn streams_of(
-        job: &Job,
-        target: &Option<Target>,
+    /// The streams a job reads or writes, borrowed where the job already holds the id:
+    /// nearly every stream is cached, and only a missing one needs an owned copy.
+    fn streams_of<'a>(
+        job: &'a Job,
+        target: &'a Option<Target>,
         now: DateTime<Utc>,
-    ) -> [Option<(&'static str, String)>; 2] {
+    ) -> [Option<(&'static str, Cow<'a, str>)>; 2] {
         match job {
             Job::Period { req, .. } => [
-                Some((BRAND, req.brand.to_string())),
-                target.as_ref().map(|(_, id)| (PERIOD, id.clone())),
+                Some((BRAND, Cow::Borrowed(req.brand.as_str()))),
+                target
+                    .as_ref()
+                    .map(|(_, id)| (PERIOD, Cow::Borrowed(id.as_str()))),
             ],
             Job::SetPlan { brand, .. } => [
-                Some((BRAND, brand.to_string())),
-                Some((PERIOD, period_stream_id(brand, PeriodKey::containing(now)))),
+                Some((BRAND, Cow::Borrowed(brand.as_str()))),
+                Some((
+                    PERIOD,
+                    Cow::Owned(period_stream_id(brand, PeriodKey::containing(now))),
+                )),
             ],
-            Job::ReadPeriod { brand, period, .. } => {
-                [Some((PERIOD, period_stream_id(brand, *period))), None]
-            }
-            Job::ReadBrand { brand, .. } => [Some((BRAND, brand.to_string())), None],
+            Job::ReadPeriod { brand, period, .. } => [
+                Some((PERIOD, Cow::Owned(period_stream_id(brand, *period)))),
+                None,
+            ],
+            Job::ReadBrand { brand, .. } => [Some((BRAND, Cow::Borrowed(brand.as_str()))), None],
         }
     }
 
@@ -396,13 +412,13 @@ impl Writer {
             };
             for (t, id) in Self::streams_of(job, target, now).into_iter().flatten() {
                 let version = if t == PERIOD {
-                    self.periods.peek(&id).map(|a| a.version)
+                    self.periods.peek(id.as_ref()).map(|a| a.version)
                 } else {
-                    self.brands.peek(&id).map(|a| a.version)
+                    self.brands.peek(id.as_ref()).map(|a| a.version)
                 };
                 let cached = version.is_some_and(|v| v >= logged);
                 if !cached && !missing.iter().any(|(mt, mid)| *mt == t && *mid == id) {
-                    missing.push((t, id));
+                    missing.push((t, id.into_owned()));
                 }
             }
         }
@@ -630,8 +646,8 @@ impl Writer {
             .map(|k| (k.to_string(), fingerprint.to_owned()));
         // Serialized once per command, not per event.
         let metadata = match req.metadata.is_empty() {
-            true => std::borrow::Cow::Borrowed(EMPTY_METADATA),
-            false => std::borrow::Cow::Owned(req.metadata.to_json()),
+            true => Cow::Borrowed(EMPTY_METADATA),
+            false => Cow::Owned(req.metadata.to_json()),
         };
         staged.stage(id, first_sequence, &events, key.clone(), &metadata, every);
         let committed = (first_sequence..)
