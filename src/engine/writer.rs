@@ -145,7 +145,7 @@ impl Writer {
                 }
             }
             let room = open && next.jobs.len() < max;
-            let lingering = inflight.is_none() && !next.jobs.is_empty();
+            let lingering = linger.is_some() && inflight.is_none() && !next.jobs.is_empty();
             if let Some((_, until)) = linger {
                 if timer.deadline() != until {
                     timer.as_mut().reset(until);
@@ -153,7 +153,7 @@ impl Writer {
             }
             tokio::select! {
                 biased;
-                _ = &mut timer, if lingering && linger.is_some() => linger = None,
+                _ = &mut timer, if lingering => linger = None,
                 done = async {
                     match inflight.as_mut() {
                         Some((_, append)) => append.await,
