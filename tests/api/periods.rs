@@ -53,6 +53,18 @@ async fn close_october(app: &TestApp) -> Answer {
     app.post(CLOSE_OCTOBER, &app.admin, json!({})).await
 }
 
+/// acme on starter records 10 `renders_3d` mid-October; October is then closed
+/// within the grace window.
+async fn acme_october_closed_with_ten_renders(db: &TestDb) -> TestApp {
+    let app = spawn_app(db).await;
+    app.clock.set(mid_october());
+    app.register("acme", "starter").await;
+    record(&app, "acme", "renders_3d", 10, None).await;
+    app.clock.set(within_grace());
+    assert_eq!(close_october(&app).await.status, 201);
+    app
+}
+
 /// Every event of the brand's October stream, as the audit trail shows them.
 async fn october_events(app: &TestApp, brand: &str) -> Vec<Value> {
     let a = app
@@ -334,12 +346,7 @@ on_both_stores!(
 async fn late_usage_within_the_grace_is_accepted_and_flagged_after_close(db: &TestDb) {
     // After the close, usage stamped in October still arrives within the grace: it is
     // recorded (201), flagged `after_close` for finance, and the invoice stays frozen.
-    let app = spawn_app(db).await;
-    app.clock.set(mid_october());
-    app.register("acme", "starter").await;
-    record(&app, "acme", "renders_3d", 10, None).await;
-    app.clock.set(within_grace());
-    assert_eq!(close_october(&app).await.status, 201);
+    let app = acme_october_closed_with_ten_renders(db).await;
 
     let late = record(&app, "acme", "renders_3d", 2, Some("2026-10-31T22:00:00Z")).await;
     assert_eq!(late.status, 201, "{:#}", late.body);
@@ -370,12 +377,7 @@ on_both_stores!(
 async fn late_usage_after_the_grace_is_refused_and_changes_nothing(db: &TestDb) {
     // Past October's deadline (end + 72 h), usage stamped in October is a 422 `too-late`
     // that names the deadline; the closed stream does not change.
-    let app = spawn_app(db).await;
-    app.clock.set(mid_october());
-    app.register("acme", "starter").await;
-    record(&app, "acme", "renders_3d", 10, None).await;
-    app.clock.set(within_grace());
-    assert_eq!(close_october(&app).await.status, 201);
+    let app = acme_october_closed_with_ten_renders(db).await;
     let before = october_events(&app, "acme").await;
 
     app.clock.set(past_grace());
