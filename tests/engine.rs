@@ -718,6 +718,44 @@ async fn a_broken_database_fails_callers_and_never_double_applies() {
     db.cleanup().await;
 }
 
+// Proves the append connection the log keeps between batches is checked after a pause:
+// the server closed every connection (a restart, an idle timeout) while the engine was
+// idle, and the next command is still recorded instead of failing on a dead socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_after_the_server_dropped_its_connections_succeeds() {
+    use sqlx::Executor;
+    let Some(db) = common::TestDb::postgres().await else {
+        return;
+    };
+    let (e, log) = engine(&db).await;
+    e.set_plan(brand("acme"), plan("enterprise"), "test".into())
+        .await
+        .unwrap();
+    e.execute(record("acme", "api_calls", 1, None))
+        .await
+        .unwrap();
+    let admin = sqlx::PgPool::connect(db.pg_url().unwrap()).await.unwrap();
+    let dropped = admin
+        .fetch_all(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await
+        .unwrap();
+    assert!(!dropped.is_empty(), "the engine's connections were dropped");
+    tokio::time::sleep(
+        usage_ledger::store::postgres::PG_APPENDER_PING_IDLE_AFTER
+            + std::time::Duration::from_millis(100),
+    )
+    .await;
+    e.execute(record("acme", "api_calls", 2, None))
+        .await
+        .expect("recorded on a fresh connection");
+    assert_eq!(stream_len(&log, "acme:2026-11").await, 3);
+    admin.close().await;
+    db.cleanup().await;
+}
+
 async fn reads_see_what_another_process_appended(db: &common::TestDb) {
     // The reset CLI and a second instance write to the same log as a running server:
     // a read after their commit reflects it, although this engine has the stream cached.

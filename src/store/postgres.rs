@@ -1,10 +1,10 @@
 //! PostgreSQL event log: set-based appends (`UNNEST` arrays, one statement per batch).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Row};
+use sqlx::{Connection, PgConnection, PgPool, Row};
 
 use super::{
     group_streams, keyed_event, stored_event, EventLog, KeyedEvent, LoadedStream, NewEvent,
@@ -16,6 +16,8 @@ use super::{
 pub const PG_POOL_CONNECTIONS_MAX: u32 = 16;
 /// A request waiting longer than this for a connection fails instead of piling up.
 pub const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A kept append connection idle longer than this is pinged before its next append.
+pub const PG_APPENDER_PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// The batch append: one statement, one row per array element. Public so the benchmark's
 /// raw ceiling runs exactly this statement.
@@ -47,6 +49,11 @@ ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
 
 pub struct PostgresLog {
     pool: PgPool,
+    /// Connections taken out of the pool for appends and kept between them. A pooled
+    /// connection costs two extra round trips per append (sqlx pings it when it is
+    /// acquired and again when it is returned), and the append is the writer's critical
+    /// path. One connection per concurrent append: normally one, `writer_shards` at most.
+    appenders: std::sync::Mutex<Vec<(PgConnection, Instant)>>,
     /// Notified after each append of this process commits (see `ProjectionStore`).
     commits: std::sync::Arc<tokio::sync::Notify>,
 }
@@ -63,8 +70,34 @@ impl PostgresLog {
         Self::migrate(&pool).await?;
         Ok(Self {
             pool,
+            appenders: Default::default(),
             commits: Default::default(),
         })
+    }
+
+    /// A kept append connection, or a new one taken out of the pool. One kept idle for a
+    /// while is pinged first, as the pool would: the server may have closed it since, and
+    /// an append failing on a dead socket could not tell its callers that nothing was
+    /// written.
+    async fn appender(&self) -> Result<PgConnection, StoreError> {
+        let kept = self
+            .appenders
+            .lock()
+            .expect("never held across a panic")
+            .pop();
+        if let Some((mut conn, used)) = kept {
+            if used.elapsed() < PG_APPENDER_PING_IDLE_AFTER || conn.ping().await.is_ok() {
+                return Ok(conn);
+            }
+        }
+        Ok(self.pool.acquire().await?.detach())
+    }
+
+    fn keep_appender(&self, conn: PgConnection) {
+        self.appenders
+            .lock()
+            .expect("never held across a panic")
+            .push((conn, Instant::now()));
     }
 
     pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
@@ -256,9 +289,15 @@ impl EventLog for PostgresLog {
         }
         // A single statement outside an explicit transaction is atomic and saves the
         // BEGIN/COMMIT round trips: the commit happens when the statement returns.
-        q.execute(&self.pool)
-            .await
-            .map_err(StoreError::from_write)?;
+        let mut conn = self.appender().await?;
+        let done = q.execute(&mut conn).await.map_err(StoreError::from_write);
+        // A conflict (a unique violation) leaves the connection as good as a success does.
+        // Any other failure may come from the connection itself (closed by the server, an
+        // I/O error mid-exchange): it is dropped, and the next append takes a fresh one.
+        if matches!(done, Ok(_) | Err(StoreError::Conflict(_))) {
+            self.keep_appender(conn);
+        }
+        done?;
         self.commits.notify_one();
         Ok(())
     }
