@@ -30,12 +30,14 @@ pub enum BrandEvent {
         brand_id: BrandId,
         plan: PlanDefinition,
         actor: String,
+        #[serde(serialize_with = "crate::timestamp::serialize")]
         at: DateTime<Utc>,
     },
     PlanChanged {
         previous_plan: PlanId,
         plan: PlanDefinition,
         actor: String,
+        #[serde(serialize_with = "crate::timestamp::serialize")]
         at: DateTime<Utc>,
     },
 }

@@ -7,12 +7,14 @@
 //! - [`catalog`]: plan catalog (data file embedded in the binary) and its validation.
 //! - [`period`]: the brand-period aggregate: commands, events, decision rules.
 //! - [`brand`]: the brand registry aggregate: which plan a brand is on.
+//! - [`timestamp`]: event timestamps written straight into their JSON.
 
 pub mod brand;
 pub mod catalog;
 pub mod ids;
 pub mod money;
 pub mod period;
+pub mod timestamp;
 
 pub use brand::{BrandAggregate, BrandCommand, BrandError, BrandEvent};
 pub use catalog::{Catalog, MetricKind, OveragePolicy, PlanDefinition, PlanQuota};

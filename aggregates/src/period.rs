@@ -148,6 +148,7 @@ pub enum LedgerEvent {
         plan: PlanDefinition,
         metric_kinds: BTreeMap<MetricKey, MetricKind>,
         carried_levels: BTreeMap<MetricKey, u64>,
+        #[serde(serialize_with = "crate::timestamp::serialize")]
         at: DateTime<Utc>,
     },
     PlanApplied {
@@ -155,12 +156,14 @@ pub enum LedgerEvent {
         plan: PlanDefinition,
         /// Every metric's totals under the new limits.
         totals: BTreeMap<MetricKey, MetricTotals>,
+        #[serde(serialize_with = "crate::timestamp::serialize")]
         at: DateTime<Utc>,
     },
     UsageRecorded {
         metric: MetricKey,
         quantity: u64,
         via: UsageVia,
+        #[serde(serialize_with = "crate::timestamp::serialize")]
         occurred_at: DateTime<Utc>,
         /// True when recorded after `PeriodClosed`, within the grace window: finance
         /// bills it as an adjustment of the closed invoice.
@@ -168,6 +171,7 @@ pub enum LedgerEvent {
         /// What this event alone added to the overage cost.
         marginal_cost: Money,
         totals: MetricTotals,
+        #[serde(serialize_with = "crate::timestamp::serialize")]
         at: DateTime<Utc>,
     },
     UsageDenied {
@@ -176,6 +180,7 @@ pub enum LedgerEvent {
         via: UsageVia,
         current: u64,
         effective_limit: u64,
+        #[serde(serialize_with = "crate::timestamp::serialize")]
         at: DateTime<Utc>,
     },
     GaugeLevelSet {
@@ -183,6 +188,7 @@ pub enum LedgerEvent {
         previous: u64,
         marginal_cost: Money,
         totals: MetricTotals,
+        #[serde(serialize_with = "crate::timestamp::serialize")]
         at: DateTime<Utc>,
     },
     UsageAdjusted {
@@ -192,6 +198,7 @@ pub enum LedgerEvent {
         reason: String,
         marginal_cost: Money,
         totals: MetricTotals,
+        #[serde(serialize_with = "crate::timestamp::serialize")]
         at: DateTime<Utc>,
     },
     TopUpApplied {
@@ -202,6 +209,7 @@ pub enum LedgerEvent {
         actor: String,
         marginal_cost: Money,
         totals: MetricTotals,
+        #[serde(serialize_with = "crate::timestamp::serialize")]
         at: DateTime<Utc>,
     },
     ThresholdCrossed {
@@ -212,11 +220,13 @@ pub enum LedgerEvent {
         percentage: Decimal,
         current: u64,
         effective_limit: u64,
+        #[serde(serialize_with = "crate::timestamp::serialize")]
         at: DateTime<Utc>,
     },
     PeriodClosed {
         invoice: Invoice,
         actor: String,
+        #[serde(serialize_with = "crate::timestamp::serialize")]
         at: DateTime<Utc>,
     },
 }
@@ -844,11 +854,17 @@ fn crossings_under(
     let (Some(quota), Some(limit)) = (quota, totals.effective_limit) else {
         return Vec::new();
     };
-    let pct = percentage(totals.current, limit);
-    quota
+    let mut crossed = quota
         .notification_thresholds
         .iter()
         .filter(|t| !state.fired.contains(t) && reached(totals.current, limit, **t))
+        .peekable();
+    // Decimal division on every command was ~2 % of the writer: only a crossing needs it.
+    if crossed.peek().is_none() {
+        return Vec::new();
+    }
+    let pct = percentage(totals.current, limit);
+    crossed
         .map(|t| LedgerEvent::ThresholdCrossed {
             metric: metric.clone(),
             threshold: *t,

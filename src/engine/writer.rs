@@ -28,6 +28,9 @@ use crate::store::{EventLog, LoadedStream, NewEvent, NewSnapshot, StoreError};
 const PERIOD: &str = UsagePeriodAggregate::TYPE;
 const BRAND: &str = BrandAggregate::TYPE;
 const EMPTY_METADATA: &str = "{}";
+/// Room reserved for one event's JSON: a `UsageRecorded` is ~290 bytes, the largest
+/// common events a little more; a rare larger one grows the buffer once.
+const PAYLOAD_BYTES_TYPICAL: usize = 512;
 
 /// The answer prepared for one job, sent only after the batch commits.
 enum Answer {
@@ -895,7 +898,7 @@ impl Staged {
                 sequence: sequence as i64,
                 event_type: event.type_str(),
                 event_version: E::VERSION,
-                payload: serde_json::to_string(event).expect("events always serialize"),
+                payload: payload_json(event),
                 metadata: metadata.to_owned(),
                 idempotency_key,
                 request_hash,
@@ -906,6 +909,14 @@ impl Staged {
         }
         self.touched.push((E::AGGREGATE_TYPE, id.to_owned()));
     }
+}
+
+/// An event's JSON, written into a buffer sized for it at once: growing from serde_json's
+/// default 128 bytes reallocated every payload two or three times.
+fn payload_json(event: &impl serde::Serialize) -> String {
+    let mut buf = Vec::with_capacity(PAYLOAD_BYTES_TYPICAL);
+    serde_json::to_writer(&mut buf, event).expect("events always serialize");
+    String::from_utf8(buf).expect("serde_json writes UTF-8")
 }
 
 /// Rebuild an aggregate from its snapshot and later events.
