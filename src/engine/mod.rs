@@ -558,5 +558,8 @@ fn fingerprint(req: &PeriodRequest) -> String {
         metadata: &req.metadata,
     })
     .expect("requests always serialize");
-    hex::encode(Sha256::digest(canon))
+    // Into a fixed buffer: `hex::encode` collects its digits one `char` at a time.
+    let mut text = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(canon), &mut text).expect("64 bytes hold 32 in hex");
+    String::from_utf8(text.to_vec()).expect("hex digits are ASCII")
 }

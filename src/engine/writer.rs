@@ -79,6 +79,19 @@ struct Batch {
     staged: Staged,
 }
 
+impl Batch {
+    fn with_capacity(jobs: usize) -> Self {
+        Self {
+            jobs: Vec::with_capacity(jobs),
+            answers: Vec::with_capacity(jobs),
+            staged: Staged {
+                events: Vec::with_capacity(jobs),
+                ..Staged::default()
+            },
+        }
+    }
+}
+
 /// The append of the batch in flight.
 type Append = tokio::task::JoinHandle<Result<(), StoreError>>;
 
@@ -141,7 +154,11 @@ impl Writer {
                     next.jobs.len() >= expect.min(max) || tokio::time::Instant::now() >= until
                 });
                 if !next.jobs.is_empty() && (filled || !open) {
-                    inflight = Some(self.launch(std::mem::take(&mut next)));
+                    // The next batch will likely be this size: reserving it up front
+                    // saves growing every vector of the batch by doubling.
+                    let size = next.jobs.len();
+                    inflight =
+                        Some(self.launch(std::mem::replace(&mut next, Batch::with_capacity(size))));
                     linger = None;
                 } else if next.jobs.is_empty() && !open {
                     break;
@@ -174,9 +191,17 @@ impl Writer {
                     None => open = false,
                     Some(job) => {
                         let mut jobs = vec![job];
+                        let mut yielded = false;
                         while next.jobs.len() + jobs.len() < max {
                             match rx.try_recv() {
                                 Ok(job) => jobs.push(job),
+                                // Callers woken by the last answers are runnable but have
+                                // not sent yet; each send would wake the writer for one
+                                // job. Letting them run first decides them in one pass.
+                                Err(_) if !yielded => {
+                                    yielded = true;
+                                    tokio::task::yield_now().await;
+                                }
                                 Err(_) => break,
                             }
                         }
