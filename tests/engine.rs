@@ -643,14 +643,18 @@ async fn a_broken_database_fails_callers_and_never_double_applies() {
     let admin = sqlx::PgPool::connect(db.pg_url().unwrap()).await.unwrap();
     let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // The load runs until the table is back, however fast the engine is: a fixed number of
+    // commands could all be done before the outage starts.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = |n: usize| {
-        let (e, acked, failed) = (e.clone(), acked.clone(), failed.clone());
+        let (e, acked, failed, stop) = (e.clone(), acked.clone(), failed.clone(), stop.clone());
         tokio::spawn(async move {
             let tasks: Vec<_> = (0..n)
                 .map(|_| {
-                    let (e, acked, failed) = (e.clone(), acked.clone(), failed.clone());
+                    let (e, acked, failed, stop) =
+                        (e.clone(), acked.clone(), failed.clone(), stop.clone());
                     tokio::spawn(async move {
-                        for _ in 0..20 {
+                        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                             match e.execute(record("acme", "api_calls", 1, None)).await {
                                 Ok(_) => acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
                                 Err(EngineError::Store(_)) => {
@@ -676,6 +680,8 @@ async fn a_broken_database_fails_callers_and_never_double_applies() {
         .execute("ALTER TABLE events_away RENAME TO events")
         .await
         .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
     running.await.unwrap();
     assert!(
         failed.load(std::sync::atomic::Ordering::SeqCst) > 0,
