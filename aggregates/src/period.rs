@@ -859,7 +859,8 @@ fn crossings_under(
         .iter()
         .filter(|t| !state.fired.contains(t) && reached(totals.current, limit, **t))
         .peekable();
-    // Decimal division on every command was ~2 % of the writer: only a crossing needs it.
+    // A Decimal division on every command was ~2 % of the process (`perf`, hot brand):
+    // only a crossing needs the percentage.
     if crossed.peek().is_none() {
         return Vec::new();
     }

@@ -11,8 +11,10 @@ use super::{
     NewSnapshot, StoreError, StoredEvent,
 };
 
-/// Connections in the pool: one for the engine's writer, the rest for loads and API
-/// reads. PostgreSQL on two cores gains nothing from more concurrent statements.
+/// Connections in the pool, for loads, API reads and the projector. The writer's append
+/// connection is taken out of it and kept (`PostgresLog::appenders`), so the process holds
+/// at most one more per writer shard. PostgreSQL on two cores gains nothing from more
+/// concurrent statements.
 pub const PG_POOL_CONNECTIONS_MAX: u32 = 16;
 /// A request waiting longer than this for a connection fails instead of piling up.
 pub const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
