@@ -19,14 +19,21 @@
 //! | `auth.audience` | `LEDGER_JWT_AUDIENCE` | `--jwt-audience` | unset: not checked |
 //! | `auth.token_ttl` | `LEDGER_TOKEN_TTL` | `--ttl` (`token` only) | `1h` |
 //! | `ledger.late_usage_grace_hours` | `LEDGER_LATE_USAGE_GRACE_HOURS` | `--late-usage-grace-hours` | 72 |
+//! | `engine.queue_commands_max` | `LEDGER_ENGINE_QUEUE_COMMANDS_MAX` | | 65,536 |
+//! | `engine.batch_commands_max` | `LEDGER_ENGINE_BATCH_COMMANDS_MAX` | | 1,024 |
+//! | `engine.batch_linger_us` | `LEDGER_ENGINE_BATCH_LINGER_US` | | 500 |
+//! | `engine.cache_streams_max` | `LEDGER_ENGINE_CACHE_STREAMS_MAX` | | 100,000 |
+//! | `engine.idempotency_cache_max` | `LEDGER_ENGINE_IDEMPOTENCY_CACHE_MAX` | | 100,000 |
+//! | `engine.writer_shards` | `LEDGER_ENGINE_WRITER_SHARDS` | | 1 |
+//! | `read_models.cache_periods_max` | `LEDGER_READ_MODELS_CACHE_PERIODS_MAX` | | 100,000 |
+//! | `read_models.flush_interval_ms` | `LEDGER_READ_MODELS_FLUSH_INTERVAL_MS` | | 1,000 |
+//! | `read_models.flush_rows_max` | `LEDGER_READ_MODELS_FLUSH_ROWS_MAX` | | 10,000 |
 //!
 //! An environment variable set to the empty string counts as unset.
 
 use std::fmt;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -34,12 +41,12 @@ use figment::providers::{Format, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use ledger_aggregates::period::{LedgerRules, LATE_USAGE_GRACE_HOURS_DEFAULT};
-use ledger_aggregates::Catalog;
 use serde::Deserialize;
 
-use crate::auth::{Jwt, JwtAlgorithm, JwtError, JwtKey, TokenTtl};
+use crate::auth::{JwtAlgorithm, TokenTtl};
+use crate::engine::EngineConfig;
 use crate::secret::Secret;
-use crate::store::{ApiKeyStore, EventLog, PostgresLog, ProjectionStore, SqliteLog, StoreError};
+use crate::tail::projector::{ReadModelsConfig, CACHE_PERIODS_MIN};
 
 /// The original served on 3333; callers and dashboards keep that port.
 pub const DEFAULT_BIND: &str = "127.0.0.1:3333";
@@ -55,10 +62,6 @@ pub const BODY_BYTES_LIMIT_MAX: usize = 64 * 1024 * 1024;
 pub const LATE_USAGE_GRACE_HOURS_MAX: i64 = 31 * 24;
 /// Read from the working directory when present and no file is named.
 pub const CONFIG_FILE_DEFAULT: &str = "usage-ledger.toml";
-/// The development signing secret, created once under the data directory.
-pub const DEV_SECRET_FILE: &str = "jwt-secret";
-/// 256 bits, the HS256 key size (RFC 7518 §3.2).
-pub const DEV_SECRET_BYTES: usize = 32;
 /// The admin token printed at a development start-up: a working day of local trials.
 pub const DEV_ADMIN_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -82,6 +85,36 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "LEDGER_LATE_USAGE_GRACE_HOURS",
         "ledger.late_usage_grace_hours",
     ),
+    (
+        "LEDGER_ENGINE_QUEUE_COMMANDS_MAX",
+        "engine.queue_commands_max",
+    ),
+    (
+        "LEDGER_ENGINE_BATCH_COMMANDS_MAX",
+        "engine.batch_commands_max",
+    ),
+    ("LEDGER_ENGINE_BATCH_LINGER_US", "engine.batch_linger_us"),
+    (
+        "LEDGER_ENGINE_CACHE_STREAMS_MAX",
+        "engine.cache_streams_max",
+    ),
+    (
+        "LEDGER_ENGINE_IDEMPOTENCY_CACHE_MAX",
+        "engine.idempotency_cache_max",
+    ),
+    ("LEDGER_ENGINE_WRITER_SHARDS", "engine.writer_shards"),
+    (
+        "LEDGER_READ_MODELS_CACHE_PERIODS_MAX",
+        "read_models.cache_periods_max",
+    ),
+    (
+        "LEDGER_READ_MODELS_FLUSH_INTERVAL_MS",
+        "read_models.flush_interval_ms",
+    ),
+    (
+        "LEDGER_READ_MODELS_FLUSH_ROWS_MAX",
+        "read_models.flush_rows_max",
+    ),
 ];
 /// The variable naming the configuration file.
 pub const CONFIG_FILE_ENV: &str = "LEDGER_CONFIG";
@@ -94,22 +127,6 @@ pub enum ConfigError {
     Invalid(Box<figment::Error>),
     #[error("invalid configuration: {0}")]
     Bad(String),
-    #[error("production mode refuses to start without a signing key: {0}")]
-    MissingKey(String),
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("development signing secret {path}: {source}")]
-    DevSecret {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("plan catalog {path}: {detail}")]
-    Catalog { path: PathBuf, detail: String },
-    #[error(transparent)]
-    Jwt(#[from] JwtError),
 }
 
 impl From<figment::Error> for ConfigError {
@@ -158,54 +175,6 @@ impl Default for StoreConfig {
             data_dir: PathBuf::from("data"),
             catalog_path: None,
         }
-    }
-}
-
-/// The opened store: the event log and the API keys, in one database.
-#[derive(Clone)]
-pub struct Stores {
-    pub log: Arc<dyn EventLog>,
-    pub keys: Arc<dyn ApiKeyStore>,
-    /// The same database as `log`, one object: its projector wakes on `log`'s appends.
-    pub projections: Arc<dyn ProjectionStore>,
-}
-
-impl StoreConfig {
-    /// Open (and migrate) the configured store.
-    pub async fn open(&self) -> Result<Stores, StoreError> {
-        Ok(match &self.database_url {
-            Some(url) => {
-                let db = Arc::new(PostgresLog::connect(url).await?);
-                Stores {
-                    log: db.clone(),
-                    keys: db.clone(),
-                    projections: db,
-                }
-            }
-            None => {
-                let db = Arc::new(SqliteLog::open_in(&self.data_dir).await?);
-                Stores {
-                    log: db.clone(),
-                    keys: db.clone(),
-                    projections: db,
-                }
-            }
-        })
-    }
-
-    /// The configured plan catalog, or the embedded one.
-    pub fn catalog(&self) -> Result<Catalog, ConfigError> {
-        let Some(path) = &self.catalog_path else {
-            return Ok(Catalog::default_catalog());
-        };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        Catalog::from_toml(&text).map_err(|e| ConfigError::Catalog {
-            path: path.clone(),
-            detail: e.to_string(),
-        })
     }
 }
 
@@ -259,139 +228,6 @@ impl Default for JwtAlgorithmSetting {
     }
 }
 
-/// Where the signing key came from, so start-up can say so (and print a development
-/// token only when the key is the development one).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    Configured,
-    Development { path: PathBuf, created: bool },
-}
-
-impl AuthConfig {
-    /// The key material for the configured algorithm. In development mode with nothing
-    /// configured, the secret in `<data_dir>/jwt-secret` (created on first use); in
-    /// production mode, a missing key is an error.
-    pub fn jwt_key(&self, data_dir: &Path) -> Result<(JwtKey, KeySource), ConfigError> {
-        let alg = self.jwt_algorithm.0;
-        let has_paths = self.jwt_public_key_path.is_some() || self.jwt_private_key_path.is_some();
-        match alg {
-            JwtAlgorithm::Hs256 if has_paths => Err(ConfigError::Bad(
-                "jwt_public_key_path / jwt_private_key_path are for RS256 or EdDSA; \
-                 set jwt_algorithm or remove them"
-                    .to_owned(),
-            )),
-            JwtAlgorithm::Hs256 => match (&self.jwt_secret, self.mode) {
-                (Some(secret), _) => Ok((JwtKey::Hs256(secret.clone()), KeySource::Configured)),
-                (None, Mode::Production) => Err(ConfigError::MissingKey(
-                    "set LEDGER_JWT_SECRET (HS256), or jwt_algorithm RS256/EdDSA with \
-                     LEDGER_JWT_PUBLIC_KEY_PATH"
-                        .to_owned(),
-                )),
-                (None, Mode::Development) => {
-                    let (secret, created) = dev_secret(data_dir)?;
-                    let path = data_dir.join(DEV_SECRET_FILE);
-                    Ok((
-                        JwtKey::Hs256(secret),
-                        KeySource::Development { path, created },
-                    ))
-                }
-            },
-            _ if self.jwt_secret.is_some() => Err(ConfigError::Bad(format!(
-                "jwt_secret is for HS256 but jwt_algorithm is {alg}"
-            ))),
-            _ => self.pem_keys(alg),
-        }
-    }
-
-    fn pem_keys(&self, alg: JwtAlgorithm) -> Result<(JwtKey, KeySource), ConfigError> {
-        let public = self.jwt_public_key_path.as_ref().ok_or_else(|| {
-            let why = format!("{alg} needs LEDGER_JWT_PUBLIC_KEY_PATH (a PEM public key)");
-            match self.mode {
-                Mode::Production => ConfigError::MissingKey(why),
-                Mode::Development => ConfigError::Bad(why),
-            }
-        })?;
-        let public_pem = read(public)?;
-        let private_pem = self
-            .jwt_private_key_path
-            .as_ref()
-            .map(|p| read(p).map(Secret::new))
-            .transpose()?;
-        let key = match alg {
-            JwtAlgorithm::Rs256 => JwtKey::Rs256 {
-                public_pem,
-                private_pem,
-            },
-            _ => JwtKey::EdDsa {
-                public_pem,
-                private_pem,
-            },
-        };
-        Ok((key, KeySource::Configured))
-    }
-}
-
-fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-/// The development secret: read if it exists, else created with mode 0600. It is
-/// written to a private temporary file and hard-linked into place, so two processes
-/// starting together never see a half-written secret: one link wins, the other reads.
-pub fn dev_secret(data_dir: &Path) -> Result<(Secret, bool), ConfigError> {
-    let path = data_dir.join(DEV_SECRET_FILE);
-    let fail = |source| ConfigError::DevSecret {
-        path: path.clone(),
-        source,
-    };
-    if path.exists() {
-        return read_dev_secret(&path).map(|s| (s, false));
-    }
-    std::fs::create_dir_all(data_dir).map_err(fail)?;
-    let mut bytes = [0u8; DEV_SECRET_BYTES];
-    getrandom::fill(&mut bytes).map_err(|e| fail(std::io::Error::other(e)))?;
-    let secret = hex::encode(bytes);
-    let tmp = data_dir.join(format!(
-        ".{DEV_SECRET_FILE}.{}.tmp",
-        uuid::Uuid::new_v4().simple()
-    ));
-    let written = write_private(&tmp, secret.as_bytes());
-    let linked = written.and_then(|()| std::fs::hard_link(&tmp, &path));
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => Ok((Secret::new(secret), true)),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            read_dev_secret(&path).map(|s| (s, false))
-        }
-        Err(e) => Err(fail(e)),
-    }
-}
-
-fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()
-}
-
-fn read_dev_secret(path: &Path) -> Result<Secret, ConfigError> {
-    let text = read(path)?;
-    let secret = text.trim();
-    if secret.len() < crate::auth::jwt::JWT_SECRET_BYTES_MIN {
-        return Err(ConfigError::Bad(format!(
-            "{} is too short to be a signing secret: delete it to create a new one",
-            path.display()
-        )));
-    }
-    Ok(Secret::new(secret))
-}
-
 /// Ledger rules that are deployment choices, not data of a stream: the engine's
 /// [`LedgerRules`]. The service and the CLI's engine must agree on them.
 #[derive(Debug, Clone, Deserialize)]
@@ -418,6 +254,171 @@ impl LedgerConfig {
     }
 }
 
+/// Engine limits a deployment may tune (the `[engine]` section). Each default is the
+/// engine's, stated with its reason on [`EngineConfig`]; the bounds below refuse values
+/// that would be a typo rather than a choice.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSettings {
+    /// Jobs waiting for the writer; past it callers get 503 at once.
+    pub queue_commands_max: usize,
+    /// Jobs decided and committed together in one append.
+    pub batch_commands_max: usize,
+    /// How long a batch may wait for callers that reply at once, in microseconds.
+    pub batch_linger_us: u64,
+    /// Aggregates kept in memory by the writers.
+    pub cache_streams_max: usize,
+    /// Recent idempotency outcomes kept in memory.
+    pub idempotency_cache_max: usize,
+    /// Writer tasks, brands hashed over them.
+    pub writer_shards: usize,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        let e = EngineConfig::default();
+        Self {
+            queue_commands_max: e.queue_commands_max,
+            batch_commands_max: e.batch_commands_max,
+            batch_linger_us: e.batch_linger_max.as_micros() as u64,
+            cache_streams_max: e.cache_streams_max,
+            idempotency_cache_max: e.idempotency_cache_max,
+            writer_shards: e.writer_shards,
+        }
+    }
+}
+
+/// The largest engine queue accepted: 16 Mi jobs already hold gigabytes of requests.
+pub const ENGINE_QUEUE_COMMANDS_LIMIT_MAX: usize = 16 * 1024 * 1024;
+/// The largest batch accepted: one append statement of 64 Ki events is tens of megabytes.
+pub const ENGINE_BATCH_COMMANDS_LIMIT_MAX: usize = 65_536;
+/// The longest linger accepted: 100 ms added to every command's latency is an outage.
+pub const ENGINE_BATCH_LINGER_US_LIMIT_MAX: u64 = 100_000;
+/// The largest in-memory caches accepted (aggregates, idempotency outcomes): 10 Mi
+/// entries of a few KiB each is tens of gigabytes.
+pub const ENGINE_CACHE_ENTRIES_LIMIT_MAX: usize = 10 * 1024 * 1024;
+/// Writers beyond this only contend for the same cores and connections.
+pub const ENGINE_WRITER_SHARDS_LIMIT_MAX: usize = 64;
+
+impl EngineSettings {
+    /// The engine configuration these settings and `rules` give.
+    pub fn config(&self, rules: LedgerRules) -> EngineConfig {
+        EngineConfig {
+            queue_commands_max: self.queue_commands_max,
+            batch_commands_max: self.batch_commands_max,
+            batch_linger_max: Duration::from_micros(self.batch_linger_us),
+            cache_streams_max: self.cache_streams_max,
+            idempotency_cache_max: self.idempotency_cache_max,
+            writer_shards: self.writer_shards,
+            rules,
+            ..EngineConfig::default()
+        }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let within = |name: &str, v: u64, max: u64, min: u64| match (min..=max).contains(&v) {
+            true => Ok(()),
+            false => Err(ConfigError::Bad(format!(
+                "engine.{name} must be {min} to {max}; got {v}"
+            ))),
+        };
+        within(
+            "queue_commands_max",
+            self.queue_commands_max as u64,
+            ENGINE_QUEUE_COMMANDS_LIMIT_MAX as u64,
+            1,
+        )?;
+        within(
+            "batch_commands_max",
+            self.batch_commands_max as u64,
+            ENGINE_BATCH_COMMANDS_LIMIT_MAX as u64,
+            1,
+        )?;
+        within(
+            "batch_linger_us",
+            self.batch_linger_us,
+            ENGINE_BATCH_LINGER_US_LIMIT_MAX,
+            0,
+        )?;
+        within(
+            "cache_streams_max",
+            self.cache_streams_max as u64,
+            ENGINE_CACHE_ENTRIES_LIMIT_MAX as u64,
+            1,
+        )?;
+        within(
+            "idempotency_cache_max",
+            self.idempotency_cache_max as u64,
+            ENGINE_CACHE_ENTRIES_LIMIT_MAX as u64,
+            1,
+        )?;
+        within(
+            "writer_shards",
+            self.writer_shards as u64,
+            ENGINE_WRITER_SHARDS_LIMIT_MAX as u64,
+            1,
+        )
+    }
+}
+
+/// Limits of the read models' memory (the `[read_models]` section).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReadModelsSettings {
+    /// Brand-periods whose read models are kept in memory.
+    pub cache_periods_max: usize,
+    /// Changed read models are written at least this often, in milliseconds.
+    pub flush_interval_ms: u64,
+    /// Changed read models written in one transaction at most.
+    pub flush_rows_max: usize,
+}
+
+impl Default for ReadModelsSettings {
+    fn default() -> Self {
+        let r = ReadModelsConfig::default();
+        Self {
+            cache_periods_max: r.cache_periods_max,
+            flush_interval_ms: r.flush_interval.as_millis() as u64,
+            flush_rows_max: r.flush_rows_max,
+        }
+    }
+}
+
+/// The longest write interval accepted: a restart folds at most this much log again.
+pub const READ_MODELS_FLUSH_INTERVAL_MS_LIMIT_MAX: u64 = 60_000;
+/// The most rows one write may carry: 100 Ki rows of a few KiB is a long transaction.
+pub const READ_MODELS_FLUSH_ROWS_LIMIT_MAX: usize = 100_000;
+
+impl ReadModelsSettings {
+    pub fn config(&self) -> ReadModelsConfig {
+        ReadModelsConfig {
+            cache_periods_max: self.cache_periods_max,
+            flush_interval: Duration::from_millis(self.flush_interval_ms),
+            flush_rows_max: self.flush_rows_max,
+        }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |what: String| Err(ConfigError::Bad(format!("read_models.{what}")));
+        if !(CACHE_PERIODS_MIN..=ENGINE_CACHE_ENTRIES_LIMIT_MAX).contains(&self.cache_periods_max) {
+            return bad(format!(
+                "cache_periods_max must be {CACHE_PERIODS_MIN} to {ENGINE_CACHE_ENTRIES_LIMIT_MAX}"
+            ));
+        }
+        if !(1..=READ_MODELS_FLUSH_INTERVAL_MS_LIMIT_MAX).contains(&self.flush_interval_ms) {
+            return bad(format!(
+                "flush_interval_ms must be 1 to {READ_MODELS_FLUSH_INTERVAL_MS_LIMIT_MAX}"
+            ));
+        }
+        if !(1..=READ_MODELS_FLUSH_ROWS_LIMIT_MAX).contains(&self.flush_rows_max) {
+            return bad(format!(
+                "flush_rows_max must be 1 to {READ_MODELS_FLUSH_ROWS_LIMIT_MAX}"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The resolved configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -426,6 +427,8 @@ pub struct Settings {
     pub http: HttpConfig,
     pub auth: AuthConfig,
     pub ledger: LedgerConfig,
+    pub engine: EngineSettings,
+    pub read_models: ReadModelsSettings,
 }
 
 /// Where settings come from, passed in so tests need not touch the process environment.
@@ -546,14 +549,8 @@ impl Settings {
                 "ledger.late_usage_grace_hours must be 0 to {LATE_USAGE_GRACE_HOURS_MAX}"
             )));
         }
-        Ok(())
-    }
-
-    /// The token verifier (and minter) of this configuration, and where its key came from.
-    pub fn jwt(&self) -> Result<(Jwt, KeySource), ConfigError> {
-        let (key, source) = self.auth.jwt_key(&self.store.data_dir)?;
-        let jwt = Jwt::new(key, self.auth.issuer.clone(), self.auth.audience.clone())?;
-        Ok((jwt, source))
+        self.engine.check()?;
+        self.read_models.check()
     }
 }
 
@@ -614,7 +611,9 @@ impl fmt::Display for Settings {
             f,
             "{} bind={} body_bytes_max={} mode={} jwt_algorithm={} jwt_secret={} \
              jwt_public_key_path={} jwt_private_key_path={} issuer={} audience={} token_ttl={} \
-             late_usage_grace_hours={}",
+             late_usage_grace_hours={} engine: queue_commands_max={} batch_commands_max={} \
+             batch_linger_us={} cache_streams_max={} idempotency_cache_max={} writer_shards={} \
+             read_models: cache_periods_max={} flush_interval_ms={} flush_rows_max={}",
             self.store,
             self.http.bind,
             self.http.body_bytes_max,
@@ -631,6 +630,15 @@ impl fmt::Display for Settings {
             or_unset(a.audience.as_ref()),
             a.token_ttl,
             self.ledger.late_usage_grace_hours,
+            self.engine.queue_commands_max,
+            self.engine.batch_commands_max,
+            self.engine.batch_linger_us,
+            self.engine.cache_streams_max,
+            self.engine.idempotency_cache_max,
+            self.engine.writer_shards,
+            self.read_models.cache_periods_max,
+            self.read_models.flush_interval_ms,
+            self.read_models.flush_rows_max,
         )
     }
 }
@@ -910,77 +918,6 @@ mod tests {
             Settings::resolve(&sources),
             Err(ConfigError::NoFile(_))
         ));
-    }
-
-    #[test]
-    fn production_mode_refuses_to_start_without_a_secret() {
-        // Proves production never falls back to a generated secret, for either key kind.
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Settings::resolve(&Sources {
-            env: env(&[("LEDGER_MODE", "production")]),
-            ..Sources::default()
-        })
-        .unwrap();
-        s.store.data_dir = dir.path().to_owned();
-        assert!(matches!(s.jwt(), Err(ConfigError::MissingKey(_))));
-        assert!(
-            !dir.path().join(DEV_SECRET_FILE).exists(),
-            "no secret is created in production"
-        );
-
-        s.auth.jwt_algorithm = JwtAlgorithmSetting(JwtAlgorithm::Rs256);
-        assert!(matches!(s.jwt(), Err(ConfigError::MissingKey(_))));
-
-        s.auth.jwt_algorithm = JwtAlgorithmSetting(JwtAlgorithm::Hs256);
-        s.auth.jwt_secret = Some(Secret::new("p".repeat(40)));
-        let (_, source) = s.jwt().unwrap();
-        assert_eq!(source, KeySource::Configured);
-    }
-
-    #[test]
-    fn a_short_hs256_secret_is_refused() {
-        // Proves a secret below 256 bits never becomes a signing key.
-        let mut s = Settings::default();
-        s.auth.jwt_secret = Some(Secret::new("short"));
-        assert!(matches!(s.jwt(), Err(ConfigError::Jwt(_))));
-    }
-
-    #[test]
-    fn the_development_secret_is_created_once_private_and_reused() {
-        // Proves the dev secret survives restarts and is readable by its owner only.
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let (first, created) = dev_secret(&data).unwrap();
-        assert!(created);
-        assert_eq!(first.expose().len(), DEV_SECRET_BYTES * 2);
-        let (again, created_again) = dev_secret(&data).unwrap();
-        assert!(!created_again);
-        assert_eq!(first, again);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(data.join(DEV_SECRET_FILE))
-                .unwrap()
-                .permissions()
-                .mode();
-            assert_eq!(mode & 0o777, 0o600);
-        }
-        let leftovers = std::fs::read_dir(&data).unwrap().count();
-        assert_eq!(leftovers, 1, "no temporary file is left behind");
-
-        // Tokens minted with it before a restart verify after it.
-        let mut s = Settings::default();
-        s.store.data_dir = data;
-        let (jwt, source) = s.jwt().unwrap();
-        assert!(matches!(
-            source,
-            KeySource::Development { created: false, .. }
-        ));
-        let token = jwt
-            .mint(crate::auth::Role::Admin, &[], "dev", TokenTtl::default())
-            .unwrap();
-        let (after_restart, _) = s.jwt().unwrap();
-        assert!(after_restart.verify(&token).is_ok());
     }
 
     #[test]

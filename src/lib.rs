@@ -3,11 +3,13 @@
 //! # Layout
 //! - [`store`]: the event log and API key traits and their PostgreSQL and SQLite implementations.
 //! - [`engine`]: the single-writer command engine with group commit and idempotency.
-//! - [`projector`]: tails the log into the stored read models, one transaction per batch.
+//! - [`tail`]: following the log: the consumer loop, the read models served from memory.
 //! - [`clock`]: injectable time.
 //! - [`auth`]: who is calling: bearer JWTs and per-brand API keys, resolved to a principal.
 //! - [`secret`]: a string kept out of `Debug` and `Display`.
 //! - [`config`]: service configuration: flags, environment, file, defaults.
+//! - [`ledger`]: the application layer: use cases and queries every adapter calls.
+//! - [`startup`]: the composition root: store, engine, consumers and router wired once.
 //! - [`http`]: the axum router; the only module that speaks HTTP.
 //! - [`cli`]: operator commands on the ledger (`brands`, `reset`) as library code.
 
@@ -17,6 +19,8 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod http;
-pub mod projector;
+pub mod ledger;
 pub mod secret;
+pub mod startup;
 pub mod store;
+pub mod tail;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ledger_aggregates::BrandId;
 use tracing_subscriber::EnvFilter;
+use usage_ledger::auth::keys::{verifier, KeySource};
 use usage_ledger::auth::{Authenticator, Role, TokenTtl};
 use usage_ledger::cli::brands::{self, BrandsArgs};
 use usage_ledger::cli::cli_actor;
@@ -14,12 +15,11 @@ use usage_ledger::cli::replay::{self, ReplayCommand};
 use usage_ledger::cli::reset::{self, ResetArgs};
 use usage_ledger::clock::SystemClock;
 use usage_ledger::config::{
-    AuthArgs, ConfigArgs, KeySource, ServeArgs, Settings, Sources, DEV_ADMIN_TOKEN_TTL,
+    AuthArgs, ConfigArgs, ServeArgs, Settings, Sources, DEV_ADMIN_TOKEN_TTL,
 };
-use usage_ledger::engine::{Engine, EngineConfig};
-use usage_ledger::http::{router, AppState, API_PREFIX};
-use usage_ledger::projector::Projector;
-use usage_ledger::store::{EventLog, READ_MODELS_PROJECTOR};
+use usage_ledger::engine::Engine;
+use usage_ledger::http::API_PREFIX;
+use usage_ledger::startup::{load_catalog, open_engine, open_stores, Application, Stores};
 
 #[derive(Parser)]
 #[command(
@@ -130,43 +130,18 @@ type Failure = Box<dyn std::error::Error + Send + Sync>;
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let settings = args.resolve()?;
     tracing::info!("configuration: {settings}");
-    let (jwt, key_source) = settings.jwt()?;
-    let catalog = Arc::new(settings.store.catalog()?);
-    let engine_cfg = EngineConfig {
-        rules: settings.ledger.rules(),
-        ..EngineConfig::default()
-    };
-    tracing::info!(catalog_version = %catalog.version, jwt_algorithm = %jwt.algorithm(),
-        batch_commands_max = engine_cfg.batch_commands_max, queue_commands_max = engine_cfg.queue_commands_max,
-        "starting usage-ledger");
-    let stores = settings.store.open().await?;
-    let engine = Engine::start(
-        stores.log.clone(),
-        catalog,
-        Arc::new(SystemClock),
-        engine_cfg,
-    );
-    let auth = Authenticator::new(jwt, stores.keys);
-    let listener = tokio::net::TcpListener::bind(settings.http.bind).await?;
-    let addr = listener.local_addr()?;
+    let app = Application::build(&settings, Arc::new(SystemClock)).await?;
+    tracing::info!(jwt_algorithm = %app.auth().jwt().algorithm(), "starting usage-ledger");
+    let addr = app.local_addr();
     tracing::info!("listening on http://{addr}");
-    if let KeySource::Development { path, created } = &key_source {
-        print_dev_token(&auth, addr, path, *created)?;
+    if let KeySource::Development { path, created } = app.key_source() {
+        print_dev_token(app.auth(), addr, path, *created)?;
     }
-    let projector = Projector::start(stores.projections.clone(), READ_MODELS_PROJECTOR).await?;
-    let state = AppState {
-        engine,
-        log: stores.log,
-        projections: stores.projections,
-        projector,
-        auth,
-        body_bytes_max: settings.http.body_bytes_max,
-    };
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    app.run_until(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down: finishing requests in flight, draining the engine");
+    })
+    .await?;
     Ok(())
 }
 
@@ -201,7 +176,7 @@ fn token(args: TokenArgs) -> Result<(), Failure> {
     let mut flags = args.config.flags();
     flags.extend(args.auth.flags());
     let settings = Settings::resolve(&Sources::from_process(args.config.config.clone(), flags))?;
-    let (jwt, _) = settings.jwt()?;
+    let (jwt, _) = verifier(&settings)?;
     let brands = args
         .brands
         .iter()
@@ -219,12 +194,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Some(Command::Serve(args)) => serve(args).await,
         Some(Command::Migrate(args)) => {
             let settings = args.resolve()?;
-            settings.store.open().await?;
+            open_stores(&settings.store).await?;
             println!("store is up to date ({})", settings.store);
             Ok(())
         }
         Some(Command::Plans(args)) => {
-            let catalog = args.resolve()?.store.catalog()?;
+            let catalog = load_catalog(&args.resolve()?.store)?;
             println!("{}", serde_json::to_string_pretty(catalog.plans())?);
             Ok(())
         }
@@ -232,12 +207,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Some(Command::Brands(cmd)) => {
             let (engine, _) = cli_engine(&cmd.config).await?;
             brands::run(&engine, &cmd.args, &mut std::io::stdout()).await?;
+            engine.drain().await;
             Ok(())
         }
         Some(Command::Replay(cmd)) => replay(cmd).await,
         Some(Command::Reset(cmd)) => {
-            let (engine, log) = cli_engine(&cmd.config).await?;
-            reset::run(&engine, log.as_ref(), &cmd.args, &mut std::io::stdout()).await?;
+            let (engine, stores) = cli_engine(&cmd.config).await?;
+            let log = stores.log.as_ref();
+            reset::run(&engine, log, &cmd.args, &mut std::io::stdout()).await?;
+            engine.drain().await;
             Ok(())
         }
     }
@@ -246,8 +224,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 async fn replay(cmd: ReplayCmd) -> Result<(), Failure> {
     let out = &mut std::io::stdout();
     let config = &cmd.config;
-    let store =
-        || async move { Ok::<_, Failure>(config.resolve()?.store.open().await?.projections) };
+    let store = || async move {
+        Ok::<_, Failure>(open_stores(&config.resolve()?.store).await?.projections)
+    };
     match cmd.command {
         ReplayCommand::Rebuild => drop(replay::rebuild(store().await?, out).await?),
         ReplayCommand::Verify => drop(replay::verify(store().await?, out).await?),
@@ -279,23 +258,11 @@ async fn replay(cmd: ReplayCmd) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The engine a one-shot command writes through: the same rules, idempotency and
-/// conflict handling as the service, on the configured store.
-async fn cli_engine(config: &ConfigArgs) -> Result<(Engine, Arc<dyn EventLog>), Failure> {
+/// The engine a one-shot command writes through: the same rules, limits, idempotency
+/// and conflict handling as the service, on the configured store.
+async fn cli_engine(config: &ConfigArgs) -> Result<(Engine, Stores), Failure> {
     let settings = config.resolve()?;
-    let catalog = Arc::new(settings.store.catalog()?);
-    let stores = settings.store.open().await?;
-    let engine = Engine::start(
-        stores.log.clone(),
-        catalog,
-        Arc::new(SystemClock),
-        // The CLI decides with the service's rules: `reset` honours the same grace.
-        EngineConfig {
-            rules: settings.ledger.rules(),
-            ..EngineConfig::default()
-        },
-    );
-    Ok((engine, stores.log))
+    Ok(open_engine(&settings, Arc::new(SystemClock)).await?)
 }
 
 #[tokio::main]

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use ledger_aggregates::{BrandId, MetricKey, Money, PlanId, Quantity};
 use ledger_projections::LogPosition;
+use ledger_projections::ReadModels;
 use usage_ledger::engine::Action;
-use usage_ledger::projector::{fold_batch, Projector};
 use usage_ledger::store::READ_MODELS_PROJECTOR;
+use usage_ledger::tail::rows::rows_of_all;
 
 use common::workload::{assert_same, id, replay, request, stored, workload, BRANDS, COMMANDS};
 use common::{engine_on, manual_clock, TestDb};
@@ -20,11 +21,9 @@ const CATCH_UP: Duration = Duration::from_secs(10);
 async fn models_equal_a_replay_after_a_random_workload(db: &TestDb) {
     let (log, store) = db.stores().await;
     let engine = engine_on(log, manual_clock(), Default::default());
-    let projector = Projector::start(store.clone(), READ_MODELS_PROJECTOR)
-        .await
-        .expect("start");
+    let projector = common::projector(store.clone()).await.expect("start");
     workload(&engine, 7, COMMANDS).await;
-    assert!(projector.catch_up(CATCH_UP).await, "caught up");
+    assert!(projector.persist(CATCH_UP).await, "caught up");
     let (at, models) = stored(store.as_ref()).await;
     let replayed = replay(store.as_ref(), None).await;
     assert!(at > LogPosition::START, "{:?}", projector.status());
@@ -62,16 +61,18 @@ async fn a_batch_folded_but_not_checkpointed_is_not_counted_twice(db: &TestDb) {
         .await
         .unwrap();
     let half = &head[..head.len() / 2];
-    let rows = fold_batch(store.as_ref(), half).await.expect("fold");
+    let folded = half
+        .iter()
+        .map(|r| r.decode().expect("decodes"))
+        .collect::<Vec<_>>();
+    let rows = rows_of_all(&ReadModels::replay(&folded));
     store
         .replace_models(READ_MODELS_PROJECTOR, LogPosition::START, &rows)
         .await
         .expect("write rows only");
     // Restarted, the projector reads the first half again.
-    let projector = Projector::start(store.clone(), READ_MODELS_PROJECTOR)
-        .await
-        .expect("start");
-    assert!(projector.catch_up(CATCH_UP).await);
+    let projector = common::projector(store.clone()).await.expect("start");
+    assert!(projector.persist(CATCH_UP).await);
     let (_, models) = stored(store.as_ref()).await;
     assert_same(&models, &replay(store.as_ref(), None).await);
 }
@@ -92,25 +93,19 @@ async fn projectors_killed_mid_run_and_a_rival_end_with_a_replay(db: &TestDb) {
     // open is rolled back by the server as at a process's death. And a rival projector
     // running throughout.
     let (_, rival_store) = db.stores().await;
-    let rival = Projector::start(rival_store, READ_MODELS_PROJECTOR)
-        .await
-        .expect("rival");
+    let rival = common::projector(rival_store).await.expect("rival");
     for _ in 0..5 {
         let (_, own) = db.stores().await;
-        let p = Projector::start(own.clone(), READ_MODELS_PROJECTOR)
-            .await
-            .expect("start");
+        let p = common::projector(own.clone()).await.expect("start");
         tokio::time::sleep(Duration::from_millis(30)).await;
         p.abort();
         own.close().await;
     }
     load.await.expect("workload");
     let (_, own) = db.stores().await;
-    let last = Projector::start(own, READ_MODELS_PROJECTOR)
-        .await
-        .expect("restart");
-    assert!(last.catch_up(CATCH_UP).await);
-    assert!(rival.catch_up(CATCH_UP).await);
+    let last = common::projector(own).await.expect("restart");
+    assert!(last.persist(CATCH_UP).await);
+    assert!(rival.persist(CATCH_UP).await);
     let (_, models) = stored(store.as_ref()).await;
     assert_same(&models, &replay(store.as_ref(), None).await);
 }
@@ -129,9 +124,7 @@ async fn an_event_committed_late_is_projected() {
     };
     let (log, store) = db.stores().await;
     let engine = engine_on(log, manual_clock(), Default::default());
-    let projector = Projector::start(store.clone(), READ_MODELS_PROJECTOR)
-        .await
-        .expect("start");
+    let projector = common::projector(store.clone()).await.expect("start");
     let record = |brand: &str| {
         request(
             brand,
@@ -153,7 +146,7 @@ async fn an_event_committed_late_is_projected() {
             .unwrap();
         engine.execute(record(brand)).await.unwrap();
     }
-    assert!(projector.catch_up(CATCH_UP).await);
+    assert!(projector.persist(CATCH_UP).await);
 
     // A writer takes its transaction id and a position, then stalls.
     let pool = sqlx::PgPool::connect(db.pg_url().unwrap()).await.unwrap();
@@ -185,7 +178,7 @@ async fn an_event_committed_late_is_projected() {
         "not committed yet"
     );
     late.commit().await.unwrap();
-    assert!(projector.catch_up(CATCH_UP).await);
+    assert!(projector.persist(CATCH_UP).await);
     let (_, after) = stored(store.as_ref()).await;
     let late_rows = after
         .quota_summary

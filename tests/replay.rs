@@ -12,8 +12,7 @@ use ledger_replay::Cutoff;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use usage_ledger::cli::replay::{self, AsOfArgs, ReplayFailure, VerifyExportArgs};
-use usage_ledger::projector::Projector;
-use usage_ledger::store::{PostgresLog, ProjectionStore, READ_MODELS_PROJECTOR};
+use usage_ledger::store::{PostgresLog, ProjectionStore};
 
 use common::workload::{assert_same, id, replay as replay_models, stored, workload};
 use common::{engine_on, manual_clock, Backend, TestDb};
@@ -24,11 +23,9 @@ const CATCH_UP: Duration = Duration::from_secs(10);
 async fn projected(db: &TestDb, commands: usize) -> Arc<dyn ProjectionStore> {
     let (log, store) = db.stores().await;
     let engine = engine_on(log, manual_clock(), Default::default());
-    let projector = Projector::start(store.clone(), READ_MODELS_PROJECTOR)
-        .await
-        .expect("start");
+    let projector = common::projector(store.clone()).await.expect("start");
     workload(&engine, 5, commands).await;
-    assert!(projector.catch_up(CATCH_UP).await);
+    assert!(projector.persist(CATCH_UP).await);
     projector.abort();
     store
 }

@@ -62,6 +62,11 @@ pub struct CostEstimate {
     /// Each metric's overage cost as its last event carried it (only non-zero ones):
     /// what `overage`, and after the close `adjustment`, are summed from.
     pub overage_by_metric: BTreeMap<MetricKey, Money>,
+    /// The plan as the period's events snapshotted it (`PeriodOpened`, then each
+    /// `PlanApplied`): what a summary shows, whatever the catalog says today. Absent
+    /// only in rows stored before it was kept; a rebuild fills it in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanDefinition>,
 }
 
 impl CostEstimate {
@@ -76,6 +81,7 @@ impl CostEstimate {
             invoiced: false,
             adjustment: Money::ZERO,
             overage_by_metric: BTreeMap::new(),
+            plan: Some(plan.clone()),
         }
     }
 
@@ -174,6 +180,7 @@ impl ReadModel for PeriodCost {
                 row.plan_id = plan.id.clone();
                 row.currency = plan.currency;
                 row.base = plan.base_price_cents;
+                row.plan = Some(plan.clone());
                 for (metric, t) in totals {
                     row.set_metric(metric, t.overage_cost);
                 }
@@ -207,5 +214,6 @@ crate::diff::diff_fields!(CostEstimate {
     invoiced,
     adjustment,
     overage_by_metric,
+    plan,
 });
 crate::diff::diff_fields!(PeriodCost { cursors, rows });

@@ -4,6 +4,7 @@
 //! - this file: [`Principal`], its access rules, [`AuthError`] and [`Authenticator`].
 //! - [`jwt`]: bearer tokens: verification with the pinned algorithm, minting.
 //! - [`key_cache`]: the bounded cache of API key lookups, cleared by revocations.
+//! - [`keys`]: the verifier's key material: configured, or the development secret.
 //!
 //! The HTTP layer asks the [`Authenticator`] for the principal of a request and then
 //! asks the principal what it may do; no handler looks at claims itself. API keys are
@@ -11,6 +12,7 @@
 
 pub mod jwt;
 pub mod key_cache;
+pub mod keys;
 
 use std::sync::Arc;
 

@@ -45,10 +45,8 @@ use sqlx::{Connection, Executor, PgConnection, PgPool};
 use usage_ledger::cli::replay::scan_log;
 use usage_ledger::clock::SystemClock;
 use usage_ledger::engine::{Action, Engine, EngineConfig, PeriodRequest};
-use usage_ledger::projector::Projector;
-use usage_ledger::store::{
-    EventLog, PostgresLog, ProjectionStore, SqliteLog, READ_MODELS_PROJECTOR,
-};
+use usage_ledger::store::{EventLog, PostgresLog, ProjectionStore, SqliteLog};
+use usage_ledger::tail::projector::Projector;
 
 /// glibc's allocator was ~13 % of the writer's CPU in a `perf` profile (many small,
 /// short-lived allocations per command). Swapping in mimalloc gave no throughput change
@@ -839,11 +837,6 @@ async fn engine_run(
     keyed: bool,
     projection: Option<Arc<dyn ProjectionStore>>,
 ) -> Result<Measured, BoxError> {
-    // With a projection store, the projector runs beside the engine, as in the service.
-    let projector = match &projection {
-        Some(store) => Some(Projector::start(store.clone(), READ_MODELS_PROJECTOR).await?),
-        None => None,
-    };
     let catalog = Catalog::default_catalog();
     let plan = bench_plan(&catalog)?.id;
     let engine = Engine::start(
@@ -857,6 +850,13 @@ async fn engine_run(
             ..EngineConfig::default()
         },
     );
+    // With a projection store, the projector runs beside the engine, as in the service.
+    let projector = match &projection {
+        Some(store) => {
+            Some(Projector::start(store.clone(), engine.watermarks(), Default::default()).await?)
+        }
+        None => None,
+    };
     let brands = Arc::new(scenario.brands.clone());
 
     // Untimed: register every brand, then warm up (every period opened and cached).

@@ -22,9 +22,9 @@ use ledger_projections::{Differences, LogPosition, LogRecord};
 use ledger_replay::{ExportError, ExportSummary, ExportWriter, ReplayError, Replayer};
 use tokio::sync::mpsc;
 
-use crate::projector::rows::{restore_all, rows_of_all};
-use crate::projector::RowError;
 use crate::store::{ProjectionStore, StoreError, READ_MODELS_PROJECTOR};
+use crate::tail::rows::{restore_all, rows_of_all};
+use crate::tail::RowError;
 
 /// Events per read: large pages keep PostgreSQL streaming, and one page is folded
 /// while the next is read.

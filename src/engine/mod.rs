@@ -10,7 +10,7 @@
 mod writer;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::Aggregate;
@@ -22,10 +22,11 @@ use ledger_aggregates::{
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::Clock;
 use crate::store::{EventLog, StoreError};
+use crate::tail::watermark::Watermarks;
 
 /// Limits and tuning of the engine. Every field is a named limit with its reason.
 #[derive(Debug, Clone)]
@@ -342,6 +343,12 @@ pub struct Engine {
     config: Arc<EngineConfig>,
     /// For the freshness probe of reads; all writes go through the writers.
     log: Arc<dyn EventLog>,
+    /// Set by [`Engine::drain`]: the writers stop taking jobs, answer those queued, end.
+    closing: watch::Sender<bool>,
+    /// The writer tasks, awaited by [`Engine::drain`].
+    writers: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// What the writers acknowledged per stream, for reads of the read models.
+    marks: Arc<Watermarks>,
 }
 
 impl Engine {
@@ -360,6 +367,9 @@ impl Engine {
             idempotency_cache_max: (config.idempotency_cache_max / n).max(1),
             ..config.clone()
         });
+        let closing = watch::Sender::new(false);
+        let marks = Arc::new(Watermarks::new());
+        let mut writers = Vec::with_capacity(n);
         let shards: Vec<_> = (0..n)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(shard_cfg.queue_commands_max);
@@ -368,8 +378,9 @@ impl Engine {
                     catalog.clone(),
                     clock.clone(),
                     shard_cfg.clone(),
+                    marks.clone(),
                 );
-                tokio::spawn(w.run(rx));
+                writers.push(tokio::spawn(w.run(rx, closing.subscribe())));
                 tx
             })
             .collect();
@@ -380,7 +391,28 @@ impl Engine {
             catalog,
             clock,
             config,
+            closing,
+            writers: Arc::new(Mutex::new(writers)),
+            marks,
         }
+    }
+
+    /// Stop taking commands, answer every one already queued, and wait for the writers
+    /// to end. Later commands are answered [`EngineError::Stopped`].
+    pub async fn drain(&self) {
+        self.closing.send_replace(true);
+        let writers = std::mem::take(&mut *self.writers.lock().expect("writers lock"));
+        for w in writers {
+            if let Err(e) = w.await {
+                tracing::error!(error = %e, "a writer task failed while draining");
+            }
+        }
+    }
+
+    /// The streams this engine acknowledged writes on, as the read models' readers
+    /// need them.
+    pub fn watermarks(&self) -> Arc<Watermarks> {
+        self.marks.clone()
     }
 
     pub fn catalog(&self) -> &Catalog {

@@ -24,6 +24,7 @@ use super::{
 };
 use crate::clock::Clock;
 use crate::store::{EventLog, LoadedStream, NewEvent, NewSnapshot, StoreError};
+use crate::tail::watermark::Watermarks;
 
 const PERIOD: &str = UsagePeriodAggregate::TYPE;
 const BRAND: &str = BrandAggregate::TYPE;
@@ -45,8 +46,9 @@ enum Answer {
 struct Staged {
     events: Vec<NewEvent>,
     snapshots: Vec<NewSnapshot>,
-    /// Streams whose cached state now includes uncommitted events.
-    touched: Vec<(&'static str, String)>,
+    /// Streams whose cached state now includes uncommitted events, with the last
+    /// sequence staged on them.
+    touched: Vec<(&'static str, String, u64)>,
     /// Streams whose staged sequences reached a multiple of the snapshot interval.
     snapshot_due: Vec<(&'static str, String)>,
     /// (stream id, key) -> (fingerprint, outcome) of commands in this batch.
@@ -107,6 +109,8 @@ pub(crate) struct Writer {
     keys: LruCache<(String, String), (String, Outcome)>,
     /// Keys of the batch whose append is in flight: not yet in `keys` nor in the log.
     pending_keys: HashMap<(String, String), (String, Outcome)>,
+    /// Where committed writes are announced to the read models' readers.
+    marks: Arc<Watermarks>,
 }
 
 impl Writer {
@@ -115,6 +119,7 @@ impl Writer {
         catalog: Arc<Catalog>,
         clock: Arc<dyn Clock>,
         cfg: Arc<EngineConfig>,
+        marks: Arc<Watermarks>,
     ) -> Self {
         // Each job needs at most two streams; the cache must hold a whole batch.
         let streams = cfg.cache_streams_max.max(4 * cfg.batch_commands_max);
@@ -128,6 +133,7 @@ impl Writer {
             brands: LruCache::new(cap(streams)),
             keys: LruCache::new(cap(cfg.idempotency_cache_max)),
             pending_keys: HashMap::new(),
+            marks,
             cfg,
         }
     }
@@ -136,7 +142,11 @@ impl Writer {
     /// decided against the running state (which already includes the in-flight batch)
     /// into the next batch; that batch is appended as soon as the previous one has
     /// committed. Deciding overlaps the commit wait, and appends stay strictly ordered.
-    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+    pub(crate) async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Job>,
+        mut closing: tokio::sync::watch::Receiver<bool>,
+    ) {
         let max = self.cfg.batch_commands_max;
         let mut next = Batch::default();
         let mut inflight: Option<(Batch, Append)> = None;
@@ -173,6 +183,12 @@ impl Writer {
             }
             tokio::select! {
                 biased;
+                // Closing the queue refuses new jobs; those queued are still received.
+                changed = closing.changed(), if open && !rx.is_closed() => {
+                    if changed.is_err() || *closing.borrow() {
+                        rx.close();
+                    }
+                }
                 _ = &mut timer, if lingering => linger = None,
                 done = async {
                     match inflight.as_mut() {
@@ -247,12 +263,13 @@ impl Writer {
             for (k, v) in self.pending_keys.drain() {
                 self.keys.put(k, v);
             }
+            self.acknowledge(&batch.staged);
             reply_all(batch.jobs.into_iter(), Ok(batch.answers));
             return;
         }
         self.pending_keys.clear();
         let next = std::mem::take(next);
-        for (t, id) in batch.staged.touched.iter().chain(&next.staged.touched) {
+        for (t, id, _) in batch.staged.touched.iter().chain(&next.staged.touched) {
             self.evict(t, id);
         }
         let mut retry = next.jobs;
@@ -288,12 +305,13 @@ impl Writer {
             let result = self.attempt(batch, now, &mut staged).await;
             if result.is_err() {
                 // The cache may hold uncommitted decisions: forget them, reload later.
-                for (t, id) in &staged.touched {
+                for (t, id, _) in &staged.touched {
                     self.evict(t, id);
                 }
             }
             match result {
                 Ok(answers) => {
+                    self.acknowledge(&staged);
                     for (k, v) in staged.keyed {
                         self.keys.put(k, v);
                     }
@@ -307,6 +325,17 @@ impl Writer {
             }
         };
         reply_all(batch.drain(..), answers);
+    }
+
+    /// Tell readers what a committed batch wrote, before its callers hear of it.
+    fn acknowledge(&self, staged: &Staged) {
+        self.marks.acknowledge(
+            staged
+                .touched
+                .iter()
+                .filter(|(t, _, _)| *t == PERIOD)
+                .map(|(_, id, last)| (id.as_str(), *last)),
+        );
     }
 
     fn evict(&mut self, aggregate_type: &str, id: &str) {
@@ -932,7 +961,8 @@ impl Staged {
                 self.snapshot_due.push((E::AGGREGATE_TYPE, id.to_owned()));
             }
         }
-        self.touched.push((E::AGGREGATE_TYPE, id.to_owned()));
+        let last = first + events.len() as u64 - 1;
+        self.touched.push((E::AGGREGATE_TYPE, id.to_owned(), last));
     }
 }
 

@@ -14,7 +14,7 @@ use super::extract::{idempotency_header, one_key, ApiJson, ApiPath, Caller};
 use super::views::{event_id, MetricView};
 use super::{AppState, API_PREFIX};
 use crate::engine::{Action, Metadata, PeriodRequest, PlanChange};
-use crate::projector::ProjectorStatus;
+use crate::tail::TailStatus;
 
 /// A grant's reason is a sentence for the audit trail, not a document.
 pub const GRANT_REASON_CHARS_MAX: usize = 500;
@@ -29,15 +29,15 @@ pub fn router() -> Router<AppState> {
 /// Where the read models stand: the projector's checkpoint, events projected, lag
 /// (event commit to read-model commit, ms) and last error.
 #[utoipa::path(get, path = "/api/v1/usage-billing/projector", tag = "admin",
-    responses((status = 200, body = ProjectorStatus),
+    responses((status = 200, body = TailStatus),
         (status = 403, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub(crate) async fn projector_status(
     State(s): State<AppState>,
     caller: Caller,
-) -> Result<Json<ProjectorStatus>, ApiError> {
+) -> Result<Json<TailStatus>, ApiError> {
     caller.admin()?;
-    Ok(Json(s.projector.status()))
+    Ok(Json(s.ledger.projector.status()))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -84,6 +84,7 @@ pub(crate) async fn set_plan(
         changed,
         applied_to,
     } = s
+        .ledger
         .engine
         .set_plan(brand, body.plan, caller.0.subject.clone())
         .await?;
@@ -154,6 +155,7 @@ pub(crate) async fn grant(
     }
     let key = one_key(idempotency_header(&headers)?, body.idempotency_key)?;
     let outcome = s
+        .ledger
         .engine
         .execute(PeriodRequest {
             brand: body.brand_id.clone(),
@@ -179,6 +181,7 @@ pub(crate) async fn grant(
         )));
     };
     let state = s
+        .ledger
         .engine
         .period_state(outcome.brand.clone(), outcome.period)
         .await?;
@@ -200,7 +203,7 @@ pub(crate) async fn grant(
             period: outcome.period,
             replayed: outcome.replayed,
             // From the event itself, so a replayed grant answers what the grant did.
-            state: MetricView::new(s.engine.catalog(), &body.metric, base, totals),
+            state: MetricView::new(s.ledger.engine.catalog(), &body.metric, base, totals),
         }),
     )
         .into_response())

@@ -57,7 +57,7 @@ pub(crate) async fn create(
 ) -> Result<Response, ApiError> {
     caller.admin()?;
     let label = KeyLabel::parse(&body.label).map_err(|e| ApiError::invalid("invalid-label", e))?;
-    if s.engine.brand_state(brand.clone()).await?.is_none() {
+    if s.ledger.engine.brand_state(brand.clone()).await?.is_none() {
         return Err(unknown_brand(&brand));
     }
     let (info, key) = s

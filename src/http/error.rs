@@ -301,10 +301,24 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
-impl From<crate::projector::RowError> for ApiError {
+impl From<crate::tail::RowError> for ApiError {
     /// A stored read model that does not parse: a defect or a hand edit, which
     /// `usage-ledger replay verify` names and `replay rebuild` repairs.
-    fn from(e: crate::projector::RowError) -> Self {
+    fn from(e: crate::tail::RowError) -> Self {
         ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<crate::ledger::QueryError> for ApiError {
+    fn from(e: crate::ledger::QueryError) -> Self {
+        use crate::ledger::QueryError;
+        use crate::tail::TailError;
+        match e {
+            QueryError::UnknownBrand(brand) => EngineError::BrandNotRegistered(brand).into(),
+            QueryError::Engine(e) => e.into(),
+            QueryError::Store(e) | QueryError::ReadModels(TailError::Store(e)) => e.into(),
+            QueryError::ReadModels(e) => ApiError::Internal(e.to_string()),
+            QueryError::Corrupt(detail) => ApiError::Internal(detail),
+        }
     }
 }

@@ -27,9 +27,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, Problem};
 use super::extract::{ApiQuery, Caller};
-use super::reads::caught_up;
 use super::{AppState, API_PREFIX};
-use crate::projector::rows::restore_all;
 
 /// The CSV's header row: one column per field of a JSON line, amounts in cents.
 const CSV_HEADER: [&str; 6] = [
@@ -184,10 +182,8 @@ pub(crate) async fn overages(
 /// holds every acknowledged write. That is one row per brand with events in the
 /// period, all of them: the totals need every brand, as the close does.
 async fn reconcile(s: &AppState, period: PeriodKey) -> Result<OveragesAnswer, ApiError> {
-    caught_up(s).await;
-    let rows = s.projections.models_in_period(&period.to_string()).await?;
-    let models = restore_all(&rows)?;
-    answer_of(s.engine.catalog().currency, period, &models)
+    let models = s.ledger.models_in_period(period).await?;
+    answer_of(s.ledger.engine.catalog().currency, period, &models)
 }
 
 /// The answer the models give for `period`. `currency` is the catalog's: every brand's

@@ -26,8 +26,6 @@ mod plans;
 mod reads;
 mod usage;
 
-use std::sync::Arc;
-
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -35,9 +33,7 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::auth::Authenticator;
-use crate::engine::Engine;
-use crate::projector::Projector;
-use crate::store::{EventLog, ProjectionStore};
+use crate::ledger::Ledger;
 use error::ApiError;
 
 pub use openapi::{ApiDoc, OPENAPI_PATH};
@@ -50,11 +46,8 @@ pub const API_PREFIX: &str = "/api/v1/usage-billing";
 
 #[derive(Clone)]
 pub struct AppState {
-    pub engine: Engine,
-    pub log: Arc<dyn EventLog>,
-    /// The read models (summaries, costs, finance) and the projector that keeps them.
-    pub projections: Arc<dyn ProjectionStore>,
-    pub projector: Projector,
+    /// The application layer every handler calls.
+    pub ledger: Ledger,
     pub auth: Authenticator,
     /// Request bodies above this many bytes are refused with 413.
     pub body_bytes_max: usize,
@@ -85,7 +78,7 @@ async fn healthz() -> &'static str {
 
 /// Readiness: the event store answers.
 async fn readyz(State(s): State<AppState>) -> Response {
-    match s.log.ping().await {
+    match s.ledger.stores.log.ping().await {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness probe failed");

@@ -34,7 +34,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         reads::SummaryAnswer, reads::Summary, reads::PeriodView, reads::PeriodSummaryAnswer, reads::AsOfView, reads::CurrentAnswer,
         reads::HistoryEntry, reads::HistoryAnswer, reads::AuditEvent, reads::AuditAnswer,
         admin::PlanBody, admin::PlanAnswer, admin::GrantBody, admin::GrantAnswer,
-        crate::projector::ProjectorStatus, crate::projector::LagSummary,
+        crate::tail::TailStatus, crate::tail::LagSummary,
         periods::CloseAnswer, periods::InvoiceView, periods::InvoiceLineView, periods::CloseFailure,
         finance::OveragesAnswer, finance::FinanceLineView, finance::FinanceTotalsView,
         finance::FinanceBrandView, finance::FinanceBrandTotalsView,

@@ -170,8 +170,8 @@ pub(crate) async fn close_period(
 ) -> Result<Response, ApiError> {
     caller.admin()?;
     // Refused once here, rather than by every brand's command one by one.
-    s.engine.check_ended(period)?;
-    let brands = s.log.stream_ids(BRAND_TYPE).await?;
+    s.ledger.engine.check_ended(period)?;
+    let brands = s.ledger.stores.log.stream_ids(BRAND_TYPE).await?;
     let actor = caller.0.subject.as_str();
     let mut results: Vec<BrandResult> = futures::stream::iter(brands)
         .map(|id| {
@@ -206,6 +206,7 @@ async fn close_brand(
         return Ok((brand, Closing::Skipped));
     }
     let closing = s
+        .ledger
         .engine
         .execute(PeriodRequest {
             brand: brand.clone(),
@@ -248,6 +249,8 @@ async fn plan_at(
     let mut after = 0;
     loop {
         let page = s
+            .ledger
+            .stores
             .log
             .read_stream(BRAND_TYPE, brand.as_str(), after, REGISTRY_PAGE_EVENTS_MAX)
             .await?;
@@ -274,7 +277,12 @@ async fn plan_at(
 /// Whether the brand's period stream holds any event: one primary-key probe.
 async fn has_events(s: &AppState, brand: &BrandId, period: PeriodKey) -> Result<bool, ApiError> {
     let id = period_stream_id(brand, period);
-    let version = s.log.stream_version(USAGE_PERIOD_TYPE, &id).await?;
+    let version = s
+        .ledger
+        .stores
+        .log
+        .stream_version(USAGE_PERIOD_TYPE, &id)
+        .await?;
     Ok(version > 0)
 }
 

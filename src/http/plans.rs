@@ -19,7 +19,7 @@ pub fn router() -> Router<AppState> {
 #[utoipa::path(get, path = "/api/v1/usage-billing/plans", tag = "plans",
     responses((status = 200, body = Vec<Object>)))]
 pub(crate) async fn list_plans(State(s): State<AppState>) -> Json<Vec<PlanDefinition>> {
-    Json(s.engine.catalog().plans().to_vec())
+    Json(s.ledger.engine.catalog().plans().to_vec())
 }
 
 /// An unknown plan is a 404, never the original's silent fallback to `starter`.
@@ -32,7 +32,7 @@ pub(crate) async fn get_plan(
 ) -> Result<Json<PlanDefinition>, ApiError> {
     PlanId::parse(&plan)
         .ok()
-        .and_then(|id| s.engine.catalog().plan(&id).cloned())
+        .and_then(|id| s.ledger.engine.catalog().plan(&id).cloned())
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no plan named {plan:?} in the catalog")))
 }

@@ -8,13 +8,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
-use ledger_aggregates::period::Crossing;
 use ledger_aggregates::{
-    BrandId, LedgerEvent, MetricKey, MetricTotals, Money, PeriodKey, PlanDefinition,
-    UsagePeriodAggregate,
+    BrandId, LedgerEvent, MetricKey, PeriodKey, PlanDefinition, UsagePeriodAggregate,
 };
-use ledger_projections::{PeriodModels, PeriodQuotas};
-use ledger_replay::{as_of, Cutoff};
+use ledger_replay::Cutoff;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -22,7 +19,7 @@ use super::error::{ApiError, Problem};
 use super::extract::{unknown_brand, ApiPath, ApiQuery, Caller};
 use super::views::{event_id, unit_of, AlertView, CostView, MetricView};
 use super::{AppState, API_PREFIX};
-use crate::projector::{models_from_row, CATCH_UP_WAIT_MAX};
+use crate::ledger::summary::PeriodSummary;
 use crate::store::StoredEvent;
 
 /// Items of one history or audit page when the caller does not say.
@@ -127,43 +124,9 @@ pub(crate) async fn brand_summary(
 
 /// Routes that read the log directly only need the brand to exist (else a 404).
 async fn registered(s: &AppState, brand: &BrandId) -> Result<(), ApiError> {
-    match s.engine.brand_state(brand.clone()).await? {
+    match s.ledger.engine.brand_state(brand.clone()).await? {
         Some(_) => Ok(()),
         None => Err(unknown_brand(brand)),
-    }
-}
-
-/// The plan a brand is on today. An unregistered brand is a 404.
-async fn brand_plan(s: &AppState, brand: &BrandId) -> Result<PlanDefinition, ApiError> {
-    let registry = s.engine.brand_state(brand.clone()).await?;
-    registry
-        .and_then(|b| b.plan)
-        .ok_or_else(|| unknown_brand(brand))
-}
-
-/// The stored read models of a brand-period (`None` while it has no events), once the
-/// projector holds every write acknowledged before this read; past
-/// [`CATCH_UP_WAIT_MAX`] the models answer as they are, and the lag is logged.
-pub(crate) async fn stored_period(
-    s: &AppState,
-    brand: &BrandId,
-    period: PeriodKey,
-) -> Result<Option<PeriodModels>, ApiError> {
-    caught_up(s).await;
-    let rows = s
-        .projections
-        .load_models(&[(brand.to_string(), period.to_string())])
-        .await?;
-    match rows.first() {
-        Some(row) => Ok(Some(models_from_row(row)?.2)),
-        None => Ok(None),
-    }
-}
-
-/// Wait for the projector to hold every acknowledged write, bounded.
-pub(crate) async fn caught_up(s: &AppState) {
-    if !s.projector.catch_up(CATCH_UP_WAIT_MAX).await {
-        tracing::warn!(status = ?s.projector.status(), "read models are behind the log");
     }
 }
 
@@ -172,94 +135,24 @@ pub(crate) async fn summary(
     brand: BrandId,
     period: Option<PeriodKey>,
 ) -> Result<SummaryAnswer, ApiError> {
-    let period = period.unwrap_or_else(|| PeriodKey::containing(s.engine.now()));
-    let plan = brand_plan(s, &brand).await?;
-    let models = stored_period(s, &brand, period).await?;
-    Ok(summary_of(s, brand, period, plan, models.as_ref()))
+    let period = s.ledger.period_or_now(period);
+    let summary = s.ledger.summary(brand, period).await?;
+    Ok(summary_answer(s, summary))
 }
 
-/// The summary a brand-period's read models give. `plan` is the brand's plan today,
-/// shown while the period has no events; once it has, the plan it runs on is the one
-/// its events name.
-pub(crate) fn summary_of(
-    s: &AppState,
-    brand: BrandId,
-    period: PeriodKey,
-    today: PlanDefinition,
-    models: Option<&PeriodModels>,
-) -> SummaryAnswer {
-    let now = s.engine.now();
-    let plan = models
-        .and_then(|m| m.cost.as_ref())
-        .and_then(|c| s.engine.catalog().plan(&c.plan_id).cloned())
-        .unwrap_or(today);
-    let empty = PeriodQuotas::new();
-    let quotas = models.map_or(&empty, |m| &m.quotas);
-    // Plan quotas in catalog order, then metrics without a quota that saw usage.
-    let mut keys: Vec<&MetricKey> = plan.quotas.iter().map(|q| &q.metric).collect();
-    keys.extend(quotas.keys().filter(|m| plan.quota(m).is_none()));
-    let metrics: Vec<MetricView> = keys
-        .into_iter()
-        .map(|m| {
-            let (base, totals) = match quotas.get(m) {
-                Some(q) => (
-                    q.base_limit,
-                    MetricTotals {
-                        current: q.current,
-                        billable: q.billable,
-                        effective_limit: q.effective_limit,
-                        overage_units: q.overage_units,
-                        overage_cost: q.overage_cost,
-                    },
-                ),
-                None => {
-                    let base = plan.quota(m).map(|q| q.limit);
-                    (
-                        base,
-                        MetricTotals {
-                            current: 0,
-                            billable: 0,
-                            effective_limit: base,
-                            overage_units: 0,
-                            overage_cost: Money::ZERO,
-                        },
-                    )
-                }
-            };
-            MetricView::new(s.engine.catalog(), m, base, &totals)
-        })
-        .collect();
-    let label = |m: &MetricKey| {
-        plan.quota(m)
-            .map_or_else(|| m.to_string(), |q| q.label.clone())
-    };
-    // Newest first; the timeline is in log order.
-    let alerts: Vec<AlertView> = models
-        .map_or(&[][..], |m| &m.alerts[..])
-        .iter()
-        .rev()
-        .map(|a| {
-            let crossing = Crossing {
-                threshold: a.threshold,
-                severity: a.severity,
-                percentage: a.percentage,
-                at: a.at,
-            };
-            AlertView::new(&a.metric, &label(&a.metric), &crossing)
-        })
-        .collect();
-    let cost = models.and_then(|m| m.cost.as_ref());
-    let closed = cost.is_some_and(|c| c.invoiced);
-    let status = match () {
-        _ if closed => "closed",
-        _ if period.contains(now) => "active",
-        _ if now >= period.end() => "ended",
-        _ => "upcoming",
-    };
-    let estimated_cost = match cost {
-        Some(c) => CostView::new(c.base, c.overage),
-        None => CostView::new(plan.base_price_cents, Money::ZERO),
-    };
+/// The wire shape of a summary.
+fn summary_answer(s: &AppState, summary: PeriodSummary) -> SummaryAnswer {
+    let catalog = s.ledger.engine.catalog();
+    let PeriodSummary {
+        brand,
+        period,
+        status,
+        plan,
+        metrics,
+        base,
+        overage,
+        alerts,
+    } = summary;
     SummaryAnswer {
         summary: Summary {
             brand_id: brand,
@@ -267,11 +160,17 @@ pub(crate) fn summary_of(
                 key: period,
                 start: period.start(),
                 end: period.end(),
-                status,
+                status: status.as_str(),
             },
-            metrics,
-            estimated_cost,
-            alerts,
+            metrics: metrics
+                .iter()
+                .map(|m| MetricView::new(catalog, &m.metric, m.base_limit, &m.totals))
+                .collect(),
+            estimated_cost: CostView::new(base, overage),
+            alerts: alerts
+                .iter()
+                .map(|a| AlertView::new(&a.metric, &a.label, &a.crossing))
+                .collect(),
         },
         plan,
     }
@@ -333,20 +232,12 @@ pub(crate) async fn period_summary(
     let cutoff: Cutoff = requested.parse().map_err(|e: ledger_replay::CutoffError| {
         ApiError::invalid("invalid-as-of", e.to_string())
     })?;
-    let plan = brand_plan(&s, &brand).await?;
-    let stream = ledger_aggregates::ids::period_stream_id(&brand, period);
-    let records = s
-        .projections
-        .stream_records(UsagePeriodAggregate::TYPE, &stream)
-        .await?;
-    let models = as_of(&records, &brand, period, cutoff)
-        .map_err(|e| ApiError::Internal(format!("replay of {stream}: {e}")))?;
-    let sequence = models.as_ref().map_or(0, |m| m.sequence);
+    let replayed = s.ledger.summary_as_of(brand, period, cutoff).await?;
     Ok(Json(PeriodSummaryAnswer {
-        answer: summary_of(&s, brand, period, plan, models.as_ref()),
+        answer: summary_answer(&s, replayed.summary),
         as_of: Some(AsOfView {
             requested,
-            sequence,
+            sequence: replayed.sequence,
         }),
     }))
 }
@@ -375,15 +266,8 @@ pub(crate) async fn current(
     ApiQuery(q): ApiQuery<PeriodQuery>,
 ) -> Result<Json<CurrentAnswer>, ApiError> {
     caller.read(&brand)?;
-    let period = q
-        .period
-        .unwrap_or_else(|| PeriodKey::containing(s.engine.now()));
-    let plan = brand_plan(&s, &brand).await?;
-    let mut usage: BTreeMap<MetricKey, u64> =
-        plan.quotas.iter().map(|q| (q.metric.clone(), 0)).collect();
-    if let Some(models) = stored_period(&s, &brand, period).await? {
-        usage.extend(models.quotas.iter().map(|(m, q)| (m.clone(), q.current)));
-    }
+    let period = s.ledger.period_or_now(q.period);
+    let usage = s.ledger.current(brand.clone(), period).await?;
     Ok(Json(CurrentAnswer {
         brand_id: brand,
         period,
@@ -461,7 +345,7 @@ pub(crate) async fn history(
     let limit = page_limit(q.limit)? as usize;
     let period = q
         .period
-        .unwrap_or_else(|| PeriodKey::containing(s.engine.now()));
+        .unwrap_or_else(|| PeriodKey::containing(s.ledger.engine.now()));
     registered(&s, &brand).await?;
     let id = ledger_aggregates::ids::period_stream_id(&brand, period);
     let mut entries = Vec::new();
@@ -469,6 +353,8 @@ pub(crate) async fn history(
     let mut scanned = 0;
     while entries.len() < limit && scanned < HISTORY_SCAN_EVENTS_MAX {
         let page = s
+            .ledger
+            .stores
             .log
             .read_stream_back(UsagePeriodAggregate::TYPE, &id, before, limit as i64)
             .await?;
@@ -521,7 +407,7 @@ fn history_entry(
         } => (metric, "gauge_set", totals.current as i64, at),
         _ => return Ok(None),
     };
-    let unit = unit_of(s.engine.catalog(), &metric);
+    let unit = unit_of(s.ledger.engine.catalog(), &metric);
     Ok(Some(HistoryEntry {
         id: event_id(brand, period, stored.sequence as u64),
         sequence: stored.sequence as u64,
@@ -584,6 +470,8 @@ pub(crate) async fn audit_events(
     let after = q.after_sequence.unwrap_or(0);
     let id = ledger_aggregates::ids::period_stream_id(&brand, period);
     let rows = s
+        .ledger
+        .stores
         .log
         .read_stream(
             UsagePeriodAggregate::TYPE,

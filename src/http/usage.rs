@@ -127,6 +127,7 @@ pub(crate) async fn record_one(
     caller.meter(&body.brand_id)?;
     let metadata = metadata_for(caller, body.metadata.clone())?;
     let outcome = s
+        .ledger
         .engine
         .execute(PeriodRequest {
             brand: body.brand_id.clone(),
@@ -179,7 +180,7 @@ fn recorded(
             at,
             ..
         } => {
-            let catalog = s.engine.catalog();
+            let catalog = s.ledger.engine.catalog();
             let base_limit = decision.as_ref().and_then(|d| d.limit);
             let label_of = |m: &MetricKey| label(s, &decision, m);
             Ok(Recorded {
@@ -220,7 +221,7 @@ fn recorded(
 fn label(s: &AppState, decision: &Option<QuotaDecision>, metric: &MetricKey) -> String {
     decision
         .as_ref()
-        .and_then(|d| s.engine.catalog().plan(&d.plan_id))
+        .and_then(|d| s.ledger.engine.catalog().plan(&d.plan_id))
         .and_then(|p| p.quota(metric))
         .map_or_else(|| metric.to_string(), |q| q.label.clone())
 }
@@ -349,6 +350,7 @@ pub(crate) async fn check_quota(
     let key = one_key(idempotency_header(&headers)?, body.idempotency_key)?;
     let metadata = metadata_for(&caller, body.metadata)?;
     let outcome = s
+        .ledger
         .engine
         .execute(PeriodRequest {
             brand: body.brand_id,

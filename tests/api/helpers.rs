@@ -9,14 +9,9 @@ use serde_json::{json, Value};
 use usage_ledger::auth::jwt::{Jwt, JwtKey, TokenTtl};
 use usage_ledger::auth::{Authenticator, Role};
 use usage_ledger::clock::ManualClock;
-use usage_ledger::engine::EngineConfig;
-use usage_ledger::http::{router, AppState};
-use usage_ledger::projector::Projector;
+use usage_ledger::config::{Mode, Settings};
 use usage_ledger::secret::Secret;
-use usage_ledger::store::api_keys::ApiKeyStore;
-use usage_ledger::store::{
-    EventLog, PostgresLog, ProjectionStore, SqliteLog, READ_MODELS_PROJECTOR,
-};
+use usage_ledger::startup::Application;
 
 use crate::common::{self, Backend, TestDb};
 
@@ -67,42 +62,34 @@ impl Answer {
     }
 }
 
+/// The settings a test's service runs with: the test's database, its own secret, port 0.
+pub fn test_settings(db: &TestDb) -> Settings {
+    let mut settings = Settings::default();
+    match &db.backend {
+        Backend::Postgres { url, .. } => settings.store.database_url = Some(url.clone()),
+        Backend::Sqlite { dir } => settings.store.data_dir = dir.path().to_owned(),
+    }
+    settings.auth.mode = Mode::Production;
+    settings.auth.jwt_secret = Some(Secret::new(TEST_SECRET));
+    settings.http.bind = "127.0.0.1:0".parse().expect("a loopback address");
+    settings
+}
+
+/// The service as `main` builds it (the composition root), on the test's database and
+/// a clock the test moves.
 pub async fn spawn_app(db: &TestDb) -> TestApp {
-    type Stores = (
-        Arc<dyn EventLog>,
-        Arc<dyn ApiKeyStore>,
-        Arc<dyn ProjectionStore>,
-    );
-    let (log, keys, projections): Stores = match &db.backend {
-        Backend::Postgres { url, .. } => {
-            let log = Arc::new(PostgresLog::connect(url).await.expect("connect"));
-            (log.clone(), log.clone(), log)
-        }
-        Backend::Sqlite { dir } => {
-            let log = Arc::new(SqliteLog::open_in(dir.path()).await.expect("open"));
-            (log.clone(), log.clone(), log)
-        }
-    };
-    let projector = Projector::start(projections.clone(), READ_MODELS_PROJECTOR)
-        .await
-        .expect("start the projector");
+    spawn_app_with(&test_settings(db)).await
+}
+
+pub async fn spawn_app_with(settings: &Settings) -> TestApp {
     let clock = common::manual_clock();
-    let engine = common::engine_on(log.clone(), clock.clone(), EngineConfig::default());
-    let auth = Authenticator::new(jwt(TEST_SECRET), keys);
-    let state = AppState {
-        engine: engine.clone(),
-        log,
-        projections,
-        projector,
-        auth: auth.clone(),
-        body_bytes_max: usage_ledger::config::BODY_BYTES_MAX_DEFAULT,
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let app = Application::build(settings, clock.clone())
         .await
-        .expect("bind port 0");
-    let addr = listener.local_addr().expect("local addr");
+        .expect("the service starts");
+    let addr = app.local_addr();
+    let auth = app.auth().clone();
     tokio::spawn(async move {
-        axum::serve(listener, router(state)).await.expect("serve");
+        app.run_until(std::future::pending()).await.expect("serve");
     });
     let admin = mint(&auth, Role::Admin, &[]);
     TestApp {

@@ -12,6 +12,9 @@ use sqlx::Executor;
 use usage_ledger::clock::{Clock, ManualClock};
 use usage_ledger::engine::{Engine, EngineConfig};
 use usage_ledger::store::{EventLog, PostgresLog, ProjectionStore, SqliteLog};
+use usage_ledger::tail::projector::{Projector, ReadModelsConfig};
+use usage_ledger::tail::watermark::Watermarks;
+use usage_ledger::tail::TailError;
 
 /// The server that hosts per-test databases. CI sets `DATABASE_URL`; locally the
 /// machine's default server is used.
@@ -160,6 +163,17 @@ pub async fn engine(db: &TestDb) -> (Engine, Arc<dyn EventLog>) {
     let log = db.log().await;
     let clock: Arc<dyn Clock> = manual_clock();
     (engine_on(log.clone(), clock, EngineConfig::default()), log)
+}
+
+/// The read models' consumer on `store`, with its own watermarks and default limits.
+#[allow(dead_code)]
+pub async fn projector(store: Arc<dyn ProjectionStore>) -> Result<Projector, TailError> {
+    Projector::start(
+        store,
+        Arc::new(Watermarks::new()),
+        ReadModelsConfig::default(),
+    )
+    .await
 }
 
 /// How many events the period stream `id` holds.

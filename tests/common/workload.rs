@@ -4,8 +4,8 @@
 use ledger_aggregates::{BrandId, MetricKey, Money, PlanId, Quantity};
 use ledger_projections::{LogPosition, ReadModels};
 use usage_ledger::engine::{Action, Engine, PeriodRequest};
-use usage_ledger::projector::rows::{restore_all, rows_of_all};
 use usage_ledger::store::{ProjectionStore, READ_MODELS_PROJECTOR};
+use usage_ledger::tail::rows::{restore_all, rows_of_all};
 
 pub const BRANDS: [&str; 5] = ["acme", "globex", "initech", "umbrella", "hooli"];
 pub const PLANS: [&str; 3] = ["starter", "professional", "business"];

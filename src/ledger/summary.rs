@@ -1,0 +1,252 @@
+//! A brand-period's summary and current usage, from the read models, and the same
+//! summary replayed from the log as of a point of the stream.
+//!
+//! A period with events is summarized on the plan its events snapshotted; only a
+//! period without any event falls back to the plan the brand is on today (and only
+//! then is the registry read).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use ledger_aggregates::ids::period_stream_id;
+use ledger_aggregates::period::Crossing;
+use ledger_aggregates::{
+    BrandId, MetricKey, MetricTotals, Money, PeriodKey, PlanDefinition, UsagePeriodAggregate,
+};
+use ledger_projections::{PeriodModels, PeriodQuotas};
+use ledger_replay::{as_of, Cutoff};
+
+use super::{Ledger, QueryError};
+
+/// Where a period stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeriodStatus {
+    /// Now is in it.
+    Active,
+    /// Over, not closed.
+    Ended,
+    /// Its invoice is frozen.
+    Closed,
+    /// Not begun.
+    Upcoming,
+}
+
+impl PeriodStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeriodStatus::Active => "active",
+            PeriodStatus::Ended => "ended",
+            PeriodStatus::Closed => "closed",
+            PeriodStatus::Upcoming => "upcoming",
+        }
+    }
+}
+
+/// One metric of a summary.
+#[derive(Debug, Clone)]
+pub struct MetricSummary {
+    pub metric: MetricKey,
+    /// The plan's limit, before top-ups (`None`: unlimited).
+    pub base_limit: Option<u64>,
+    pub totals: MetricTotals,
+}
+
+/// One threshold crossing, with the label of its metric on the period's plan.
+#[derive(Debug, Clone)]
+pub struct AlertSummary {
+    pub metric: MetricKey,
+    pub label: String,
+    pub crossing: Crossing,
+}
+
+/// What a brand-period comes to.
+#[derive(Debug, Clone)]
+pub struct PeriodSummary {
+    pub brand: BrandId,
+    pub period: PeriodKey,
+    pub status: PeriodStatus,
+    /// The plan the period is billed on.
+    pub plan: PlanDefinition,
+    /// Plan quotas in plan order, then metrics without a quota that saw usage.
+    pub metrics: Vec<MetricSummary>,
+    pub base: Money,
+    pub overage: Money,
+    /// Newest first. Reading never adds any.
+    pub alerts: Vec<AlertSummary>,
+}
+
+/// A summary replayed as of a point of its stream.
+#[derive(Debug, Clone)]
+pub struct AsOfSummary {
+    pub summary: PeriodSummary,
+    /// The last event of the stream folded in (0: the period had no event yet).
+    pub sequence: u64,
+}
+
+impl Ledger {
+    /// The period of `period`, or the current one.
+    pub fn period_or_now(&self, period: Option<PeriodKey>) -> PeriodKey {
+        period.unwrap_or_else(|| PeriodKey::containing(self.engine.now()))
+    }
+
+    /// The summary of a brand-period, holding every write this process acknowledged
+    /// on it. An unregistered brand is [`QueryError::UnknownBrand`].
+    pub async fn summary(
+        &self,
+        brand: BrandId,
+        period: PeriodKey,
+    ) -> Result<PeriodSummary, QueryError> {
+        let models = self.projector.period(&brand, period).await?;
+        let plan = self.plan_of(&brand, models.as_deref()).await?;
+        Ok(self.summarize(brand, period, plan, models.as_deref()))
+    }
+
+    /// Usage per metric: the plan's metrics at 0 unless used, and every metric used.
+    pub async fn current(
+        &self,
+        brand: BrandId,
+        period: PeriodKey,
+    ) -> Result<BTreeMap<MetricKey, u64>, QueryError> {
+        let models = self.projector.period(&brand, period).await?;
+        let plan = self.plan_of(&brand, models.as_deref()).await?;
+        let mut usage: BTreeMap<MetricKey, u64> =
+            plan.quotas.iter().map(|q| (q.metric.clone(), 0)).collect();
+        if let Some(models) = &models {
+            usage.extend(models.quotas.iter().map(|(m, q)| (m.clone(), q.current)));
+        }
+        Ok(usage)
+    }
+
+    /// The summary as it stood at `cutoff` of the stream, replayed from the log (an
+    /// auditor's view, never the read models).
+    pub async fn summary_as_of(
+        &self,
+        brand: BrandId,
+        period: PeriodKey,
+        cutoff: Cutoff,
+    ) -> Result<AsOfSummary, QueryError> {
+        let stream = period_stream_id(&brand, period);
+        let records = self
+            .stores
+            .projections
+            .stream_records(UsagePeriodAggregate::TYPE, &stream)
+            .await?;
+        let models = as_of(&records, &brand, period, cutoff)
+            .map_err(|e| QueryError::Corrupt(format!("replay of {stream}: {e}")))?;
+        let plan = self.plan_of(&brand, models.as_ref()).await?;
+        let sequence = models.as_ref().map_or(0, |m| m.sequence);
+        Ok(AsOfSummary {
+            summary: self.summarize(brand, period, plan, models.as_ref()),
+            sequence,
+        })
+    }
+
+    /// The plan a period is summarized on: the one its events snapshotted, or for a
+    /// period without events (or rows stored before the plan was kept) the brand's
+    /// plan today. The registry is read only then, and says whether the brand exists.
+    async fn plan_of(
+        &self,
+        brand: &BrandId,
+        models: Option<&PeriodModels>,
+    ) -> Result<PlanDefinition, QueryError> {
+        if let Some(plan) = models.and_then(|m| m.cost.as_ref()?.plan.clone()) {
+            return Ok(plan);
+        }
+        let registry = self.engine.brand_state(brand.clone()).await?;
+        registry
+            .and_then(|b| b.plan)
+            .ok_or_else(|| QueryError::UnknownBrand(brand.clone()))
+    }
+
+    fn summarize(
+        &self,
+        brand: BrandId,
+        period: PeriodKey,
+        plan: PlanDefinition,
+        models: Option<&PeriodModels>,
+    ) -> PeriodSummary {
+        let empty = PeriodQuotas::new();
+        let quotas = models.map_or(&empty, |m| &m.quotas);
+        let mut keys: Vec<&MetricKey> = plan.quotas.iter().map(|q| &q.metric).collect();
+        keys.extend(quotas.keys().filter(|m| plan.quota(m).is_none()));
+        let metrics = keys
+            .into_iter()
+            .map(|m| metric_summary(&plan, quotas, m))
+            .collect();
+        let label = |m: &MetricKey| {
+            plan.quota(m)
+                .map_or_else(|| m.to_string(), |q| q.label.clone())
+        };
+        let alerts = models
+            .map_or(&[][..], |m| &m.alerts[..])
+            .iter()
+            .rev()
+            .map(|a| AlertSummary {
+                metric: a.metric.clone(),
+                label: label(&a.metric),
+                crossing: Crossing {
+                    threshold: a.threshold,
+                    severity: a.severity,
+                    percentage: a.percentage,
+                    at: a.at,
+                },
+            })
+            .collect();
+        let cost = models.and_then(|m| m.cost.as_ref());
+        let closed = cost.is_some_and(|c| c.invoiced);
+        let (base, overage) = match cost {
+            Some(c) => (c.base, c.overage),
+            None => (plan.base_price_cents, Money::ZERO),
+        };
+        PeriodSummary {
+            brand,
+            period,
+            status: status_of(period, closed, self.engine.now()),
+            plan,
+            metrics,
+            base,
+            overage,
+            alerts,
+        }
+    }
+}
+
+fn metric_summary(plan: &PlanDefinition, quotas: &PeriodQuotas, m: &MetricKey) -> MetricSummary {
+    match quotas.get(m) {
+        Some(q) => MetricSummary {
+            metric: m.clone(),
+            base_limit: q.base_limit,
+            totals: MetricTotals {
+                current: q.current,
+                billable: q.billable,
+                effective_limit: q.effective_limit,
+                overage_units: q.overage_units,
+                overage_cost: q.overage_cost,
+            },
+        },
+        None => {
+            let base = plan.quota(m).map(|q| q.limit);
+            MetricSummary {
+                metric: m.clone(),
+                base_limit: base,
+                totals: MetricTotals {
+                    current: 0,
+                    billable: 0,
+                    effective_limit: base,
+                    overage_units: 0,
+                    overage_cost: Money::ZERO,
+                },
+            }
+        }
+    }
+}
+
+fn status_of(period: PeriodKey, closed: bool, now: DateTime<Utc>) -> PeriodStatus {
+    match () {
+        _ if closed => PeriodStatus::Closed,
+        _ if period.contains(now) => PeriodStatus::Active,
+        _ if now >= period.end() => PeriodStatus::Ended,
+        _ => PeriodStatus::Upcoming,
+    }
+}

@@ -1,0 +1,205 @@
+//! The composition root: the one place that opens the store, starts the engine and the
+//! log consumers, and wires the HTTP router. `main`, the operator commands, the API
+//! tests and the benchmark all start the ledger through it, so the wiring they run is
+//! the wiring users run.
+//!
+//! [`Application::build`] gives a bound but not yet serving service; its
+//! [`Application::run_until`] serves until the shutdown future completes, then stops
+//! taking requests, drains the engine and stops the consumers. [`open_ledger`] gives
+//! the same ledger without HTTP nor consumers, for one-shot commands.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ledger_aggregates::Catalog;
+
+use crate::auth::keys::{verifier, KeyError, KeySource};
+use crate::auth::Authenticator;
+use crate::clock::Clock;
+use crate::config::{Settings, StoreConfig};
+use crate::engine::Engine;
+use crate::http::{router, AppState};
+use crate::ledger::Ledger;
+use crate::store::{ApiKeyStore, EventLog, PostgresLog, ProjectionStore, SqliteLog, StoreError};
+use crate::tail::projector::Projector;
+use crate::tail::TailError;
+
+/// Why the ledger could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error("the read models cannot start: {0}")]
+    ReadModels(#[from] TailError),
+    #[error("cannot read plan catalog {path}: {source}")]
+    CatalogRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("plan catalog {path}: {detail}")]
+    Catalog { path: PathBuf, detail: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// The opened store: the event log, the API keys and the read models, in one database.
+#[derive(Clone)]
+pub struct Stores {
+    pub log: Arc<dyn EventLog>,
+    pub keys: Arc<dyn ApiKeyStore>,
+    /// The same database object as `log`: its consumers wake on `log`'s appends.
+    pub projections: Arc<dyn ProjectionStore>,
+}
+
+/// Open (and migrate) the configured store.
+pub async fn open_stores(config: &StoreConfig) -> Result<Stores, StoreError> {
+    Ok(match &config.database_url {
+        Some(url) => {
+            let db = Arc::new(PostgresLog::connect(url).await?);
+            Stores {
+                log: db.clone(),
+                keys: db.clone(),
+                projections: db,
+            }
+        }
+        None => {
+            let db = Arc::new(SqliteLog::open_in(&config.data_dir).await?);
+            Stores {
+                log: db.clone(),
+                keys: db.clone(),
+                projections: db,
+            }
+        }
+    })
+}
+
+/// The configured plan catalog, or the embedded one.
+pub fn load_catalog(config: &StoreConfig) -> Result<Catalog, StartupError> {
+    let Some(path) = &config.catalog_path else {
+        return Ok(Catalog::default_catalog());
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| StartupError::CatalogRead {
+        path: path.clone(),
+        source,
+    })?;
+    Catalog::from_toml(&text).map_err(|e| StartupError::Catalog {
+        path: path.clone(),
+        detail: e.to_string(),
+    })
+}
+
+/// The engine on the configured store with the configured rules and limits, and the
+/// store: what one-shot commands (`brands`, `reset`) write through, exactly as the
+/// service does, without the service's consumers.
+pub async fn open_engine(
+    settings: &Settings,
+    clock: Arc<dyn Clock>,
+) -> Result<(Engine, Stores), StartupError> {
+    let catalog = Arc::new(load_catalog(&settings.store)?);
+    let stores = open_stores(&settings.store).await?;
+    let engine = Engine::start(
+        stores.log.clone(),
+        catalog,
+        clock,
+        settings.engine.config(settings.ledger.rules()),
+    );
+    Ok((engine, stores))
+}
+
+/// The whole ledger: the engine and the read models' consumer on the configured store.
+pub async fn open_ledger(
+    settings: &Settings,
+    clock: Arc<dyn Clock>,
+) -> Result<Ledger, StartupError> {
+    let (engine, stores) = open_engine(settings, clock).await?;
+    let projector = Projector::start(
+        stores.projections.clone(),
+        engine.watermarks(),
+        settings.read_models.config(),
+    )
+    .await?;
+    Ok(Ledger {
+        engine,
+        stores,
+        projector,
+    })
+}
+
+/// The service, bound to its address, not yet serving.
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    key_source: KeySource,
+}
+
+impl Application {
+    /// Resolve the keys, open the store, start the engine and the read-model consumer,
+    /// and bind the listener (port 0 picks a free one).
+    pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
+        let (jwt, key_source) = verifier(settings)?;
+        let ledger = open_ledger(settings, clock).await?;
+        let auth = Authenticator::new(jwt, ledger.stores.keys.clone());
+        let addr = settings.http.bind;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let state = AppState {
+            ledger,
+            auth,
+            body_bytes_max: settings.http.body_bytes_max,
+        };
+        Ok(Self {
+            listener,
+            state,
+            key_source,
+        })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has a local address")
+    }
+
+    /// The verifier and minter of this service's tokens.
+    pub fn auth(&self) -> &Authenticator {
+        &self.state.auth
+    }
+
+    /// Where the signing key came from (development mode prints a token for it).
+    pub fn key_source(&self) -> &KeySource {
+        &self.key_source
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.state.ledger
+    }
+
+    /// Serve until `shutdown` completes; then let the requests in flight finish, drain
+    /// the engine (every queued command answered) and stop the consumers.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        let Self {
+            listener, state, ..
+        } = self;
+        let ledger = state.ledger.clone();
+        let served = axum::serve(listener, router(state))
+            .with_graceful_shutdown(shutdown)
+            .await;
+        ledger.engine.drain().await;
+        ledger.projector.stop().await;
+        served.map_err(StartupError::Serve)
+    }
+}

@@ -1,0 +1,474 @@
+//! The read models' consumer: folds the log into `ledger_projections` models kept in a
+//! bounded memory, serves reads from there, and persists what changed in the store.
+//!
+//! Per batch it takes the brand-periods the batch touches from memory (their stored
+//! rows for those it does not hold, one query), folds the batch into them, and keeps
+//! them as changed. Changed brand-periods are written, with the checkpoint that covers
+//! them, in one transaction (compare and set) at most every
+//! [`ReadModelsConfig::flush_interval`], when [`ReadModelsConfig::flush_rows_max`]
+//! of them wait, when room must be made, or when asked ([`Projector::persist`]): a
+//! hot brand-period folded a thousand times a second is written once a second, not a
+//! thousand times. The folds deduplicate by stream sequence, so a batch folded again
+//! after a crash (from the persisted checkpoint) counts once.
+//!
+//! Memory holds at most [`ReadModelsConfig::cache_periods_max`] brand-periods, least
+//! recently used evicted; one not yet written is written before it may be evicted, so
+//! a brand-period missing from memory is always its stored row.
+//!
+//! Several processes on one database each fold the whole log into their own memory;
+//! the stored rows are written by whichever persists first, and one that finds the
+//! checkpoint moved on either finds its rows covered or writes them from there.
+
+use std::collections::HashSet;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use ledger_aggregates::ids::period_stream_id;
+use ledger_aggregates::{BrandId, PeriodKey};
+use ledger_projections::{Delivery, LogPosition, LogRecord, PeriodModels, ReadModels};
+use lru::LruCache;
+use tokio::sync::watch;
+
+use super::rows::{models_from_row, row_of};
+use super::watermark::{Required, Watermarks};
+use super::{Consumer, Tail, TailError, TailStatus};
+use crate::store::{ModelRow, ProjectionStore, READ_MODELS_PROJECTOR};
+
+/// How long a read waits for the models to hold what it must see before answering
+/// from what they hold; the wait is logged.
+pub const CATCH_UP_WAIT_MAX: Duration = Duration::from_secs(2);
+/// Times a persist retries from a checkpoint another process moved.
+const PERSIST_RETRIES_MAX: u32 = 8;
+
+/// Limits of the read models' memory and writes.
+#[derive(Debug, Clone)]
+pub struct ReadModelsConfig {
+    /// Brand-periods kept in memory. A brand-period's models are a few KiB: 100 Ki of
+    /// them stay within a few hundred MiB, and hold every brand of a busy month.
+    pub cache_periods_max: usize,
+    /// Changed brand-periods are written at least this often: on restart, at most
+    /// this much of the log is folded again.
+    pub flush_interval: Duration,
+    /// Changed brand-periods written in one transaction at most: a write stays in the
+    /// tens of milliseconds.
+    pub flush_rows_max: usize,
+}
+
+impl Default for ReadModelsConfig {
+    fn default() -> Self {
+        Self {
+            cache_periods_max: 100_000,
+            flush_interval: Duration::from_secs(1),
+            flush_rows_max: 10_000,
+        }
+    }
+}
+
+/// The smallest memory accepted: a batch touches up to this many brand-periods, and all
+/// of them must fit at once.
+pub const CACHE_PERIODS_MIN: usize = super::TAIL_BATCH_EVENTS_MAX as usize;
+
+struct Entry {
+    brand: BrandId,
+    period: PeriodKey,
+    models: Arc<PeriodModels>,
+    /// Folded since the last write.
+    changed: bool,
+}
+
+/// The memory readers and the consumer share.
+struct Memory {
+    entries: Mutex<LruCache<String, Entry>>,
+    capacity: usize,
+    /// Bumped after every folded batch: readers waiting for a stream look again.
+    folded: watch::Sender<u64>,
+}
+
+impl Memory {
+    fn get(&self, id: &str) -> Option<Arc<PeriodModels>> {
+        let mut entries = self.entries.lock().expect("models lock");
+        entries.get(id).map(|e| e.models.clone())
+    }
+
+    fn sequence(&self, id: &str) -> Option<u64> {
+        let entries = self.entries.lock().expect("models lock");
+        entries.peek(id).map(|e| e.models.sequence)
+    }
+
+    /// Keep a stored row a reader loaded, if the consumer has not folded the stream
+    /// meanwhile and there is room without evicting anything.
+    fn offer(&self, id: String, brand: BrandId, period: PeriodKey, models: Arc<PeriodModels>) {
+        let mut entries = self.entries.lock().expect("models lock");
+        if entries.len() < self.capacity && !entries.contains(&id) {
+            entries.put(
+                id,
+                Entry {
+                    brand,
+                    period,
+                    models,
+                    changed: false,
+                },
+            );
+        }
+    }
+}
+
+/// The read models' consumer and the reads it serves; cheap to clone.
+#[derive(Clone)]
+pub struct Projector {
+    tail: Tail,
+    memory: Arc<Memory>,
+    marks: Arc<Watermarks>,
+    store: Arc<dyn ProjectionStore>,
+}
+
+impl Projector {
+    /// Start projecting `store`'s log into memory and its read-model rows. Reads wait
+    /// for what `marks` says this process acknowledged.
+    pub async fn start(
+        store: Arc<dyn ProjectionStore>,
+        marks: Arc<Watermarks>,
+        config: ReadModelsConfig,
+    ) -> Result<Self, TailError> {
+        let capacity = config.cache_periods_max.max(CACHE_PERIODS_MIN);
+        let memory = Arc::new(Memory {
+            entries: Mutex::new(LruCache::new(
+                NonZeroUsize::new(capacity).expect("at least CACHE_PERIODS_MIN"),
+            )),
+            capacity,
+            folded: watch::Sender::new(0),
+        });
+        let consumer = ReadModelConsumer {
+            store: store.clone(),
+            memory: memory.clone(),
+            marks: marks.clone(),
+            changed: HashSet::new(),
+            position: LogPosition::START,
+            persisted: LogPosition::START,
+            persisted_at: Instant::now(),
+            pass_begun: 0,
+            config,
+        };
+        let tail = Tail::start(store.clone(), consumer).await?;
+        Ok(Self {
+            tail,
+            memory,
+            marks,
+            store,
+        })
+    }
+
+    /// The models of one brand-period (`None` while it has no events), holding every
+    /// write this process acknowledged on that stream before the call. Past
+    /// [`CATCH_UP_WAIT_MAX`] the models answer as they are, and the lag is logged.
+    pub async fn period(
+        &self,
+        brand: &BrandId,
+        period: PeriodKey,
+    ) -> Result<Option<Arc<PeriodModels>>, TailError> {
+        let id = period_stream_id(brand, period);
+        self.wait_for(&id).await;
+        if let Some(models) = self.memory.get(&id) {
+            return Ok(Some(models));
+        }
+        let rows = self
+            .store
+            .load_models(&[(brand.to_string(), period.to_string())])
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let (brand, period, models) = models_from_row(row)?;
+        let models = Arc::new(models);
+        self.memory.offer(id, brand, period, models.clone());
+        Ok(Some(models))
+    }
+
+    /// Wait until memory holds stream `id` as far as this process acknowledged it.
+    async fn wait_for(&self, id: &str) {
+        let mut folded = self.memory.folded.subscribe();
+        let reached = tokio::time::timeout(CATCH_UP_WAIT_MAX, async {
+            loop {
+                match self.marks.required(id) {
+                    Required::Nothing => return true,
+                    Required::Sequence(n) if self.memory.sequence(id) >= Some(n) => {
+                        self.marks.settle([(id, n)]);
+                        return true;
+                    }
+                    Required::Sequence(_) => {}
+                    Required::Pass => return self.tail.catch_up(CATCH_UP_WAIT_MAX).await,
+                }
+                if folded.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await;
+        if !reached.unwrap_or(false) {
+            tracing::warn!(stream = id, status = ?self.tail.status(), "read models are behind the log");
+        }
+    }
+
+    /// Wait (at most `wait`) until memory holds every event committed before the call.
+    pub async fn catch_up(&self, wait: Duration) -> bool {
+        self.tail.catch_up(wait).await
+    }
+
+    /// [`Projector::catch_up`], then write every changed brand-period and the
+    /// checkpoint: the stored rows are then those of memory.
+    pub async fn persist(&self, wait: Duration) -> bool {
+        self.tail.persist(wait).await
+    }
+
+    pub fn status(&self) -> TailStatus {
+        self.tail.status()
+    }
+
+    /// Stop after the current batch, writing what changed.
+    pub async fn stop(&self) {
+        self.tail.stop().await;
+    }
+
+    /// Stop at once, as a killed process would: what was not written is folded again
+    /// by the next start.
+    pub fn abort(&self) {
+        self.tail.abort();
+    }
+
+    pub fn reset_lag(&self) {
+        self.tail.reset_lag();
+    }
+
+    /// Brand-periods held in memory.
+    pub fn cached_periods(&self) -> usize {
+        self.memory.entries.lock().expect("models lock").len()
+    }
+}
+
+struct ReadModelConsumer {
+    store: Arc<dyn ProjectionStore>,
+    memory: Arc<Memory>,
+    marks: Arc<Watermarks>,
+    /// Streams folded since the last write.
+    changed: HashSet<String>,
+    /// The last event folded into memory.
+    position: LogPosition,
+    /// What the stored rows and checkpoint cover.
+    persisted: LogPosition,
+    persisted_at: Instant,
+    /// [`Watermarks::begin_pass`] when the current pass began.
+    pass_begun: u64,
+    config: ReadModelsConfig,
+}
+
+/// One stream a batch touches.
+struct Touched {
+    id: String,
+    brand: BrandId,
+    period: PeriodKey,
+}
+
+#[async_trait]
+impl Consumer for ReadModelConsumer {
+    fn name(&self) -> &'static str {
+        READ_MODELS_PROJECTOR
+    }
+
+    async fn start(&mut self) -> Result<LogPosition, TailError> {
+        let at = self.store.checkpoint(READ_MODELS_PROJECTOR).await?;
+        self.position = at;
+        self.persisted = at;
+        self.pass_begun = self.marks.begin_pass();
+        Ok(at)
+    }
+
+    async fn apply(
+        &mut self,
+        _from: LogPosition,
+        records: &[LogRecord],
+    ) -> Result<LogPosition, TailError> {
+        let last = records
+            .last()
+            .expect("the loop hands over non-empty batches");
+        let mut events = Vec::with_capacity(records.len());
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut touched: Vec<Touched> = Vec::new();
+        for record in records {
+            let event = record.decode()?;
+            // Registry events change no read model (plans reach them as period events).
+            if let Some((brand, period, _)) = event.as_period() {
+                if !seen.contains(record.aggregate_id.as_str()) {
+                    seen.insert(record.aggregate_id.clone());
+                    touched.push(Touched {
+                        id: record.aggregate_id.clone(),
+                        brand: brand.clone(),
+                        period,
+                    });
+                }
+                events.push(event);
+            }
+        }
+        let mut models = self.restore(&touched).await?;
+        for event in &events {
+            if let Delivery::AppliedAfterGap { expected } = models.apply(event) {
+                return Err(TailError::Gap {
+                    stream: event.stream_id(),
+                    expected,
+                    got: event.sequence,
+                });
+            }
+        }
+        self.keep(touched, &models).await?;
+        self.position = last.at;
+        if self.changed.len() >= self.config.flush_rows_max {
+            self.flush().await?;
+        }
+        Ok(last.at)
+    }
+
+    async fn caught_up(&mut self, persist: bool) -> Result<(), TailError> {
+        let memory = &self.memory;
+        self.marks.sweep(self.pass_begun, |id| memory.sequence(id));
+        self.pass_begun = self.marks.begin_pass();
+        let due = self.persisted_at.elapsed() >= self.config.flush_interval;
+        if persist || due {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn stop(&mut self) -> Result<(), TailError> {
+        self.flush().await
+    }
+}
+
+impl ReadModelConsumer {
+    /// The touched streams' models as they stand, from memory or their stored rows.
+    async fn restore(&self, touched: &[Touched]) -> Result<ReadModels, TailError> {
+        let mut models = ReadModels::new();
+        let mut missing = Vec::new();
+        {
+            let entries = self.memory.entries.lock().expect("models lock");
+            for t in touched {
+                match entries.peek(&t.id) {
+                    Some(e) => models.restore(&t.brand, t.period, PeriodModels::clone(&e.models)),
+                    None => missing.push((t.brand.to_string(), t.period.to_string())),
+                }
+            }
+        }
+        if !missing.is_empty() {
+            for row in self.store.load_models(&missing).await? {
+                let (brand, period, stored) = models_from_row(&row)?;
+                models.restore(&brand, period, stored);
+            }
+        }
+        Ok(models)
+    }
+
+    /// Put the folded streams in memory as changed, making room first, then tell the
+    /// readers waiting for them.
+    async fn keep(&mut self, touched: Vec<Touched>, models: &ReadModels) -> Result<(), TailError> {
+        let mut folded = Vec::with_capacity(touched.len());
+        for t in touched {
+            // A stream whose events were all redeliveries of nothing stored has no models.
+            if let Some(m) = models.period_models(&t.brand, t.period) {
+                folded.push((t, Arc::new(m)));
+            }
+        }
+        loop {
+            {
+                let mut entries = self.memory.entries.lock().expect("models lock");
+                let adding = folded
+                    .iter()
+                    .filter(|(t, _)| !entries.contains(&t.id))
+                    .count();
+                if make_room(&mut entries, self.memory.capacity, adding) {
+                    for (t, m) in &folded {
+                        let entry = Entry {
+                            brand: t.brand.clone(),
+                            period: t.period,
+                            models: m.clone(),
+                            changed: true,
+                        };
+                        entries.put(t.id.clone(), entry);
+                        self.changed.insert(t.id.clone());
+                    }
+                    break;
+                }
+            }
+            // Only changed brand-periods stand in the way: write them, then evict.
+            self.flush().await?;
+        }
+        self.marks
+            .settle(folded.iter().map(|(t, m)| (t.id.as_str(), m.sequence)));
+        self.memory.folded.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(())
+    }
+
+    /// Write every changed brand-period and move the checkpoint to what memory holds.
+    async fn flush(&mut self) -> Result<(), TailError> {
+        self.persisted_at = Instant::now();
+        if self.position <= self.persisted {
+            // Another process persisted at least this far: its rows cover memory.
+            self.mark_written();
+            return Ok(());
+        }
+        let held: Vec<(BrandId, PeriodKey, Arc<PeriodModels>)> = {
+            let entries = self.memory.entries.lock().expect("models lock");
+            self.changed
+                .iter()
+                .filter_map(|id| entries.peek(id))
+                .map(|e| (e.brand.clone(), e.period, e.models.clone()))
+                .collect()
+        };
+        let rows: Vec<ModelRow> = held.iter().map(|(b, p, m)| row_of(b, *p, m)).collect();
+        let mut from = self.persisted;
+        for _ in 0..PERSIST_RETRIES_MAX {
+            if self
+                .store
+                .save_models(READ_MODELS_PROJECTOR, from, self.position, &rows)
+                .await?
+            {
+                self.persisted = self.position;
+                self.mark_written();
+                return Ok(());
+            }
+            // Moved by another process (or a rebuild), only ever forwards.
+            from = self.store.checkpoint(READ_MODELS_PROJECTOR).await?;
+            if from >= self.position {
+                self.persisted = from;
+                self.mark_written();
+                return Ok(());
+            }
+        }
+        Err(TailError::Store(crate::store::StoreError::Conflict(
+            format!("the read-model checkpoint kept moving for {PERSIST_RETRIES_MAX} attempts"),
+        )))
+    }
+
+    fn mark_written(&mut self) {
+        let mut entries = self.memory.entries.lock().expect("models lock");
+        for id in self.changed.drain() {
+            if let Some(e) = entries.peek_mut(&id) {
+                e.changed = false;
+            }
+        }
+    }
+}
+
+/// Evict unchanged brand-periods, least recently used first, until `adding` more fit.
+/// `false` when a changed one stands in the way: it must be written first.
+fn make_room(entries: &mut LruCache<String, Entry>, capacity: usize, adding: usize) -> bool {
+    while entries.len() + adding > capacity {
+        match entries.peek_lru() {
+            Some((_, e)) if !e.changed => {
+                entries.pop_lru();
+            }
+            Some(_) => return false,
+            None => return true,
+        }
+    }
+    true
+}
