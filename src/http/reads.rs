@@ -7,28 +7,22 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use cqrs_es::Aggregate;
-use ledger_aggregates::{
-    BrandId, LedgerEvent, MetricKey, PeriodKey, PlanDefinition, UsagePeriodAggregate,
-};
+use ledger_aggregates::{BrandId, MetricKey, PeriodKey, PlanDefinition};
 use ledger_replay::Cutoff;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, Problem};
-use super::extract::{unknown_brand, ApiPath, ApiQuery, Caller};
+use super::extract::{ApiPath, ApiQuery, Caller};
 use super::views::{event_id, unit_of, AlertView, CostView, MetricView};
 use super::{AppState, API_PREFIX};
 use crate::ledger::summary::PeriodSummary;
-use crate::store::StoredEvent;
 
 /// Items of one history or audit page when the caller does not say.
 pub const PAGE_ITEMS_DEFAULT: u32 = 100;
 /// Items of one history or audit page at most: a page stays well under a megabyte.
 pub const PAGE_ITEMS_MAX: u32 = 1_000;
-/// Events a history request reads back at most while filtering by metric. Beyond this,
-/// the page is returned short with `truncated`: a read never scans a hot stream whole.
-pub const HISTORY_SCAN_EVENTS_MAX: usize = 10_000;
+pub use crate::ledger::history::HISTORY_SCAN_EVENTS_MAX;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -120,14 +114,6 @@ pub(crate) async fn brand_summary(
 ) -> Result<Json<SummaryAnswer>, ApiError> {
     caller.read(&brand)?;
     summary(&s, brand, q.period).await.map(Json)
-}
-
-/// Routes that read the log directly only need the brand to exist (else a 404).
-async fn registered(s: &AppState, brand: &BrandId) -> Result<(), ApiError> {
-    match s.ledger.engine.brand_state(brand.clone()).await? {
-        Some(_) => Ok(()),
-        None => Err(unknown_brand(brand)),
-    }
 }
 
 pub(crate) async fn summary(
@@ -286,6 +272,8 @@ pub struct HistoryQuery {
     /// `YYYY-MM`; the current period when absent.
     #[param(value_type = Option<String>)]
     pub period: Option<PeriodKey>,
+    /// Only entries older than this sequence: the previous page's `nextBefore`.
+    pub before: Option<u64>,
 }
 
 /// One change of usage, newest first: the original's `UsageMetric` row, plus how the
@@ -318,6 +306,9 @@ pub struct HistoryAnswer {
     pub entries: Vec<HistoryEntry>,
     /// True when the scan limit stopped the search before `limit` entries were found.
     pub truncated: bool,
+    /// Pass as `before` for the next, older page; absent once the period's first event
+    /// was read. A page is never empty while older entries exist.
+    pub next_before: Option<u64>,
 }
 
 fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
@@ -330,7 +321,7 @@ fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     }
 }
 
-/// Usage changes of a period, newest first.
+/// Usage changes of a period, newest first, paged backwards with `before`.
 #[utoipa::path(get, path = "/api/v1/usage-billing/history/{brandId}", tag = "reads",
     params(("brandId" = String, Path), HistoryQuery),
     responses((status = 200, body = HistoryAnswer), (status = 404, body = Problem, content_type = "application/problem+json")),
@@ -343,81 +334,33 @@ pub(crate) async fn history(
 ) -> Result<Json<HistoryAnswer>, ApiError> {
     caller.read(&brand)?;
     let limit = page_limit(q.limit)? as usize;
-    let period = q
-        .period
-        .unwrap_or_else(|| PeriodKey::containing(s.ledger.engine.now()));
-    registered(&s, &brand).await?;
-    let id = ledger_aggregates::ids::period_stream_id(&brand, period);
-    let mut entries = Vec::new();
-    let mut before = i64::MAX;
-    let mut scanned = 0;
-    while entries.len() < limit && scanned < HISTORY_SCAN_EVENTS_MAX {
-        let page = s
-            .ledger
-            .stores
-            .log
-            .read_stream_back(UsagePeriodAggregate::TYPE, &id, before, limit as i64)
-            .await?;
-        let Some(last) = page.last() else { break };
-        before = last.sequence;
-        scanned += page.len();
-        for stored in &page {
-            if let Some(e) = history_entry(&s, &brand, period, stored)? {
-                if q.metric.as_ref().is_none_or(|m| *m == e.metric) && entries.len() < limit {
-                    entries.push(e);
-                }
-            }
-        }
-    }
+    let period = s.ledger.period_or_now(q.period);
+    let page = s
+        .ledger
+        .history(&brand, period, q.metric.as_ref(), q.before, limit)
+        .await?;
+    let catalog = s.ledger.engine.catalog();
+    let entries = page
+        .entries
+        .into_iter()
+        .map(|c| HistoryEntry {
+            id: event_id(&brand, period, c.sequence),
+            sequence: c.sequence,
+            brand_id: brand.clone(),
+            unit: unit_of(catalog, &c.metric),
+            metric: c.metric,
+            kind: c.kind.as_str(),
+            value: c.value,
+            timestamp: c.at,
+            metadata: serde_json::from_str(&c.metadata).unwrap_or(serde_json::Value::Null),
+        })
+        .collect();
     Ok(Json(HistoryAnswer {
         brand_id: brand,
         period,
-        truncated: entries.len() < limit && scanned >= HISTORY_SCAN_EVENTS_MAX,
         entries,
-    }))
-}
-
-fn decode(stored: &StoredEvent) -> Result<LedgerEvent, ApiError> {
-    serde_json::from_str(&stored.payload).map_err(|e| {
-        ApiError::Internal(format!(
-            "event {}#{} does not decode: {e}",
-            stored.aggregate_id, stored.sequence
-        ))
-    })
-}
-
-fn history_entry(
-    s: &AppState,
-    brand: &BrandId,
-    period: PeriodKey,
-    stored: &StoredEvent,
-) -> Result<Option<HistoryEntry>, ApiError> {
-    let (metric, kind, value, timestamp) = match decode(stored)? {
-        LedgerEvent::UsageRecorded {
-            metric,
-            quantity,
-            occurred_at,
-            ..
-        } => (metric, "recorded", quantity as i64, occurred_at),
-        LedgerEvent::UsageAdjusted {
-            metric, delta, at, ..
-        } => (metric, "adjusted", delta, at),
-        LedgerEvent::GaugeLevelSet {
-            metric, totals, at, ..
-        } => (metric, "gauge_set", totals.current as i64, at),
-        _ => return Ok(None),
-    };
-    let unit = unit_of(s.ledger.engine.catalog(), &metric);
-    Ok(Some(HistoryEntry {
-        id: event_id(brand, period, stored.sequence as u64),
-        sequence: stored.sequence as u64,
-        brand_id: brand.clone(),
-        metric,
-        kind,
-        value,
-        unit,
-        timestamp,
-        metadata: serde_json::from_str(&stored.metadata).unwrap_or(serde_json::Value::Null),
+        truncated: page.truncated,
+        next_before: page.next_before,
     }))
 }
 
@@ -466,22 +409,12 @@ pub(crate) async fn audit_events(
 ) -> Result<Json<AuditAnswer>, ApiError> {
     caller.read(&brand)?;
     let limit = page_limit(q.limit)?;
-    registered(&s, &brand).await?;
-    let after = q.after_sequence.unwrap_or(0);
-    let id = ledger_aggregates::ids::period_stream_id(&brand, period);
-    let rows = s
+    let page = s
         .ledger
-        .stores
-        .log
-        .read_stream(
-            UsagePeriodAggregate::TYPE,
-            &id,
-            i64::try_from(after).unwrap_or(i64::MAX),
-            i64::from(limit),
-        )
+        .audit_trail(&brand, period, q.after_sequence.unwrap_or(0), limit)
         .await?;
-    let full = rows.len() == limit as usize;
-    let events: Vec<AuditEvent> = rows
+    let events: Vec<AuditEvent> = page
+        .events
         .into_iter()
         .map(|r| {
             Ok(AuditEvent {
@@ -497,11 +430,7 @@ pub(crate) async fn audit_events(
     Ok(Json(AuditAnswer {
         brand_id: brand,
         period,
-        next_after_sequence: if full {
-            events.last().map(|e| e.sequence)
-        } else {
-            None
-        },
+        next_after_sequence: page.next_after,
         events,
     }))
 }

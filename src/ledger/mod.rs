@@ -5,7 +5,9 @@
 //! # Layout
 //! - this file: [`Ledger`], the handle every adapter holds.
 //! - [`summary`]: a brand-period's summary and current usage, from the read models.
+//! - [`history`]: usage changes and the audit trail, read from the log.
 
+pub mod history;
 pub mod summary;
 
 use ledger_aggregates::PeriodKey;
