@@ -381,6 +381,7 @@ impl Writer {
                 _ => None,
             })
             .collect();
+        self.refresh_stale(batch, &targets).await?;
         self.load_missing(batch, &targets, now).await?;
         let carried = self.carried_levels(&targets).await?;
         let known = self.known_keys(batch, &targets, lookup).await?;
@@ -451,6 +452,48 @@ impl Writer {
             ],
             Job::ReadBrand { brand, .. } => [Some((BRAND, Cow::Borrowed(brand.as_str()))), None],
         }
+    }
+
+    /// Commands that append learn of another process's writes from the conflict their
+    /// append meets. Pure checks append nothing, and a period opened from a cached
+    /// registry would take a plan another process changed: the streams those read are
+    /// compared with the log (one query for the batch) and dropped from the cache when
+    /// the log holds more, so they are decided on every event committed before them.
+    async fn refresh_stale(
+        &mut self,
+        batch: &[Job],
+        targets: &[Option<Target>],
+    ) -> Result<(), StoreError> {
+        let mut keys: Vec<(&'static str, String)> = Vec::new();
+        for (job, target) in batch.iter().zip(targets) {
+            let (Job::Period { req, .. }, Some((_, id))) = (job, target) else {
+                continue;
+            };
+            let pure = matches!(req.action, Action::Check { consume: false, .. });
+            let opening = !self.periods.peek(id).is_some_and(|p| p.is_open());
+            if pure || opening {
+                keys.push((BRAND, req.brand.to_string()));
+            }
+            if pure {
+                keys.push((PERIOD, id.clone()));
+            }
+        }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        let logged = self.log.stream_versions(&keys).await?;
+        for ((t, id), logged) in keys.iter().zip(logged) {
+            let cached = match *t {
+                PERIOD => self.periods.peek(id).map(|a| a.version),
+                _ => self.brands.peek(id).map(|a| a.version),
+            };
+            if cached.is_some_and(|v| v < logged) {
+                self.evict(t, id);
+            }
+        }
+        Ok(())
     }
 
     /// Load every stream the batch needs that is not cached, in one call. A read that

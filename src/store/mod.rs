@@ -150,6 +150,19 @@ pub trait EventLog: Send + Sync + 'static {
         aggregate_id: &str,
     ) -> Result<u64, StoreError>;
 
+    /// The highest sequence of each of these streams (0 for one without events), in
+    /// the order asked. Backends answer in one round trip; this default asks one by one.
+    async fn stream_versions(
+        &self,
+        keys: &[(&'static str, String)],
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut versions = Vec::with_capacity(keys.len());
+        for (t, id) in keys {
+            versions.push(self.stream_version(t, id).await?);
+        }
+        Ok(versions)
+    }
+
     /// The id of every stream of a type (every registered brand, say), in id order.
     async fn stream_ids(&self, aggregate_type: &'static str) -> Result<Vec<String>, StoreError>;
 

@@ -7,6 +7,7 @@ mod helpers;
 mod bad_input;
 mod docs;
 mod finance;
+mod freshness;
 mod metering;
 mod outage;
 mod periods;

@@ -331,7 +331,10 @@ async fn history_pages_back_over_every_entry_exactly_once(db: &TestDb) {
         .map(|e| e["sequence"].as_u64().unwrap())
         .collect();
     assert_eq!(found.len(), 3, "{:#}", sparse.body["nextBefore"]);
-    assert!(sparse.body["nextBefore"].is_null(), "the stream's start was read");
+    assert!(
+        sparse.body["nextBefore"].is_null(),
+        "the stream's start was read"
+    );
 
     let mut seen = Vec::new();
     let mut before: Option<u64> = None;
@@ -346,14 +349,20 @@ async fn history_pages_back_over_every_entry_exactly_once(db: &TestDb) {
         seen.extend(entries.iter().map(|e| e["sequence"].as_u64().unwrap()));
         match page.body["nextBefore"].as_u64() {
             Some(next) => {
-                assert!(!entries.is_empty(), "no empty page while older entries exist");
+                assert!(
+                    !entries.is_empty(),
+                    "no empty page while older entries exist"
+                );
                 before = Some(next);
             }
             None => break,
         }
     }
     assert_eq!(seen.len(), bulk + 3, "every usage change once");
-    assert!(seen.windows(2).all(|w| w[0] > w[1]), "newest first, no repeats");
+    assert!(
+        seen.windows(2).all(|w| w[0] > w[1]),
+        "newest first, no repeats"
+    );
 }
 on_both_stores!(
     history_pages_back_over_every_entry_exactly_once,
