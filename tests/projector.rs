@@ -11,6 +11,7 @@ use ledger_projections::LogPosition;
 use ledger_projections::ReadModels;
 use usage_ledger::engine::Action;
 use usage_ledger::store::READ_MODELS_PROJECTOR;
+use usage_ledger::tail::projector::{Projector, ReadModelsConfig, CACHE_PERIODS_MIN};
 use usage_ledger::tail::rows::rows_of_all;
 
 use common::workload::{assert_same, id, replay, request, stored, workload, BRANDS, COMMANDS};
@@ -253,3 +254,62 @@ async fn the_log_is_paged_in_numeric_transaction_order() {
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
     db.cleanup().await;
 }
+
+async fn memory_stays_within_its_bound_and_evicted_periods_read_back_whole(db: &TestDb) {
+    // More brand-periods are active than memory keeps: memory never holds more than its
+    // bound, a changed brand-period is written before it is evicted, and every one, held
+    // or reloaded from its row, reads back equal to a replay of the log.
+    let (log, store) = db.stores().await;
+    let engine = engine_on(log, manual_clock(), Default::default());
+    let config = ReadModelsConfig {
+        cache_periods_max: CACHE_PERIODS_MIN,
+        ..ReadModelsConfig::default()
+    };
+    let projector = Projector::start(store.clone(), engine.watermarks(), config)
+        .await
+        .expect("start");
+    let brands: Vec<BrandId> = (0..CACHE_PERIODS_MIN + 700)
+        .map(|i| id(BrandId::parse, &format!("brand-{i}")))
+        .collect();
+    let plan = id(PlanId::parse, "starter");
+    futures::future::join_all(brands.iter().map(|b| {
+        let (engine, plan) = (engine.clone(), plan.clone());
+        async move {
+            engine
+                .set_plan(b.clone(), plan, "admin".into())
+                .await
+                .unwrap();
+            let usage = Action::Record {
+                metric: id(MetricKey::parse, "renders_3d"),
+                quantity: Quantity::new(2).unwrap(),
+                occurred_at: None,
+            };
+            engine.execute(request(b.as_str(), usage)).await.unwrap();
+        }
+    }))
+    .await;
+    assert!(projector.catch_up(CATCH_UP).await);
+    assert!(
+        projector.cached_periods() <= CACHE_PERIODS_MIN,
+        "{} held",
+        projector.cached_periods()
+    );
+    let replayed = replay(store.as_ref(), None).await;
+    let period = ledger_aggregates::PeriodKey::containing(common::t0());
+    for brand in &brands {
+        let read = projector
+            .period(brand, period)
+            .await
+            .expect("read")
+            .unwrap_or_else(|| panic!("{brand} has models"));
+        assert_eq!(
+            Some(read.as_ref().clone()),
+            replayed.period_models(brand, period)
+        );
+    }
+    assert!(projector.cached_periods() <= CACHE_PERIODS_MIN);
+}
+on_both_stores!(
+    memory_stays_within_its_bound_and_evicted_periods_read_back_whole,
+    memory_stays_within_its_bound_and_evicted_periods_read_back_whole
+);

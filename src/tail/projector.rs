@@ -21,6 +21,7 @@
 
 use std::collections::HashSet;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -84,6 +85,10 @@ struct Memory {
     capacity: usize,
     /// Bumped after every folded batch: readers waiting for a stream look again.
     folded: watch::Sender<u64>,
+    /// Brand-periods evicted so far. A reader's row is kept only if nothing was
+    /// evicted while it was read: else the row may predate a fold written and evicted
+    /// meanwhile, and memory must never hold a brand-period behind the consumer.
+    evictions: AtomicU64,
 }
 
 impl Memory {
@@ -97,11 +102,20 @@ impl Memory {
         entries.peek(id).map(|e| e.models.sequence)
     }
 
-    /// Keep a stored row a reader loaded, if the consumer has not folded the stream
-    /// meanwhile and there is room without evicting anything.
-    fn offer(&self, id: String, brand: BrandId, period: PeriodKey, models: Arc<PeriodModels>) {
+    /// Keep a stored row a reader loaded (having seen `evictions` before reading it), if
+    /// the consumer has not folded the stream meanwhile, nothing was evicted since,
+    /// and there is room without evicting anything.
+    fn offer(
+        &self,
+        evictions: u64,
+        id: String,
+        brand: BrandId,
+        period: PeriodKey,
+        models: Arc<PeriodModels>,
+    ) {
         let mut entries = self.entries.lock().expect("models lock");
-        if entries.len() < self.capacity && !entries.contains(&id) {
+        let unchanged = self.evictions.load(Ordering::SeqCst) == evictions;
+        if unchanged && entries.len() < self.capacity && !entries.contains(&id) {
             entries.put(
                 id,
                 Entry {
@@ -139,6 +153,7 @@ impl Projector {
             )),
             capacity,
             folded: watch::Sender::new(0),
+            evictions: AtomicU64::new(0),
         });
         let consumer = ReadModelConsumer {
             store: store.clone(),
@@ -169,10 +184,48 @@ impl Projector {
         period: PeriodKey,
     ) -> Result<Option<Arc<PeriodModels>>, TailError> {
         let id = period_stream_id(brand, period);
-        self.wait_for(&id).await;
-        if let Some(models) = self.memory.get(&id) {
-            return Ok(Some(models));
+        let need = match self.marks.required(&id) {
+            Required::Nothing => 0,
+            Required::Sequence(n) => n,
+            Required::Pass => {
+                if !self.tail.catch_up(CATCH_UP_WAIT_MAX).await {
+                    tracing::warn!(status = ?self.tail.status(), "read models are behind the log");
+                }
+                0
+            }
+        };
+        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT_MAX;
+        let mut folded = self.memory.folded.subscribe();
+        loop {
+            let found = match self.memory.get(&id) {
+                Some(models) => Some(models),
+                // Not in memory: never folded here, or written and evicted, so its row.
+                None => self.load(&id, brand, period).await?,
+            };
+            if found.as_ref().map_or(0, |m| m.sequence) >= need {
+                if need > 0 {
+                    self.marks.settle([(id.as_str(), need)]);
+                }
+                return Ok(found);
+            }
+            if !matches!(
+                tokio::time::timeout_at(deadline, folded.changed()).await,
+                Ok(Ok(()))
+            ) {
+                tracing::warn!(stream = id, status = ?self.tail.status(), "read models are behind the log");
+                return Ok(found);
+            }
         }
+    }
+
+    /// A brand-period's stored row, kept in memory if there is room.
+    async fn load(
+        &self,
+        id: &str,
+        brand: &BrandId,
+        period: PeriodKey,
+    ) -> Result<Option<Arc<PeriodModels>>, TailError> {
+        let evictions = self.memory.evictions.load(Ordering::SeqCst);
         let rows = self
             .store
             .load_models(&[(brand.to_string(), period.to_string())])
@@ -182,33 +235,9 @@ impl Projector {
         };
         let (brand, period, models) = models_from_row(row)?;
         let models = Arc::new(models);
-        self.memory.offer(id, brand, period, models.clone());
+        self.memory
+            .offer(evictions, id.to_owned(), brand, period, models.clone());
         Ok(Some(models))
-    }
-
-    /// Wait until memory holds stream `id` as far as this process acknowledged it.
-    async fn wait_for(&self, id: &str) {
-        let mut folded = self.memory.folded.subscribe();
-        let reached = tokio::time::timeout(CATCH_UP_WAIT_MAX, async {
-            loop {
-                match self.marks.required(id) {
-                    Required::Nothing => return true,
-                    Required::Sequence(n) if self.memory.sequence(id) >= Some(n) => {
-                        self.marks.settle([(id, n)]);
-                        return true;
-                    }
-                    Required::Sequence(_) => {}
-                    Required::Pass => return self.tail.catch_up(CATCH_UP_WAIT_MAX).await,
-                }
-                if folded.changed().await.is_err() {
-                    return false;
-                }
-            }
-        })
-        .await;
-        if !reached.unwrap_or(false) {
-            tracing::warn!(stream = id, status = ?self.tail.status(), "read models are behind the log");
-        }
     }
 
     /// Wait (at most `wait`) until memory holds every event committed before the call.
@@ -384,7 +413,7 @@ impl ReadModelConsumer {
                     .iter()
                     .filter(|(t, _)| !entries.contains(&t.id))
                     .count();
-                if make_room(&mut entries, self.memory.capacity, adding) {
+                if make_room(&mut entries, &self.memory, adding) {
                     for (t, m) in &folded {
                         let entry = Entry {
                             brand: t.brand.clone(),
@@ -460,11 +489,12 @@ impl ReadModelConsumer {
 
 /// Evict unchanged brand-periods, least recently used first, until `adding` more fit.
 /// `false` when a changed one stands in the way: it must be written first.
-fn make_room(entries: &mut LruCache<String, Entry>, capacity: usize, adding: usize) -> bool {
-    while entries.len() + adding > capacity {
+fn make_room(entries: &mut LruCache<String, Entry>, memory: &Memory, adding: usize) -> bool {
+    while entries.len() + adding > memory.capacity {
         match entries.peek_lru() {
             Some((_, e)) if !e.changed => {
                 entries.pop_lru();
+                memory.evictions.fetch_add(1, Ordering::SeqCst);
             }
             Some(_) => return false,
             None => return true,
