@@ -1,11 +1,11 @@
 //! The usage ledger service: event log, command engine and (later) HTTP.
 //!
 //! # Layout
-//! - [`store`]: the event log and API key traits and their PostgreSQL and SQLite implementations.
+//! - [`store`]: the event log, read-model and API key traits; one folder per backend (PostgreSQL, SQLite).
 //! - [`engine`]: the single-writer command engine with group commit and idempotency.
 //! - [`projector`]: tails the log into the stored read models, one transaction per batch.
 //! - [`clock`]: injectable time.
-//! - [`auth`]: who is calling: bearer JWTs and per-brand API keys, resolved to a principal.
+//! - [`auth`]: who is calling: bearer JWTs and per-brand API keys (made, hashed and limited here), resolved to a principal.
 //! - [`secret`]: a string kept out of `Debug` and `Display`.
 //! - [`config`]: service configuration: flags, environment, file, defaults.
 //! - [`http`]: the axum router; the only module that speaks HTTP.

@@ -13,9 +13,8 @@ use usage_ledger::engine::EngineConfig;
 use usage_ledger::http::{router, AppState};
 use usage_ledger::projector::Projector;
 use usage_ledger::secret::Secret;
-use usage_ledger::store::api_keys::ApiKeyStore;
 use usage_ledger::store::{
-    EventLog, PostgresLog, ProjectionStore, SqliteLog, READ_MODELS_PROJECTOR,
+    ApiKeyStore, EventLog, PostgresLog, ProjectionStore, SqliteLog, READ_MODELS_PROJECTOR,
 };
 
 use crate::common::{self, Backend, TestDb};
