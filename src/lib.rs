@@ -1,11 +1,11 @@
 //! The usage ledger service: event log, command engine and (later) HTTP.
 //!
 //! # Layout
-//! - [`store`]: the event log and API key traits and their PostgreSQL and SQLite implementations.
+//! - [`store`]: the event log, read-model and API key traits; one folder per backend (PostgreSQL, SQLite).
 //! - [`engine`]: the single-writer command engine with group commit and idempotency.
 //! - [`tail`]: following the log: the consumer loop, the read models served from memory.
 //! - [`clock`]: injectable time.
-//! - [`auth`]: who is calling: bearer JWTs and per-brand API keys, resolved to a principal.
+//! - [`auth`]: who is calling: bearer JWTs and per-brand API keys (made, hashed and limited here), resolved to a principal.
 //! - [`secret`]: a string kept out of `Debug` and `Display`.
 //! - [`config`]: service configuration: flags, environment, file, defaults.
 //! - [`ledger`]: the application layer: use cases and queries every adapter calls.

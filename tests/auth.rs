@@ -10,10 +10,12 @@ use jsonwebtoken::{encode, get_current_timestamp, Algorithm, EncodingKey, Header
 use ledger_aggregates::BrandId;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use usage_ledger::auth::api_keys::{
+    ApiKeyError, CreateApiKey, KeyLabel, API_KEYS_ACTIVE_PER_BRAND_MAX,
+};
 use usage_ledger::auth::{AuthError, Authenticator, Jwt, JwtKey, Principal, Role, TokenTtl};
 use usage_ledger::secret::Secret;
-use usage_ledger::store::api_keys::{ApiKeyStore, KeyLabel};
-use usage_ledger::store::{PostgresLog, SqliteLog};
+use usage_ledger::store::{ApiKeyStore, PostgresLog, SqliteLog};
 
 const SECRET: &str = "test-secret-test-secret-test-secret-0123";
 const OTHER_SECRET: &str = "another-secret-another-secret-another-99";
@@ -505,3 +507,29 @@ async fn store_down(db: &common::TestDb) {
         .is_ok());
 }
 on_both_stores!(a_key_store_outage_is_unavailable, store_down);
+
+async fn key_limit(db: &common::TestDb) {
+    // Proves a brand is refused a key beyond its active limit with `TooManyKeys`, that
+    // another brand is not, and that revoking one of its keys makes room again.
+    let (store, _raw) = open(db).await;
+    let auth = Authenticator::new(hs256(None, None), store);
+    let (acme, label) = (brand("acme"), KeyLabel::parse("ci").unwrap());
+    let mut first = None;
+    for _ in 0..API_KEYS_ACTIVE_PER_BRAND_MAX {
+        let (info, _) = auth.keys().create(&acme, &label, "ops").await.unwrap();
+        first.get_or_insert(info.id);
+    }
+    let refused = auth.keys().create(&acme, &label, "ops").await;
+    assert!(
+        matches!(&refused, Err(ApiKeyError::TooManyKeys(b)) if *b == acme),
+        "{refused:?}"
+    );
+    assert!(auth
+        .keys()
+        .create(&brand("beta"), &label, "ops")
+        .await
+        .is_ok());
+    assert!(auth.keys().revoke(&acme, first.unwrap()).await.unwrap());
+    assert!(auth.keys().create(&acme, &label, "ops").await.is_ok());
+}
+on_both_stores!(a_brand_is_refused_keys_beyond_its_active_limit, key_limit);

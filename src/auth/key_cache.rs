@@ -15,9 +15,7 @@ use ledger_aggregates::BrandId;
 use lru::LruCache;
 use uuid::Uuid;
 
-use crate::secret::Secret;
-use crate::store::api_keys::{ApiKeyError, ApiKeyInfo, ApiKeyStore, KeyLabel};
-use crate::store::StoreError;
+use crate::store::{ApiKeyInfo, ApiKeyStore, NewApiKey, StoreError};
 
 /// Distinct keys remembered. Each entry is a few hundred bytes; ten thousand callers
 /// per process is far beyond the expected number of integrations.
@@ -59,13 +57,12 @@ impl CachedKeys {
 
 #[async_trait]
 impl ApiKeyStore for CachedKeys {
-    async fn create(
+    async fn insert_within_limit(
         &self,
-        brand: &BrandId,
-        label: &KeyLabel,
-        created_by: &str,
-    ) -> Result<(ApiKeyInfo, Secret), ApiKeyError> {
-        self.inner.create(brand, label, created_by).await
+        key: &NewApiKey,
+        active_max: i64,
+    ) -> Result<Option<ApiKeyInfo>, StoreError> {
+        self.inner.insert_within_limit(key, active_max).await
     }
 
     async fn list(&self, brand: &BrandId) -> Result<Vec<ApiKeyInfo>, StoreError> {

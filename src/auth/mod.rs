@@ -2,14 +2,17 @@
 //!
 //! # Layout
 //! - this file: [`Principal`], its access rules, [`AuthError`] and [`Authenticator`].
+//! - [`api_keys`]: API keys: their shape, secret and hash, labels, the per-brand limit,
+//!   and creating one on any key store.
 //! - [`jwt`]: bearer tokens: verification with the pinned algorithm, minting.
 //! - [`key_cache`]: the bounded cache of API key lookups, cleared by revocations.
 //! - [`keys`]: the verifier's key material: configured, or the development secret.
 //!
 //! The HTTP layer asks the [`Authenticator`] for the principal of a request and then
-//! asks the principal what it may do; no handler looks at claims itself. API keys are
-//! stored by [`crate::store::api_keys`].
+//! asks the principal what it may do; no handler looks at claims itself. API key rows
+//! are kept by a [`crate::store::ApiKeyStore`], which sees only their hashes.
 
+pub mod api_keys;
 pub mod jwt;
 pub mod key_cache;
 pub mod keys;
@@ -20,7 +23,8 @@ use ledger_aggregates::BrandId;
 
 pub use jwt::{Jwt, JwtAlgorithm, JwtError, JwtKey, TokenTtl};
 
-use crate::store::api_keys::{hash_key, looks_like_key, ApiKeyStore, API_KEY_PREFIX};
+use self::api_keys::{hash_key, looks_like_key, API_KEY_PREFIX};
+use crate::store::ApiKeyStore;
 
 /// The three roles of the ledger. Tokens name one; API keys always act as `service`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -14,8 +14,8 @@ use uuid::Uuid;
 use super::error::{ApiError, Problem};
 use super::extract::{unknown_brand, ApiJson, ApiPath, Caller};
 use super::{AppState, API_PREFIX};
-use crate::store::api_keys::{ApiKeyError, ApiKeyInfo, KeyLabel};
-use crate::store::StoreError;
+use crate::auth::api_keys::{ApiKeyError, CreateApiKey, KeyLabel};
+use crate::store::{ApiKeyInfo, StoreError};
 
 pub fn router() -> Router<AppState> {
     let keys = format!("{API_PREFIX}/brands/{{brand}}/api-keys");

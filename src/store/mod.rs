@@ -1,18 +1,40 @@
-//! The event log: one trait, two real implementations (PostgreSQL for production,
+//! The stores: the event log, the read models with their checkpoint, and the API key
+//! rows, each behind one trait with two real implementations (PostgreSQL for production,
 //! SQLite embedded by default). Rows are stored in the cqrs-es column layout; payloads
 //! travel as JSON text so the store never needs to know the event types.
+//!
+//! # Layout
+//! - this file: the traits ([`EventLog`], [`ProjectionStore`], [`ApiKeyStore`]), the values
+//!   they exchange, [`StoreError`] and the constants both backends share.
+//! - [`rows`]: how both backends decode a row into those values, group a stream's rows and
+//!   fill in a new key's id and time.
+//! - [`postgres`]: [`PostgresLog`]: connection, pool and migrations, then one file per trait.
+//! - [`sqlite`]: [`SqliteLog`]: the same for the embedded file.
+//!
+//! One folder per backend, because a backend's statements, its connections and its SQL
+//! dialect change together. What both must agree on is written once, here and in
+//! [`rows`], which stays apart from this file so that this file reads as the contract.
+//! The rules of API keys (the secret, its hash, how many a brand may hold) belong to
+//! [`crate::auth::api_keys`]: the store persists and queries hashed rows only.
 
-pub mod api_keys;
 pub mod postgres;
-pub mod projection;
+pub(crate) mod rows;
 pub mod sqlite;
 
-use async_trait::async_trait;
+use std::sync::Arc;
 
-pub use api_keys::{ApiKeyInfo, ApiKeyStore};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use ledger_aggregates::BrandId;
+use ledger_projections::{LogPosition, LogRecord};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
 pub use postgres::PostgresLog;
-pub use projection::{ModelRow, ProjectionStore, READ_MODELS_PROJECTOR};
 pub use sqlite::SqliteLog;
+
+// --- The event log ----------------------------------------------------------------------
 
 /// One event to append. `payload` and `metadata` are JSON text.
 #[derive(Debug, Clone)]
@@ -151,17 +173,11 @@ pub trait EventLog: Send + Sync + 'static {
     ) -> Result<u64, StoreError>;
 
     /// The highest sequence of each of these streams (0 for one without events), in
-    /// the order asked. Backends answer in one round trip; this default asks one by one.
+    /// the order asked, in one round trip.
     async fn stream_versions(
         &self,
         keys: &[(&'static str, String)],
-    ) -> Result<Vec<u64>, StoreError> {
-        let mut versions = Vec::with_capacity(keys.len());
-        for (t, id) in keys {
-            versions.push(self.stream_version(t, id).await?);
-        }
-        Ok(versions)
-    }
+    ) -> Result<Vec<u64>, StoreError>;
 
     /// The id of every stream of a type (every registered brand, say), in id order.
     async fn stream_ids(&self, aggregate_type: &'static str) -> Result<Vec<String>, StoreError>;
@@ -170,71 +186,150 @@ pub trait EventLog: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
-/// Decode a row of `aggregate_type, aggregate_id, sequence, event_type, event_version,
-/// payload, metadata` (payload and metadata as text), on either database.
-pub(crate) fn stored_event<R: sqlx::Row>(row: &R) -> Result<StoredEvent, sqlx::Error>
-where
-    usize: sqlx::ColumnIndex<R>,
-    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    Ok(StoredEvent {
-        aggregate_type: row.try_get(0)?,
-        aggregate_id: row.try_get(1)?,
-        sequence: row.try_get(2)?,
-        event_type: row.try_get(3)?,
-        event_version: row.try_get(4)?,
-        payload: row.try_get(5)?,
-        metadata: row.try_get(6)?,
-    })
+// --- The read models and their checkpoint -----------------------------------------------
+//
+// What the projector and the replay need from a store: the log in global commit order,
+// the read-model rows and the projector's checkpoint (migration 0003). A batch's rows and
+// the checkpoint that covers them are written in one transaction, and the checkpoint
+// moves only from the value the projector read (compare and set): two projectors on one
+// database never both commit the same batch, and a crash between a batch and its
+// checkpoint leaves both as they were.
+
+/// The checkpoint of the service's projector (inserted by migration 0003).
+pub const READ_MODELS_PROJECTOR: &str = "read_models";
+
+/// One stored read-model row: what the models hold about one brand-period stream
+/// (`ledger_projections::PeriodModels` as JSON text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRow {
+    pub brand_id: String,
+    pub period: String,
+    /// The last sequence of the stream folded in.
+    pub sequence: i64,
+    pub models: String,
 }
 
-/// Decode a row of `aggregate_id, idempotency_key, request_hash, sequence, payload`.
-pub(crate) fn keyed_event<R: sqlx::Row>(row: &R) -> Result<KeyedEvent, sqlx::Error>
-where
-    usize: sqlx::ColumnIndex<R>,
-    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    Ok(KeyedEvent {
-        aggregate_id: row.try_get(0)?,
-        idempotency_key: row.try_get(1)?,
-        request_hash: row.try_get::<Option<String>, _>(2)?.unwrap_or_default(),
-        sequence: row.try_get(3)?,
-        payload: row.try_get(4)?,
-    })
+#[async_trait]
+pub trait ProjectionStore: Send + Sync + 'static {
+    /// Committed events after `after` (and at or before `until`) in global order, at
+    /// most `limit`. On PostgreSQL only events below the oldest transaction that may
+    /// still commit events are read, so an event committed late is never passed over.
+    async fn read_log(
+        &self,
+        after: LogPosition,
+        until: Option<LogPosition>,
+        limit: i64,
+    ) -> Result<Vec<LogRecord>, StoreError>;
+
+    /// How many events the log holds (for progress reports).
+    async fn log_len(&self) -> Result<u64, StoreError>;
+
+    /// Every event of one stream, in sequence order, as log records.
+    async fn stream_records(
+        &self,
+        aggregate_type: &'static str,
+        aggregate_id: &str,
+    ) -> Result<Vec<LogRecord>, StoreError>;
+
+    /// Where projector `name` stands.
+    async fn checkpoint(&self, name: &str) -> Result<LogPosition, StoreError>;
+
+    /// The rows of these `(brand_id, period)` streams that exist.
+    async fn load_models(&self, keys: &[(String, String)]) -> Result<Vec<ModelRow>, StoreError>;
+
+    /// Every row of one brand, in period order.
+    async fn models_of_brand(&self, brand_id: &str) -> Result<Vec<ModelRow>, StoreError>;
+
+    /// Every row of one period, in brand order.
+    async fn models_in_period(&self, period: &str) -> Result<Vec<ModelRow>, StoreError>;
+
+    /// Upsert `rows` and move projector `name` from `from` to `to`, in one transaction.
+    /// `false` (and nothing written) when the checkpoint is no longer `from`: another
+    /// projector or a rebuild moved it.
+    async fn save_models(
+        &self,
+        name: &str,
+        from: LogPosition,
+        to: LogPosition,
+        rows: &[ModelRow],
+    ) -> Result<bool, StoreError>;
+
+    /// The checkpoint of `name` and every row, read from one snapshot of the database.
+    async fn snapshot_models(&self, name: &str)
+        -> Result<(LogPosition, Vec<ModelRow>), StoreError>;
+
+    /// Replace every row by `rows` and set `name` to `to`, in one transaction.
+    async fn replace_models(
+        &self,
+        name: &str,
+        to: LogPosition,
+        rows: &[ModelRow],
+    ) -> Result<(), StoreError>;
+
+    /// Close every connection. The server rolls back what a connection had open, as
+    /// when a process dies; an in-process `Projector::abort` alone leaves a dropped
+    /// transaction on its pooled connection until the pool reuses it.
+    async fn close(&self);
+
+    /// Notified after events commit: by this process's appends at once, and on
+    /// PostgreSQL by every process's commits through LISTEN/NOTIFY.
+    async fn watch_commits(&self) -> Result<Arc<Notify>, StoreError>;
 }
 
-/// Group flat rows (ordered by stream then sequence) into per-stream loads.
-pub(crate) fn group_streams(
-    keys: &[(&'static str, String)],
-    snapshots: Vec<(String, String, i64, String)>,
-    events: Vec<StoredEvent>,
-) -> Vec<LoadedStream> {
-    use std::collections::HashMap;
-    let mut by_key: HashMap<(String, String), LoadedStream> = keys
-        .iter()
-        .map(|(t, id)| {
-            let s = LoadedStream {
-                aggregate_type: (*t).to_owned(),
-                aggregate_id: id.clone(),
-                ..Default::default()
-            };
-            (((*t).to_owned(), id.clone()), s)
-        })
-        .collect();
-    for (t, id, seq, payload) in snapshots {
-        if let Some(s) = by_key.get_mut(&(t, id)) {
-            s.snapshot = Some((seq, payload));
-        }
-    }
-    for e in events {
-        if let Some(s) = by_key.get_mut(&(e.aggregate_type.clone(), e.aggregate_id.clone())) {
-            let after = s.snapshot.as_ref().map_or(0, |(seq, _)| *seq);
-            if e.sequence > after {
-                s.events.push(e);
-            }
-        }
-    }
-    by_key.into_values().collect()
+// --- API keys ---------------------------------------------------------------------------
+//
+// Table `api_keys`, migration 0002. Only the hash of a key's secret reaches the store;
+// making keys, hashing them and the per-brand limit are in `crate::auth::api_keys`.
+
+/// Rows returned by a listing, revoked keys included; the oldest are cut beyond it.
+pub const API_KEYS_LISTED_MAX: i64 = 1_000;
+
+/// What may be shown about a key: never the key, never its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyInfo {
+    pub id: Uuid,
+    pub brand_id: BrandId,
+    pub label: String,
+    pub created_at: DateTime<Utc>,
+    /// Subject of the admin who created it.
+    pub created_by: String,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A key row to insert. The store gives it its id and creation time.
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    pub brand_id: BrandId,
+    /// Already checked by `crate::auth::api_keys::KeyLabel`.
+    pub label: String,
+    /// Hex SHA-256 of the whole key: the only trace of the secret that is kept.
+    pub secret_sha256: String,
+    /// Subject of the admin who creates it.
+    pub created_by: String,
+}
+
+#[async_trait]
+pub trait ApiKeyStore: Send + Sync + 'static {
+    /// Insert `key` unless its brand already has `active_max` active keys, as one atomic
+    /// step: concurrent inserts for one brand never pass the limit together. `None` (and
+    /// nothing written) when the brand has no room left.
+    async fn insert_within_limit(
+        &self,
+        key: &NewApiKey,
+        active_max: i64,
+    ) -> Result<Option<ApiKeyInfo>, StoreError>;
+
+    /// The brand's keys, revoked ones included, newest first (at most [`API_KEYS_LISTED_MAX`]).
+    async fn list(&self, brand: &BrandId) -> Result<Vec<ApiKeyInfo>, StoreError>;
+
+    /// Revoke one of `brand`'s keys. `true` if it existed and was active until now; a key
+    /// of another brand is answered like an unknown one.
+    async fn revoke(&self, brand: &BrandId, id: Uuid) -> Result<bool, StoreError>;
+
+    /// The active key whose secret hashes to `secret_sha256`.
+    async fn find_active_by_hash(
+        &self,
+        secret_sha256: &str,
+    ) -> Result<Option<ApiKeyInfo>, StoreError>;
 }

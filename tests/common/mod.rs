@@ -188,8 +188,8 @@ pub fn engine_on(log: Arc<dyn EventLog>, clock: Arc<dyn Clock>, config: EngineCo
     Engine::start(log, Arc::new(Catalog::default_catalog()), clock, config)
 }
 
-/// Runs a test body on both stores: `stores!(name, body_fn)` makes `name_postgres` and
-/// `name_sqlite`.
+/// Runs a test body on both stores: `on_both_stores!(name, body_fn)` makes
+/// `name::postgres` and `name::sqlite`.
 #[macro_export]
 macro_rules! on_both_stores {
     ($name:ident, $body:ident) => {

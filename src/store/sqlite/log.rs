@@ -1,70 +1,20 @@
-//! SQLite event log: the embedded default store, one file under the data directory.
-
-use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
+//! The SQLite [`EventLog`]: multi-row inserts in one transaction; the keys of a load or a
+//! lookup travel as one JSON array parameter.
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{
-    group_streams, keyed_event, stored_event, EventLog, KeyedEvent, LoadedStream, NewEvent,
-    NewSnapshot, StoreError, StoredEvent,
+use super::SqliteLog;
+use crate::store::rows::{group_streams, keyed_event, snapshot_row, stored_event, stored_events};
+use crate::store::{
+    EventLog, KeyedEvent, LoadedStream, NewEvent, NewSnapshot, StoreError, StoredEvent,
 };
 
-/// Readers share the file through WAL; SQLite has one writer whatever the pool size.
-pub const SQLITE_POOL_CONNECTIONS_MAX: u32 = 8;
-/// How long a statement waits for SQLite's write lock before failing.
-pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Rows per INSERT statement: 9 parameters a row stays far below SQLite's 32,766
 /// parameter limit, and larger statements stop paying off.
 pub const SQLITE_INSERT_ROWS_MAX: usize = 500;
 
-pub struct SqliteLog {
-    pool: SqlitePool,
-    /// Notified after each append of this process commits (see `ProjectionStore`).
-    commits: std::sync::Arc<tokio::sync::Notify>,
-}
-
 impl SqliteLog {
-    /// Open (creating if needed) `<dir>/ledger.db` and run `migrations/sqlite`.
-    pub async fn open_in(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
-        Self::open(&dir.join("ledger.db").to_string_lossy()).await
-    }
-
-    pub async fn open(path: &str) -> Result<Self, StoreError> {
-        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a commit is on disk before it is acknowledged, even on power loss.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(SQLITE_BUSY_TIMEOUT)
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(SQLITE_POOL_CONNECTIONS_MAX)
-            .connect_with(opts)
-            .await?;
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&pool)
-            .await
-            .map_err(|e| StoreError::Unavailable(e.into()))?;
-        Ok(Self {
-            pool,
-            commits: Default::default(),
-        })
-    }
-
-    /// The signal this process's committed appends notify.
-    pub fn commit_signal(&self) -> std::sync::Arc<tokio::sync::Notify> {
-        std::sync::Arc::clone(&self.commits)
-    }
-
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
     /// One page of a stream with `sql` (which binds type, id, a sequence bound, limit).
     async fn stream_page(
         &self,
@@ -81,10 +31,7 @@ impl SqliteLog {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(stored_event)
-            .collect::<Result<_, _>>()
-            .map_err(StoreError::from)
+        stored_events(&rows)
     }
 }
 
@@ -109,8 +56,8 @@ impl EventLog for SqliteLog {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        .map(snapshot_row)
+        .collect::<Result<Vec<_>, _>>()?;
         let events = sqlx::query(
             "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version,
                     e.payload, e.metadata
@@ -163,10 +110,7 @@ impl EventLog for SqliteLog {
         .bind(&pairs)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(keyed_event)
-            .collect::<Result<_, _>>()
-            .map_err(StoreError::from)
+        Ok(rows.iter().map(keyed_event).collect::<Result<_, _>>()?)
     }
 
     async fn append(
@@ -265,6 +209,24 @@ impl EventLog for SqliteLog {
         .fetch_one(&self.pool)
         .await?;
         Ok(version as u64)
+    }
+
+    async fn stream_versions(
+        &self,
+        keys: &[(&'static str, String)],
+    ) -> Result<Vec<u64>, StoreError> {
+        // One index probe per key, the keys' order kept by their place in the array.
+        let pairs = json_pairs(keys.iter().map(|(t, id)| (*t, id.as_str())));
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "SELECT (SELECT COALESCE(MAX(e.sequence), 0) FROM events e
+                      WHERE e.aggregate_type = k.value ->> 0 AND e.aggregate_id = k.value ->> 1)
+               FROM json_each(?1) k
+              ORDER BY k.key",
+        )
+        .bind(pairs)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(v,)| v as u64).collect())
     }
 
     async fn stream_ids(&self, aggregate_type: &'static str) -> Result<Vec<String>, StoreError> {

@@ -1,25 +1,14 @@
-//! PostgreSQL event log: set-based appends (`UNNEST` arrays, one statement per batch).
-
-use std::time::{Duration, Instant};
+//! The PostgreSQL [`EventLog`]: set-based appends (`UNNEST` arrays, one statement per
+//! batch), loads and lookups of many streams in one round trip per table.
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool, Row};
+use sqlx::Row;
 
-use super::{
-    group_streams, keyed_event, stored_event, EventLog, KeyedEvent, LoadedStream, NewEvent,
-    NewSnapshot, StoreError, StoredEvent,
+use super::PostgresLog;
+use crate::store::rows::{group_streams, keyed_event, snapshot_row, stored_event, stored_events};
+use crate::store::{
+    EventLog, KeyedEvent, LoadedStream, NewEvent, NewSnapshot, StoreError, StoredEvent,
 };
-
-/// Connections in the pool, for loads, API reads and the projector. The writer's append
-/// connection is taken out of it and kept (`PostgresLog::appenders`), so the process holds
-/// at most one more per writer shard. PostgreSQL on two cores gains nothing from more
-/// concurrent statements.
-pub const PG_POOL_CONNECTIONS_MAX: u32 = 16;
-/// A request waiting longer than this for a connection fails instead of piling up.
-pub const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
-/// A kept append connection idle longer than this is pinged before its next append.
-pub const PG_APPENDER_PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// The batch append: one statement, one row per array element. Public so the benchmark's
 /// raw ceiling runs exactly this statement.
@@ -49,75 +38,7 @@ ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
        current_snapshot = snapshots.current_snapshot + 1,
        payload = EXCLUDED.payload";
 
-pub struct PostgresLog {
-    pool: PgPool,
-    /// Connections taken out of the pool for appends and kept between them. A pooled
-    /// connection costs two extra round trips per append (sqlx pings it when it is
-    /// acquired and again when it is returned), and the append is the writer's critical
-    /// path. One connection per concurrent append: normally one, `writer_shards` at most.
-    appenders: std::sync::Mutex<Vec<(PgConnection, Instant)>>,
-    /// Notified after each append of this process commits (see `ProjectionStore`).
-    commits: std::sync::Arc<tokio::sync::Notify>,
-}
-
 impl PostgresLog {
-    /// Connect and run the migrations in `migrations/postgres`.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let opts: PgConnectOptions = url.parse()?;
-        let pool = PgPoolOptions::new()
-            .max_connections(PG_POOL_CONNECTIONS_MAX)
-            .acquire_timeout(PG_ACQUIRE_TIMEOUT)
-            .connect_with(opts)
-            .await?;
-        Self::migrate(&pool).await?;
-        Ok(Self {
-            pool,
-            appenders: Default::default(),
-            commits: Default::default(),
-        })
-    }
-
-    /// A kept append connection, or a new one taken out of the pool. One kept idle for a
-    /// while is pinged first, as the pool would: the server may have closed it since, and
-    /// an append failing on a dead socket could not tell its callers that nothing was
-    /// written.
-    async fn appender(&self) -> Result<PgConnection, StoreError> {
-        let kept = self
-            .appenders
-            .lock()
-            .expect("never held across a panic")
-            .pop();
-        if let Some((mut conn, used)) = kept {
-            if used.elapsed() < PG_APPENDER_PING_IDLE_AFTER || conn.ping().await.is_ok() {
-                return Ok(conn);
-            }
-        }
-        Ok(self.pool.acquire().await?.detach())
-    }
-
-    fn keep_appender(&self, conn: PgConnection) {
-        self.appenders
-            .lock()
-            .expect("never held across a panic")
-            .push((conn, Instant::now()));
-    }
-
-    pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations/postgres")
-            .run(pool)
-            .await
-            .map_err(|e| StoreError::Unavailable(e.into()))
-    }
-
-    /// The signal this process's committed appends notify.
-    pub fn commit_signal(&self) -> std::sync::Arc<tokio::sync::Notify> {
-        std::sync::Arc::clone(&self.commits)
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// One page of a stream with `sql` (which binds type, id, a sequence bound, limit).
     async fn stream_page(
         &self,
@@ -132,12 +53,9 @@ impl PostgresLog {
             .bind(aggregate_id)
             .bind(bound)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool())
             .await?;
-        rows.iter()
-            .map(stored_event)
-            .collect::<Result<_, _>>()
-            .map_err(StoreError::from)
+        stored_events(&rows)
     }
 }
 
@@ -160,8 +78,8 @@ impl EventLog for PostgresLog {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        .map(snapshot_row)
+        .collect::<Result<Vec<_>, _>>()?;
         let events = sqlx::query(
             "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version,
                     e.payload::text, e.metadata::text
@@ -229,10 +147,7 @@ impl EventLog for PostgresLog {
         .persistent(false)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(keyed_event)
-            .collect::<Result<_, _>>()
-            .map_err(StoreError::from)
+        Ok(rows.iter().map(keyed_event).collect::<Result<_, _>>()?)
     }
 
     async fn append(
@@ -348,6 +263,24 @@ impl EventLog for PostgresLog {
         .fetch_one(&self.pool)
         .await?;
         Ok(version as u64)
+    }
+
+    async fn stream_versions(
+        &self,
+        keys: &[(&'static str, String)],
+    ) -> Result<Vec<u64>, StoreError> {
+        // One index probe per key, the keys' order kept by their ordinal.
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "SELECT (SELECT COALESCE(MAX(e.sequence), 0) FROM events e
+                      WHERE e.aggregate_type = k.t AND e.aggregate_id = k.id)
+               FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS k(t, id, n)
+              ORDER BY k.n",
+        )
+        .bind(keys.iter().map(|(t, _)| *t).collect::<Vec<_>>())
+        .bind(keys.iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(v,)| v as u64).collect())
     }
 
     async fn stream_ids(&self, aggregate_type: &'static str) -> Result<Vec<String>, StoreError> {

@@ -1,0 +1,104 @@
+//! The PostgreSQL store, for production: [`PostgresLog`] and its connections.
+//!
+//! # Layout
+//! - this file: [`PostgresLog`]: connecting, the pool, the kept append connections, the
+//!   migrations in `migrations/postgres`.
+//! - [`log`]: the [`EventLog`](super::EventLog): set-based appends (`UNNEST` arrays, one
+//!   statement per batch).
+//! - [`projection`]: the [`ProjectionStore`](super::ProjectionStore): the log in commit
+//!   order below the horizon of open transactions, the read models, LISTEN/NOTIFY.
+//! - [`api_keys`]: the [`ApiKeyStore`](super::ApiKeyStore).
+
+pub mod api_keys;
+pub mod log;
+pub mod projection;
+
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+
+use super::StoreError;
+
+pub use log::INSERT_EVENTS;
+pub use projection::EVENTS_CHANNEL;
+
+/// Connections in the pool, for loads, API reads and the projector. The writer's append
+/// connection is taken out of it and kept (`PostgresLog::appenders`), so the process holds
+/// at most one more per writer shard. PostgreSQL on two cores gains nothing from more
+/// concurrent statements.
+pub const PG_POOL_CONNECTIONS_MAX: u32 = 16;
+/// A request waiting longer than this for a connection fails instead of piling up.
+pub const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A kept append connection idle longer than this is pinged before its next append.
+pub const PG_APPENDER_PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+
+pub struct PostgresLog {
+    pool: PgPool,
+    /// Connections taken out of the pool for appends and kept between them. A pooled
+    /// connection costs two extra round trips per append (sqlx pings it when it is
+    /// acquired and again when it is returned), and the append is the writer's critical
+    /// path. One connection per concurrent append: normally one, `writer_shards` at most.
+    appenders: std::sync::Mutex<Vec<(PgConnection, Instant)>>,
+    /// Notified after each append of this process commits (see `ProjectionStore`).
+    commits: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl PostgresLog {
+    /// Connect and run the migrations in `migrations/postgres`.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let opts: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(PG_POOL_CONNECTIONS_MAX)
+            .acquire_timeout(PG_ACQUIRE_TIMEOUT)
+            .connect_with(opts)
+            .await?;
+        Self::migrate(&pool).await?;
+        Ok(Self {
+            pool,
+            appenders: Default::default(),
+            commits: Default::default(),
+        })
+    }
+
+    /// A kept append connection, or a new one taken out of the pool. One kept idle for a
+    /// while is pinged first, as the pool would: the server may have closed it since, and
+    /// an append failing on a dead socket could not tell its callers that nothing was
+    /// written.
+    async fn appender(&self) -> Result<PgConnection, StoreError> {
+        let kept = self
+            .appenders
+            .lock()
+            .expect("never held across a panic")
+            .pop();
+        if let Some((mut conn, used)) = kept {
+            if used.elapsed() < PG_APPENDER_PING_IDLE_AFTER || conn.ping().await.is_ok() {
+                return Ok(conn);
+            }
+        }
+        Ok(self.pool.acquire().await?.detach())
+    }
+
+    fn keep_appender(&self, conn: PgConnection) {
+        self.appenders
+            .lock()
+            .expect("never held across a panic")
+            .push((conn, Instant::now()));
+    }
+
+    pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations/postgres")
+            .run(pool)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.into()))
+    }
+
+    /// The signal this process's committed appends notify.
+    pub fn commit_signal(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        std::sync::Arc::clone(&self.commits)
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
