@@ -1,25 +1,15 @@
 //! Period close: `POST /periods/{period}/close` freezes the invoice of every registered
-//! brand for a period that has ended. Admin only.
-//!
-//! Each brand is closed by its own `Close` command through the engine, many at once so
-//! they share group commits. A brand's failure is reported beside the others' invoices,
-//! never instead of them, and a retry finishes the job: a period already closed is
-//! reported as such and nothing is appended for it again.
+//! brand for a period that has ended (see `ledger::close`). Admin only. Each brand's
+//! result is answered beside the others', its failure as the problem a single close
+//! would answer.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
-use futures::StreamExt;
-use ledger_aggregates::brand::BRAND_TYPE;
-use ledger_aggregates::ids::period_stream_id;
-use ledger_aggregates::period::{Invoice, InvoiceLine, USAGE_PERIOD_TYPE};
-use ledger_aggregates::{
-    BrandEvent, BrandId, Currency, LedgerError, LedgerEvent, MetricKey, Money, PeriodKey,
-    PlanDefinition, PlanId,
-};
+use ledger_aggregates::period::{Invoice, InvoiceLine};
+use ledger_aggregates::{BrandId, Currency, MetricKey, Money, PeriodKey, PlanId};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -28,16 +18,9 @@ use super::error::{ApiError, Problem};
 use super::extract::{ApiPath, Caller};
 use super::views::CostView;
 use super::{AppState, API_PREFIX};
-use crate::engine::{Action, EngineError, Metadata, PeriodRequest};
+use crate::ledger::close::{BrandClosing, Closing};
 
-/// Brands being closed at once. Enough to fill the engine's group commits many times
-/// over (1,000 brands close in about 16 rounds), few enough that a close of every brand
-/// never holds more than this many registry reads, connections and queue slots.
-pub const CLOSE_BRANDS_IN_FLIGHT_MAX: usize = 64;
-
-/// Registry events read per round trip. A brand's registry holds its plan changes, a
-/// handful in practice: one page almost always suffices; longer ones are paged.
-const REGISTRY_PAGE_EVENTS_MAX: i64 = 100;
+pub use crate::ledger::close::CLOSE_BRANDS_IN_FLIGHT_MAX;
 
 pub fn router() -> Router<AppState> {
     Router::new().route(
@@ -135,16 +118,6 @@ pub struct CloseAnswer {
     pub totals: CostView,
 }
 
-/// What closing one brand came to.
-enum Closing {
-    Closed(Invoice),
-    AlreadyClosed,
-    Skipped,
-}
-
-/// One brand's result, under its registry stream id.
-type BrandResult = (String, Result<(BrandId, Closing), ApiError>);
-
 /// Close an ended period for every registered brand.
 ///
 /// Status: 201 when this call froze at least one invoice, 200 when it appended nothing
@@ -169,124 +142,15 @@ pub(crate) async fn close_period(
     ApiPath(period): ApiPath<PeriodKey>,
 ) -> Result<Response, ApiError> {
     caller.admin()?;
-    // Refused once here, rather than by every brand's command one by one.
-    s.ledger.engine.check_ended(period)?;
-    let brands = s.ledger.stores.log.stream_ids(BRAND_TYPE).await?;
-    let actor = caller.0.subject.as_str();
-    let mut results: Vec<BrandResult> = futures::stream::iter(brands)
-        .map(|id| {
-            let s = &s;
-            async move {
-                let result = close_brand(s, &id, period, actor).await;
-                (id, result)
-            }
-        })
-        .buffer_unordered(CLOSE_BRANDS_IN_FLIGHT_MAX)
-        .collect()
-        .await;
-    results.sort_by(|a, b| a.0.cmp(&b.0));
+    let results = s
+        .ledger
+        .close_period(period, caller.0.subject.as_str())
+        .await?;
     let answer = report(period, results);
     Ok((status_of(&answer), Json(answer)).into_response())
 }
 
-/// Close one brand's period: open it on the plan the brand ended the period on if it
-/// never was, then freeze its invoice.
-async fn close_brand(
-    s: &AppState,
-    id: &str,
-    period: PeriodKey,
-    actor: &str,
-) -> Result<(BrandId, Closing), ApiError> {
-    let brand = BrandId::parse(id)
-        .map_err(|e| ApiError::Internal(format!("brand registry stream {id:?}: {e}")))?;
-    let plan_at_end = plan_at(s, &brand, period.end()).await?;
-    // Registered only after the period ended: it owes nothing for it, unless it
-    // reported late usage into it (within the grace), which must be invoiced.
-    if plan_at_end.is_none() && !has_events(s, &brand, period).await? {
-        return Ok((brand, Closing::Skipped));
-    }
-    let closing = s
-        .ledger
-        .engine
-        .execute(PeriodRequest {
-            brand: brand.clone(),
-            period: Some(period),
-            action: Action::Close {
-                actor: actor.to_owned(),
-                plan_at_end: plan_at_end.map(Box::new),
-            },
-            idempotency_key: None,
-            metadata: Metadata::default(),
-        })
-        .await;
-    let outcome = match closing {
-        Ok(outcome) => outcome,
-        Err(EngineError::Ledger(LedgerError::Closed(_))) => {
-            return Ok((brand, Closing::AlreadyClosed))
-        }
-        Err(e) => return Err(e.into()),
-    };
-    outcome
-        .events
-        .into_iter()
-        .find_map(|c| match c.event {
-            LedgerEvent::PeriodClosed { invoice, .. } => Some(Closing::Closed(invoice)),
-            _ => None,
-        })
-        .map(|closing| (brand, closing))
-        .ok_or_else(|| ApiError::Internal(format!("closing {id} {period} appended no invoice")))
-}
-
-/// The plan `brand` was on when `end` came, from its registry events: `None` when it
-/// registered at or after `end`. Read from the log because the registry aggregate keeps
-/// only today's plan.
-async fn plan_at(
-    s: &AppState,
-    brand: &BrandId,
-    end: DateTime<Utc>,
-) -> Result<Option<PlanDefinition>, ApiError> {
-    let mut plan = None;
-    let mut after = 0;
-    loop {
-        let page = s
-            .ledger
-            .stores
-            .log
-            .read_stream(BRAND_TYPE, brand.as_str(), after, REGISTRY_PAGE_EVENTS_MAX)
-            .await?;
-        for stored in &page {
-            let event: BrandEvent = serde_json::from_str(&stored.payload).map_err(|e| {
-                ApiError::Internal(format!("registry event {brand}#{}: {e}", stored.sequence))
-            })?;
-            let (next, at) = match event {
-                BrandEvent::BrandRegistered { plan, at, .. }
-                | BrandEvent::PlanChanged { plan, at, .. } => (plan, at),
-            };
-            if at >= end {
-                return Ok(plan);
-            }
-            plan = Some(next);
-        }
-        match page.last() {
-            Some(last) if page.len() as i64 == REGISTRY_PAGE_EVENTS_MAX => after = last.sequence,
-            _ => return Ok(plan),
-        }
-    }
-}
-
-/// Whether the brand's period stream holds any event: one primary-key probe.
-async fn has_events(s: &AppState, brand: &BrandId, period: PeriodKey) -> Result<bool, ApiError> {
-    let id = period_stream_id(brand, period);
-    let version = s
-        .ledger
-        .stores
-        .log
-        .stream_version(USAGE_PERIOD_TYPE, &id)
-        .await?;
-    Ok(version > 0)
-}
-
-fn report(period: PeriodKey, results: Vec<BrandResult>) -> CloseAnswer {
+fn report(period: PeriodKey, results: Vec<BrandClosing>) -> CloseAnswer {
     let mut answer = CloseAnswer {
         period,
         closed: Vec::new(),
@@ -306,6 +170,7 @@ fn report(period: PeriodKey, results: Vec<BrandResult>) -> CloseAnswer {
             Ok((brand, Closing::AlreadyClosed)) => answer.already_closed.push(brand),
             Ok((brand, Closing::Skipped)) => answer.skipped.push(brand),
             Err(e) => {
+                let e = ApiError::from(e);
                 e.log();
                 answer.failed.push(CloseFailure {
                     brand_id: id,

@@ -6,7 +6,9 @@
 //! - this file: [`Ledger`], the handle every adapter holds.
 //! - [`summary`]: a brand-period's summary and current usage, from the read models.
 //! - [`history`]: usage changes and the audit trail, read from the log.
+//! - [`close`]: closing an ended period, every brand's invoice frozen.
 
+pub mod close;
 pub mod history;
 pub mod summary;
 

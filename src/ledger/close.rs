@@ -1,0 +1,161 @@
+//! Closing an ended period: every registered brand's invoice frozen (`PeriodClosed`).
+//!
+//! Each brand is closed by its own `Close` command through the engine, many at once so
+//! they share group commits. A brand's failure is reported beside the others' invoices,
+//! never instead of them, and a retry finishes the job: a period already closed is
+//! reported as such and nothing is appended for it again.
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use ledger_aggregates::brand::BRAND_TYPE;
+use ledger_aggregates::ids::period_stream_id;
+use ledger_aggregates::period::{Invoice, USAGE_PERIOD_TYPE};
+use ledger_aggregates::{BrandEvent, BrandId, LedgerError, LedgerEvent, PeriodKey, PlanDefinition};
+
+use super::{Ledger, QueryError};
+use crate::engine::{Action, EngineError, Metadata, PeriodRequest};
+
+/// Brands being closed at once. Enough to fill the engine's group commits many times
+/// over (1,000 brands close in about 16 rounds), few enough that a close of every brand
+/// never holds more than this many registry reads, connections and queue slots.
+pub const CLOSE_BRANDS_IN_FLIGHT_MAX: usize = 64;
+
+/// Registry events read per round trip. A brand's registry holds its plan changes, a
+/// handful in practice: one page almost always suffices; longer ones are paged.
+const REGISTRY_PAGE_EVENTS_MAX: i64 = 100;
+
+/// What closing one brand came to.
+#[derive(Debug)]
+pub enum Closing {
+    /// Frozen by this call.
+    Closed(Invoice),
+    /// An earlier close froze it: nothing was appended.
+    AlreadyClosed,
+    /// Registered after the period ended, with no usage in it: nothing to invoice.
+    Skipped,
+}
+
+/// One brand's result, under its registry stream id (a string: it may be the very
+/// thing that is corrupt).
+pub type BrandClosing = (String, Result<(BrandId, Closing), QueryError>);
+
+impl Ledger {
+    /// Close `period` for every registered brand, in brand order. Refused at once when
+    /// the period has not ended.
+    pub async fn close_period(
+        &self,
+        period: PeriodKey,
+        actor: &str,
+    ) -> Result<Vec<BrandClosing>, QueryError> {
+        self.engine.check_ended(period)?;
+        let brands = self.stores.log.stream_ids(BRAND_TYPE).await?;
+        let mut results: Vec<BrandClosing> = futures::stream::iter(brands)
+            .map(|id| async move {
+                let result = self.close_brand(&id, period, actor).await;
+                (id, result)
+            })
+            .buffer_unordered(CLOSE_BRANDS_IN_FLIGHT_MAX)
+            .collect()
+            .await;
+        results.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(results)
+    }
+
+    /// Close one brand's period: open it on the plan the brand ended the period on if
+    /// it never was, then freeze its invoice.
+    async fn close_brand(
+        &self,
+        id: &str,
+        period: PeriodKey,
+        actor: &str,
+    ) -> Result<(BrandId, Closing), QueryError> {
+        let brand = BrandId::parse(id)
+            .map_err(|e| QueryError::Corrupt(format!("brand registry stream {id:?}: {e}")))?;
+        let plan_at_end = self.plan_at(&brand, period.end()).await?;
+        // Registered only after the period ended: it owes nothing for it, unless it
+        // reported late usage into it (within the grace), which must be invoiced.
+        if plan_at_end.is_none() && !self.has_events(&brand, period).await? {
+            return Ok((brand, Closing::Skipped));
+        }
+        let closing = self
+            .engine
+            .execute(PeriodRequest {
+                brand: brand.clone(),
+                period: Some(period),
+                action: Action::Close {
+                    actor: actor.to_owned(),
+                    plan_at_end: plan_at_end.map(Box::new),
+                },
+                idempotency_key: None,
+                metadata: Metadata::default(),
+            })
+            .await;
+        let outcome = match closing {
+            Ok(outcome) => outcome,
+            Err(EngineError::Ledger(LedgerError::Closed(_))) => {
+                return Ok((brand, Closing::AlreadyClosed))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        outcome
+            .events
+            .into_iter()
+            .find_map(|c| match c.event {
+                LedgerEvent::PeriodClosed { invoice, .. } => Some(Closing::Closed(invoice)),
+                _ => None,
+            })
+            .map(|closing| (brand, closing))
+            .ok_or_else(|| {
+                QueryError::Corrupt(format!("closing {id} {period} appended no invoice"))
+            })
+    }
+
+    /// The plan `brand` was on when `end` came, from its registry events: `None` when it
+    /// registered at or after `end`. Read from the log because the registry aggregate
+    /// keeps only today's plan.
+    async fn plan_at(
+        &self,
+        brand: &BrandId,
+        end: DateTime<Utc>,
+    ) -> Result<Option<PlanDefinition>, QueryError> {
+        let mut plan = None;
+        let mut after = 0;
+        loop {
+            let page = self
+                .stores
+                .log
+                .read_stream(BRAND_TYPE, brand.as_str(), after, REGISTRY_PAGE_EVENTS_MAX)
+                .await?;
+            for stored in &page {
+                let event: BrandEvent = serde_json::from_str(&stored.payload).map_err(|e| {
+                    QueryError::Corrupt(format!("registry event {brand}#{}: {e}", stored.sequence))
+                })?;
+                let (next, at) = match event {
+                    BrandEvent::BrandRegistered { plan, at, .. }
+                    | BrandEvent::PlanChanged { plan, at, .. } => (plan, at),
+                };
+                if at >= end {
+                    return Ok(plan);
+                }
+                plan = Some(next);
+            }
+            match page.last() {
+                Some(last) if page.len() as i64 == REGISTRY_PAGE_EVENTS_MAX => {
+                    after = last.sequence
+                }
+                _ => return Ok(plan),
+            }
+        }
+    }
+
+    /// Whether the brand's period stream holds any event: one primary-key probe.
+    async fn has_events(&self, brand: &BrandId, period: PeriodKey) -> Result<bool, QueryError> {
+        let id = period_stream_id(brand, period);
+        let version = self
+            .stores
+            .log
+            .stream_version(USAGE_PERIOD_TYPE, &id)
+            .await?;
+        Ok(version > 0)
+    }
+}
