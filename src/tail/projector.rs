@@ -351,7 +351,9 @@ impl Consumer for ReadModelConsumer {
         }
         self.keep(touched, &models).await?;
         self.position = last.at;
-        if self.changed.len() >= self.config.flush_rows_max {
+        // A log that never lets the consumer catch up still gets its writes on time.
+        let due = self.persisted_at.elapsed() >= self.config.flush_interval;
+        if due || self.changed.len() >= self.config.flush_rows_max {
             self.flush().await?;
         }
         Ok(last.at)
