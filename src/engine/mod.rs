@@ -563,3 +563,135 @@ fn fingerprint(req: &PeriodRequest) -> String {
     hex::encode_to_slice(Sha256::digest(canon), &mut text).expect("64 bytes hold 32 in hex");
     String::from_utf8(text.to_vec()).expect("hex digits are ASCII")
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn m(s: &str) -> MetricKey {
+        MetricKey::parse(s).unwrap()
+    }
+
+    fn q(n: u64) -> Quantity {
+        Quantity::new(n).unwrap()
+    }
+
+    /// A plan written out in full, so the pinned fingerprint does not follow edits of
+    /// the default catalog.
+    fn plan() -> PlanDefinition {
+        serde_json::from_str(
+            r#"{"id":"starter","name":"Starter","basePriceCents":2900,"currency":"EUR",
+            "headline":"For makers","catalogVersion":"2026.1","quotas":[{"metric":"renders_3d",
+            "label":"3D renders","description":"Rendered scenes","limit":10,"period":"month",
+            "overage":"charge","overageRate":"0.5","notificationThresholds":[50,75,90],
+            "unit":"renders","kind":"counter"}],"features":[{"id":"api","label":"API",
+            "enabled":true}]}"#,
+        )
+        .unwrap()
+    }
+
+    fn request(action: Action) -> PeriodRequest {
+        PeriodRequest {
+            brand: BrandId::parse("acme").unwrap(),
+            period: None,
+            action,
+            idempotency_key: Some(IdempotencyKey::parse("k-1").unwrap()),
+            metadata: Metadata::default(),
+        }
+    }
+
+    #[test]
+    fn fingerprints_of_stored_keys_never_change() {
+        // Proves a retry after an upgrade is still recognised: keys stored by earlier
+        // versions hold these hashes. A failure here means the request's serialization
+        // changed, and with it every stored key's fingerprint.
+        let at = Utc.with_ymd_and_hms(2026, 11, 15, 12, 30, 0).unwrap();
+        let mut tagged = request(Action::Record {
+            metric: m("api_calls"),
+            quantity: q(3),
+            occurred_at: Some(at),
+        });
+        tagged.period = Some(PeriodKey::parse("2026-11").unwrap());
+        tagged.metadata = Metadata::parse(
+            [("source", "batch"), ("request_id", "r-9")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .into(),
+        )
+        .unwrap();
+        let cases = [
+            (
+                "record",
+                request(Action::Record {
+                    metric: m("api_calls"),
+                    quantity: q(3),
+                    occurred_at: None,
+                }),
+                "13ae3b9c95c6661185fe65152477c241802cf0b4f5ddab86a5f4a6e8e85b603c",
+            ),
+            (
+                "record at a time, with metadata",
+                tagged,
+                "14af43f70f5eefbd1e024f250365ef1555ecaf673d3dea20bf95c1928220f4bd",
+            ),
+            (
+                "check",
+                request(Action::Check {
+                    metric: m("team_members"),
+                    requested: q(1),
+                    consume: true,
+                }),
+                "5b8b8d40987e11a54ca54a15590929c080fd604878eb14e0eec97962e516fe6e",
+            ),
+            (
+                "gauge",
+                request(Action::SetGauge {
+                    metric: m("storage_gb"),
+                    level: 7,
+                }),
+                "e08ad3193c28af83a542bd553329cac692e613dbd805df7405ff6e5866ca65bb",
+            ),
+            (
+                "top-up",
+                request(Action::TopUp {
+                    metric: m("renders_3d"),
+                    units: q(25),
+                    price: Money::from_minor(1250),
+                    reference: "stripe:pi_1".into(),
+                    actor: "billing".into(),
+                }),
+                "7add34797f81a651dea41026a695424a6c4926e156f535f00136a6b62b5dce40",
+            ),
+            (
+                "adjustment",
+                request(Action::Adjust {
+                    metric: m("renders_3d"),
+                    delta: -4,
+                    actor: "support".into(),
+                    reason: "double count".into(),
+                }),
+                "305f18702853c6d1211e74c93b74f4629afbac8010722a3338a9599dc27520fa",
+            ),
+            (
+                "close",
+                request(Action::Close {
+                    actor: "billing".into(),
+                    plan_at_end: None,
+                }),
+                "f8e5db2b30148e78f19d46e93f20ee007783b77004f38cbb021c7f1e80d1406a",
+            ),
+            (
+                "close on the plan at the end",
+                request(Action::Close {
+                    actor: "billing".into(),
+                    plan_at_end: Some(Box::new(plan())),
+                }),
+                "fce637f99c803fc2c2bb50ca15c2c0c331398056f75b33f93e74d61707c54760",
+            ),
+        ];
+        for (what, req, pinned) in cases {
+            assert_eq!(fingerprint(&req), pinned, "{what}");
+        }
+    }
+}
