@@ -7,11 +7,11 @@ mod common;
 use std::sync::Arc;
 
 use clap::Parser;
-use ledger_aggregates::{BrandId, MetricKey, PeriodKey, PlanId, Quantity};
+use ledger_aggregates::{BrandId, MetricKey, PeriodCommand, PeriodKey, PlanId, Quantity};
 use usage_ledger::cli::brands::{self, BrandsArgs, BrandsCommand, BrandsError};
 use usage_ledger::cli::reset::{self, ResetArgs, ResetError, ResetReport};
 
-use usage_ledger::engine::{Action, Engine, PeriodRequest};
+use usage_ledger::engine::{Engine, PeriodRequest};
 use usage_ledger::store::EventLog;
 
 fn brand(s: &str) -> BrandId {
@@ -48,7 +48,7 @@ async fn record(e: &Engine, b: &str, m: &str, n: u64) {
     e.execute(PeriodRequest {
         brand: brand(b),
         period: None,
-        action: Action::Record {
+        command: PeriodCommand::RecordUsage {
             metric: metric(m),
             quantity: Quantity::new(n).unwrap(),
             occurred_at: None,
@@ -265,12 +265,12 @@ async fn a_retry_after_only_the_top_up_was_appended_grants_nothing_twice(db: &co
     )
     .await;
     let top_up = dry.unwrap().plan.steps[0].clone();
-    assert!(matches!(top_up.action, Action::TopUp { .. }));
+    assert!(matches!(top_up.command, PeriodCommand::ApplyTopUp { .. }));
     // The interrupted run: its first command only.
     e.execute(PeriodRequest {
         brand: brand("acme"),
         period: Some(november()),
-        action: top_up.action,
+        command: top_up.command,
         idempotency_key: Some(top_up.key),
         metadata: Default::default(),
     })

@@ -6,9 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use ledger_aggregates::{BrandId, MetricKey, Money, PlanId, Quantity};
+use ledger_aggregates::{BrandId, MetricKey, Money, PeriodCommand, PlanId, Quantity};
 use ledger_projections::LogPosition;
-use usage_ledger::engine::Action;
 use usage_ledger::projector::{fold_batch, Projector};
 use usage_ledger::store::READ_MODELS_PROJECTOR;
 
@@ -135,7 +134,7 @@ async fn an_event_committed_late_is_projected() {
     let record = |brand: &str| {
         request(
             brand,
-            Action::Record {
+            PeriodCommand::RecordUsage {
                 metric: id(MetricKey::parse, "renders_3d"),
                 quantity: Quantity::new(3).unwrap(),
                 occurred_at: None,

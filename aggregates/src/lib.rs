@@ -21,6 +21,6 @@ pub use catalog::{Catalog, MetricKind, OveragePolicy, PlanDefinition, PlanQuota}
 pub use ids::{BrandId, IdempotencyKey, MetricKey, ParseError, PeriodKey, PlanId, Quantity};
 pub use money::{Currency, Money};
 pub use period::{
-    LedgerError, LedgerEvent, LedgerRules, MetricTotals, PeriodCommand, QuotaDecision,
-    UsagePeriodAggregate,
+    LedgerError, LedgerEvent, LedgerRules, MetricTotals, PeriodCommand, PeriodOpening,
+    QuotaDecision, Stamped, StreamCommand, UsagePeriodAggregate,
 };

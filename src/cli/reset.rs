@@ -47,12 +47,12 @@ use clap::Args;
 use ledger_aggregates::ids::{period_stream_id, QUANTITY_MAX};
 use ledger_aggregates::period::{effective_limit, percentage, USAGE_PERIOD_TYPE};
 use ledger_aggregates::{
-    BrandId, IdempotencyKey, LedgerEvent, MetricKey, MetricKind, Money, OveragePolicy, PeriodKey,
-    PlanId, Quantity, UsagePeriodAggregate,
+    BrandId, IdempotencyKey, LedgerEvent, MetricKey, MetricKind, Money, OveragePolicy,
+    PeriodCommand, PeriodKey, PlanId, Quantity, UsagePeriodAggregate,
 };
 use rust_decimal::Decimal;
 
-use crate::engine::{Action, Engine, EngineError, Metadata, Outcome, PeriodRequest};
+use crate::engine::{Engine, EngineError, Metadata, Outcome, PeriodRequest};
 use crate::store::{EventLog, StoreError};
 
 /// The original capped `--target` at 150 %: far enough above 100 % to put a `charge`
@@ -112,7 +112,7 @@ pub struct ResetRequest {
 /// One command the reset appends, with the idempotency key that makes it safe to retry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResetStep {
-    pub action: Action,
+    pub command: PeriodCommand,
     pub key: IdempotencyKey,
 }
 
@@ -343,7 +343,7 @@ pub fn plan_reset(
     if grant > 0 {
         let price = req.price.unwrap_or(Money::ZERO);
         steps.push(ResetStep {
-            action: Action::TopUp {
+            command: PeriodCommand::ApplyTopUp {
                 metric: metric.clone(),
                 units: Quantity::new(grant).expect("checked by check_request"),
                 price,
@@ -356,7 +356,7 @@ pub fn plan_reset(
     let mut new_alerts = Vec::new();
     if delta != 0 {
         steps.push(ResetStep {
-            action: Action::Adjust {
+            command: PeriodCommand::AdjustUsage {
                 metric: metric.clone(),
                 delta,
                 actor: req.actor.clone(),
@@ -603,7 +603,7 @@ async fn execute(
 }
 
 fn is_top_up(step: &ResetStep) -> bool {
-    matches!(step.action, Action::TopUp { .. })
+    matches!(step.command, PeriodCommand::ApplyTopUp { .. })
 }
 
 /// The metadata key under which the HTTP layer records who sent a command; the
@@ -622,7 +622,7 @@ async fn submit(
         .execute(PeriodRequest {
             brand: plan.brand.clone(),
             period: Some(plan.period),
-            action: step.action.clone(),
+            command: step.command.clone(),
             idempotency_key: Some(step.key.clone()),
             metadata,
         })
@@ -735,8 +735,8 @@ impl fmt::Display for ResetPlan {
 
 impl ResetPlan {
     fn fmt_step(&self, f: &mut fmt::Formatter<'_>, step: &ResetStep) -> fmt::Result {
-        match &step.action {
-            Action::TopUp {
+        match &step.command {
+            PeriodCommand::ApplyTopUp {
                 metric,
                 units,
                 price,
@@ -748,7 +748,7 @@ impl ResetPlan {
                 units.get(),
                 step.key
             ),
-            Action::Adjust {
+            PeriodCommand::AdjustUsage {
                 metric,
                 delta,
                 reason,
@@ -779,7 +779,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use chrono::TimeZone;
-    use ledger_aggregates::period::{LedgerRules, PeriodCommand};
+    use ledger_aggregates::period::{LedgerRules, PeriodOpening};
     use ledger_aggregates::Catalog;
 
     use super::*;
@@ -792,26 +792,30 @@ mod tests {
         Utc.with_ymd_and_hms(2026, 11, 15, 12, 0, 0).unwrap()
     }
 
+    fn november() -> PeriodKey {
+        PeriodKey::parse("2026-11").unwrap()
+    }
+
     fn apply(agg: &mut UsagePeriodAggregate, cmd: PeriodCommand) {
-        let events = agg.decide(&cmd, &LedgerRules::default()).unwrap();
+        let events = agg.decide(&cmd, at(), &LedgerRules::default()).unwrap();
         events.iter().for_each(|e| agg.fold(e));
     }
 
     /// An open November 2026 period of brand `acme` on `plan` of the default catalog.
     fn period_on(plan: &str) -> UsagePeriodAggregate {
         let catalog = Catalog::default_catalog();
+        let opening = PeriodOpening {
+            brand_id: BrandId::parse("acme").unwrap(),
+            period: november(),
+            plan: catalog.plan(&PlanId::parse(plan).unwrap()).unwrap().clone(),
+            metric_kinds: catalog.metric_kinds().clone(),
+            carried_levels: BTreeMap::new(),
+        };
         let mut agg = UsagePeriodAggregate::default();
-        apply(
-            &mut agg,
-            PeriodCommand::OpenPeriod {
-                brand_id: BrandId::parse("acme").unwrap(),
-                period: PeriodKey::parse("2026-11").unwrap(),
-                plan: catalog.plan(&PlanId::parse(plan).unwrap()).unwrap().clone(),
-                metric_kinds: catalog.metrics().map(|d| (d.key.clone(), d.kind)).collect(),
-                carried_levels: BTreeMap::new(),
-                at: at(),
-            },
-        );
+        let events = agg
+            .decide_opening(&opening, at(), &LedgerRules::default())
+            .unwrap();
+        events.iter().for_each(|e| agg.fold(e));
         agg
     }
 
@@ -821,8 +825,7 @@ mod tests {
             PeriodCommand::RecordUsage {
                 metric: m(metric),
                 quantity: Quantity::new(n).unwrap(),
-                occurred_at: at(),
-                at: at(),
+                occurred_at: None,
             },
         );
     }
@@ -836,7 +839,6 @@ mod tests {
                 price: Money::ZERO,
                 reference: "stripe".into(),
                 actor: "billing".into(),
-                at: at(),
             },
         );
     }
@@ -851,47 +853,26 @@ mod tests {
         }
     }
 
-    /// Apply a plan's steps to the aggregate, as the engine would.
+    /// Decide a plan's steps against the aggregate, as the engine would.
     fn execute(agg: &mut UsagePeriodAggregate, plan: &ResetPlan) {
         for step in &plan.steps {
-            let cmd = match step.action.clone() {
-                Action::TopUp {
-                    metric,
-                    units,
-                    price,
-                    reference,
-                    actor,
-                } => PeriodCommand::ApplyTopUp {
-                    metric,
-                    units,
-                    price,
-                    reference,
-                    actor,
-                    at: at(),
-                },
-                Action::Adjust {
-                    metric,
-                    delta,
-                    actor,
-                    reason,
-                } => PeriodCommand::AdjustUsage {
-                    metric,
-                    delta,
-                    actor,
-                    reason,
-                    at: at(),
-                },
-                other => panic!("a reset never plans {other:?}"),
-            };
-            apply(agg, cmd);
+            assert!(
+                matches!(
+                    step.command,
+                    PeriodCommand::ApplyTopUp { .. } | PeriodCommand::AdjustUsage { .. }
+                ),
+                "a reset never plans {:?}",
+                step.command
+            );
+            apply(agg, step.command.clone());
         }
     }
 
     fn deltas(plan: &ResetPlan) -> Vec<i64> {
         plan.steps
             .iter()
-            .filter_map(|s| match s.action {
-                Action::Adjust { delta, .. } => Some(delta),
+            .filter_map(|s| match s.command {
+                PeriodCommand::AdjustUsage { delta, .. } => Some(delta),
                 _ => None,
             })
             .collect()
@@ -908,8 +889,9 @@ mod tests {
         assert_eq!((plan.effective_limit, plan.target_value), (45, 41));
         assert_eq!(plan.steps.len(), 2);
         assert!(matches!(
-            plan.steps[0].action,
-            Action::TopUp { ref units, price, .. } if units.get() == 25 && price == Money::ZERO
+            plan.steps[0].command,
+            PeriodCommand::ApplyTopUp { ref units, price, .. }
+                if units.get() == 25 && price == Money::ZERO
         ));
         assert_eq!(deltas(&plan), [21]);
         assert_eq!(plan.percentage.to_string(), "91.11");
@@ -993,7 +975,6 @@ mod tests {
             PeriodCommand::SetGaugeLevel {
                 metric: m("storage_gb"),
                 level: 8,
-                at: at(),
             },
         );
         let plan = plan_reset(&agg, &req("storage_gb", 60, 0), None).unwrap();
@@ -1015,7 +996,6 @@ mod tests {
             PeriodCommand::SetGaugeLevel {
                 metric: m("team_members"),
                 level: 2,
-                at: at(),
             },
         );
         let err = plan_reset(&agg, &req("team_members", 150, 1), None).unwrap_err();
@@ -1085,7 +1065,7 @@ mod tests {
             &mut agg,
             PeriodCommand::ClosePeriod {
                 actor: "billing".into(),
-                at: at(),
+                plan_at_end: None,
             },
         );
         let err = plan_reset(&agg, &req("ai_generations", 90, 0), None).unwrap_err();

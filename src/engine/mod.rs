@@ -18,7 +18,7 @@ use ledger_aggregates::catalog::Catalog;
 use ledger_aggregates::period::LedgerRules;
 use ledger_aggregates::{
     BrandAggregate, BrandError, BrandId, IdempotencyKey, LedgerError, LedgerEvent, MetricKey,
-    Money, PeriodKey, PlanDefinition, PlanId, Quantity, QuotaDecision, UsagePeriodAggregate,
+    PeriodCommand, PeriodKey, PlanId, QuotaDecision, UsagePeriodAggregate,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -83,67 +83,14 @@ impl Default for EngineConfig {
     }
 }
 
-/// What a period command asks for. Timestamps are stamped by the engine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "action")]
-pub enum Action {
-    Record {
-        metric: MetricKey,
-        quantity: Quantity,
-        /// When the usage happened; defaults to now. Selects the period.
-        occurred_at: Option<DateTime<Utc>>,
-    },
-    Check {
-        metric: MetricKey,
-        requested: Quantity,
-        consume: bool,
-    },
-    SetGauge {
-        metric: MetricKey,
-        level: u64,
-    },
-    TopUp {
-        metric: MetricKey,
-        units: Quantity,
-        price: Money,
-        reference: String,
-        actor: String,
-    },
-    Adjust {
-        metric: MetricKey,
-        delta: i64,
-        actor: String,
-        reason: String,
-    },
-    Close {
-        actor: String,
-        /// The plan in force when the period ended, read from the brand registry's
-        /// history. A period closed without ever having been opened is opened on it:
-        /// today's plan may be a later one. Ignored when the period is already open.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        plan_at_end: Option<Box<PlanDefinition>>,
-    },
-}
-
-impl Action {
-    fn metric(&self) -> Option<&MetricKey> {
-        match self {
-            Action::Record { metric, .. }
-            | Action::Check { metric, .. }
-            | Action::SetGauge { metric, .. }
-            | Action::TopUp { metric, .. }
-            | Action::Adjust { metric, .. } => Some(metric),
-            Action::Close { .. } => None,
-        }
-    }
-}
-
+/// One caller's command for a brand's period, with what the engine needs around it.
+/// The engine decides it at its clock's reading.
 #[derive(Debug, Clone)]
 pub struct PeriodRequest {
     pub brand: BrandId,
     /// The period to act on. `None`: the period of `occurred_at` for records, else now's.
     pub period: Option<PeriodKey>,
-    pub action: Action,
+    pub command: PeriodCommand,
     pub idempotency_key: Option<IdempotencyKey>,
     /// Stored with every event the command appends; part of the idempotency fingerprint.
     pub metadata: Metadata,
@@ -493,15 +440,15 @@ impl Engine {
     }
 
     fn validate(&self, req: &PeriodRequest) -> Result<(), EngineError> {
-        if let Some(metric) = req.action.metric() {
+        if let Some(metric) = req.command.metric() {
             if self.catalog.metric(metric).is_none() {
                 return Err(EngineError::UnknownMetric(metric.clone()));
             }
         }
-        if let Action::Record {
+        if let PeriodCommand::RecordUsage {
             occurred_at: Some(at),
             ..
-        } = &req.action
+        } = &req.command
         {
             if *at > self.clock.now() + self.config.future_skew_max {
                 return Err(EngineError::InFuture {
@@ -513,12 +460,12 @@ impl Engine {
             // usage depends on the clock alone, and a stale timestamp (a replayed queue,
             // a zeroed clock) must not make the writer open or look back from 1970.
             let period = PeriodKey::containing(*at);
-            let deadline = period.end() + self.config.rules.late_usage_grace;
+            let deadline = self.config.rules.accepts_usage_until(period);
             if self.clock.now() > deadline {
                 return Err(LedgerError::TooLate { period, deadline }.into());
             }
         }
-        if let Action::Close { .. } = &req.action {
+        if let PeriodCommand::ClosePeriod { .. } = &req.command {
             self.check_ended(req.period.ok_or(EngineError::PeriodRequired)?)?;
         }
         Ok(())
@@ -539,13 +486,15 @@ impl Engine {
 
 /// SHA-256 over the canonical JSON of what the request asks, so a retry with the same
 /// key but another payload is recognised. Stable across restarts and versions as long
-/// as the `Action` serialization is.
+/// as the `PeriodCommand` serialization is; `fingerprints_of_stored_keys_never_change`
+/// pins it.
 fn fingerprint(req: &PeriodRequest) -> String {
     #[derive(Serialize)]
     struct Canon<'a> {
         brand: &'a BrandId,
         period: Option<PeriodKey>,
-        action: &'a Action,
+        /// Named `action` since the first stored keys: the name is part of the hash.
+        action: &'a PeriodCommand,
         // Absent when empty, so fingerprints of requests without metadata are the
         // ones recorded before metadata existed.
         #[serde(skip_serializing_if = "Metadata::is_empty")]
@@ -554,7 +503,7 @@ fn fingerprint(req: &PeriodRequest) -> String {
     let canon = serde_json::to_vec(&Canon {
         brand: &req.brand,
         period: req.period,
-        action: &req.action,
+        action: &req.command,
         metadata: &req.metadata,
     })
     .expect("requests always serialize");
@@ -567,6 +516,7 @@ fn fingerprint(req: &PeriodRequest) -> String {
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
+    use ledger_aggregates::{Money, PlanDefinition, Quantity};
 
     use super::*;
 
@@ -592,11 +542,11 @@ mod tests {
         .unwrap()
     }
 
-    fn request(action: Action) -> PeriodRequest {
+    fn request(command: PeriodCommand) -> PeriodRequest {
         PeriodRequest {
             brand: BrandId::parse("acme").unwrap(),
             period: None,
-            action,
+            command,
             idempotency_key: Some(IdempotencyKey::parse("k-1").unwrap()),
             metadata: Metadata::default(),
         }
@@ -604,11 +554,11 @@ mod tests {
 
     #[test]
     fn fingerprints_of_stored_keys_never_change() {
-        // Proves a retry after an upgrade is still recognised: keys stored by earlier
-        // versions hold these hashes. A failure here means the request's serialization
-        // changed, and with it every stored key's fingerprint.
+        // Proves a retry after an upgrade is still recognised: these hashes were
+        // computed with the engine's former request type (`Action`), and keys stored
+        // since hold them. A failure here means the command's serialization changed.
         let at = Utc.with_ymd_and_hms(2026, 11, 15, 12, 30, 0).unwrap();
-        let mut tagged = request(Action::Record {
+        let mut tagged = request(PeriodCommand::RecordUsage {
             metric: m("api_calls"),
             quantity: q(3),
             occurred_at: Some(at),
@@ -623,7 +573,7 @@ mod tests {
         let cases = [
             (
                 "record",
-                request(Action::Record {
+                request(PeriodCommand::RecordUsage {
                     metric: m("api_calls"),
                     quantity: q(3),
                     occurred_at: None,
@@ -637,7 +587,7 @@ mod tests {
             ),
             (
                 "check",
-                request(Action::Check {
+                request(PeriodCommand::CheckQuota {
                     metric: m("team_members"),
                     requested: q(1),
                     consume: true,
@@ -646,7 +596,7 @@ mod tests {
             ),
             (
                 "gauge",
-                request(Action::SetGauge {
+                request(PeriodCommand::SetGaugeLevel {
                     metric: m("storage_gb"),
                     level: 7,
                 }),
@@ -654,7 +604,7 @@ mod tests {
             ),
             (
                 "top-up",
-                request(Action::TopUp {
+                request(PeriodCommand::ApplyTopUp {
                     metric: m("renders_3d"),
                     units: q(25),
                     price: Money::from_minor(1250),
@@ -665,7 +615,7 @@ mod tests {
             ),
             (
                 "adjustment",
-                request(Action::Adjust {
+                request(PeriodCommand::AdjustUsage {
                     metric: m("renders_3d"),
                     delta: -4,
                     actor: "support".into(),
@@ -675,7 +625,7 @@ mod tests {
             ),
             (
                 "close",
-                request(Action::Close {
+                request(PeriodCommand::ClosePeriod {
                     actor: "billing".into(),
                     plan_at_end: None,
                 }),
@@ -683,7 +633,7 @@ mod tests {
             ),
             (
                 "close on the plan at the end",
-                request(Action::Close {
+                request(PeriodCommand::ClosePeriod {
                     actor: "billing".into(),
                     plan_at_end: Some(Box::new(plan())),
                 }),
@@ -693,5 +643,15 @@ mod tests {
         for (what, req, pinned) in cases {
             assert_eq!(fingerprint(&req), pinned, "{what}");
         }
+        // What the first request hashes as its command, readable where a hash is not.
+        let record = request(PeriodCommand::RecordUsage {
+            metric: m("api_calls"),
+            quantity: q(3),
+            occurred_at: None,
+        });
+        assert_eq!(
+            serde_json::to_string(&record.command).unwrap(),
+            r#"{"action":"record","metric":"api_calls","quantity":3,"occurred_at":null}"#
+        );
     }
 }

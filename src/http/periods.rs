@@ -17,8 +17,8 @@ use ledger_aggregates::brand::BRAND_TYPE;
 use ledger_aggregates::ids::period_stream_id;
 use ledger_aggregates::period::{Invoice, InvoiceLine, USAGE_PERIOD_TYPE};
 use ledger_aggregates::{
-    BrandEvent, BrandId, Currency, LedgerError, LedgerEvent, MetricKey, Money, PeriodKey,
-    PlanDefinition, PlanId,
+    BrandEvent, BrandId, Currency, LedgerError, LedgerEvent, MetricKey, Money, PeriodCommand,
+    PeriodKey, PlanDefinition, PlanId,
 };
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -28,7 +28,7 @@ use super::error::{ApiError, Problem};
 use super::extract::{ApiPath, Caller};
 use super::views::CostView;
 use super::{AppState, API_PREFIX};
-use crate::engine::{Action, EngineError, Metadata, PeriodRequest};
+use crate::engine::{EngineError, Metadata, PeriodRequest};
 
 /// Brands being closed at once. Enough to fill the engine's group commits many times
 /// over (1,000 brands close in about 16 rounds), few enough that a close of every brand
@@ -210,7 +210,7 @@ async fn close_brand(
         .execute(PeriodRequest {
             brand: brand.clone(),
             period: Some(period),
-            action: Action::Close {
+            command: PeriodCommand::ClosePeriod {
                 actor: actor.to_owned(),
                 plan_at_end: plan_at_end.map(Box::new),
             },
