@@ -7,6 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use clap::Parser;
+use ledger_aggregates::reset::ResetRefusal;
 use ledger_aggregates::{BrandId, MetricKey, PeriodCommand, PeriodKey, PlanId, Quantity};
 use usage_ledger::cli::brands::{self, BrandsArgs, BrandsCommand, BrandsError};
 use usage_ledger::cli::reset::{self, ResetArgs, ResetError, ResetReport};
@@ -319,7 +320,10 @@ async fn a_reset_refuses_clearly_and_appends_nothing(db: &common::TestDb) {
     register(&e, "acme", "starter").await;
     let (res, _) = reset_cmd(&e, &log, &reset_args("acme", "team_members", 90, 0, false)).await;
     assert!(
-        matches!(res, Err(ResetError::PeriodNotOpen { .. })),
+        matches!(
+            res,
+            Err(ResetError::Refused(ResetRefusal::PeriodNotOpen { .. }))
+        ),
         "{res:?}"
     );
     assert_eq!(stream_len(&log, "acme:2026-11").await, 0);
@@ -327,7 +331,10 @@ async fn a_reset_refuses_clearly_and_appends_nothing(db: &common::TestDb) {
     let len = stream_len(&log, "acme:2026-11").await;
     let (res, _) = reset_cmd(&e, &log, &reset_args("acme", "exports_gltf", 90, 10, false)).await;
     let err = res.unwrap_err();
-    assert!(matches!(err, ResetError::Unlimited { .. }), "{err}");
+    assert!(
+        matches!(err, ResetError::Refused(ResetRefusal::Unlimited { .. })),
+        "{err}"
+    );
     let (res, _) = reset_cmd(&e, &log, &reset_args("acme", "renders_4d", 90, 0, false)).await;
     let err = res.unwrap_err();
     assert!(
@@ -341,7 +348,10 @@ async fn a_reset_refuses_clearly_and_appends_nothing(db: &common::TestDb) {
     )
     .await;
     assert!(
-        matches!(res, Err(ResetError::TargetOutOfRange(151))),
+        matches!(
+            res,
+            Err(ResetError::Refused(ResetRefusal::TargetOutOfRange(151)))
+        ),
         "{res:?}"
     );
     assert_eq!(stream_len(&log, "acme:2026-11").await, len);

@@ -941,11 +941,26 @@ pub fn percentage(current: u64, effective_limit: u64) -> Decimal {
 
 /// Whether `current` is at least `threshold_pct` % of `limit`, in exact integers (a
 /// rounded percentage would fire 90 % at 89.996 %). A zero limit is reached by any use.
-fn reached(current: u64, limit: u64, threshold_pct: u8) -> bool {
+pub(crate) fn reached(current: u64, limit: u64, threshold_pct: u8) -> bool {
     if limit == 0 {
         return current > 0;
     }
     u128::from(current) * 100 >= u128::from(threshold_pct) * u128::from(limit)
+}
+
+/// The thresholds of `quota` that usage of `current` against `limit` reaches and that
+/// have not fired yet in the period, in the quota's order: each fires once a period.
+pub fn new_thresholds<'a>(
+    quota: &'a PlanQuota,
+    state: &'a MetricState,
+    current: u64,
+    limit: u64,
+) -> impl Iterator<Item = u8> + 'a {
+    quota
+        .notification_thresholds
+        .iter()
+        .copied()
+        .filter(move |t| !state.fired.contains(t) && reached(current, limit, *t))
 }
 
 /// Threshold crossings of moving `metric` to `totals` under `quota`, each at most once.
@@ -959,11 +974,7 @@ fn crossings_under(
     let (Some(quota), Some(limit)) = (quota, totals.effective_limit) else {
         return Vec::new();
     };
-    let mut crossed = quota
-        .notification_thresholds
-        .iter()
-        .filter(|t| !state.fired.contains(t) && reached(totals.current, limit, **t))
-        .peekable();
+    let mut crossed = new_thresholds(quota, state, totals.current, limit).peekable();
     // A Decimal division on every command was ~2 % of the process (`perf`, hot brand):
     // only a crossing needs the percentage.
     if crossed.peek().is_none() {
@@ -973,8 +984,8 @@ fn crossings_under(
     crossed
         .map(|t| LedgerEvent::ThresholdCrossed {
             metric: metric.clone(),
-            threshold: *t,
-            severity: Severity::of_threshold(*t),
+            threshold: t,
+            severity: Severity::of_threshold(t),
             percentage: pct,
             current: totals.current,
             effective_limit: limit,
