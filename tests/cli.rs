@@ -7,11 +7,12 @@ mod common;
 use std::sync::Arc;
 
 use clap::Parser;
-use ledger_aggregates::{BrandId, MetricKey, PeriodKey, PlanId, Quantity};
+use ledger_aggregates::reset::ResetRefusal;
+use ledger_aggregates::{BrandId, MetricKey, PeriodCommand, PeriodKey, PlanId, Quantity};
 use usage_ledger::cli::brands::{self, BrandsArgs, BrandsCommand, BrandsError};
 use usage_ledger::cli::reset::{self, ResetArgs, ResetError, ResetReport};
 
-use usage_ledger::engine::{Action, Engine, PeriodRequest};
+use usage_ledger::engine::{Engine, PeriodRequest};
 use usage_ledger::store::EventLog;
 
 fn brand(s: &str) -> BrandId {
@@ -48,7 +49,7 @@ async fn record(e: &Engine, b: &str, m: &str, n: u64) {
     e.execute(PeriodRequest {
         brand: brand(b),
         period: None,
-        action: Action::Record {
+        command: PeriodCommand::RecordUsage {
             metric: metric(m),
             quantity: Quantity::new(n).unwrap(),
             occurred_at: None,
@@ -265,12 +266,12 @@ async fn a_retry_after_only_the_top_up_was_appended_grants_nothing_twice(db: &co
     )
     .await;
     let top_up = dry.unwrap().plan.steps[0].clone();
-    assert!(matches!(top_up.action, Action::TopUp { .. }));
+    assert!(matches!(top_up.command, PeriodCommand::ApplyTopUp { .. }));
     // The interrupted run: its first command only.
     e.execute(PeriodRequest {
         brand: brand("acme"),
         period: Some(november()),
-        action: top_up.action,
+        command: top_up.command,
         idempotency_key: Some(top_up.key),
         metadata: Default::default(),
     })
@@ -319,7 +320,10 @@ async fn a_reset_refuses_clearly_and_appends_nothing(db: &common::TestDb) {
     register(&e, "acme", "starter").await;
     let (res, _) = reset_cmd(&e, &log, &reset_args("acme", "team_members", 90, 0, false)).await;
     assert!(
-        matches!(res, Err(ResetError::PeriodNotOpen { .. })),
+        matches!(
+            res,
+            Err(ResetError::Refused(ResetRefusal::PeriodNotOpen { .. }))
+        ),
         "{res:?}"
     );
     assert_eq!(stream_len(&log, "acme:2026-11").await, 0);
@@ -327,7 +331,10 @@ async fn a_reset_refuses_clearly_and_appends_nothing(db: &common::TestDb) {
     let len = stream_len(&log, "acme:2026-11").await;
     let (res, _) = reset_cmd(&e, &log, &reset_args("acme", "exports_gltf", 90, 10, false)).await;
     let err = res.unwrap_err();
-    assert!(matches!(err, ResetError::Unlimited { .. }), "{err}");
+    assert!(
+        matches!(err, ResetError::Refused(ResetRefusal::Unlimited { .. })),
+        "{err}"
+    );
     let (res, _) = reset_cmd(&e, &log, &reset_args("acme", "renders_4d", 90, 0, false)).await;
     let err = res.unwrap_err();
     assert!(
@@ -341,7 +348,10 @@ async fn a_reset_refuses_clearly_and_appends_nothing(db: &common::TestDb) {
     )
     .await;
     assert!(
-        matches!(res, Err(ResetError::TargetOutOfRange(151))),
+        matches!(
+            res,
+            Err(ResetError::Refused(ResetRefusal::TargetOutOfRange(151)))
+        ),
         "{res:?}"
     );
     assert_eq!(stream_len(&log, "acme:2026-11").await, len);

@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use chrono::Duration;
 use ledger_aggregates::{
-    BrandId, IdempotencyKey, LedgerEvent, MetricKey, Money, PeriodKey, PlanId, Quantity,
+    BrandId, IdempotencyKey, LedgerEvent, MetricKey, Money, PeriodCommand, PeriodKey, PlanId,
+    Quantity,
 };
 use usage_ledger::clock::SystemClock;
-use usage_ledger::engine::{Action, Engine, EngineConfig, EngineError, PeriodRequest};
+use usage_ledger::engine::{Engine, EngineConfig, EngineError, PeriodRequest};
 
 fn brand(s: &str) -> BrandId {
     BrandId::parse(s).unwrap()
@@ -33,7 +34,7 @@ fn record(b: &str, m: &str, n: u64, k: Option<&str>) -> PeriodRequest {
     PeriodRequest {
         brand: brand(b),
         period: None,
-        action: Action::Record {
+        command: PeriodCommand::RecordUsage {
             metric: metric(m),
             quantity: q(n),
             occurred_at: None,
@@ -47,7 +48,7 @@ fn consume(b: &str, m: &str, n: u64) -> PeriodRequest {
     PeriodRequest {
         brand: brand(b),
         period: None,
-        action: Action::Check {
+        command: PeriodCommand::CheckQuota {
             metric: metric(m),
             requested: q(n),
             consume: true,
@@ -131,7 +132,7 @@ async fn refused_commands_write_nothing(db: &common::TestDb) {
     let adjust = PeriodRequest {
         brand: brand("acme"),
         period: None,
-        action: Action::Adjust {
+        command: PeriodCommand::AdjustUsage {
             metric: metric("renders_3d"),
             delta: -5,
             actor: "support".into(),
@@ -145,7 +146,7 @@ async fn refused_commands_write_nothing(db: &common::TestDb) {
     let check = PeriodRequest {
         brand: brand("acme"),
         period: None,
-        action: Action::Check {
+        command: PeriodCommand::CheckQuota {
             metric: metric("renders_3d"),
             requested: q(3),
             consume: false,

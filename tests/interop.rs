@@ -7,9 +7,10 @@ mod common;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateContext, EventStore};
 use ledger_aggregates::{
-    BrandAggregate, BrandId, MetricKey, PeriodKey, PlanId, Quantity, UsagePeriodAggregate,
+    BrandAggregate, BrandId, MetricKey, PeriodCommand, PeriodKey, PlanId, Quantity,
+    UsagePeriodAggregate,
 };
-use usage_ledger::engine::{Action, Engine, EngineConfig, PeriodRequest};
+use usage_ledger::engine::{Engine, EngineConfig, PeriodRequest};
 
 /// A workload touching every kind of event the engine writes in one period.
 async fn write_a_varied_stream(e: &Engine) {
@@ -23,45 +24,45 @@ async fn write_a_varied_stream(e: &Engine) {
     )
     .await
     .unwrap();
-    let actions = vec![
-        Action::Record {
+    let commands = vec![
+        PeriodCommand::RecordUsage {
             metric: m("renders_3d"),
             quantity: q(12),
             occurred_at: None,
         },
-        Action::Check {
+        PeriodCommand::CheckQuota {
             metric: m("team_members"),
             requested: q(3),
             consume: true,
         },
-        Action::Check {
+        PeriodCommand::CheckQuota {
             metric: m("team_members"),
             requested: q(1),
             consume: true,
         }, // denied
-        Action::SetGauge {
+        PeriodCommand::SetGaugeLevel {
             metric: m("storage_gb"),
             level: 7,
         },
-        Action::TopUp {
+        PeriodCommand::ApplyTopUp {
             metric: m("renders_3d"),
             units: q(5),
             price: ledger_aggregates::Money::from_minor(500),
             reference: "manual-1".into(),
             actor: "admin".into(),
         },
-        Action::Adjust {
+        PeriodCommand::AdjustUsage {
             metric: m("renders_3d"),
             delta: -2,
             actor: "support".into(),
             reason: "duplicate".into(),
         },
     ];
-    for action in actions {
+    for command in commands {
         e.execute(PeriodRequest {
             brand: brand.clone(),
             period: None,
-            action,
+            command,
             idempotency_key: None,
             metadata: Default::default(),
         })

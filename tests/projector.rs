@@ -6,10 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use ledger_aggregates::{BrandId, MetricKey, Money, PlanId, Quantity};
+use ledger_aggregates::{BrandId, MetricKey, Money, PeriodCommand, PlanId, Quantity};
 use ledger_projections::LogPosition;
 use ledger_projections::ReadModels;
-use usage_ledger::engine::Action;
 use usage_ledger::store::READ_MODELS_PROJECTOR;
 use usage_ledger::tail::projector::{Projector, ReadModelsConfig, CACHE_PERIODS_MIN};
 use usage_ledger::tail::rows::rows_of_all;
@@ -129,7 +128,7 @@ async fn an_event_committed_late_is_projected() {
     let record = |brand: &str| {
         request(
             brand,
-            Action::Record {
+            PeriodCommand::RecordUsage {
                 metric: id(MetricKey::parse, "renders_3d"),
                 quantity: Quantity::new(3).unwrap(),
                 occurred_at: None,
@@ -279,7 +278,7 @@ async fn memory_stays_within_its_bound_and_evicted_periods_read_back_whole(db: &
                 .set_plan(b.clone(), plan, "admin".into())
                 .await
                 .unwrap();
-            let usage = Action::Record {
+            let usage = PeriodCommand::RecordUsage {
                 metric: id(MetricKey::parse, "renders_3d"),
                 quantity: Quantity::new(2).unwrap(),
                 occurred_at: None,

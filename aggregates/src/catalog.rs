@@ -126,6 +126,10 @@ pub struct Catalog {
     pub currency: Currency,
     pub default_plan: PlanId,
     metrics: BTreeMap<MetricKey, MetricDefinition>,
+    /// Each metric's kind, derived from `metrics` once when the catalog is loaded:
+    /// every period opening snapshots this map, and rebuilding it there cost a walk of
+    /// the catalog per opening.
+    metric_kinds: BTreeMap<MetricKey, MetricKind>,
     /// Plans in tier order, as listed in the file.
     plans: Vec<PlanDefinition>,
 }
@@ -155,6 +159,11 @@ impl Catalog {
 
     pub fn metric(&self, key: &MetricKey) -> Option<&MetricDefinition> {
         self.metrics.get(key)
+    }
+
+    /// Every metric with its kind: what a period opens on (`PeriodOpened` snapshots it).
+    pub fn metric_kinds(&self) -> &BTreeMap<MetricKey, MetricKind> {
+        &self.metric_kinds
     }
 }
 
@@ -229,6 +238,7 @@ mod file {
                 version: self.version,
                 currency: self.currency,
                 default_plan: self.default_plan,
+                metric_kinds: metrics.iter().map(|(k, m)| (k.clone(), m.kind)).collect(),
                 metrics,
                 plans,
             })
@@ -420,6 +430,16 @@ mod tests {
             (tm.kind, tm.label.as_str()),
             (MetricKind::Gauge, "Membres d’équipe")
         );
+    }
+
+    #[test]
+    fn the_metric_kinds_are_those_of_the_metric_list() {
+        // Proves the map built at load time says what each metric definition says.
+        let c = Catalog::default_catalog();
+        let listed: BTreeMap<_, _> = c.metrics().map(|m| (m.key.clone(), m.kind)).collect();
+        assert_eq!(c.metric_kinds(), &listed);
+        assert_eq!(c.metric_kinds()[&m("storage_gb")], MetricKind::Gauge);
+        assert_eq!(c.metric_kinds()[&m("api_calls")], MetricKind::Counter);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! - [`money`]: `Money` in integer minor units, the one rounding rule, rate serde.
 //! - [`catalog`]: plan catalog (data file embedded in the binary) and its validation.
 //! - [`period`]: the brand-period aggregate: commands, events, decision rules.
+//! - [`reset`]: the quota reset planner: a period's state and a target in, the
+//!   compensating commands and the operator's report out.
 //! - [`brand`]: the brand registry aggregate: which plan a brand is on.
 //! - [`timestamp`]: event timestamps written straight into their JSON.
 
@@ -14,6 +16,7 @@ pub mod catalog;
 pub mod ids;
 pub mod money;
 pub mod period;
+pub mod reset;
 pub mod timestamp;
 
 pub use brand::{BrandAggregate, BrandCommand, BrandError, BrandEvent};
@@ -21,6 +24,6 @@ pub use catalog::{Catalog, MetricKind, OveragePolicy, PlanDefinition, PlanQuota}
 pub use ids::{BrandId, IdempotencyKey, MetricKey, ParseError, PeriodKey, PlanId, Quantity};
 pub use money::{Currency, Money};
 pub use period::{
-    LedgerError, LedgerEvent, LedgerRules, MetricTotals, PeriodCommand, QuotaDecision,
-    UsagePeriodAggregate,
+    LedgerError, LedgerEvent, LedgerRules, MetricTotals, PeriodCommand, PeriodOpening,
+    QuotaDecision, Stamped, StreamCommand, UsagePeriodAggregate,
 };

@@ -27,6 +27,13 @@ pub struct LedgerRules {
     pub late_usage_grace: Duration,
 }
 
+impl LedgerRules {
+    /// The last instant `period` accepts usage: its end plus the grace.
+    pub fn accepts_usage_until(&self, period: PeriodKey) -> DateTime<Utc> {
+        period.end() + self.late_usage_grace
+    }
+}
+
 /// The default grace after a period's end, in hours (see [`LedgerRules::late_usage_grace`]).
 pub const LATE_USAGE_GRACE_HOURS_DEFAULT: i64 = 72;
 
@@ -63,65 +70,133 @@ impl Severity {
     }
 }
 
+/// What a caller asks of one brand's period: the one command type the HTTP API, the
+/// command line, the reset planner and the bench build. The instant it is decided at
+/// is not part of it: the engine passes its clock's reading to
+/// [`UsagePeriodAggregate::decide`] beside it.
+///
+/// The serde form is the idempotency fingerprint's input (a key stored once must be
+/// recognised on every later version), so the tags and field names are those the
+/// request type has always had (`{"action":"record","metric":…}`); the engine pins the
+/// resulting hashes in a test.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action")]
 pub enum PeriodCommand {
-    /// Issued by the engine before the first command of a period.
-    OpenPeriod {
-        brand_id: BrandId,
-        period: PeriodKey,
-        plan: PlanDefinition,
-        /// Every metric the catalog knows, with its kind: unknown metrics are refused.
-        metric_kinds: BTreeMap<MetricKey, MetricKind>,
-        /// Gauge levels at the end of the brand's previous period.
-        carried_levels: BTreeMap<MetricKey, u64>,
-        at: DateTime<Utc>,
-    },
-    /// The brand's plan changed while this period is open.
-    ApplyPlan {
-        plan: PlanDefinition,
-        at: DateTime<Utc>,
-    },
     /// Record usage that happened. On a `block` metric usage above the effective limit
     /// is refused (and the refusal recorded); on `charge` it is billed.
+    #[serde(rename = "record")]
     RecordUsage {
         metric: MetricKey,
         quantity: Quantity,
-        occurred_at: DateTime<Utc>,
-        at: DateTime<Utc>,
+        /// When the usage happened; `None` is the decision time. Selects the period.
+        occurred_at: Option<DateTime<Utc>>,
     },
     /// Ask whether `requested` units fit. With `consume`, an allowed request is recorded
     /// in the same decision (no check-then-act race); a refused one is recorded as denied.
+    #[serde(rename = "check")]
     CheckQuota {
         metric: MetricKey,
         requested: Quantity,
         consume: bool,
-        at: DateTime<Utc>,
     },
     /// Set a gauge (seats, GB stored) to an absolute level.
-    SetGaugeLevel {
-        metric: MetricKey,
-        level: u64,
-        at: DateTime<Utc>,
-    },
+    #[serde(rename = "set_gauge")]
+    SetGaugeLevel { metric: MetricKey, level: u64 },
     /// Credit purchased or granted units to the effective limit of this period.
+    #[serde(rename = "top_up")]
     ApplyTopUp {
         metric: MetricKey,
         units: Quantity,
         price: Money,
         reference: String,
         actor: String,
-        at: DateTime<Utc>,
     },
     /// A signed correction by support or the reset tool, with who and why.
+    #[serde(rename = "adjust")]
     AdjustUsage {
         metric: MetricKey,
         delta: i64,
         actor: String,
         reason: String,
-        at: DateTime<Utc>,
     },
     /// Freeze the invoice of the period.
-    ClosePeriod { actor: String, at: DateTime<Utc> },
+    #[serde(rename = "close")]
+    ClosePeriod {
+        actor: String,
+        /// The plan in force when the period ended, from the brand registry's history.
+        /// A period closed without ever having been opened is opened on it (today's
+        /// plan may be a later one); the decision itself bills the plan the period
+        /// runs on, so it is ignored once the period is open.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        plan_at_end: Option<Box<PlanDefinition>>,
+    },
+}
+
+impl PeriodCommand {
+    /// The metric the command acts on (`None` for a close).
+    pub fn metric(&self) -> Option<&MetricKey> {
+        match self {
+            PeriodCommand::RecordUsage { metric, .. }
+            | PeriodCommand::CheckQuota { metric, .. }
+            | PeriodCommand::SetGaugeLevel { metric, .. }
+            | PeriodCommand::ApplyTopUp { metric, .. }
+            | PeriodCommand::AdjustUsage { metric, .. } => Some(metric),
+            PeriodCommand::ClosePeriod { .. } => None,
+        }
+    }
+}
+
+/// The facts a period opens on. Not a caller's command: the engine supplies them
+/// before the first command of a period, from the catalog and the brand's previous
+/// period, and `PeriodOpened` snapshots them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeriodOpening {
+    pub brand_id: BrandId,
+    pub period: PeriodKey,
+    pub plan: PlanDefinition,
+    /// Every metric the catalog knows, with its kind: unknown metrics are refused.
+    pub metric_kinds: BTreeMap<MetricKey, MetricKind>,
+    /// Gauge levels at the end of the brand's previous period.
+    pub carried_levels: BTreeMap<MetricKey, u64>,
+}
+
+/// Everything a period stream decides: a caller's command, or one of the two the
+/// engine issues on its own (the opening, a plan change of the brand).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamCommand {
+    OpenPeriod(PeriodOpening),
+    /// The brand's plan changed while this period is open.
+    ApplyPlan(PlanDefinition),
+    Caller(PeriodCommand),
+}
+
+impl From<PeriodCommand> for StreamCommand {
+    fn from(command: PeriodCommand) -> Self {
+        StreamCommand::Caller(command)
+    }
+}
+
+impl From<PeriodOpening> for StreamCommand {
+    fn from(opening: PeriodOpening) -> Self {
+        StreamCommand::OpenPeriod(opening)
+    }
+}
+
+/// A stream command with the instant it is decided at: the aggregate's cqrs-es
+/// command, since `handle` has no clock to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamped {
+    pub command: StreamCommand,
+    pub at: DateTime<Utc>,
+}
+
+impl Stamped {
+    pub fn new(command: impl Into<StreamCommand>, at: DateTime<Utc>) -> Self {
+        Self {
+            command: command.into(),
+            at,
+        }
+    }
 }
 
 /// The state of one metric after an event: what a reader needs without recomputing.
@@ -406,7 +481,7 @@ pub const USAGE_PERIOD_TYPE: &str = "usage_period";
 
 impl Aggregate for UsagePeriodAggregate {
     const TYPE: &'static str = USAGE_PERIOD_TYPE;
-    type Command = PeriodCommand;
+    type Command = Stamped;
     type Event = LedgerEvent;
     type Error = LedgerError;
     type Services = LedgerRules;
@@ -417,7 +492,7 @@ impl Aggregate for UsagePeriodAggregate {
         rules: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        for event in self.decide(&command, rules)? {
+        for event in self.decide_stamped(&command, rules)? {
             sink.write(event, self).await;
         }
         Ok(())
@@ -467,55 +542,14 @@ impl UsagePeriodAggregate {
         ))
     }
 
-    /// Decide a command against the current state. Pure: the engine calls it on its hot
-    /// path and cqrs-es calls it through `handle`.
+    /// Decide a caller's command at `at` against the current state. Pure: the engine
+    /// calls it on its hot path with its clock's reading, and cqrs-es through `handle`.
     pub fn decide(
         &self,
         command: &PeriodCommand,
+        at: DateTime<Utc>,
         rules: &LedgerRules,
     ) -> Result<Vec<LedgerEvent>, LedgerError> {
-        if let PeriodCommand::OpenPeriod {
-            brand_id,
-            period,
-            plan,
-            metric_kinds,
-            carried_levels,
-            at,
-        } = command
-        {
-            if self.opened.is_some() {
-                return Err(LedgerError::AlreadyOpened);
-            }
-            let opened = LedgerEvent::PeriodOpened {
-                brand_id: brand_id.clone(),
-                period: *period,
-                plan: plan.clone(),
-                metric_kinds: metric_kinds.clone(),
-                carried_levels: carried_levels.clone(),
-                at: *at,
-            };
-            // Carried levels may already stand above thresholds of the new period.
-            let mut after = self.clone();
-            after.fold(&opened);
-            let o = after.opened.as_ref().expect("just opened");
-            let ctx = Ctx {
-                agg: &after,
-                opened: o,
-                rules,
-            };
-            let mut events = vec![opened.clone()];
-            for (metric, state) in &after.metrics {
-                let t = totals_for(
-                    plan.quota(metric),
-                    o.kind(metric),
-                    state.current,
-                    state.peak,
-                    0,
-                );
-                events.extend(ctx.crossings(metric, &MetricState::default(), &t, *at));
-            }
-            return Ok(events);
-        }
         let opened = self.opened.as_ref().ok_or(LedgerError::NotOpened)?;
         let ctx = Ctx {
             agg: self,
@@ -523,61 +557,132 @@ impl UsagePeriodAggregate {
             rules,
         };
         match command {
-            PeriodCommand::OpenPeriod { .. } => unreachable!("handled above"),
-            PeriodCommand::ApplyPlan { plan, at } => ctx.apply_plan(plan, *at),
             PeriodCommand::RecordUsage {
                 metric,
                 quantity,
                 occurred_at,
-                at,
             } => {
-                if !opened.period.contains(*occurred_at) {
+                let occurred_at = occurred_at.unwrap_or(at);
+                if !opened.period.contains(occurred_at) {
                     return Err(LedgerError::WrongPeriod {
                         period: opened.period,
-                        occurred_at: *occurred_at,
+                        occurred_at,
                     });
                 }
-                ctx.consume(metric, *quantity, UsageVia::Record, *occurred_at, *at)
+                ctx.consume(metric, *quantity, UsageVia::Record, occurred_at, at)
             }
             PeriodCommand::CheckQuota {
                 metric,
                 requested,
                 consume,
-                at,
             } => {
                 if *consume {
-                    ctx.check_not_too_late(*at)?;
-                    if !opened.period.contains(*at) {
+                    ctx.check_not_too_late(at)?;
+                    if !opened.period.contains(at) {
                         return Err(LedgerError::WrongPeriod {
                             period: opened.period,
-                            occurred_at: *at,
+                            occurred_at: at,
                         });
                     }
-                    ctx.consume(metric, *requested, UsageVia::CheckQuota, *at, *at)
+                    ctx.consume(metric, *requested, UsageVia::CheckQuota, at, at)
                 } else {
                     ctx.kind(metric)?;
                     Ok(Vec::new())
                 }
             }
-            PeriodCommand::SetGaugeLevel { metric, level, at } => {
-                ctx.set_gauge(metric, *level, *at)
-            }
+            PeriodCommand::SetGaugeLevel { metric, level } => ctx.set_gauge(metric, *level, at),
             PeriodCommand::ApplyTopUp {
                 metric,
                 units,
                 price,
                 reference,
                 actor,
-                at,
-            } => ctx.top_up(metric, *units, *price, reference, actor, *at),
+            } => ctx.top_up(metric, *units, *price, reference, actor, at),
             PeriodCommand::AdjustUsage {
                 metric,
                 delta,
                 actor,
                 reason,
-                at,
-            } => ctx.adjust(metric, *delta, actor, reason, *at),
-            PeriodCommand::ClosePeriod { actor, at } => ctx.close(actor, *at),
+            } => ctx.adjust(metric, *delta, actor, reason, at),
+            PeriodCommand::ClosePeriod { actor, .. } => ctx.close(actor, at),
+        }
+    }
+
+    /// Decide the opening of the period at `at`: `PeriodOpened`, then the crossings of
+    /// carried levels that already stand above thresholds of the new period.
+    pub fn decide_opening(
+        &self,
+        opening: &PeriodOpening,
+        at: DateTime<Utc>,
+        rules: &LedgerRules,
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        if self.opened.is_some() {
+            return Err(LedgerError::AlreadyOpened);
+        }
+        let PeriodOpening {
+            brand_id,
+            period,
+            plan,
+            metric_kinds,
+            carried_levels,
+        } = opening;
+        let opened = LedgerEvent::PeriodOpened {
+            brand_id: brand_id.clone(),
+            period: *period,
+            plan: plan.clone(),
+            metric_kinds: metric_kinds.clone(),
+            carried_levels: carried_levels.clone(),
+            at,
+        };
+        let mut after = self.clone();
+        after.fold(&opened);
+        let o = after.opened.as_ref().expect("just opened");
+        let ctx = Ctx {
+            agg: &after,
+            opened: o,
+            rules,
+        };
+        let mut events = vec![opened.clone()];
+        for (metric, state) in &after.metrics {
+            let t = totals_for(
+                plan.quota(metric),
+                o.kind(metric),
+                state.current,
+                state.peak,
+                0,
+            );
+            events.extend(ctx.crossings(metric, &MetricState::default(), &t, at));
+        }
+        Ok(events)
+    }
+
+    /// Decide applying the brand's new `plan` to the open period at `at`: the totals
+    /// under the new limits, and the thresholds they cross. Nothing when it is the same plan.
+    pub fn decide_plan_change(
+        &self,
+        plan: &PlanDefinition,
+        at: DateTime<Utc>,
+        rules: &LedgerRules,
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        let opened = self.opened.as_ref().ok_or(LedgerError::NotOpened)?;
+        let ctx = Ctx {
+            agg: self,
+            opened,
+            rules,
+        };
+        ctx.apply_plan(plan, at)
+    }
+
+    /// Decide any command of the stream: what `handle` runs.
+    pub fn decide_stamped(
+        &self,
+        stamped: &Stamped,
+        rules: &LedgerRules,
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        match &stamped.command {
+            StreamCommand::OpenPeriod(opening) => self.decide_opening(opening, stamped.at, rules),
+            StreamCommand::ApplyPlan(plan) => self.decide_plan_change(plan, stamped.at, rules),
+            StreamCommand::Caller(command) => self.decide(command, stamped.at, rules),
         }
     }
 
@@ -836,11 +941,26 @@ pub fn percentage(current: u64, effective_limit: u64) -> Decimal {
 
 /// Whether `current` is at least `threshold_pct` % of `limit`, in exact integers (a
 /// rounded percentage would fire 90 % at 89.996 %). A zero limit is reached by any use.
-fn reached(current: u64, limit: u64, threshold_pct: u8) -> bool {
+pub(crate) fn reached(current: u64, limit: u64, threshold_pct: u8) -> bool {
     if limit == 0 {
         return current > 0;
     }
     u128::from(current) * 100 >= u128::from(threshold_pct) * u128::from(limit)
+}
+
+/// The thresholds of `quota` that usage of `current` against `limit` reaches and that
+/// have not fired yet in the period, in the quota's order: each fires once a period.
+pub fn new_thresholds<'a>(
+    quota: &'a PlanQuota,
+    state: &'a MetricState,
+    current: u64,
+    limit: u64,
+) -> impl Iterator<Item = u8> + 'a {
+    quota
+        .notification_thresholds
+        .iter()
+        .copied()
+        .filter(move |t| !state.fired.contains(t) && reached(current, limit, *t))
 }
 
 /// Threshold crossings of moving `metric` to `totals` under `quota`, each at most once.
@@ -854,11 +974,7 @@ fn crossings_under(
     let (Some(quota), Some(limit)) = (quota, totals.effective_limit) else {
         return Vec::new();
     };
-    let mut crossed = quota
-        .notification_thresholds
-        .iter()
-        .filter(|t| !state.fired.contains(t) && reached(totals.current, limit, **t))
-        .peekable();
+    let mut crossed = new_thresholds(quota, state, totals.current, limit).peekable();
     // A Decimal division on every command was ~2 % of the process (`perf`, hot brand):
     // only a crossing needs the percentage.
     if crossed.peek().is_none() {
@@ -868,8 +984,8 @@ fn crossings_under(
     crossed
         .map(|t| LedgerEvent::ThresholdCrossed {
             metric: metric.clone(),
-            threshold: *t,
-            severity: Severity::of_threshold(*t),
+            threshold: t,
+            severity: Severity::of_threshold(t),
             percentage: pct,
             current: totals.current,
             effective_limit: limit,
@@ -904,12 +1020,8 @@ impl Ctx<'_> {
         self.opened.plan.quota(metric)
     }
 
-    fn accept_usage_until(&self) -> DateTime<Utc> {
-        self.opened.period.end() + self.rules.late_usage_grace
-    }
-
     fn check_not_too_late(&self, at: DateTime<Utc>) -> Result<(), LedgerError> {
-        let deadline = self.accept_usage_until();
+        let deadline = self.rules.accepts_usage_until(self.opened.period);
         if at > deadline {
             return Err(LedgerError::TooLate {
                 period: self.opened.period,

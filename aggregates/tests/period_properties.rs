@@ -16,8 +16,8 @@ use ledger_aggregates::money::cost_of;
 use ledger_aggregates::period::Invoice;
 use ledger_aggregates::{
     BrandId, Catalog, LedgerError, LedgerEvent, LedgerRules, MetricKey, MetricKind, Money,
-    OveragePolicy, PeriodCommand, PeriodKey, PlanDefinition, PlanId, Quantity, QuotaDecision,
-    UsagePeriodAggregate,
+    OveragePolicy, PeriodCommand, PeriodKey, PeriodOpening, PlanDefinition, PlanId, Quantity,
+    QuotaDecision, Stamped, UsagePeriodAggregate,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -67,10 +67,7 @@ fn fractional_starter() -> PlanDefinition {
 }
 
 fn metric_kinds() -> BTreeMap<MetricKey, MetricKind> {
-    Catalog::default_catalog()
-        .metrics()
-        .map(|d| (d.key.clone(), d.kind))
-        .collect()
+    Catalog::default_catalog().metric_kinds().clone()
 }
 
 fn period() -> PeriodKey {
@@ -85,15 +82,15 @@ fn at(step: usize) -> DateTime<Utc> {
         + Duration::minutes(step as i64)
 }
 
-fn open(plan: &PlanDefinition) -> PeriodCommand {
-    PeriodCommand::OpenPeriod {
+fn open(plan: &PlanDefinition) -> Stamped {
+    let opening = PeriodOpening {
         brand_id: BrandId::parse("brand_p").expect("valid brand"),
         period: period(),
         plan: plan.clone(),
         metric_kinds: metric_kinds(),
         carried_levels: BTreeMap::new(),
-        at: period().start(),
-    }
+    };
+    Stamped::new(opening, period().start())
 }
 
 /// One random command, with small numbers so limits are reached and crossed often.
@@ -117,21 +114,18 @@ impl Op {
         }
     }
 
-    fn command(&self, step: usize) -> PeriodCommand {
+    fn command(&self, step: usize) -> Stamped {
         let metric = metric(self.metric_key());
-        let at = at(step);
-        match *self {
+        let command = match *self {
             Op::Record { n, .. } => PeriodCommand::RecordUsage {
                 metric,
                 quantity: qty(n),
-                occurred_at: at,
-                at,
+                occurred_at: None,
             },
             Op::Check { n, consume, .. } => PeriodCommand::CheckQuota {
                 metric,
                 requested: qty(n),
                 consume,
-                at,
             },
             Op::TopUp { units, .. } => PeriodCommand::ApplyTopUp {
                 metric,
@@ -139,17 +133,16 @@ impl Op {
                 price: Money::from_minor(100 * units as i64),
                 reference: format!("topup-{step}"),
                 actor: "billing".to_owned(),
-                at,
             },
-            Op::SetLevel { level, .. } => PeriodCommand::SetGaugeLevel { metric, level, at },
+            Op::SetLevel { level, .. } => PeriodCommand::SetGaugeLevel { metric, level },
             Op::Adjust { delta, .. } => PeriodCommand::AdjustUsage {
                 metric,
                 delta,
                 actor: "support".to_owned(),
                 reason: "property test".to_owned(),
-                at,
             },
-        }
+        };
+        Stamped::new(command, at(step))
     }
 }
 
@@ -204,7 +197,7 @@ impl Run {
         };
         let opened = run
             .state
-            .decide(&open(plan), &run.rules)
+            .decide_stamped(&open(plan), &run.rules)
             .expect("a fresh stream opens");
         run.fold(opened);
         run
@@ -237,7 +230,7 @@ impl Run {
     fn step(&mut self, op: &Op, step: usize) -> Result<(), TestCaseError> {
         let key = op.metric_key();
         let before = self.model[key];
-        let outcome = self.state.decide(&op.command(step), &self.rules);
+        let outcome = self.state.decide_stamped(&op.command(step), &self.rules);
         match (op, &outcome) {
             (Op::Adjust { delta, .. }, _) => {
                 let would_be = before.current as i64 + delta;
@@ -420,11 +413,11 @@ impl Run {
     fn close(&mut self) -> Result<Invoice, TestCaseError> {
         let command = PeriodCommand::ClosePeriod {
             actor: "billing-cron".to_owned(),
-            at: period().end(),
+            plan_at_end: None,
         };
         let events = self
             .state
-            .decide(&command, &self.rules)
+            .decide(&command, period().end(), &self.rules)
             .map_err(|e| TestCaseError::fail(format!("close refused: {e}")))?;
         let Some(LedgerEvent::PeriodClosed { invoice, .. }) = events.first().cloned() else {
             return Err(TestCaseError::fail(format!("no invoice: {events:?}")));
@@ -521,7 +514,7 @@ proptest! {
         let commands = std::iter::once(open(&plan))
             .chain(ops.iter().enumerate().map(|(i, op)| op.command(i)));
         for command in commands {
-            let expected = decided.decide(&command, &rules);
+            let expected = decided.decide_stamped(&command, &rules);
             let sink = EventSink::<UsagePeriodAggregate>::default();
             let result = runtime.block_on(handled.handle(command, &rules, &sink));
             let written = runtime.block_on(sink.collect());
@@ -586,7 +579,7 @@ proptest! {
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 let events = run
                     .state
-                    .decide(&op.command(step), &run.rules)
+                    .decide_stamped(&op.command(step), &run.rules)
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 let current_plan = run.state.plan().expect("open").clone();
                 let stored = UsagePeriodAggregate::decision_of(&events[0], &current_plan);

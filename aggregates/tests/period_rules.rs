@@ -20,8 +20,8 @@ use ledger_aggregates::period::{
 use ledger_aggregates::{
     BrandAggregate, BrandCommand, BrandError, BrandEvent, BrandId, Catalog, Currency, LedgerError,
     LedgerEvent, LedgerRules, MetricKey, MetricKind, MetricTotals, Money, OveragePolicy,
-    PeriodCommand, PeriodKey, PlanDefinition, PlanId, Quantity, QuotaDecision,
-    UsagePeriodAggregate,
+    PeriodCommand, PeriodKey, PeriodOpening, PlanDefinition, PlanId, Quantity, QuotaDecision,
+    Stamped, StreamCommand, UsagePeriodAggregate,
 };
 use rust_decimal::Decimal;
 
@@ -65,10 +65,7 @@ fn pct(text: &str) -> Decimal {
 }
 
 fn metric_kinds() -> BTreeMap<MetricKey, MetricKind> {
-    catalog()
-        .metrics()
-        .map(|d| (d.key.clone(), d.kind))
-        .collect()
+    catalog().metric_kinds().clone()
 }
 
 fn brand() -> BrandId {
@@ -97,84 +94,86 @@ fn grace_deadline() -> DateTime<Utc> {
 
 // --- commands -----------------------------------------------------------------------
 
-fn open_on(plan: PlanDefinition, carried: &[(&str, u64)]) -> PeriodCommand {
-    PeriodCommand::OpenPeriod {
+fn open_on(plan: PlanDefinition, carried: &[(&str, u64)]) -> Stamped {
+    let opening = PeriodOpening {
         brand_id: brand(),
         period: period(),
         plan,
         metric_kinds: metric_kinds(),
         carried_levels: carried.iter().map(|(k, v)| (metric(k), *v)).collect(),
-        at: period().start(),
-    }
+    };
+    Stamped::new(opening, period().start())
 }
 
-fn open(plan_id: &str) -> PeriodCommand {
+fn open(plan_id: &str) -> Stamped {
     open_on(plan(plan_id), &[])
 }
 
-fn record(key: &str, n: u64) -> PeriodCommand {
+fn record(key: &str, n: u64) -> Stamped {
     record_at(key, n, now(), now())
 }
 
-fn record_at(key: &str, n: u64, occurred_at: DateTime<Utc>, at: DateTime<Utc>) -> PeriodCommand {
-    PeriodCommand::RecordUsage {
+fn record_at(key: &str, n: u64, occurred_at: DateTime<Utc>, at: DateTime<Utc>) -> Stamped {
+    let command = PeriodCommand::RecordUsage {
         metric: metric(key),
         quantity: qty(n),
-        occurred_at,
-        at,
-    }
+        occurred_at: Some(occurred_at),
+    };
+    Stamped::new(command, at)
 }
 
-fn check(key: &str, n: u64, consume: bool) -> PeriodCommand {
-    PeriodCommand::CheckQuota {
+fn check(key: &str, n: u64, consume: bool) -> Stamped {
+    let command = PeriodCommand::CheckQuota {
         metric: metric(key),
         requested: qty(n),
         consume,
-        at: now(),
-    }
+    };
+    Stamped::new(command, now())
 }
 
-fn set_level(key: &str, level: u64) -> PeriodCommand {
-    PeriodCommand::SetGaugeLevel {
+fn set_level(key: &str, level: u64) -> Stamped {
+    set_level_at(key, level, now())
+}
+
+fn set_level_at(key: &str, level: u64, at: DateTime<Utc>) -> Stamped {
+    let command = PeriodCommand::SetGaugeLevel {
         metric: metric(key),
         level,
-        at: now(),
-    }
+    };
+    Stamped::new(command, at)
 }
 
-fn top_up(key: &str, units: u64) -> PeriodCommand {
-    PeriodCommand::ApplyTopUp {
+fn top_up(key: &str, units: u64) -> Stamped {
+    let command = PeriodCommand::ApplyTopUp {
         metric: metric(key),
         units: qty(units),
         price: cents(500),
         reference: "topup-1".to_owned(),
         actor: "billing".to_owned(),
-        at: now(),
-    }
+    };
+    Stamped::new(command, now())
 }
 
-fn adjust(key: &str, delta: i64) -> PeriodCommand {
-    PeriodCommand::AdjustUsage {
+fn adjust(key: &str, delta: i64) -> Stamped {
+    let command = PeriodCommand::AdjustUsage {
         metric: metric(key),
         delta,
         actor: "support@ledger".to_owned(),
         reason: "duplicate batch".to_owned(),
-        at: now(),
-    }
+    };
+    Stamped::new(command, now())
 }
 
-fn close() -> PeriodCommand {
-    PeriodCommand::ClosePeriod {
+fn close() -> Stamped {
+    let command = PeriodCommand::ClosePeriod {
         actor: "billing-cron".to_owned(),
-        at: period().end() + Duration::hours(1),
-    }
+        plan_at_end: None,
+    };
+    Stamped::new(command, period().end() + Duration::hours(1))
 }
 
-fn apply_plan(plan_id: &str) -> PeriodCommand {
-    PeriodCommand::ApplyPlan {
-        plan: plan(plan_id),
-        at: day(15),
-    }
+fn apply_plan(plan_id: &str) -> Stamped {
+    Stamped::new(StreamCommand::ApplyPlan(plan(plan_id)), day(15))
 }
 
 // --- events -------------------------------------------------------------------------
@@ -288,13 +287,13 @@ fn adjusted(key: &str, delta: i64, marginal: i64, totals: MetricTotals) -> Ledge
 
 /// The events a sequence of commands writes, each decided against the state the
 /// previous ones left. Panics when one is refused: a "given" must be a real history.
-fn history(commands: Vec<PeriodCommand>) -> Vec<LedgerEvent> {
+fn history(commands: Vec<Stamped>) -> Vec<LedgerEvent> {
     let rules = LedgerRules::default();
     let mut aggregate = UsagePeriodAggregate::default();
     let mut events = Vec::new();
     for command in commands {
         let decided = aggregate
-            .decide(&command, &rules)
+            .decide_stamped(&command, &rules)
             .unwrap_or_else(|e| panic!("history command {command:?} was refused: {e}"));
         for event in decided {
             aggregate.apply(event.clone());
@@ -312,7 +311,7 @@ fn state_of(events: Vec<LedgerEvent>) -> UsagePeriodAggregate {
     aggregate
 }
 
-fn given(commands: Vec<PeriodCommand>) -> AggregateTestExecutor<UsagePeriodAggregate> {
+fn given(commands: Vec<Stamped>) -> AggregateTestExecutor<UsagePeriodAggregate> {
     TestFramework::<UsagePeriodAggregate>::with(LedgerRules::default()).given(history(commands))
 }
 
@@ -822,15 +821,11 @@ fn evaluate_decides_nothing() {
 
 /// The decision a live `RecordUsage` made (as `evaluate` answered it just before, with
 /// `consumed` set as the engine sets it) and the decision rebuilt from its stored event.
-fn live_and_stored(
-    commands: Vec<PeriodCommand>,
-    key: &str,
-    n: u64,
-) -> (QuotaDecision, QuotaDecision) {
+fn live_and_stored(commands: Vec<Stamped>, key: &str, n: u64) -> (QuotaDecision, QuotaDecision) {
     let state = state_of(history(commands));
     let live = state.evaluate(&metric(key), qty(n)).expect("known metric");
     let events = state
-        .decide(&record(key, n), &LedgerRules::default())
+        .decide_stamped(&record(key, n), &LedgerRules::default())
         .expect("a record in the period is decided");
     let plan = state.plan().expect("open period");
     let stored =
@@ -845,7 +840,7 @@ fn live_and_stored(
 #[test]
 fn decision_of_a_stored_usage_recorded_is_the_decision_the_live_command_made() {
     // A retry with the same idempotency key answers exactly what the first call did.
-    let cases: Vec<(Vec<PeriodCommand>, &str, u64)> = vec![
+    let cases: Vec<(Vec<Stamped>, &str, u64)> = vec![
         (vec![open("starter")], R3D, 5),
         (vec![open("starter"), record(R3D, 8)], R3D, 4),
         (vec![open("starter"), record(R3D, 12)], R3D, 2),
@@ -868,7 +863,7 @@ fn decision_of_a_stored_usage_recorded_is_the_decision_the_live_command_made() {
 #[test]
 fn decision_of_a_stored_usage_denied_is_the_refusal_the_live_command_made() {
     // A retried refusal is refused again with the same numbers.
-    let cases: Vec<(Vec<PeriodCommand>, &str, u64)> = vec![
+    let cases: Vec<(Vec<Stamped>, &str, u64)> = vec![
         (vec![open("starter"), record(SEATS, 3)], SEATS, 1),
         (
             vec![open("starter"), record(SEATS, 2), top_up(SEATS, 1)],
@@ -1202,22 +1197,16 @@ fn usage_reported_after_the_grace_window_is_too_late() {
     given(vec![open("starter")])
         .when(record_at(R3D, 1, last_day, too_late))
         .then_expect_error(expected.clone());
-    let late_gauge = PeriodCommand::SetGaugeLevel {
-        metric: metric(STORAGE),
-        level: 1,
-        at: too_late,
-    };
     given(vec![open("starter")])
-        .when(late_gauge)
+        .when(set_level_at(STORAGE, 1, too_late))
         .then_expect_error(expected.clone());
     let late_check = PeriodCommand::CheckQuota {
         metric: metric(R3D),
         requested: qty(1),
         consume: true,
-        at: too_late,
     };
     given(vec![open("starter")])
-        .when(late_check)
+        .when(Stamped::new(late_check, too_late))
         .then_expect_error(expected);
 }
 

@@ -16,7 +16,7 @@ use common::*;
 use ledger_aggregates::period::percentage;
 use ledger_aggregates::{
     BrandId, LedgerEvent, MetricKey, Money, PeriodCommand, PeriodKey, PlanDefinition, Quantity,
-    UsagePeriodAggregate,
+    Stamped, StreamCommand, UsagePeriodAggregate,
 };
 use ledger_projections::{LineKind, ReadModel, ReadModels};
 use proptest::prelude::*;
@@ -74,7 +74,7 @@ fn opening_plans() -> impl Strategy<Value = [usize; 3]> {
 
 /// The command of `op` at `step`. Once the brand's period is closed, usage is reported
 /// after the period's end, inside the grace window: the aggregate flags it `after_close`.
-fn command(op: &Op, step: usize, closed: bool) -> PeriodCommand {
+fn command(op: &Op, step: usize, closed: bool) -> Stamped {
     let minutes = chrono::Duration::minutes(step as i64);
     let at = if closed {
         after_end(nov(), 1) + minutes
@@ -87,18 +87,16 @@ fn command(op: &Op, step: usize, closed: bool) -> PeriodCommand {
         at
     };
     let m = |i: usize| metric(METRICS[i]);
-    match op {
+    let command = match op {
         Op::Record { m: i, n } => PeriodCommand::RecordUsage {
             metric: m(*i),
             quantity: Quantity::new(*n).expect("1..=8"),
-            occurred_at,
-            at,
+            occurred_at: Some(occurred_at),
         },
         Op::Check { m: i, n, consume } => PeriodCommand::CheckQuota {
             metric: m(*i),
             requested: Quantity::new(*n).expect("1..=8"),
             consume: *consume,
-            at,
         },
         Op::TopUp { m: i, units } => PeriodCommand::ApplyTopUp {
             metric: m(*i),
@@ -106,29 +104,29 @@ fn command(op: &Op, step: usize, closed: bool) -> PeriodCommand {
             price: Money::from_minor(100 * *units as i64),
             reference: format!("topup-{step}"),
             actor: "billing".to_owned(),
-            at,
         },
         Op::SetLevel { g, level } => PeriodCommand::SetGaugeLevel {
             metric: metric(GAUGES[*g]),
             level: *level,
-            at,
         },
         Op::Adjust { m: i, delta } => PeriodCommand::AdjustUsage {
             metric: m(*i),
             delta: *delta,
             actor: "support".to_owned(),
             reason: "property test".to_owned(),
-            at,
         },
-        Op::ChangePlan { plan } => PeriodCommand::ApplyPlan {
-            plan: plans()[*plan].clone(),
-            at,
-        },
-        Op::Close => PeriodCommand::ClosePeriod {
-            actor: "billing-cron".to_owned(),
-            at: nov().end(),
-        },
-    }
+        Op::ChangePlan { plan } => {
+            return Stamped::new(StreamCommand::ApplyPlan(plans()[*plan].clone()), at)
+        }
+        Op::Close => {
+            let close = PeriodCommand::ClosePeriod {
+                actor: "billing-cron".to_owned(),
+                plan_at_end: None,
+            };
+            return Stamped::new(close, nov().end());
+        }
+    };
+    Stamped::new(command, at)
 }
 
 /// Run `ops` against the aggregates, folding each command's events into `models` as

@@ -34,17 +34,17 @@ use cqrs_es::{Aggregate, AggregateError};
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
 use ledger_aggregates::ids::period_stream_id;
-use ledger_aggregates::period::{PeriodCommand, UsageVia};
+use ledger_aggregates::period::{PeriodCommand, PeriodOpening, Stamped, UsageVia};
 use ledger_aggregates::{
-    BrandId, Catalog, IdempotencyKey, LedgerEvent, LedgerRules, MetricKey, MetricKind,
-    MetricTotals, Money, PeriodKey, PlanDefinition, PlanId, Quantity, UsagePeriodAggregate,
+    BrandId, Catalog, IdempotencyKey, LedgerEvent, LedgerRules, MetricKey, MetricTotals, Money,
+    PeriodKey, PlanDefinition, PlanId, Quantity, UsagePeriodAggregate,
 };
 use ledger_projections::{LogRecord, ProjectedEvent, ReadModels};
 use ledger_replay::Replayer;
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 use usage_ledger::cli::replay::scan_log;
 use usage_ledger::clock::SystemClock;
-use usage_ledger::engine::{Action, Engine, EngineConfig, PeriodRequest};
+use usage_ledger::engine::{Engine, EngineConfig, PeriodRequest};
 use usage_ledger::store::{EventLog, PostgresLog, ProjectionStore, SqliteLog};
 use usage_ledger::tail::projector::Projector;
 
@@ -677,8 +677,7 @@ async fn baseline(url: &str, scenario: &Scenario, args: &Args) -> Result<Measure
     ));
     let catalog = Catalog::default_catalog();
     let plan = bench_plan(&catalog)?;
-    let kinds: BTreeMap<MetricKey, MetricKind> =
-        catalog.metrics().map(|m| (m.key.clone(), m.kind)).collect();
+    let kinds = catalog.metric_kinds().clone();
 
     // Untimed: open every period, as the engine does on a brand's first command.
     let ids: Arc<Vec<String>> = Arc::new(
@@ -692,14 +691,14 @@ async fn baseline(url: &str, scenario: &Scenario, args: &Args) -> Result<Measure
         let (cqrs, ids) = (cqrs.clone(), ids.clone());
         drive(ids.len(), args.submitters, None, move |b| {
             let (cqrs, ids) = (cqrs.clone(), ids.clone());
-            let command = PeriodCommand::OpenPeriod {
+            let opening = PeriodOpening {
                 brand_id: brands[b].clone(),
                 period,
                 plan: plan.clone(),
                 metric_kinds: kinds.clone(),
                 carried_levels: BTreeMap::new(),
-                at: Utc::now(),
             };
+            let command = Stamped::new(opening, Utc::now());
             async move { execute_retrying(&cqrs, &ids[b], command).await }
         })
         .await
@@ -712,13 +711,12 @@ async fn baseline(url: &str, scenario: &Scenario, args: &Args) -> Result<Measure
         move |i: usize| {
             let (cqrs, ids) = (cqrs.clone(), ids.clone());
             let id = brand_of[i];
-            let now = Utc::now();
-            let command = PeriodCommand::RecordUsage {
+            let record = PeriodCommand::RecordUsage {
                 metric: metric(),
                 quantity: one(),
-                occurred_at: now,
-                at: now,
+                occurred_at: None,
             };
+            let command = Stamped::new(record, Utc::now());
             async move { execute_retrying(&cqrs, &ids[id], command).await }
         }
     };
@@ -764,7 +762,7 @@ async fn baseline(url: &str, scenario: &Scenario, args: &Args) -> Result<Measure
 async fn execute_retrying(
     cqrs: &postgres_es::PostgresCqrs<UsagePeriodAggregate>,
     id: &str,
-    command: PeriodCommand,
+    command: Stamped,
 ) -> Result<u64, String> {
     let mut conflicts = 0;
     loop {
@@ -888,7 +886,7 @@ async fn engine_run(
             let req = PeriodRequest {
                 brand: brands[brand_of[i]].clone(),
                 period: None,
-                action: Action::Record {
+                command: PeriodCommand::RecordUsage {
                     metric: metric(),
                     quantity: one(),
                     occurred_at: None,

@@ -18,7 +18,7 @@ use ledger_aggregates::catalog::Catalog;
 use ledger_aggregates::period::LedgerRules;
 use ledger_aggregates::{
     BrandAggregate, BrandError, BrandId, IdempotencyKey, LedgerError, LedgerEvent, MetricKey,
-    Money, PeriodKey, PlanDefinition, PlanId, Quantity, QuotaDecision, UsagePeriodAggregate,
+    PeriodCommand, PeriodKey, PlanId, QuotaDecision, UsagePeriodAggregate,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -84,67 +84,14 @@ impl Default for EngineConfig {
     }
 }
 
-/// What a period command asks for. Timestamps are stamped by the engine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "action")]
-pub enum Action {
-    Record {
-        metric: MetricKey,
-        quantity: Quantity,
-        /// When the usage happened; defaults to now. Selects the period.
-        occurred_at: Option<DateTime<Utc>>,
-    },
-    Check {
-        metric: MetricKey,
-        requested: Quantity,
-        consume: bool,
-    },
-    SetGauge {
-        metric: MetricKey,
-        level: u64,
-    },
-    TopUp {
-        metric: MetricKey,
-        units: Quantity,
-        price: Money,
-        reference: String,
-        actor: String,
-    },
-    Adjust {
-        metric: MetricKey,
-        delta: i64,
-        actor: String,
-        reason: String,
-    },
-    Close {
-        actor: String,
-        /// The plan in force when the period ended, read from the brand registry's
-        /// history. A period closed without ever having been opened is opened on it:
-        /// today's plan may be a later one. Ignored when the period is already open.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        plan_at_end: Option<Box<PlanDefinition>>,
-    },
-}
-
-impl Action {
-    fn metric(&self) -> Option<&MetricKey> {
-        match self {
-            Action::Record { metric, .. }
-            | Action::Check { metric, .. }
-            | Action::SetGauge { metric, .. }
-            | Action::TopUp { metric, .. }
-            | Action::Adjust { metric, .. } => Some(metric),
-            Action::Close { .. } => None,
-        }
-    }
-}
-
+/// One caller's command for a brand's period, with what the engine needs around it.
+/// The engine decides it at its clock's reading.
 #[derive(Debug, Clone)]
 pub struct PeriodRequest {
     pub brand: BrandId,
     /// The period to act on. `None`: the period of `occurred_at` for records, else now's.
     pub period: Option<PeriodKey>,
-    pub action: Action,
+    pub command: PeriodCommand,
     pub idempotency_key: Option<IdempotencyKey>,
     /// Stored with every event the command appends; part of the idempotency fingerprint.
     pub metadata: Metadata,
@@ -525,15 +472,15 @@ impl Engine {
     }
 
     fn validate(&self, req: &PeriodRequest) -> Result<(), EngineError> {
-        if let Some(metric) = req.action.metric() {
+        if let Some(metric) = req.command.metric() {
             if self.catalog.metric(metric).is_none() {
                 return Err(EngineError::UnknownMetric(metric.clone()));
             }
         }
-        if let Action::Record {
+        if let PeriodCommand::RecordUsage {
             occurred_at: Some(at),
             ..
-        } = &req.action
+        } = &req.command
         {
             if *at > self.clock.now() + self.config.future_skew_max {
                 return Err(EngineError::InFuture {
@@ -545,12 +492,12 @@ impl Engine {
             // usage depends on the clock alone, and a stale timestamp (a replayed queue,
             // a zeroed clock) must not make the writer open or look back from 1970.
             let period = PeriodKey::containing(*at);
-            let deadline = period.end() + self.config.rules.late_usage_grace;
+            let deadline = self.config.rules.accepts_usage_until(period);
             if self.clock.now() > deadline {
                 return Err(LedgerError::TooLate { period, deadline }.into());
             }
         }
-        if let Action::Close { .. } = &req.action {
+        if let PeriodCommand::ClosePeriod { .. } = &req.command {
             self.check_ended(req.period.ok_or(EngineError::PeriodRequired)?)?;
         }
         Ok(())
@@ -571,13 +518,15 @@ impl Engine {
 
 /// SHA-256 over the canonical JSON of what the request asks, so a retry with the same
 /// key but another payload is recognised. Stable across restarts and versions as long
-/// as the `Action` serialization is.
+/// as the `PeriodCommand` serialization is; `fingerprints_of_stored_keys_never_change`
+/// pins it.
 fn fingerprint(req: &PeriodRequest) -> String {
     #[derive(Serialize)]
     struct Canon<'a> {
         brand: &'a BrandId,
         period: Option<PeriodKey>,
-        action: &'a Action,
+        /// Named `action` since the first stored keys: the name is part of the hash.
+        action: &'a PeriodCommand,
         // Absent when empty, so fingerprints of requests without metadata are the
         // ones recorded before metadata existed.
         #[serde(skip_serializing_if = "Metadata::is_empty")]
@@ -586,7 +535,7 @@ fn fingerprint(req: &PeriodRequest) -> String {
     let canon = serde_json::to_vec(&Canon {
         brand: &req.brand,
         period: req.period,
-        action: &req.action,
+        action: &req.command,
         metadata: &req.metadata,
     })
     .expect("requests always serialize");
@@ -594,4 +543,147 @@ fn fingerprint(req: &PeriodRequest) -> String {
     let mut text = [0u8; 64];
     hex::encode_to_slice(Sha256::digest(canon), &mut text).expect("64 bytes hold 32 in hex");
     String::from_utf8(text.to_vec()).expect("hex digits are ASCII")
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use ledger_aggregates::{Money, PlanDefinition, Quantity};
+
+    use super::*;
+
+    fn m(s: &str) -> MetricKey {
+        MetricKey::parse(s).unwrap()
+    }
+
+    fn q(n: u64) -> Quantity {
+        Quantity::new(n).unwrap()
+    }
+
+    /// A plan written out in full, so the pinned fingerprint does not follow edits of
+    /// the default catalog.
+    fn plan() -> PlanDefinition {
+        serde_json::from_str(
+            r#"{"id":"starter","name":"Starter","basePriceCents":2900,"currency":"EUR",
+            "headline":"For makers","catalogVersion":"2026.1","quotas":[{"metric":"renders_3d",
+            "label":"3D renders","description":"Rendered scenes","limit":10,"period":"month",
+            "overage":"charge","overageRate":"0.5","notificationThresholds":[50,75,90],
+            "unit":"renders","kind":"counter"}],"features":[{"id":"api","label":"API",
+            "enabled":true}]}"#,
+        )
+        .unwrap()
+    }
+
+    fn request(command: PeriodCommand) -> PeriodRequest {
+        PeriodRequest {
+            brand: BrandId::parse("acme").unwrap(),
+            period: None,
+            command,
+            idempotency_key: Some(IdempotencyKey::parse("k-1").unwrap()),
+            metadata: Metadata::default(),
+        }
+    }
+
+    #[test]
+    fn fingerprints_of_stored_keys_never_change() {
+        // Proves a retry after an upgrade is still recognised: these hashes were
+        // computed with the engine's former request type (`Action`), and keys stored
+        // since hold them. A failure here means the command's serialization changed.
+        let at = Utc.with_ymd_and_hms(2026, 11, 15, 12, 30, 0).unwrap();
+        let mut tagged = request(PeriodCommand::RecordUsage {
+            metric: m("api_calls"),
+            quantity: q(3),
+            occurred_at: Some(at),
+        });
+        tagged.period = Some(PeriodKey::parse("2026-11").unwrap());
+        tagged.metadata = Metadata::parse(
+            [("source", "batch"), ("request_id", "r-9")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .into(),
+        )
+        .unwrap();
+        let cases = [
+            (
+                "record",
+                request(PeriodCommand::RecordUsage {
+                    metric: m("api_calls"),
+                    quantity: q(3),
+                    occurred_at: None,
+                }),
+                "13ae3b9c95c6661185fe65152477c241802cf0b4f5ddab86a5f4a6e8e85b603c",
+            ),
+            (
+                "record at a time, with metadata",
+                tagged,
+                "14af43f70f5eefbd1e024f250365ef1555ecaf673d3dea20bf95c1928220f4bd",
+            ),
+            (
+                "check",
+                request(PeriodCommand::CheckQuota {
+                    metric: m("team_members"),
+                    requested: q(1),
+                    consume: true,
+                }),
+                "5b8b8d40987e11a54ca54a15590929c080fd604878eb14e0eec97962e516fe6e",
+            ),
+            (
+                "gauge",
+                request(PeriodCommand::SetGaugeLevel {
+                    metric: m("storage_gb"),
+                    level: 7,
+                }),
+                "e08ad3193c28af83a542bd553329cac692e613dbd805df7405ff6e5866ca65bb",
+            ),
+            (
+                "top-up",
+                request(PeriodCommand::ApplyTopUp {
+                    metric: m("renders_3d"),
+                    units: q(25),
+                    price: Money::from_minor(1250),
+                    reference: "stripe:pi_1".into(),
+                    actor: "billing".into(),
+                }),
+                "7add34797f81a651dea41026a695424a6c4926e156f535f00136a6b62b5dce40",
+            ),
+            (
+                "adjustment",
+                request(PeriodCommand::AdjustUsage {
+                    metric: m("renders_3d"),
+                    delta: -4,
+                    actor: "support".into(),
+                    reason: "double count".into(),
+                }),
+                "305f18702853c6d1211e74c93b74f4629afbac8010722a3338a9599dc27520fa",
+            ),
+            (
+                "close",
+                request(PeriodCommand::ClosePeriod {
+                    actor: "billing".into(),
+                    plan_at_end: None,
+                }),
+                "f8e5db2b30148e78f19d46e93f20ee007783b77004f38cbb021c7f1e80d1406a",
+            ),
+            (
+                "close on the plan at the end",
+                request(PeriodCommand::ClosePeriod {
+                    actor: "billing".into(),
+                    plan_at_end: Some(Box::new(plan())),
+                }),
+                "fce637f99c803fc2c2bb50ca15c2c0c331398056f75b33f93e74d61707c54760",
+            ),
+        ];
+        for (what, req, pinned) in cases {
+            assert_eq!(fingerprint(&req), pinned, "{what}");
+        }
+        // What the first request hashes as its command, readable where a hash is not.
+        let record = request(PeriodCommand::RecordUsage {
+            metric: m("api_calls"),
+            quantity: q(3),
+            occurred_at: None,
+        });
+        assert_eq!(
+            serde_json::to_string(&record.command).unwrap(),
+            r#"{"action":"record","metric":"api_calls","quantity":3,"occurred_at":null}"#
+        );
+    }
 }

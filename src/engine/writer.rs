@@ -11,17 +11,15 @@ use cqrs_es::Aggregate;
 use ledger_aggregates::brand::{BrandCommand, BRAND_EVENT_VERSION};
 use ledger_aggregates::catalog::Catalog;
 use ledger_aggregates::ids::period_stream_id;
-use ledger_aggregates::period::{PeriodCommand, LEDGER_EVENT_VERSION};
+use ledger_aggregates::period::{PeriodCommand, PeriodOpening, LEDGER_EVENT_VERSION};
 use ledger_aggregates::{
-    BrandAggregate, BrandEvent, BrandId, LedgerEvent, MetricKey, MetricKind, PeriodKey,
+    BrandAggregate, BrandEvent, BrandId, LedgerEvent, MetricKey, PeriodKey, QuotaDecision,
     UsagePeriodAggregate,
 };
 use lru::LruCache;
 use tokio::sync::mpsc;
 
-use super::{
-    Action, Committed, EngineConfig, EngineError, Job, Outcome, PeriodRequest, PlanChange,
-};
+use super::{Committed, EngineConfig, EngineError, Job, Outcome, PeriodRequest, PlanChange};
 use crate::clock::Clock;
 use crate::store::{EventLog, LoadedStream, NewEvent, NewSnapshot, StoreError};
 use crate::tail::watermark::Watermarks;
@@ -102,7 +100,6 @@ pub(crate) struct Writer {
     catalog: Arc<Catalog>,
     clock: Arc<dyn Clock>,
     cfg: Arc<EngineConfig>,
-    metric_kinds: BTreeMap<MetricKey, MetricKind>,
     periods: LruCache<String, UsagePeriodAggregate>,
     brands: LruCache<String, BrandAggregate>,
     /// Recent idempotent outcomes: (stream id, key) -> (fingerprint, outcome).
@@ -125,7 +122,6 @@ impl Writer {
         let streams = cfg.cache_streams_max.max(4 * cfg.batch_commands_max);
         let cap = |n: usize| NonZeroUsize::new(n.max(1)).expect("max(1) is non-zero");
         Self {
-            metric_kinds: catalog.metrics().map(|m| (m.key.clone(), m.kind)).collect(),
             log,
             catalog,
             clock,
@@ -469,7 +465,10 @@ impl Writer {
             let (Job::Period { req, .. }, Some((_, id))) = (job, target) else {
                 continue;
             };
-            let pure = matches!(req.action, Action::Check { consume: false, .. });
+            let pure = matches!(
+                req.command,
+                PeriodCommand::CheckQuota { consume: false, .. }
+            );
             let opening = !self.periods.peek(id).is_some_and(|p| p.is_open());
             if pure || opening {
                 keys.push((BRAND, req.brand.to_string()));
@@ -681,8 +680,8 @@ impl Writer {
             .and_then(|b| b.plan.as_ref())
             .ok_or_else(|| EngineError::BrandNotRegistered(req.brand.clone()))?;
         // A period first opened by its close is billed on the plan it ended on.
-        let plan = match &req.action {
-            Action::Close {
+        let plan = match &req.command {
+            PeriodCommand::ClosePeriod {
                 plan_at_end: Some(at_end),
                 ..
             } => at_end.as_ref(),
@@ -694,15 +693,14 @@ impl Writer {
         let mut opening = None;
         if !cached.is_open() {
             let mut fresh = cached.clone();
-            let open = PeriodCommand::OpenPeriod {
+            let facts = PeriodOpening {
                 brand_id: req.brand.clone(),
                 period,
                 plan: plan.clone(),
-                metric_kinds: self.metric_kinds.clone(),
+                metric_kinds: self.catalog.metric_kinds().clone(),
                 carried_levels: carried.get(id).cloned().unwrap_or_default(),
-                at: now,
             };
-            let events = fresh.decide(&open, &self.cfg.rules)?;
+            let events = fresh.decide_opening(&facts, now, &self.cfg.rules)?;
             events.iter().for_each(|e| fresh.fold(e));
             opening = Some((fresh, events));
         }
@@ -711,8 +709,8 @@ impl Writer {
             None => self.periods.get_mut(id).expect("loaded before deciding"),
         };
         let first_sequence = agg.version + 1;
-        let (command, decision) = command_for(agg, &req.action, now)?;
-        let events = agg.decide(&command, &self.cfg.rules)?;
+        let decision = check_decision(agg, &req.command)?;
+        let events = agg.decide(&req.command, now, &self.cfg.rules)?;
         events.iter().for_each(|e| agg.fold(e));
         let decision = decision.or_else(|| {
             let plan = agg.plan()?;
@@ -812,7 +810,7 @@ impl Writer {
             .get_mut(&id)
             .filter(|p| p.is_open() && p.closed.is_none())
         {
-            let applied = p.decide(&PeriodCommand::ApplyPlan { plan, at: now }, &self.cfg.rules)?;
+            let applied = p.decide_plan_change(&plan, now, &self.cfg.rules)?;
             staged.stage(&id, p.version + 1, &applied, None, EMPTY_METADATA, every);
             applied.iter().for_each(|e| p.fold(e));
             if !applied.is_empty() {
@@ -858,8 +856,8 @@ pub(crate) fn target_period(req: &PeriodRequest, now: DateTime<Utc>) -> PeriodKe
     if let Some(p) = req.period {
         return p;
     }
-    match &req.action {
-        Action::Record {
+    match &req.command {
+        PeriodCommand::RecordUsage {
             occurred_at: Some(at),
             ..
         } => PeriodKey::containing(*at),
@@ -867,85 +865,18 @@ pub(crate) fn target_period(req: &PeriodRequest, now: DateTime<Utc>) -> PeriodKe
     }
 }
 
-/// Translate an action into the aggregate's command (and, for checks, the decision
-/// evaluated before it).
-fn command_for(
+/// A check answers what the state says before it is decided: a pure check appends
+/// nothing to rebuild the answer from. Other commands answer from their first event.
+fn check_decision(
     agg: &UsagePeriodAggregate,
-    action: &Action,
-    now: DateTime<Utc>,
-) -> Result<(PeriodCommand, Option<ledger_aggregates::QuotaDecision>), EngineError> {
-    Ok(match action.clone() {
-        Action::Record {
-            metric,
-            quantity,
-            occurred_at,
-        } => (
-            PeriodCommand::RecordUsage {
-                metric,
-                quantity,
-                occurred_at: occurred_at.unwrap_or(now),
-                at: now,
-            },
-            None,
-        ),
-        Action::Check {
-            metric,
-            requested,
-            consume,
-        } => {
-            let decision = agg.evaluate(&metric, requested)?;
-            (
-                PeriodCommand::CheckQuota {
-                    metric,
-                    requested,
-                    consume,
-                    at: now,
-                },
-                Some(decision),
-            )
-        }
-        Action::SetGauge { metric, level } => (
-            PeriodCommand::SetGaugeLevel {
-                metric,
-                level,
-                at: now,
-            },
-            None,
-        ),
-        Action::TopUp {
-            metric,
-            units,
-            price,
-            reference,
-            actor,
-        } => (
-            PeriodCommand::ApplyTopUp {
-                metric,
-                units,
-                price,
-                reference,
-                actor,
-                at: now,
-            },
-            None,
-        ),
-        Action::Adjust {
-            metric,
-            delta,
-            actor,
-            reason,
-        } => (
-            PeriodCommand::AdjustUsage {
-                metric,
-                delta,
-                actor,
-                reason,
-                at: now,
-            },
-            None,
-        ),
-        Action::Close { actor, .. } => (PeriodCommand::ClosePeriod { actor, at: now }, None),
-    })
+    command: &PeriodCommand,
+) -> Result<Option<QuotaDecision>, EngineError> {
+    match command {
+        PeriodCommand::CheckQuota {
+            metric, requested, ..
+        } => Ok(Some(agg.evaluate(metric, *requested)?)),
+        _ => Ok(None),
+    }
 }
 
 /// What staging needs to know of an event of either stream type.

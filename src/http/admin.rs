@@ -5,7 +5,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use ledger_aggregates::{BrandId, IdempotencyKey, LedgerEvent, MetricKey, Money, PlanId, Quantity};
+use ledger_aggregates::{
+    BrandId, IdempotencyKey, LedgerEvent, MetricKey, Money, PeriodCommand, PlanId, Quantity,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -13,7 +15,7 @@ use super::error::{ApiError, Problem};
 use super::extract::{idempotency_header, one_key, ApiJson, ApiPath, Caller};
 use super::views::{event_id, MetricView};
 use super::{AppState, API_PREFIX};
-use crate::engine::{Action, Metadata, PeriodRequest, PlanChange};
+use crate::engine::{Metadata, PeriodRequest, PlanChange};
 use crate::tail::TailStatus;
 
 /// A grant's reason is a sentence for the audit trail, not a document.
@@ -160,7 +162,7 @@ pub(crate) async fn grant(
         .execute(PeriodRequest {
             brand: body.brand_id.clone(),
             period: None,
-            action: Action::TopUp {
+            command: PeriodCommand::ApplyTopUp {
                 metric: body.metric.clone(),
                 units: body.units,
                 price: Money::ZERO,

@@ -10,7 +10,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use ledger_aggregates::{
-    BrandId, IdempotencyKey, LedgerEvent, MetricKey, PeriodKey, Quantity, QuotaDecision,
+    BrandId, IdempotencyKey, LedgerEvent, MetricKey, PeriodCommand, PeriodKey, Quantity,
+    QuotaDecision,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -19,7 +20,7 @@ use super::error::{ApiError, Problem};
 use super::extract::{idempotency_header, one_key, ApiJson, Caller};
 use super::views::{event_id, unit_of, AlertView, MetricView};
 use super::{AppState, API_PREFIX};
-use crate::engine::{Action, Metadata, Outcome, PeriodRequest};
+use crate::engine::{Metadata, Outcome, PeriodRequest};
 
 /// Items of one `POST /record/batch`: a full engine batch, so a batch of items commits
 /// together, and a body around 300 KB, well inside the body limit.
@@ -132,7 +133,7 @@ pub(crate) async fn record_one(
         .execute(PeriodRequest {
             brand: body.brand_id.clone(),
             period: None,
-            action: Action::Record {
+            command: PeriodCommand::RecordUsage {
                 metric: body.metric.clone(),
                 quantity: body.value,
                 occurred_at: body.occurred_at,
@@ -355,7 +356,7 @@ pub(crate) async fn check_quota(
         .execute(PeriodRequest {
             brand: body.brand_id,
             period: None,
-            action: Action::Check {
+            command: PeriodCommand::CheckQuota {
                 metric: body.metric,
                 requested: body.requested_amount,
                 consume: body.consume,

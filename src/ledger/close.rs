@@ -10,10 +10,12 @@ use futures::StreamExt;
 use ledger_aggregates::brand::BRAND_TYPE;
 use ledger_aggregates::ids::period_stream_id;
 use ledger_aggregates::period::{Invoice, USAGE_PERIOD_TYPE};
-use ledger_aggregates::{BrandEvent, BrandId, LedgerError, LedgerEvent, PeriodKey, PlanDefinition};
+use ledger_aggregates::{
+    BrandEvent, BrandId, LedgerError, LedgerEvent, PeriodCommand, PeriodKey, PlanDefinition,
+};
 
 use super::{Ledger, QueryError};
-use crate::engine::{Action, EngineError, Metadata, PeriodRequest};
+use crate::engine::{EngineError, Metadata, PeriodRequest};
 
 /// Brands being closed at once. Enough to fill the engine's group commits many times
 /// over (1,000 brands close in about 16 rounds), few enough that a close of every brand
@@ -82,7 +84,7 @@ impl Ledger {
             .execute(PeriodRequest {
                 brand: brand.clone(),
                 period: Some(period),
-                action: Action::Close {
+                command: PeriodCommand::ClosePeriod {
                     actor: actor.to_owned(),
                     plan_at_end: plan_at_end.map(Box::new),
                 },

@@ -1,9 +1,9 @@
 //! A seeded random workload through the engine, and the replay the stored read
 //! models are compared with: shared by the projector and replay tests.
 
-use ledger_aggregates::{BrandId, MetricKey, Money, PlanId, Quantity};
+use ledger_aggregates::{BrandId, MetricKey, Money, PeriodCommand, PlanId, Quantity};
 use ledger_projections::{LogPosition, ReadModels};
-use usage_ledger::engine::{Action, Engine, PeriodRequest};
+use usage_ledger::engine::{Engine, PeriodRequest};
 use usage_ledger::store::{ProjectionStore, READ_MODELS_PROJECTOR};
 use usage_ledger::tail::rows::{restore_all, rows_of_all};
 
@@ -30,11 +30,11 @@ pub fn id<T>(parse: fn(&str) -> Result<T, ledger_aggregates::ParseError>, s: &st
     parse(s).expect("a valid id")
 }
 
-pub fn request(brand: &str, action: Action) -> PeriodRequest {
+pub fn request(brand: &str, command: PeriodCommand) -> PeriodRequest {
     PeriodRequest {
         brand: id(BrandId::parse, brand),
         period: None,
-        action,
+        command,
         idempotency_key: None,
         metadata: Default::default(),
     }
@@ -46,36 +46,36 @@ pub fn command(rng: &mut Rng) -> PeriodRequest {
     let brand = BRANDS[rng.next(BRANDS.len())];
     let metric = id(MetricKey::parse, METRICS[rng.next(METRICS.len())]);
     let quantity = Quantity::new(1 + rng.next(6) as u64).expect("positive");
-    let action = match rng.next(10) {
-        0..=4 => Action::Record {
+    let command = match rng.next(10) {
+        0..=4 => PeriodCommand::RecordUsage {
             metric,
             quantity,
             occurred_at: None,
         },
-        5 => Action::Check {
+        5 => PeriodCommand::CheckQuota {
             metric,
             requested: quantity,
             consume: true,
         },
-        6 => Action::TopUp {
+        6 => PeriodCommand::ApplyTopUp {
             metric,
             units: quantity,
             price: Money::from_minor(100 * rng.next(5) as i64),
             reference: format!("order-{}", rng.next(1_000_000)),
             actor: "test".into(),
         },
-        7 => Action::Adjust {
+        7 => PeriodCommand::AdjustUsage {
             metric,
             delta: rng.next(5) as i64 - 2,
             actor: "support".into(),
             reason: "correction".into(),
         },
-        _ => Action::SetGauge {
+        _ => PeriodCommand::SetGaugeLevel {
             metric: id(MetricKey::parse, "team_members"),
             level: rng.next(60) as u64,
         },
     };
-    request(brand, action)
+    request(brand, command)
 }
 
 pub async fn register_all(engine: &Engine, rng: &mut Rng) {

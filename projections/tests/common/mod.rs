@@ -13,8 +13,8 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use ledger_aggregates::{
     BrandAggregate, BrandCommand, BrandId, Catalog, LedgerError, LedgerEvent, LedgerRules,
-    MetricKey, MetricKind, Money, PeriodCommand, PeriodKey, PlanDefinition, PlanId, Quantity,
-    UsagePeriodAggregate,
+    MetricKey, MetricKind, Money, PeriodCommand, PeriodKey, PeriodOpening, PlanDefinition, PlanId,
+    Quantity, Stamped, StreamCommand, UsagePeriodAggregate,
 };
 use ledger_projections::{ProjectedEvent, ReadModels};
 use rust_decimal::Decimal;
@@ -92,70 +92,66 @@ pub fn fractional_starter() -> PlanDefinition {
 }
 
 pub fn metric_kinds() -> BTreeMap<MetricKey, MetricKind> {
-    CATALOG.metrics().map(|d| (d.key.clone(), d.kind)).collect()
+    CATALOG.metric_kinds().clone()
 }
 
 // --- commands -------------------------------------------------------------------------
 
 /// Usage of `n` units on day 10 of November.
-pub fn record(key: &str, n: u64) -> PeriodCommand {
+pub fn record(key: &str, n: u64) -> Stamped {
     record_at(key, n, day(10), day(10))
 }
 
-pub fn record_at(
-    key: &str,
-    n: u64,
-    occurred_at: DateTime<Utc>,
-    at: DateTime<Utc>,
-) -> PeriodCommand {
-    PeriodCommand::RecordUsage {
+pub fn record_at(key: &str, n: u64, occurred_at: DateTime<Utc>, at: DateTime<Utc>) -> Stamped {
+    let command = PeriodCommand::RecordUsage {
         metric: metric(key),
         quantity: qty(n),
-        occurred_at,
-        at,
-    }
+        occurred_at: Some(occurred_at),
+    };
+    Stamped::new(command, at)
 }
 
 /// Usage that happened on the last evening of November, reported an hour after its end.
-pub fn record_late(key: &str, n: u64) -> PeriodCommand {
+pub fn record_late(key: &str, n: u64) -> Stamped {
     let occurred_at = nov().end() - Duration::hours(1);
     record_at(key, n, occurred_at, after_end(nov(), 1))
 }
 
-pub fn top_up(key: &str, units: u64, price: i64, reference: &str) -> PeriodCommand {
-    PeriodCommand::ApplyTopUp {
+pub fn top_up(key: &str, units: u64, price: i64, reference: &str) -> Stamped {
+    let command = PeriodCommand::ApplyTopUp {
         metric: metric(key),
         units: qty(units),
         price: cents(price),
         reference: reference.to_owned(),
         actor: "billing".to_owned(),
-        at: day(11),
-    }
+    };
+    Stamped::new(command, day(11))
 }
 
-pub fn set_level(key: &str, level: u64) -> PeriodCommand {
-    PeriodCommand::SetGaugeLevel {
+pub fn set_level(key: &str, level: u64) -> Stamped {
+    let command = PeriodCommand::SetGaugeLevel {
         metric: metric(key),
         level,
-        at: day(12),
-    }
+    };
+    Stamped::new(command, day(12))
 }
 
-pub fn adjust_at(key: &str, delta: i64, at: DateTime<Utc>) -> PeriodCommand {
-    PeriodCommand::AdjustUsage {
+pub fn adjust_at(key: &str, delta: i64, at: DateTime<Utc>) -> Stamped {
+    let command = PeriodCommand::AdjustUsage {
         metric: metric(key),
         delta,
         actor: "support".to_owned(),
         reason: "test correction".to_owned(),
-        at,
-    }
+    };
+    Stamped::new(command, at)
 }
 
-pub fn close() -> PeriodCommand {
-    PeriodCommand::ClosePeriod {
+pub fn close() -> Stamped {
+    let command = PeriodCommand::ClosePeriod {
         actor: "billing-cron".to_owned(),
-        at: nov().end(),
-    }
+        plan_at_end: None,
+    };
+    Stamped::new(command, nov().end())
 }
 
 // --- the ledger -----------------------------------------------------------------------
@@ -227,15 +223,14 @@ impl Ledger {
         plan: &PlanDefinition,
         carried: &[(&str, u64)],
     ) -> Vec<ProjectedEvent> {
-        let command = PeriodCommand::OpenPeriod {
+        let opening = PeriodOpening {
             brand_id: brand(brand_id),
             period,
             plan: plan.clone(),
             metric_kinds: metric_kinds(),
             carried_levels: carried.iter().map(|(k, v)| (metric(k), *v)).collect(),
-            at: period.start(),
         };
-        self.try_decide(brand_id, period, command)
+        self.try_decide(brand_id, period, Stamped::new(opening, period.start()))
             .expect("a new period opens")
     }
 
@@ -255,12 +250,12 @@ impl Ledger {
         &mut self,
         brand_id: &str,
         period: PeriodKey,
-        command: PeriodCommand,
+        command: Stamped,
     ) -> Result<Vec<ProjectedEvent>, LedgerError> {
         let b = brand(brand_id);
         let first_position = self.next_position();
         let state = self.periods.entry((b.clone(), period)).or_default();
-        let events = state.decide(&command, &self.rules)?;
+        let events = state.decide_stamped(&command, &self.rules)?;
         let mut appended = Vec::with_capacity(events.len());
         for (i, event) in events.into_iter().enumerate() {
             state.fold(&event);
@@ -277,14 +272,14 @@ impl Ledger {
     }
 
     /// Decide `command` on November of `brand_id`; the test expects it accepted.
-    pub fn decide(&mut self, brand_id: &str, command: PeriodCommand) -> Vec<ProjectedEvent> {
+    pub fn decide(&mut self, brand_id: &str, command: Stamped) -> Vec<ProjectedEvent> {
         let what = format!("{command:?}");
         self.try_decide(brand_id, nov(), command)
             .unwrap_or_else(|e| panic!("{what} refused: {e}"))
     }
 
     /// Several commands on November of `brand_id`, each expected accepted.
-    pub fn run(&mut self, brand_id: &str, commands: Vec<PeriodCommand>) -> &mut Self {
+    pub fn run(&mut self, brand_id: &str, commands: Vec<Stamped>) -> &mut Self {
         for command in commands {
             self.decide(brand_id, command);
         }
@@ -296,10 +291,7 @@ impl Ledger {
         self.set_plan(brand_id, plan);
         self.decide(
             brand_id,
-            PeriodCommand::ApplyPlan {
-                plan: plan.clone(),
-                at: day(15),
-            },
+            Stamped::new(StreamCommand::ApplyPlan(plan.clone()), day(15)),
         );
         self
     }

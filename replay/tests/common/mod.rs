@@ -18,8 +18,8 @@ use ledger_aggregates::ids::period_stream_id;
 use ledger_aggregates::period::{LEDGER_EVENT_VERSION, USAGE_PERIOD_TYPE};
 use ledger_aggregates::{
     BrandAggregate, BrandCommand, BrandId, Catalog, LedgerError, LedgerRules, MetricKey,
-    MetricKind, Money, PeriodCommand, PeriodKey, PlanDefinition, PlanId, Quantity,
-    UsagePeriodAggregate,
+    MetricKind, Money, PeriodCommand, PeriodKey, PeriodOpening, PlanDefinition, PlanId, Quantity,
+    Stamped, StreamCommand, UsagePeriodAggregate,
 };
 use ledger_projections::{LogPosition, LogRecord};
 use serde::Serialize;
@@ -51,81 +51,69 @@ fn qty(n: u64) -> Quantity {
 
 // --- commands -------------------------------------------------------------------------
 
-pub fn record_at(key: &str, n: u64, at: DateTime<Utc>) -> PeriodCommand {
-    PeriodCommand::RecordUsage {
+pub fn record_at(key: &str, n: u64, at: DateTime<Utc>) -> Stamped {
+    let command = PeriodCommand::RecordUsage {
         metric: metric(key),
         quantity: qty(n),
-        occurred_at: at,
-        at,
-    }
+        occurred_at: None,
+    };
+    Stamped::new(command, at)
 }
 
 /// Usage of the period's last hour, reported an hour after its end (within the grace).
-pub fn record_late(key: &str, n: u64, p: PeriodKey) -> PeriodCommand {
-    PeriodCommand::RecordUsage {
+pub fn record_late(key: &str, n: u64, p: PeriodKey) -> Stamped {
+    let command = PeriodCommand::RecordUsage {
         metric: metric(key),
         quantity: qty(n),
-        occurred_at: p.end() - Duration::hours(1),
-        at: p.end() + Duration::hours(1),
-    }
+        occurred_at: Some(p.end() - Duration::hours(1)),
+    };
+    Stamped::new(command, p.end() + Duration::hours(1))
 }
 
-pub fn consume_at(key: &str, n: u64, at: DateTime<Utc>) -> PeriodCommand {
-    PeriodCommand::CheckQuota {
+pub fn consume_at(key: &str, n: u64, at: DateTime<Utc>) -> Stamped {
+    let command = PeriodCommand::CheckQuota {
         metric: metric(key),
         requested: qty(n),
         consume: true,
-        at,
-    }
+    };
+    Stamped::new(command, at)
 }
 
-pub fn top_up_at(key: &str, units: u64, reference: &str, at: DateTime<Utc>) -> PeriodCommand {
-    PeriodCommand::ApplyTopUp {
+pub fn top_up_at(key: &str, units: u64, reference: &str, at: DateTime<Utc>) -> Stamped {
+    let command = PeriodCommand::ApplyTopUp {
         metric: metric(key),
         units: qty(units),
         price: Money::from_minor(i64::try_from(units).expect("small") * 10),
         reference: reference.to_owned(),
         actor: "billing".to_owned(),
-        at,
-    }
+    };
+    Stamped::new(command, at)
 }
 
-pub fn set_level_at(key: &str, level: u64, at: DateTime<Utc>) -> PeriodCommand {
-    PeriodCommand::SetGaugeLevel {
+pub fn set_level_at(key: &str, level: u64, at: DateTime<Utc>) -> Stamped {
+    let command = PeriodCommand::SetGaugeLevel {
         metric: metric(key),
         level,
-        at,
-    }
+    };
+    Stamped::new(command, at)
 }
 
-pub fn adjust_at(key: &str, delta: i64, at: DateTime<Utc>) -> PeriodCommand {
-    PeriodCommand::AdjustUsage {
+pub fn adjust_at(key: &str, delta: i64, at: DateTime<Utc>) -> Stamped {
+    let command = PeriodCommand::AdjustUsage {
         metric: metric(key),
         delta,
         actor: "support".to_owned(),
         reason: "duplicate submission".to_owned(),
-        at,
-    }
+    };
+    Stamped::new(command, at)
 }
 
-pub fn close(p: PeriodKey) -> PeriodCommand {
-    PeriodCommand::ClosePeriod {
+pub fn close(p: PeriodKey) -> Stamped {
+    let command = PeriodCommand::ClosePeriod {
         actor: "billing-cron".to_owned(),
-        at: p.end(),
-    }
-}
-
-fn command_at(command: &PeriodCommand) -> DateTime<Utc> {
-    match command {
-        PeriodCommand::OpenPeriod { at, .. }
-        | PeriodCommand::ApplyPlan { at, .. }
-        | PeriodCommand::RecordUsage { at, .. }
-        | PeriodCommand::CheckQuota { at, .. }
-        | PeriodCommand::SetGaugeLevel { at, .. }
-        | PeriodCommand::ApplyTopUp { at, .. }
-        | PeriodCommand::AdjustUsage { at, .. }
-        | PeriodCommand::ClosePeriod { at, .. } => *at,
-    }
+        plan_at_end: None,
+    };
+    Stamped::new(command, p.end())
 }
 
 // --- the log --------------------------------------------------------------------------
@@ -229,10 +217,10 @@ impl Log {
         &mut self,
         brand: &BrandId,
         period: PeriodKey,
-        command: &PeriodCommand,
+        command: &Stamped,
     ) -> Result<usize, LedgerError> {
         let state = self.periods.entry((brand.clone(), period)).or_default();
-        let events = state.decide(command, &self.rules)?;
+        let events = state.decide_stamped(command, &self.rules)?;
         let mut rows = Vec::with_capacity(events.len());
         for event in events {
             state.fold(&event);
@@ -244,12 +232,12 @@ impl Log {
             period_stream_id(brand, period),
             LEDGER_EVENT_VERSION,
         );
-        self.commit(command_at(command), stream, rows);
+        self.commit(command.at, stream, rows);
         Ok(written)
     }
 
     /// Decide `command`, which the test expects accepted.
-    pub fn decide(&mut self, brand: &BrandId, period: PeriodKey, command: PeriodCommand) {
+    pub fn decide(&mut self, brand: &BrandId, period: PeriodKey, command: Stamped) {
         if let Err(e) = self.try_decide(brand, period, &command) {
             panic!("{command:?} refused: {e}");
         }
@@ -263,15 +251,14 @@ impl Log {
             .get(&(brand.clone(), period.prev()))
             .map(UsagePeriodAggregate::gauge_levels)
             .unwrap_or_default();
-        let command = PeriodCommand::OpenPeriod {
+        let opening = PeriodOpening {
             brand_id: brand.clone(),
             period,
             plan: plan.clone(),
             metric_kinds: metric_kinds(),
             carried_levels,
-            at: period.start(),
         };
-        self.decide(brand, period, command);
+        self.decide(brand, period, Stamped::new(opening, period.start()));
     }
 
     /// Move `brand` to `plan` in the registry and in its open `period`.
@@ -283,10 +270,7 @@ impl Log {
         at: DateTime<Utc>,
     ) {
         self.set_plan(brand, plan, at);
-        let command = PeriodCommand::ApplyPlan {
-            plan: plan.clone(),
-            at,
-        };
+        let command = Stamped::new(StreamCommand::ApplyPlan(plan.clone()), at);
         self.decide(brand, period, command);
     }
 }
@@ -392,7 +376,7 @@ pub fn busy_log(brands: usize, periods: usize, steps: usize, seed: u64) -> Log {
     log
 }
 
-fn random_command(rng: &mut Rng, at: DateTime<Utc>, step: usize) -> PeriodCommand {
+fn random_command(rng: &mut Rng, at: DateTime<Utc>, step: usize) -> Stamped {
     let roll = rng.between(0, 99);
     let counter = *rng.pick(&COUNTERS);
     match roll {
@@ -410,5 +394,5 @@ fn random_command(rng: &mut Rng, at: DateTime<Utc>, step: usize) -> PeriodComman
 
 /// Every catalog metric with its kind, as the engine hands them to `OpenPeriod`.
 fn metric_kinds() -> BTreeMap<MetricKey, MetricKind> {
-    CATALOG.metrics().map(|d| (d.key.clone(), d.kind)).collect()
+    CATALOG.metric_kinds().clone()
 }
