@@ -22,6 +22,8 @@
 //! Load is a closed loop: `--submitters` tokio tasks each send their share of the
 //! commands one after the other and time each one. See `docs/performance.md`.
 //!
+//! The running service over HTTP is measured by `bench/http/run.sh` (wrk), not here.
+//!
 //! # Layout
 //! - `main` (this file): the options, the order of the runs, the bench's plan and metric.
 //! - [`scenario`]: hot brand and many brands, and which brand each command goes to.
