@@ -7,6 +7,7 @@
 //! While that append is in flight, new jobs queue up and form the next batch: the
 //! batch size grows with the load, which is what group commit means.
 
+mod probe;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -256,6 +257,9 @@ pub(crate) enum Job {
         req: PeriodRequest,
         /// SHA-256 of the request, for idempotency-key payload checks.
         fingerprint: String,
+        /// For pure checks: the registry's and the period's versions in the log when
+        /// the check was asked; a cached state behind them is reloaded first.
+        logged: Option<[u64; 2]>,
         reply: Reply<Outcome>,
     },
     SetPlan {
@@ -296,6 +300,8 @@ pub struct Engine {
     writers: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     /// What the writers acknowledged per stream, for reads of the read models.
     marks: Arc<Watermarks>,
+    /// Batched version probes of pure checks.
+    prober: probe::Prober,
 }
 
 impl Engine {
@@ -332,6 +338,7 @@ impl Engine {
             })
             .collect();
         let config = Arc::new(config);
+        let prober = probe::Prober::start(log.clone());
         Engine {
             log,
             shards: shards.into(),
@@ -341,6 +348,7 @@ impl Engine {
             closing,
             writers: Arc::new(Mutex::new(writers)),
             marks,
+            prober,
         }
     }
 
@@ -375,17 +383,37 @@ impl Engine {
     }
 
     /// Run one period command. Bad input is refused here, before it reaches the queue.
-    pub async fn execute(&self, req: PeriodRequest) -> Result<Outcome, EngineError> {
+    pub async fn execute(&self, mut req: PeriodRequest) -> Result<Outcome, EngineError> {
         self.validate(&req)?;
         // Only keyed commands are ever compared, so only they pay for the hash.
         let fingerprint = match req.idempotency_key {
             Some(_) => fingerprint(&req),
             None => String::new(),
         };
+        let logged = match req.command {
+            PeriodCommand::CheckQuota { consume: false, .. } => {
+                // Probed for the period decided on, fixed now so the writer uses the same.
+                let period = writer::target_period(&req, self.clock.now());
+                req.period = Some(period);
+                let keys = [
+                    (BrandAggregate::TYPE, req.brand.to_string()),
+                    (
+                        UsagePeriodAggregate::TYPE,
+                        ledger_aggregates::ids::period_stream_id(&req.brand, period),
+                    ),
+                ];
+                match self.prober.versions(keys).await {
+                    Some(versions) => Some(versions.map_err(EngineError::Store)?),
+                    None => return Err(EngineError::Overloaded),
+                }
+            }
+            _ => None,
+        };
         let brand = req.brand.clone();
         self.submit(&brand, |reply| Job::Period {
             req,
             fingerprint,
+            logged,
             reply,
         })
         .await

@@ -451,10 +451,11 @@ impl Writer {
     }
 
     /// Commands that append learn of another process's writes from the conflict their
-    /// append meets. Pure checks append nothing, and a period opened from a cached
-    /// registry would take a plan another process changed: the streams those read are
-    /// compared with the log (one query for the batch) and dropped from the cache when
-    /// the log holds more, so they are decided on every event committed before them.
+    /// append meets, but a period opened from a cached registry would take a plan
+    /// another process changed: the registries of periods about to open are compared
+    /// with the log (one query for the batch, once per brand and period) and dropped
+    /// from the cache when the log holds more. Pure checks were probed before they
+    /// queued (see `probe`).
     async fn refresh_stale(
         &mut self,
         batch: &[Job],
@@ -462,19 +463,12 @@ impl Writer {
     ) -> Result<(), StoreError> {
         let mut keys: Vec<(&'static str, String)> = Vec::new();
         for (job, target) in batch.iter().zip(targets) {
-            let (Job::Period { req, .. }, Some((_, id))) = (job, target) else {
+            let (Job::Period { req, logged, .. }, Some((_, id))) = (job, target) else {
                 continue;
             };
-            let pure = matches!(
-                req.command,
-                PeriodCommand::CheckQuota { consume: false, .. }
-            );
             let opening = !self.periods.peek(id).is_some_and(|p| p.is_open());
-            if pure || opening {
+            if opening && logged.is_none() {
                 keys.push((BRAND, req.brand.to_string()));
-            }
-            if pure {
-                keys.push((PERIOD, id.clone()));
             }
         }
         if keys.is_empty() {
@@ -484,10 +478,7 @@ impl Writer {
         keys.dedup();
         let logged = self.log.stream_versions(&keys).await?;
         for ((t, id), logged) in keys.iter().zip(logged) {
-            let cached = match *t {
-                PERIOD => self.periods.peek(id).map(|a| a.version),
-                _ => self.brands.peek(id).map(|a| a.version),
-            };
+            let cached = self.brands.peek(id).map(|a| a.version);
             if cached.is_some_and(|v| v < logged) {
                 self.evict(t, id);
             }
@@ -505,11 +496,19 @@ impl Writer {
     ) -> Result<(), StoreError> {
         let mut missing: Vec<(&'static str, String)> = Vec::new();
         for (job, target) in batch.iter().zip(targets) {
-            let logged = match job {
+            let logged = |t: &str| match job {
                 Job::ReadPeriod { logged, .. } | Job::ReadBrand { logged, .. } => *logged,
+                Job::Period {
+                    logged: Some([brand, period]),
+                    ..
+                } => match t {
+                    PERIOD => *period,
+                    _ => *brand,
+                },
                 _ => 0,
             };
             for (t, id) in Self::streams_of(job, target, now).into_iter().flatten() {
+                let logged = logged(t);
                 let version = if t == PERIOD {
                     self.periods.peek(id.as_ref()).map(|a| a.version)
                 } else {

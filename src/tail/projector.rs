@@ -8,7 +8,8 @@
 //! [`ReadModelsConfig::flush_interval`], when [`ReadModelsConfig::flush_rows_max`]
 //! of them wait, when room must be made, or when asked ([`Projector::persist`]): a
 //! hot brand-period folded a thousand times a second is written once a second, not a
-//! thousand times. The folds deduplicate by stream sequence, so a batch folded again
+//! thousand times. The write runs in a task of its own while folding goes on, so no
+//! read waits for it. The folds deduplicate by stream sequence, so a batch folded again
 //! after a crash (from the persisted checkpoint) counts once.
 //!
 //! Memory holds at most [`ReadModelsConfig::cache_periods_max`] brand-periods, least
@@ -164,6 +165,7 @@ impl Projector {
             persisted: LogPosition::START,
             persisted_at: Instant::now(),
             pass_begun: 0,
+            inflight: None,
             config,
         };
         let tail = Tail::start(store.clone(), consumer).await?;
@@ -289,6 +291,8 @@ struct ReadModelConsumer {
     persisted_at: Instant,
     /// [`Watermarks::begin_pass`] when the current pass began.
     pass_begun: u64,
+    /// The write of changed brand-periods in flight, if any.
+    inflight: Option<Flush>,
     config: ReadModelsConfig,
 }
 
@@ -354,7 +358,7 @@ impl Consumer for ReadModelConsumer {
         // A log that never lets the consumer catch up still gets its writes on time.
         let due = self.persisted_at.elapsed() >= self.config.flush_interval;
         if due || self.changed.len() >= self.config.flush_rows_max {
-            self.flush().await?;
+            self.flush_soon().await?;
         }
         Ok(last.at)
     }
@@ -363,9 +367,10 @@ impl Consumer for ReadModelConsumer {
         let memory = &self.memory;
         self.marks.sweep(self.pass_begun, |id| memory.sequence(id));
         self.pass_begun = self.marks.begin_pass();
-        let due = self.persisted_at.elapsed() >= self.config.flush_interval;
-        if persist || due {
+        if persist {
             self.flush().await?;
+        } else if self.persisted_at.elapsed() >= self.config.flush_interval {
+            self.flush_soon().await?;
         }
         Ok(())
     }
@@ -438,55 +443,134 @@ impl ReadModelConsumer {
         Ok(())
     }
 
-    /// Write every changed brand-period and move the checkpoint to what memory holds.
+    /// Write what changed now, and wait for it (and for a write in flight first).
     async fn flush(&mut self) -> Result<(), TailError> {
+        self.finish_flush().await?;
+        self.start_flush();
+        self.finish_flush().await
+    }
+
+    /// Start a write of what changed unless one is in flight: folding goes on while it
+    /// runs, so readers never wait for a write.
+    async fn flush_soon(&mut self) -> Result<(), TailError> {
+        if self
+            .inflight
+            .as_ref()
+            .is_some_and(|f| !f.task.is_finished())
+        {
+            return Ok(());
+        }
+        self.finish_flush().await?;
+        self.start_flush();
+        Ok(())
+    }
+
+    /// Start writing every changed brand-period and the checkpoint that covers them, in
+    /// a task of its own. Entries stay marked changed (not evictable) until it is done.
+    fn start_flush(&mut self) {
+        debug_assert!(self.inflight.is_none(), "one write at a time");
         self.persisted_at = Instant::now();
         if self.position <= self.persisted {
             // Another process persisted at least this far: its rows cover memory.
-            self.mark_written();
-            return Ok(());
+            let mut entries = self.memory.entries.lock().expect("models lock");
+            for id in self.changed.drain() {
+                if let Some(e) = entries.peek_mut(&id) {
+                    e.changed = false;
+                }
+            }
+            return;
         }
-        let held: Vec<(BrandId, PeriodKey, Arc<PeriodModels>)> = {
+        let held: Vec<(String, BrandId, PeriodKey, Arc<PeriodModels>)> = {
             let entries = self.memory.entries.lock().expect("models lock");
             self.changed
-                .iter()
-                .filter_map(|id| entries.peek(id))
-                .map(|e| (e.brand.clone(), e.period, e.models.clone()))
+                .drain()
+                .filter_map(|id| {
+                    let e = entries.peek(&id)?;
+                    Some((id, e.brand.clone(), e.period, e.models.clone()))
+                })
                 .collect()
         };
-        let rows: Vec<ModelRow> = held.iter().map(|(b, p, m)| row_of(b, *p, m)).collect();
-        let mut from = self.persisted;
-        for _ in 0..PERSIST_RETRIES_MAX {
-            if self
-                .store
-                .save_models(READ_MODELS_PROJECTOR, from, self.position, &rows)
-                .await?
-            {
-                self.persisted = self.position;
-                self.mark_written();
-                return Ok(());
-            }
-            // Moved by another process (or a rebuild), only ever forwards.
-            from = self.store.checkpoint(READ_MODELS_PROJECTOR).await?;
-            if from >= self.position {
-                self.persisted = from;
-                self.mark_written();
-                return Ok(());
-            }
-        }
-        Err(TailError::Store(crate::store::StoreError::Conflict(
-            format!("the read-model checkpoint kept moving for {PERSIST_RETRIES_MAX} attempts"),
-        )))
+        let rows: Vec<(BrandId, PeriodKey, Arc<PeriodModels>)> = held
+            .iter()
+            .map(|(_, b, p, m)| (b.clone(), *p, m.clone()))
+            .collect();
+        let (store, from, to) = (self.store.clone(), self.persisted, self.position);
+        let task = tokio::spawn(async move {
+            let rows: Vec<ModelRow> = rows.iter().map(|(b, p, m)| row_of(b, *p, m)).collect();
+            persist(store.as_ref(), from, to, &rows).await
+        });
+        self.inflight = Some(Flush {
+            task,
+            written: held.into_iter().map(|(id, _, _, m)| (id, m)).collect(),
+        });
     }
 
-    fn mark_written(&mut self) {
-        let mut entries = self.memory.entries.lock().expect("models lock");
-        for id in self.changed.drain() {
-            if let Some(e) = entries.peek_mut(&id) {
-                e.changed = false;
+    /// Wait for the write in flight, if any: what it wrote is no longer changed (unless
+    /// folded again since); what it failed to write is changed again.
+    async fn finish_flush(&mut self) -> Result<(), TailError> {
+        let Some(flush) = self.inflight.take() else {
+            return Ok(());
+        };
+        let done = flush.task.await.unwrap_or_else(|e| {
+            Err(TailError::Store(crate::store::StoreError::Corrupt(
+                format!("read-model write task failed: {e}"),
+            )))
+        });
+        match done {
+            Ok(persisted) => {
+                self.persisted = self.persisted.max(persisted);
+                let mut entries = self.memory.entries.lock().expect("models lock");
+                for (id, written) in &flush.written {
+                    if let Some(e) = entries.peek_mut(id) {
+                        if Arc::ptr_eq(&e.models, written) {
+                            e.changed = false;
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.changed
+                    .extend(flush.written.into_iter().map(|(id, _)| id));
+                Err(e)
             }
         }
     }
+}
+
+/// A write of changed brand-periods in flight.
+struct Flush {
+    task: tokio::task::JoinHandle<Result<LogPosition, TailError>>,
+    /// What it writes: an entry still holding the same models once it is done is
+    /// written.
+    written: Vec<(String, Arc<PeriodModels>)>,
+}
+
+/// Write `rows` and move the checkpoint from `from` to `to` (compare and set). Answers
+/// what the stored rows now cover: `to`, or further when another process (or a
+/// rebuild) had already persisted further.
+async fn persist(
+    store: &dyn ProjectionStore,
+    mut from: LogPosition,
+    to: LogPosition,
+    rows: &[ModelRow],
+) -> Result<LogPosition, TailError> {
+    for _ in 0..PERSIST_RETRIES_MAX {
+        if store
+            .save_models(READ_MODELS_PROJECTOR, from, to, rows)
+            .await?
+        {
+            return Ok(to);
+        }
+        // Moved by another process (or a rebuild), only ever forwards.
+        from = store.checkpoint(READ_MODELS_PROJECTOR).await?;
+        if from >= to {
+            return Ok(from);
+        }
+    }
+    Err(TailError::Store(crate::store::StoreError::Conflict(
+        format!("the read-model checkpoint kept moving for {PERSIST_RETRIES_MAX} attempts"),
+    )))
 }
 
 /// Evict unchanged brand-periods, least recently used first, until `adding` more fit.
