@@ -312,3 +312,71 @@ on_both_stores!(
     memory_stays_within_its_bound_and_evicted_periods_read_back_whole,
     memory_stays_within_its_bound_and_evicted_periods_read_back_whole
 );
+
+/// PostgreSQL: a read-model write in progress holds no consumer back (it never writes
+/// events), while any other transaction in progress still does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_model_write_in_progress_does_not_hold_the_log_back() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let (log, store) = db.stores().await;
+    let engine = engine_on(log, manual_clock(), Default::default());
+    let brand = id(BrandId::parse, "acme");
+    let record = || {
+        request(
+            "acme",
+            PeriodCommand::RecordUsage {
+                metric: id(MetricKey::parse, "renders_3d"),
+                quantity: Quantity::new(1).unwrap(),
+                occurred_at: None,
+            },
+        )
+    };
+    engine
+        .set_plan(brand, id(PlanId::parse, "starter"), "admin".into())
+        .await
+        .unwrap();
+    let pool = sqlx::PgPool::connect(db.pg_url().unwrap()).await.unwrap();
+    let logged = |n: usize| {
+        let store = store.clone();
+        async move {
+            let read = store
+                .read_log(LogPosition::START, None, 1_000)
+                .await
+                .unwrap();
+            assert_eq!(read.len(), n, "{read:#?}");
+        }
+    };
+    logged(1).await;
+
+    // A transaction holding an id under the read-model writer's name is passed over.
+    let mut writer = pool.begin().await.unwrap();
+    sqlx::query(&format!(
+        "SET LOCAL application_name = '{}'",
+        usage_ledger::store::postgres::projection::READ_MODEL_WRITER
+    ))
+    .execute(&mut *writer)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *writer)
+        .await
+        .unwrap();
+    engine.execute(record()).await.unwrap();
+    logged(3).await; // PeriodOpened and UsageRecorded
+    writer.rollback().await.unwrap();
+
+    // Any other transaction in progress holds later commits back until it ends.
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    engine.execute(record()).await.unwrap();
+    logged(3).await;
+    other.rollback().await.unwrap();
+    logged(4).await;
+    pool.close().await;
+    db.cleanup().await;
+}

@@ -22,6 +22,15 @@ fn xid(text: &str) -> Result<u64, StoreError> {
         .map_err(|_| StoreError::Corrupt(format!("transaction id {text:?} is not an xid8")))
 }
 
+/// The `application_name` a read-model write takes for its transaction (`SET LOCAL`,
+/// before it writes anything): [`HORIZON`] passes such transactions over.
+macro_rules! read_model_writer {
+    () => {
+        "usage-ledger read-model writer"
+    };
+}
+pub const READ_MODEL_WRITER: &str = read_model_writer!();
+
 /// The oldest transaction that may still commit events: events of transactions below
 /// it are all committed or never will be. It is the lowest transaction in progress,
 /// except those of sessions on other databases of the cluster (transaction ids are
@@ -29,8 +38,11 @@ fn xid(text: &str) -> Result<u64, StoreError> {
 /// long transaction elsewhere on the server does not stall projection. A transaction
 /// that cannot be placed (it just ended, or its session is hidden) is kept: the
 /// horizon only ever errs low, which delays an event and never skips one. With no
-/// transaction in progress it is the next transaction id.
-const HORIZON: &str = "
+/// transaction in progress it is the next transaction id. Transactions that write read
+/// models are named [`READ_MODEL_WRITER`] and never write events, so they are passed
+/// over too: a write of a thousand rows must not hold every consumer back while it runs.
+const HORIZON: &str = concat!(
+    "
 WITH snapshot AS (SELECT pg_current_snapshot() AS s),
 horizon AS (
     SELECT coalesce(
@@ -38,8 +50,22 @@ horizon AS (
           WHERE NOT EXISTS (
                 SELECT 1 FROM pg_stat_activity a
                  WHERE a.backend_xid = x::xid
-                   AND a.datname IS DISTINCT FROM current_database())),
-        (SELECT pg_snapshot_xmax(s) FROM snapshot)) AS xid)";
+                   AND (a.datname IS DISTINCT FROM current_database()
+                        OR a.application_name = '",
+    read_model_writer!(),
+    "'))),
+        (SELECT pg_snapshot_xmax(s) FROM snapshot)) AS xid)"
+);
+
+/// Name the transaction a read-model writer's, before its first write.
+async fn as_read_model_writer(tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
+    sqlx::query(&format!(
+        "SET LOCAL application_name = '{READ_MODEL_WRITER}'"
+    ))
+    .execute(tx)
+    .await?;
+    Ok(())
+}
 
 /// The columns of a log record. The first is named `transaction_id` too, but as text:
 /// an `ORDER BY` must name `events.transaction_id`, or it sorts by that text ("10"
@@ -211,6 +237,7 @@ impl ProjectionStore for PostgresLog {
         rows: &[ModelRow],
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool().begin().await?;
+        as_read_model_writer(&mut tx).await?;
         let moved = sqlx::query(
             "UPDATE projector_checkpoints
                 SET transaction_id = $2::text::xid8, position = $3, updated_at = now()
@@ -260,6 +287,7 @@ impl ProjectionStore for PostgresLog {
         rows: &[ModelRow],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
+        as_read_model_writer(&mut tx).await?;
         sqlx::query("DELETE FROM read_models")
             .execute(&mut *tx)
             .await?;
