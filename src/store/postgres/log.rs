@@ -269,8 +269,10 @@ impl EventLog for PostgresLog {
         &self,
         keys: &[(&'static str, String)],
     ) -> Result<Vec<u64>, StoreError> {
-        // One index probe per key, the keys' order kept by their ordinal.
-        let rows: Vec<(i64,)> = sqlx::query_as(
+        // One index probe per key, the keys' order kept by their ordinal. On a kept
+        // connection, as appends are: pure checks wait for this query.
+        let mut conn = self.appender().await?;
+        let rows: Result<Vec<(i64,)>, sqlx::Error> = sqlx::query_as(
             "SELECT (SELECT COALESCE(MAX(e.sequence), 0) FROM events e
                       WHERE e.aggregate_type = k.t AND e.aggregate_id = k.id)
                FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS k(t, id, n)
@@ -278,9 +280,12 @@ impl EventLog for PostgresLog {
         )
         .bind(keys.iter().map(|(t, _)| *t).collect::<Vec<_>>())
         .bind(keys.iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>())
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|(v,)| v as u64).collect())
+        .fetch_all(&mut conn)
+        .await;
+        if rows.is_ok() {
+            self.keep_appender(conn);
+        }
+        Ok(rows?.into_iter().map(|(v,)| v as u64).collect())
     }
 
     async fn stream_ids(&self, aggregate_type: &'static str) -> Result<Vec<String>, StoreError> {

@@ -35,10 +35,11 @@ pub const PG_APPENDER_PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 pub struct PostgresLog {
     pool: PgPool,
-    /// Connections taken out of the pool for appends and kept between them. A pooled
-    /// connection costs two extra round trips per append (sqlx pings it when it is
-    /// acquired and again when it is returned), and the append is the writer's critical
-    /// path. One connection per concurrent append: normally one, `writer_shards` at most.
+    /// Connections taken out of the pool for appends (and the version probes of pure
+    /// checks) and kept between them. A pooled connection costs two extra round trips
+    /// per statement (sqlx pings it when it is acquired and again when it is returned),
+    /// and both are on a caller's critical path. One connection per concurrent
+    /// statement: normally two (the writer's and the prober's), `writer_shards + 1` at most.
     appenders: std::sync::Mutex<Vec<(PgConnection, Instant)>>,
     /// Notified after each append of this process commits (see `ProjectionStore`).
     commits: std::sync::Arc<tokio::sync::Notify>,
