@@ -781,7 +781,7 @@ fn push(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -793,7 +793,8 @@ mod tests {
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
     }
 
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    /// Environment pairs as `Sources` holds them (also used by `auth::keys`' tests).
+    pub(crate) fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -904,6 +905,63 @@ mod tests {
         for bad in ["745", "-1", "three days"] {
             let e = resolve(bad, None).unwrap_err().to_string();
             assert!(e.contains("late_usage_grace_hours"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn engine_and_read_model_limits_come_from_every_layer_and_are_bounded() {
+        // Proves the [engine] and [read_models] sections reach the engine's and the read
+        // models' configuration from file and environment, default to the engine's own
+        // defaults, and refuse a value out of bounds rather than clamp it.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ledger.toml");
+        std::fs::write(
+            &file,
+            "[engine]\nqueue_commands_max = 1000\nbatch_linger_us = 0\n\
+             [read_models]\ncache_periods_max = 5000\nflush_interval_ms = 250\n",
+        )
+        .unwrap();
+        let resolve = |pairs: &[(&str, &str)]| {
+            Settings::resolve(&Sources {
+                file: Some(file.clone()),
+                env: env(pairs),
+                ..Sources::default()
+            })
+        };
+        let s = resolve(&[("LEDGER_ENGINE_BATCH_COMMANDS_MAX", "64")]).unwrap();
+        let engine = s.engine.config(s.ledger.rules());
+        assert_eq!(engine.queue_commands_max, 1000, "file");
+        assert_eq!(engine.batch_commands_max, 64, "environment");
+        assert_eq!(engine.batch_linger_max, Duration::ZERO);
+        assert_eq!(s.read_models.config().cache_periods_max, 5000);
+        assert_eq!(
+            s.read_models.config().flush_interval,
+            Duration::from_millis(250)
+        );
+
+        let defaults = Settings::default();
+        let engine = defaults.engine.config(defaults.ledger.rules());
+        let stock = EngineConfig::default();
+        assert_eq!(engine.queue_commands_max, stock.queue_commands_max);
+        assert_eq!(engine.cache_streams_max, stock.cache_streams_max);
+        assert_eq!(engine.batch_linger_max, stock.batch_linger_max);
+
+        for (var, value, named) in [
+            ("LEDGER_ENGINE_WRITER_SHARDS", "0", "engine.writer_shards"),
+            (
+                "LEDGER_ENGINE_BATCH_LINGER_US",
+                "100001",
+                "engine.batch_linger_us",
+            ),
+            (
+                "LEDGER_READ_MODELS_CACHE_PERIODS_MAX",
+                "10",
+                "cache_periods_max",
+            ),
+            ("LEDGER_READ_MODELS_FLUSH_ROWS_MAX", "0", "flush_rows_max"),
+        ] {
+            let e = resolve(&[(var, value)]).unwrap_err().to_string();
+            assert!(e.contains(named), "{var}={value}: {e}");
         }
     }
 

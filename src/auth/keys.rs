@@ -181,14 +181,8 @@ fn read_dev_secret(path: &Path) -> Result<Secret, KeyError> {
 mod tests {
     use super::*;
     use crate::auth::TokenTtl;
+    use crate::config::tests::env;
     use crate::config::{JwtAlgorithmSetting, Sources};
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     #[test]
     fn production_mode_refuses_to_start_without_a_secret() {
