@@ -27,20 +27,38 @@ async fn check(app: &TestApp, metric: &str) -> Value {
     r.body
 }
 
+/// Record `value` units of `metric` for `acme`, acknowledged.
+async fn record(app: &TestApp, metric: &str, value: u64) {
+    let r = app
+        .post(
+            "record",
+            &app.admin,
+            json!({ "brandId": "acme", "metric": metric, "value": value }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:#}", r.body);
+}
+
+/// `acme`'s current renders_3d as its summary shows them, and the whole answer.
+async fn renders_3d(app: &TestApp) -> (Option<Value>, Value) {
+    let s = app.get("summary/acme", &app.admin).await;
+    assert_eq!(s.status, 200, "{:#}", s.body);
+    let current = s.body["summary"]["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["type"] == "renders_3d")
+        .map(|m| m["current"].clone());
+    (current, s.body)
+}
+
 async fn check_quota_sees_what_the_cli_wrote(db: &TestDb) {
     // A pure check answered from this process's cache would keep the old plan and
     // usage; it must decide on what the CLI, another process, committed before it.
     let app = spawn_app(db).await;
     app.register("acme", "starter").await;
     for _ in 0..3 {
-        let r = app
-            .post(
-                "record",
-                &app.admin,
-                json!({ "brandId": "acme", "metric": "team_members", "value": 1 }),
-            )
-            .await;
-        assert_eq!(r.status, 201, "{:#}", r.body);
+        record(&app, "team_members", 1).await;
     }
     let before = check(&app, "team_members").await;
     assert_eq!(before["allowed"], false, "3 of 3 seats: {before:#}");
@@ -93,33 +111,18 @@ async fn a_second_instances_write_reaches_the_summary_within_the_lag(db: &TestDb
     let a = spawn_app_with(&settings).await;
     let b = spawn_app_with(&settings).await;
     a.register("acme", "starter").await;
-    let seen = a.get("summary/acme", &a.admin).await;
-    assert_eq!(seen.status, 200, "{:#}", seen.body);
-    let written = b
-        .post(
-            "record",
-            &b.admin,
-            json!({ "brandId": "acme", "metric": "renders_3d", "value": 4 }),
-        )
-        .await;
-    assert_eq!(written.status, 201, "{:#}", written.body);
+    assert_eq!(renders_3d(&a).await.0, Some(json!(0)));
+    record(&b, "renders_3d", 4).await;
     let acknowledged = Instant::now();
     let bound = TAIL_POLL_INTERVAL * 3;
     loop {
-        let s = a.get("summary/acme", &a.admin).await;
-        let renders = s.body["summary"]["metrics"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["type"] == "renders_3d")
-            .map(|m| m["current"].clone());
+        let (renders, body) = renders_3d(&a).await;
         if renders == Some(json!(4)) {
             break;
         }
         assert!(
             acknowledged.elapsed() < bound,
-            "not visible after {bound:?}: {:#}",
-            s.body
+            "not visible after {bound:?}: {body:#}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -128,22 +131,9 @@ async fn a_second_instances_write_reaches_the_summary_within_the_lag(db: &TestDb
         acknowledged.elapsed()
     );
     // Its own writes an instance shows at once, without waiting for any poll.
-    let own = b
-        .post(
-            "record",
-            &b.admin,
-            json!({ "brandId": "acme", "metric": "renders_3d", "value": 1 }),
-        )
-        .await;
-    assert_eq!(own.status, 201);
-    let s = b.get("summary/acme", &b.admin).await;
-    let renders = s.body["summary"]["metrics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["type"] == "renders_3d")
-        .map(|m| m["current"].clone());
-    assert_eq!(renders, Some(json!(5)), "read your own write: {:#}", s.body);
+    record(&b, "renders_3d", 1).await;
+    let (renders, body) = renders_3d(&b).await;
+    assert_eq!(renders, Some(json!(5)), "read your own write: {body:#}");
 }
 on_both_stores!(
     a_second_instances_write_reaches_the_summary_within_the_lag,
