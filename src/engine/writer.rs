@@ -156,9 +156,12 @@ impl Writer {
         tokio::pin!(timer);
         loop {
             if inflight.is_none() {
-                let filled = linger.is_none_or(|(expect, until)| {
-                    next.jobs.len() >= expect.min(max) || tokio::time::Instant::now() >= until
-                });
+                // Lingering fills appends; a batch with nothing to append (pure checks,
+                // reads) gains nothing from waiting and is answered at once.
+                let filled = next.staged.events.is_empty()
+                    || linger.is_none_or(|(expect, until)| {
+                        next.jobs.len() >= expect.min(max) || tokio::time::Instant::now() >= until
+                    });
                 if !next.jobs.is_empty() && (filled || !open) {
                     // The next batch will likely be this size: reserving it up front
                     // saves growing every vector of the batch by doubling.
