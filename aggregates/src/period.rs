@@ -550,12 +550,8 @@ impl UsagePeriodAggregate {
         at: DateTime<Utc>,
         rules: &LedgerRules,
     ) -> Result<Vec<LedgerEvent>, LedgerError> {
-        let opened = self.opened.as_ref().ok_or(LedgerError::NotOpened)?;
-        let ctx = Ctx {
-            agg: self,
-            opened,
-            rules,
-        };
+        let ctx = self.ctx(rules)?;
+        let opened = ctx.opened;
         match command {
             PeriodCommand::RecordUsage {
                 metric,
@@ -664,12 +660,7 @@ impl UsagePeriodAggregate {
         at: DateTime<Utc>,
         rules: &LedgerRules,
     ) -> Result<Vec<LedgerEvent>, LedgerError> {
-        let opened = self.opened.as_ref().ok_or(LedgerError::NotOpened)?;
-        let ctx = Ctx {
-            agg: self,
-            opened,
-            rules,
-        };
+        let ctx = self.ctx(rules)?;
         ctx.apply_plan(plan, at)
     }
 
@@ -999,6 +990,18 @@ struct Ctx<'a> {
     agg: &'a UsagePeriodAggregate,
     opened: &'a Opened,
     rules: &'a LedgerRules,
+}
+
+impl UsagePeriodAggregate {
+    /// What deciding on an opened period needs; a period not opened decides nothing.
+    fn ctx<'a>(&'a self, rules: &'a LedgerRules) -> Result<Ctx<'a>, LedgerError> {
+        let opened = self.opened.as_ref().ok_or(LedgerError::NotOpened)?;
+        Ok(Ctx {
+            agg: self,
+            opened,
+            rules,
+        })
+    }
 }
 
 impl Ctx<'_> {

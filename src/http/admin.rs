@@ -28,8 +28,8 @@ pub fn router() -> Router<AppState> {
         .route(&format!("{API_PREFIX}/projector"), get(projector_status))
 }
 
-/// Where the read models stand: the projector's checkpoint, events projected, lag
-/// (event commit to read-model commit, ms) and last error.
+/// Where the read models stand: the last event their consumer holds, events taken in,
+/// lag (event commit to the consumer holding it, ms) and last error.
 #[utoipa::path(get, path = "/api/v1/usage-billing/projector", tag = "admin",
     responses((status = 200, body = TailStatus),
         (status = 403, body = Problem, content_type = "application/problem+json")),
