@@ -138,7 +138,18 @@ async fn a_dry_run_appends_nothing_and_prints_the_commands_of_the_real_run(db: &
         .await
         .unwrap();
     let types: Vec<_> = events.iter().map(|ev| ev.event_type.as_str()).collect();
-    assert_eq!(types, ["TopUpApplied", "UsageAdjusted"]);
+    // The top-up takes 20 of 20 to 20 of 45 (44 %), resolving the three alerts; the
+    // adjustment to 41 of 45 (91 %) raises them again.
+    let resolved = ["ThresholdResolved"; 3];
+    let crossed = ["ThresholdCrossed"; 3];
+    let expected = [
+        &["TopUpApplied"][..],
+        &resolved,
+        &["UsageAdjusted"],
+        &crossed,
+    ]
+    .concat();
+    assert_eq!(types, expected);
 }
 on_both_stores!(
     a_dry_run_appends_nothing,
@@ -154,7 +165,13 @@ async fn a_reset_reaches_the_target_and_a_second_run_appends_nothing(db: &common
     let args = reset_args("acme", "ai_generations", 90, 25, false);
     let (first, out) = reset_cmd(&e, &log, &args).await;
     let first = first.unwrap();
-    assert_eq!(first.appended.len(), 2, "{out}");
+    // Two commands: the top-up with its three resolutions, the adjustment with its
+    // three crossings.
+    assert_eq!(first.appended.len(), 8, "{out}");
+    assert!(
+        out.contains("alerts: new 50 %, 75 %, 90 %; resolved 50 %, 75 %, 90 %"),
+        "{out}"
+    );
     assert!(
         out.contains("now: 41 of effective limit 45 = 91.11 %"),
         "{out}"

@@ -58,6 +58,19 @@ fn consume(b: &str, m: &str, n: u64) -> PeriodRequest {
     }
 }
 
+fn gauge(b: &str, m: &str, level: u64) -> PeriodRequest {
+    PeriodRequest {
+        brand: brand(b),
+        period: None,
+        command: PeriodCommand::SetGaugeLevel {
+            metric: metric(m),
+            level,
+        },
+        idempotency_key: None,
+        metadata: Default::default(),
+    }
+}
+
 use common::{engine, stream_len};
 
 // Proves the basic path: a registered brand records usage, the answer carries the
@@ -173,7 +186,7 @@ async fn consume_concurrently(engines: &[Engine], tasks: usize) -> usize {
     for i in 0..tasks {
         let e = engines[i % engines.len()].clone();
         handles.push(tokio::spawn(async move {
-            e.execute(consume("acme", "team_members", 1)).await
+            e.execute(consume("acme", "renders_3d", 1)).await
         }));
     }
     let mut allowed = 0;
@@ -187,9 +200,9 @@ async fn consume_concurrently(engines: &[Engine], tasks: usize) -> usize {
 }
 
 // Proves there is no check-then-act race: 64 concurrent consumers of a block quota of
-// 50 (business team_members) get exactly 50 acceptances.
+// 50 (business renders_3d, blocked for the test) get exactly 50 acceptances.
 async fn sixty_four_consumers_of_a_block_quota_of_fifty_get_exactly_fifty(db: &common::TestDb) {
-    let (e, log) = engine(db).await;
+    let (e, log) = common::blocking_engine(db).await;
     e.set_plan(brand("acme"), plan("business"), "test".into())
         .await
         .unwrap();
@@ -199,7 +212,7 @@ async fn sixty_four_consumers_of_a_block_quota_of_fifty_get_exactly_fifty(db: &c
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(state.metric(&metric("team_members")).unwrap().current, 50);
+    assert_eq!(state.metric(&metric("renders_3d")).unwrap().current, 50);
     let events = log
         .read_stream("usage_period", "acme:2026-11", 0, 10_000)
         .await
@@ -215,8 +228,8 @@ on_both_stores!(
 // Proves two engine instances (two processes) on one database never oversell: a
 // sequence conflict reloads the aggregate and decides again.
 async fn two_engines_on_one_database_still_accept_exactly_fifty(db: &common::TestDb) {
-    let (e1, log) = engine(db).await;
-    let (e2, _) = engine(db).await;
+    let (e1, log) = common::blocking_engine(db).await;
+    let (e2, _) = common::blocking_engine(db).await;
     e1.set_plan(brand("acme"), plan("business"), "test".into())
         .await
         .unwrap();
@@ -452,7 +465,7 @@ async fn gauges_carry_over_and_plan_changes_reach_the_open_period(db: &common::T
     e.set_plan(brand("acme"), plan("starter"), "test".into())
         .await
         .unwrap();
-    e.execute(consume("acme", "team_members", 2)).await.unwrap();
+    e.execute(gauge("acme", "team_members", 2)).await.unwrap();
     e.execute(record("acme", "renders_3d", 5, None))
         .await
         .unwrap();

@@ -31,14 +31,17 @@ async fn write_a_varied_stream(e: &Engine) {
             occurred_at: None,
         },
         PeriodCommand::CheckQuota {
-            metric: m("team_members"),
+            metric: m("renders_3d"),
             requested: q(3),
             consume: true,
         },
-        PeriodCommand::CheckQuota {
+        PeriodCommand::SetGaugeLevel {
             metric: m("team_members"),
-            requested: q(1),
-            consume: true,
+            level: 3,
+        },
+        PeriodCommand::SetGaugeLevel {
+            metric: m("team_members"),
+            level: 4,
         }, // denied
         PeriodCommand::SetGaugeLevel {
             metric: m("storage_gb"),

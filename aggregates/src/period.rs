@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
-use rust_decimal::Decimal;
+use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{
@@ -51,6 +51,8 @@ impl Default for LedgerRules {
 pub enum UsageVia {
     Record,
     CheckQuota,
+    /// A gauge's level set above its current one.
+    Gauge,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -298,6 +300,22 @@ pub enum LedgerEvent {
         #[serde(serialize_with = "crate::timestamp::serialize")]
         at: DateTime<Utc>,
     },
+    /// A crossed threshold no longer holds: usage fell below it, or the effective limit
+    /// rose above it (top-up, plan change, correction, lower gauge). The next crossing
+    /// of the same threshold fires again.
+    ThresholdResolved {
+        metric: MetricKey,
+        threshold: u8,
+        severity: Severity,
+        /// current / effective limit × 100 when it resolved, two decimals; 0 when the
+        /// metric has no quota any more.
+        percentage: Decimal,
+        current: u64,
+        /// `None` when the plan in force has no quota for the metric any more.
+        effective_limit: Option<u64>,
+        #[serde(serialize_with = "crate::timestamp::serialize")]
+        at: DateTime<Utc>,
+    },
     PeriodClosed {
         invoice: Invoice,
         actor: String,
@@ -329,6 +347,7 @@ impl LedgerEvent {
             LedgerEvent::UsageAdjusted { .. } => "UsageAdjusted",
             LedgerEvent::TopUpApplied { .. } => "TopUpApplied",
             LedgerEvent::ThresholdCrossed { .. } => "ThresholdCrossed",
+            LedgerEvent::ThresholdResolved { .. } => "ThresholdResolved",
             LedgerEvent::PeriodClosed { .. } => "PeriodClosed",
         }
     }
@@ -371,6 +390,8 @@ pub enum LedgerError {
     UnknownMetric(MetricKey),
     #[error("{metric} is a {kind:?} metric; this operation needs a gauge")]
     NotAGauge { metric: MetricKey, kind: MetricKind },
+    #[error("{0} is a gauge: its level is set, not added to")]
+    GaugeIsSet(MetricKey),
     #[error("period {period} stopped accepting usage at {deadline} (period end + grace)")]
     TooLate {
         period: PeriodKey,
@@ -412,13 +433,9 @@ pub struct MetricState {
     pub current: u64,
     pub peak: u64,
     pub top_up_units: u64,
-    /// Thresholds already crossed this period (each fires once).
+    /// Thresholds crossed and not resolved since: each fires once until it resolves.
     pub fired: Vec<u8>,
     pub overage_cost: Money,
-    /// The crossings themselves, in order, for the summary's alert list. Defaulted so
-    /// snapshots taken before it existed still load (their alerts come from events).
-    #[serde(default)]
-    pub crossings: Vec<Crossing>,
 }
 
 /// The state of a metric with no usage yet in the period.
@@ -428,31 +445,21 @@ static NO_USAGE: MetricState = MetricState {
     top_up_units: 0,
     fired: Vec::new(),
     overage_cost: Money::ZERO,
-    crossings: Vec::new(),
 };
-
-/// One threshold crossing as the summary shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Crossing {
-    pub threshold: u8,
-    pub severity: Severity,
-    /// current / effective limit × 100 when it was crossed, two decimals.
-    pub percentage: Decimal,
-    pub at: DateTime<Utc>,
-}
 
 /// The answer to a quota question, with the original's `QuotaEvaluation` fields.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QuotaDecision {
     pub allowed: bool,
-    /// Units left under the effective limit before this request.
+    /// Units left under the effective limit once the decision is made: after the
+    /// consumption when it consumed, as things stand otherwise.
     pub remaining: Option<u64>,
     /// The plan's base limit (`None`: unlimited).
     pub limit: Option<u64>,
     /// Base limit plus top-ups.
     pub effective_limit: Option<u64>,
-    /// Usage before this request.
+    /// Usage once the decision is made (after the consumption when it consumed).
     pub current: u64,
     /// Units above the effective limit if the request is (or was) applied.
     pub overage: u64,
@@ -565,6 +572,9 @@ impl UsagePeriodAggregate {
                         occurred_at,
                     });
                 }
+                if ctx.kind(metric)? == MetricKind::Gauge {
+                    return Err(LedgerError::GaugeIsSet(metric.clone()));
+                }
                 ctx.consume(metric, *quantity, UsageVia::Record, occurred_at, at)
             }
             PeriodCommand::CheckQuota {
@@ -573,6 +583,9 @@ impl UsagePeriodAggregate {
                 consume,
             } => {
                 if *consume {
+                    if ctx.kind(metric)? == MetricKind::Gauge {
+                        return Err(LedgerError::GaugeIsSet(metric.clone()));
+                    }
                     ctx.check_not_too_late(at)?;
                     if !opened.period.contains(at) {
                         return Err(LedgerError::WrongPeriod {
@@ -647,7 +660,7 @@ impl UsagePeriodAggregate {
                 state.peak,
                 0,
             );
-            events.extend(ctx.crossings(metric, &MetricState::default(), &t, at));
+            events.extend(ctx.thresholds(metric, &MetricState::default(), &t, at));
         }
         Ok(events)
     }
@@ -698,25 +711,32 @@ impl UsagePeriodAggregate {
         ))
     }
 
-    /// The decision a recorded usage or denial event stands for: what a retry with the
-    /// same idempotency key answers, rebuilt from the stored event alone.
+    /// The decision a recorded usage, gauge level or denial event stands for, as it stood after the
+    /// event: what a consuming check answers, and what a retry with the same
+    /// idempotency key answers, rebuilt from the stored event alone.
     pub fn decision_of(event: &LedgerEvent, plan: &PlanDefinition) -> Option<QuotaDecision> {
         match event {
             LedgerEvent::UsageRecorded {
                 metric,
-                quantity,
+                marginal_cost,
+                totals,
+                ..
+            }
+            | LedgerEvent::GaugeLevelSet {
+                metric,
                 marginal_cost,
                 totals,
                 ..
             } => {
                 let quota = plan.quota(metric);
-                let before = totals.current.saturating_sub(*quantity);
                 Some(QuotaDecision {
                     allowed: true,
-                    remaining: totals.effective_limit.map(|l| l.saturating_sub(before)),
+                    remaining: totals
+                        .effective_limit
+                        .map(|l| l.saturating_sub(totals.current)),
                     limit: quota.map(|q| q.limit),
                     effective_limit: totals.effective_limit,
-                    current: before,
+                    current: totals.current,
                     overage: totals.overage_units,
                     will_charge: marginal_cost.minor() > 0,
                     estimated_cost: *marginal_cost,
@@ -811,21 +831,17 @@ impl UsagePeriodAggregate {
                 s.overage_cost = totals.overage_cost;
             }
             LedgerEvent::ThresholdCrossed {
-                metric,
-                threshold,
-                severity,
-                percentage,
-                at,
-                ..
+                metric, threshold, ..
             } => {
                 let s = self.metrics.entry(metric.clone()).or_default();
                 s.fired.push(*threshold);
-                s.crossings.push(Crossing {
-                    threshold: *threshold,
-                    severity: *severity,
-                    percentage: *percentage,
-                    at: *at,
-                });
+            }
+            LedgerEvent::ThresholdResolved {
+                metric, threshold, ..
+            } => {
+                if let Some(s) = self.metrics.get_mut(metric) {
+                    s.fired.retain(|t| t != threshold);
+                }
             }
             LedgerEvent::UsageDenied { .. } => {}
             LedgerEvent::PeriodClosed { invoice, .. } => self.closed = Some(invoice.clone()),
@@ -918,8 +934,22 @@ fn evaluate(
     }
 }
 
-/// Percentage of the effective limit, two decimals. A zero limit with usage is 100 %.
+/// Percentage of the effective limit, two decimals, half up. A zero limit with usage is 100 %.
 pub fn percentage(current: u64, effective_limit: u64) -> Decimal {
+    ratio_pct(current, effective_limit)
+        .round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
+}
+
+/// Percentage of the effective limit as a whole number, half up like money: what alert
+/// messages show. Rounded from the ratio itself, never from the two-decimal figure
+/// (62.495 % is 62, where 62.50 would round to 63).
+pub fn whole_percentage(current: u64, effective_limit: u64) -> Decimal {
+    ratio_pct(current, effective_limit)
+        .round_dp_with_strategy(0, RoundingStrategy::MidpointAwayFromZero)
+}
+
+/// current / limit × 100 to Decimal's 28 digits: a tie (an exact .5) is exact.
+fn ratio_pct(current: u64, effective_limit: u64) -> Decimal {
     if effective_limit == 0 {
         return if current > 0 {
             Decimal::ONE_HUNDRED
@@ -927,7 +957,7 @@ pub fn percentage(current: u64, effective_limit: u64) -> Decimal {
             Decimal::ZERO
         };
     }
-    (Decimal::from(current) * Decimal::ONE_HUNDRED / Decimal::from(effective_limit)).round_dp(2)
+    Decimal::from(current) * Decimal::ONE_HUNDRED / Decimal::from(effective_limit)
 }
 
 /// Whether `current` is at least `threshold_pct` % of `limit`, in exact integers (a
@@ -939,50 +969,93 @@ pub(crate) fn reached(current: u64, limit: u64, threshold_pct: u8) -> bool {
     u128::from(current) * 100 >= u128::from(threshold_pct) * u128::from(limit)
 }
 
-/// The thresholds of `quota` that usage of `current` against `limit` reaches and that
-/// have not fired yet in the period, in the quota's order: each fires once a period.
-pub fn new_thresholds<'a>(
-    quota: &'a PlanQuota,
-    state: &'a MetricState,
-    current: u64,
-    limit: u64,
-) -> impl Iterator<Item = u8> + 'a {
-    quota
-        .notification_thresholds
-        .iter()
-        .copied()
-        .filter(move |t| !state.fired.contains(t) && reached(current, limit, *t))
+/// How a metric's active thresholds change when it moves to `current` against `limit`
+/// under `quota`: the fired thresholds that no longer hold resolve (usage fell below
+/// them, the limit rose above them, or the plan in force no longer has them), and the
+/// ones newly reached cross. A threshold is thus active at most once at a time, and
+/// fires again after it resolved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ThresholdChange {
+    /// In the order they fired.
+    pub resolved: Vec<u8>,
+    /// In the quota's order.
+    pub crossed: Vec<u8>,
 }
 
-/// Threshold crossings of moving `metric` to `totals` under `quota`, each at most once.
-fn crossings_under(
+impl ThresholdChange {
+    pub fn of(quota: Option<&PlanQuota>, fired: &[u8], current: u64, limit: Option<u64>) -> Self {
+        let (Some(q), Some(l)) = (quota, limit) else {
+            return ThresholdChange {
+                resolved: fired.to_vec(),
+                crossed: Vec::new(),
+            };
+        };
+        let holds = |t: u8| q.notification_thresholds.contains(&t) && reached(current, l, t);
+        ThresholdChange {
+            resolved: fired.iter().copied().filter(|t| !holds(*t)).collect(),
+            crossed: q
+                .notification_thresholds
+                .iter()
+                .copied()
+                .filter(|t| !fired.contains(t) && reached(current, l, *t))
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.resolved.is_empty() && self.crossed.is_empty()
+    }
+
+    /// The active thresholds after the change, from those `fired` before it.
+    pub fn apply_to(&self, fired: &mut Vec<u8>) {
+        fired.retain(|t| !self.resolved.contains(t));
+        fired.extend(&self.crossed);
+    }
+}
+
+/// The threshold events of moving `metric` from `state` to `totals` under `quota`:
+/// resolutions first, then crossings (see [`ThresholdChange`]).
+fn threshold_events(
     quota: Option<&PlanQuota>,
     metric: &MetricKey,
     state: &MetricState,
     totals: &MetricTotals,
     at: DateTime<Utc>,
 ) -> Vec<LedgerEvent> {
-    let (Some(quota), Some(limit)) = (quota, totals.effective_limit) else {
-        return Vec::new();
-    };
-    let mut crossed = new_thresholds(quota, state, totals.current, limit).peekable();
+    let limit = totals.effective_limit.filter(|_| quota.is_some());
+    let current = totals.current;
+    let change = ThresholdChange::of(quota, &state.fired, current, limit);
     // A Decimal division on every command was ~2 % of the process (`perf`, hot brand):
-    // only a crossing needs the percentage.
-    if crossed.peek().is_none() {
+    // only a crossing or a resolution needs the percentage.
+    if change.is_empty() {
         return Vec::new();
     }
-    let pct = percentage(totals.current, limit);
-    crossed
+    let pct = limit.map_or(Decimal::ZERO, |l| percentage(current, l));
+    let resolved = change
+        .resolved
+        .into_iter()
+        .map(|t| LedgerEvent::ThresholdResolved {
+            metric: metric.clone(),
+            threshold: t,
+            severity: Severity::of_threshold(t),
+            percentage: pct,
+            current,
+            effective_limit: limit,
+            at,
+        });
+    let crossed = change
+        .crossed
+        .into_iter()
         .map(|t| LedgerEvent::ThresholdCrossed {
             metric: metric.clone(),
             threshold: t,
             severity: Severity::of_threshold(t),
             percentage: pct,
-            current: totals.current,
-            effective_limit: limit,
+            current,
+            effective_limit: limit.unwrap_or_default(),
             at,
-        })
-        .collect()
+        });
+    resolved.chain(crossed).collect()
 }
 
 /// The borrowed context of one decision.
@@ -1041,15 +1114,15 @@ impl Ctx<'_> {
         }
     }
 
-    /// Threshold crossings caused by moving `metric` to `totals`, each at most once.
-    fn crossings(
+    /// Threshold resolutions and crossings caused by moving `metric` to `totals`.
+    fn thresholds(
         &self,
         metric: &MetricKey,
         state: &MetricState,
         totals: &MetricTotals,
         at: DateTime<Utc>,
     ) -> Vec<LedgerEvent> {
-        crossings_under(self.quota(metric), metric, state, totals, at)
+        threshold_events(self.quota(metric), metric, state, totals, at)
     }
 
     fn consume(
@@ -1093,7 +1166,7 @@ impl Ctx<'_> {
             totals,
             at,
         }];
-        events.extend(self.crossings(metric, state, &totals, at));
+        events.extend(self.thresholds(metric, state, &totals, at));
         Ok(events)
     }
 
@@ -1128,7 +1201,7 @@ impl Ctx<'_> {
                 return Ok(vec![LedgerEvent::UsageDenied {
                     metric: metric.clone(),
                     requested: level - state.current,
-                    via: UsageVia::Record,
+                    via: UsageVia::Gauge,
                     current: state.current,
                     effective_limit: decision.effective_limit.unwrap_or_default(),
                     at,
@@ -1149,7 +1222,7 @@ impl Ctx<'_> {
             totals,
             at,
         }];
-        events.extend(self.crossings(metric, state, &totals, at));
+        events.extend(self.thresholds(metric, state, &totals, at));
         Ok(events)
     }
 
@@ -1175,7 +1248,7 @@ impl Ctx<'_> {
             state.peak,
             state.top_up_units + units.get(),
         );
-        Ok(vec![LedgerEvent::TopUpApplied {
+        let mut events = vec![LedgerEvent::TopUpApplied {
             metric: metric.clone(),
             units: units.get(),
             price,
@@ -1184,7 +1257,9 @@ impl Ctx<'_> {
             marginal_cost: totals.overage_cost - state.overage_cost,
             totals,
             at,
-        }])
+        }];
+        events.extend(self.thresholds(metric, state, &totals, at));
+        Ok(events)
     }
 
     fn adjust(
@@ -1237,7 +1312,7 @@ impl Ctx<'_> {
             totals,
             at,
         }];
-        events.extend(self.crossings(metric, state, &totals, at));
+        events.extend(self.thresholds(metric, state, &totals, at));
         Ok(events)
     }
 
@@ -1267,7 +1342,7 @@ impl Ctx<'_> {
             .collect();
         let mut events = Vec::new();
         for (m, t) in &totals {
-            events.extend(crossings_under(plan.quota(m), m, self.state(m), t, at));
+            events.extend(threshold_events(plan.quota(m), m, self.state(m), t, at));
         }
         events.insert(
             0,

@@ -51,7 +51,7 @@ use crate::catalog::{MetricKind, OveragePolicy, PlanDefinition};
 use crate::ids::{BrandId, IdempotencyKey, MetricKey, PeriodKey, PlanId, Quantity, QUANTITY_MAX};
 use crate::money::Money;
 use crate::period::{
-    effective_limit, new_thresholds, percentage, LedgerRules, PeriodCommand, PeriodOpening,
+    effective_limit, percentage, LedgerRules, PeriodCommand, PeriodOpening, ThresholdChange,
     UsagePeriodAggregate,
 };
 
@@ -151,9 +151,12 @@ pub struct ResetPlan {
     pub target_value: u64,
     /// `target_value` in percent of `effective_limit`, two decimals.
     pub percentage: Decimal,
-    /// Thresholds the adjustment will cross for the first time this period.
+    /// Thresholds the run will cross (not active before it, reached after it).
     pub new_alerts: Vec<u8>,
-    /// Thresholds already crossed this period; each alerts once per period.
+    /// Active thresholds the run will resolve (no longer reached after it).
+    pub resolved_alerts: Vec<u8>,
+    /// Thresholds active before the run; an active threshold never fires again until
+    /// it resolves.
     pub alerts_already_raised: Vec<u8>,
     /// The commands to append, in order (the top-up first: the target counts it).
     pub steps: Vec<ResetStep>,
@@ -380,7 +383,6 @@ pub fn plan_reset(
             key: top_up_key(metric, grant, price),
         });
     }
-    let mut new_alerts = Vec::new();
     if delta != 0 {
         steps.push(ResetStep {
             command: PeriodCommand::AdjustUsage {
@@ -394,12 +396,21 @@ pub fn plan_reset(
             },
             key: adjust_key(metric, req.target_pct, effective, state.version),
         });
-        // Only usage that moves crosses thresholds, by the rule the adjustment is
-        // decided with.
-        new_alerts = new_thresholds(quota, &ms, target, effective).collect();
+    }
+    // The alert changes of each step, by the rule the steps are decided with.
+    let mut active = ms.fired.clone();
+    let (mut new_alerts, mut resolved_alerts) = (Vec::new(), Vec::new());
+    let moves = [(grant > 0, ms.current), (delta != 0, target)];
+    for current in moves.iter().filter(|(step, _)| *step).map(|(_, c)| *c) {
+        let change = ThresholdChange::of(Some(quota), &active, current, Some(effective));
+        change.apply_to(&mut active);
+        new_alerts.retain(|t| !change.resolved.contains(t));
+        resolved_alerts.extend(change.resolved.iter().filter(|t| ms.fired.contains(t)));
+        new_alerts.extend(change.crossed);
     }
     let mut alerts_already_raised = ms.fired.clone();
     alerts_already_raised.sort_unstable();
+    resolved_alerts.sort_unstable();
     Ok(ResetPlan {
         brand: opened.brand_id.clone(),
         period: opened.period,
@@ -418,6 +429,7 @@ pub fn plan_reset(
         target_value: target,
         percentage: percentage(target, effective),
         new_alerts,
+        resolved_alerts,
         alerts_already_raised,
         steps,
     })
@@ -511,8 +523,9 @@ impl fmt::Display for ResetPlan {
         )?;
         writeln!(
             f,
-            "  alerts: new {}; already raised this period, never raised twice: {}",
+            "  alerts: new {}; resolved {}; active before the run: {}",
             pct_list(&self.new_alerts),
+            pct_list(&self.resolved_alerts),
             pct_list(&self.alerts_already_raised)
         )?;
         if self.kind == MetricKind::Gauge {
@@ -712,6 +725,7 @@ mod tests {
         let plan = plan_reset(&agg, &req("ai_generations", 50, 0), None).unwrap();
         assert_eq!((plan.target_value, deltas(&plan)), (10, vec![-10]));
         assert_eq!(plan.new_alerts, Vec::<u8>::new());
+        assert_eq!(plan.resolved_alerts, [75, 90]);
         assert_eq!(plan.alerts_already_raised, [50, 75, 90]);
         execute(&mut agg, &plan);
         assert_eq!(agg.metric(&m("ai_generations")).unwrap().current, 10);

@@ -17,7 +17,7 @@ use ledger_aggregates::period::Invoice;
 use ledger_aggregates::{
     BrandId, Catalog, LedgerError, LedgerEvent, LedgerRules, MetricKey, MetricKind, Money,
     OveragePolicy, PeriodCommand, PeriodKey, PeriodOpening, PlanDefinition, PlanId, Quantity,
-    QuotaDecision, Stamped, UsagePeriodAggregate,
+    QuotaDecision, Stamped, StreamCommand, UsagePeriodAggregate,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -96,11 +96,41 @@ fn open(plan: &PlanDefinition) -> Stamped {
 /// One random command, with small numbers so limits are reached and crossed often.
 #[derive(Debug, Clone)]
 enum Op {
-    Record { m: usize, n: u64 },
-    Check { m: usize, n: u64, consume: bool },
-    TopUp { m: usize, units: u64 },
-    SetLevel { g: usize, level: u64 },
-    Adjust { m: usize, delta: i64 },
+    Record {
+        m: usize,
+        n: u64,
+    },
+    Check {
+        m: usize,
+        n: u64,
+        consume: bool,
+    },
+    TopUp {
+        m: usize,
+        units: u64,
+    },
+    SetLevel {
+        g: usize,
+        level: u64,
+    },
+    Adjust {
+        m: usize,
+        delta: i64,
+    },
+    /// The brand moves to plan `p` of [`PLANS`], up or down.
+    ChangePlan {
+        p: usize,
+    },
+}
+
+/// The plans a sequence opens on and moves between.
+const PLANS: [&str; 3] = ["starter", "professional", "fractional"];
+
+fn plan_named(name: &str) -> PlanDefinition {
+    match name {
+        "fractional" => fractional_starter(),
+        other => catalog_plan(other),
+    }
 }
 
 impl Op {
@@ -111,6 +141,7 @@ impl Op {
             | Op::TopUp { m, .. }
             | Op::Adjust { m, .. } => METRICS[*m],
             Op::SetLevel { g, .. } => GAUGES[*g],
+            Op::ChangePlan { .. } => R3D,
         }
     }
 
@@ -141,6 +172,10 @@ impl Op {
                 actor: "support".to_owned(),
                 reason: "property test".to_owned(),
             },
+            Op::ChangePlan { p } => {
+                let plan = plan_named(PLANS[p]);
+                return Stamped::new(StreamCommand::ApplyPlan(plan), at(step));
+            }
         };
         Stamped::new(command, at(step))
     }
@@ -155,6 +190,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (m.clone(), 1..=5u64).prop_map(|(m, units)| Op::TopUp { m, units }),
         2 => (0..GAUGES.len(), 0..=12u64).prop_map(|(g, level)| Op::SetLevel { g, level }),
         1 => (m, -4..=4i64).prop_map(|(m, delta)| Op::Adjust { m, delta }),
+        1 => (0..PLANS.len()).prop_map(|p| Op::ChangePlan { p }),
     ]
 }
 
@@ -229,6 +265,7 @@ impl Run {
     /// predict from the model, then update the model.
     fn step(&mut self, op: &Op, step: usize) -> Result<(), TestCaseError> {
         let key = op.metric_key();
+        let all_before = self.model.clone();
         let before = self.model[key];
         let outcome = self.state.decide_stamped(&op.command(step), &self.rules);
         match (op, &outcome) {
@@ -264,6 +301,13 @@ impl Run {
             }
             (Op::Check { consume: false, .. }, _) => {
                 prop_assert_eq!(&outcome, &Ok(Vec::new()), "a plain check writes nothing");
+            }
+            (Op::Record { .. } | Op::Check { .. }, _) if GAUGES.contains(&key) => {
+                prop_assert_eq!(&outcome, &Err(LedgerError::GaugeIsSet(metric(key))));
+            }
+            (Op::ChangePlan { p }, _) => {
+                prop_assert!(outcome.is_ok(), "plan change refused: {:?}", outcome);
+                self.plan = plan_named(PLANS[*p]);
             }
             (Op::Record { n, .. } | Op::Check { n, .. }, Ok(events)) => {
                 let denied = self.blocks(key, before.current + n);
@@ -310,19 +354,23 @@ impl Run {
         if let Ok(events) = outcome {
             self.fold(events);
         }
-        self.check_invariants()
+        self.check_invariants(&all_before)
     }
 
     /// The invariants that hold after every command.
-    fn check_invariants(&self) -> Result<(), TestCaseError> {
+    fn check_invariants(
+        &self,
+        before: &BTreeMap<&'static str, Model>,
+    ) -> Result<(), TestCaseError> {
         prop_assert_eq!(self.state.version, self.events.len() as u64);
         for key in METRICS {
-            self.check_metric(key)?;
+            self.check_metric(key, before[key].current)?;
         }
         Ok(())
     }
 
-    fn check_metric(&self, key: &'static str) -> Result<(), TestCaseError> {
+    /// `before` is the metric's usage before the last command.
+    fn check_metric(&self, key: &'static str, before: u64) -> Result<(), TestCaseError> {
         let m = metric(key);
         let state = self.state.metric(&m).cloned().unwrap_or_default();
         let model = self.model[key];
@@ -344,34 +392,59 @@ impl Run {
         }
         prop_assert!(state.peak >= state.current, "{} peak below level", key);
 
-        // A blocked metric never ends above its limit plus top-ups.
-        if quota.is_some_and(|q| q.overage == OveragePolicy::Block) {
+        // A blocked metric never rises above its limit plus top-ups (a downgrade may
+        // leave it above a lower one; then it only comes down).
+        if quota.is_some_and(|q| q.overage == OveragePolicy::Block) && state.current > before {
             let limit = self.effective_limit(key).expect("block has a limit");
             prop_assert!(
                 state.current <= limit,
-                "{} at {} > {}",
+                "{} rose to {} > {}",
                 key,
                 state.current,
                 limit
             );
         }
 
-        // Each threshold fires at most once, and only when reached.
-        let mut fired = BTreeSet::new();
+        // Each threshold alternates, crossed then resolved: it crosses only when
+        // reached, and resolves only once it no longer holds.
+        let mut active = BTreeSet::new();
         for event in self.events_of(key) {
-            if let LedgerEvent::ThresholdCrossed {
-                threshold,
-                percentage,
-                ..
-            } = event
-            {
-                prop_assert!(fired.insert(*threshold), "{} {} twice", key, threshold);
-                prop_assert!(*percentage >= Decimal::from(*threshold));
+            match event {
+                LedgerEvent::ThresholdCrossed {
+                    threshold,
+                    current,
+                    effective_limit,
+                    ..
+                } => {
+                    prop_assert!(active.insert(*threshold), "{} {} twice", key, threshold);
+                    prop_assert!(reached(*current, *effective_limit, *threshold));
+                }
+                LedgerEvent::ThresholdResolved {
+                    threshold,
+                    current,
+                    effective_limit,
+                    ..
+                } => {
+                    prop_assert!(active.remove(threshold), "{} {} not active", key, threshold);
+                    prop_assert!(effective_limit.is_none_or(|l| !reached(*current, l, *threshold)));
+                }
+                _ => {}
             }
         }
         let state_fired: BTreeSet<u8> = state.fired.iter().copied().collect();
         prop_assert_eq!(state_fired.len(), state.fired.len(), "{} fired list", key);
-        prop_assert_eq!(state_fired, fired);
+        prop_assert_eq!(&state_fired, &active);
+        // And the alerts that stand are exactly the thresholds usage reaches now.
+        let reached_now: BTreeSet<u8> = match (quota, self.effective_limit(key)) {
+            (Some(q), Some(limit)) => q
+                .notification_thresholds
+                .iter()
+                .copied()
+                .filter(|t| reached(state.current, limit, *t))
+                .collect(),
+            _ => BTreeSet::new(),
+        };
+        prop_assert_eq!(active, reached_now, "{} active alerts", key);
 
         // The overage cost is the cost of the overage units, recomputed from scratch.
         let billable = if GAUGES.contains(&key) {
@@ -388,18 +461,50 @@ impl Run {
         };
         prop_assert_eq!(state.overage_cost, expected_cost, "{} overage cost", key);
 
-        // And the marginal costs of its events add up to exactly that.
-        let marginals: Money = self
-            .events_of(key)
-            .map(|e| match e {
-                LedgerEvent::UsageRecorded { marginal_cost, .. }
-                | LedgerEvent::GaugeLevelSet { marginal_cost, .. }
-                | LedgerEvent::UsageAdjusted { marginal_cost, .. }
-                | LedgerEvent::TopUpApplied { marginal_cost, .. } => *marginal_cost,
-                _ => Money::ZERO,
-            })
-            .sum();
-        prop_assert_eq!(marginals, state.overage_cost, "{} sum of marginals", key);
+        // And each event's marginal cost is exactly the change it made to that total,
+        // so the marginals add up to it (a plan change moves it without a marginal).
+        let mut running = Money::ZERO;
+        for event in &self.events {
+            match event {
+                LedgerEvent::UsageRecorded {
+                    metric: e,
+                    marginal_cost,
+                    totals,
+                    ..
+                }
+                | LedgerEvent::GaugeLevelSet {
+                    metric: e,
+                    marginal_cost,
+                    totals,
+                    ..
+                }
+                | LedgerEvent::UsageAdjusted {
+                    metric: e,
+                    marginal_cost,
+                    totals,
+                    ..
+                }
+                | LedgerEvent::TopUpApplied {
+                    metric: e,
+                    marginal_cost,
+                    totals,
+                    ..
+                } if *e == m => {
+                    prop_assert_eq!(
+                        running + *marginal_cost,
+                        totals.overage_cost,
+                        "{} marginal",
+                        key
+                    );
+                    running = totals.overage_cost;
+                }
+                LedgerEvent::PlanApplied { totals, .. } => {
+                    running = totals.get(&m).map_or(running, |t| t.overage_cost);
+                }
+                _ => {}
+            }
+        }
+        prop_assert_eq!(running, state.overage_cost, "{} sum of marginals", key);
         Ok(())
     }
 
@@ -427,6 +532,14 @@ impl Run {
     }
 }
 
+/// `current` is at least `t` % of `limit`, in exact integers; any use reaches a zero limit.
+fn reached(current: u64, limit: u64, t: u8) -> bool {
+    match limit {
+        0 => current > 0,
+        l => u128::from(current) * 100 >= u128::from(t) * u128::from(l),
+    }
+}
+
 fn event_metric(event: &LedgerEvent) -> Option<&MetricKey> {
     match event {
         LedgerEvent::UsageRecorded { metric, .. }
@@ -434,7 +547,8 @@ fn event_metric(event: &LedgerEvent) -> Option<&MetricKey> {
         | LedgerEvent::GaugeLevelSet { metric, .. }
         | LedgerEvent::UsageAdjusted { metric, .. }
         | LedgerEvent::TopUpApplied { metric, .. }
-        | LedgerEvent::ThresholdCrossed { metric, .. } => Some(metric),
+        | LedgerEvent::ThresholdCrossed { metric, .. }
+        | LedgerEvent::ThresholdResolved { metric, .. } => Some(metric),
         LedgerEvent::PeriodOpened { .. }
         | LedgerEvent::PlanApplied { .. }
         | LedgerEvent::PeriodClosed { .. } => None,
@@ -487,8 +601,8 @@ proptest! {
         prop_assert_eq!(&lines, &costs);
         let overage: Money = costs.values().copied().sum();
         prop_assert_eq!(invoice.overage, overage);
-        prop_assert_eq!(invoice.base, plan.base_price_cents);
-        prop_assert_eq!(invoice.total, plan.base_price_cents + overage);
+        prop_assert_eq!(invoice.base, run.plan.base_price_cents);
+        prop_assert_eq!(invoice.total, run.plan.base_price_cents + overage);
         prop_assert_eq!(run.state.version, run.events.len() as u64);
     }
 
@@ -563,12 +677,13 @@ proptest! {
         plan in plan(),
         ops in ops(),
     ) {
-        // Idempotent replays: `decision_of` on the written event equals `evaluate` before
-        // it, for counters and for gauges whose peak stands above their level.
+        // Idempotent replays: `decision_of` on the written event equals what `evaluate`
+        // predicted before it, moved to the state after the consumption when allowed.
         let mut run = Run::open(&plan);
         for (step, op) in ops.iter().enumerate() {
             let key = op.metric_key();
             let n = match op {
+                _ if GAUGES.contains(&key) => None,
                 Op::Record { n, .. } | Op::Check { n, consume: true, .. } => Some(*n),
                 _ => None,
             };
@@ -583,7 +698,15 @@ proptest! {
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 let current_plan = run.state.plan().expect("open").clone();
                 let stored = UsagePeriodAggregate::decision_of(&events[0], &current_plan);
-                let expected = QuotaDecision { consumed: live.allowed, ..live };
+                let expected = match live.allowed {
+                    true => QuotaDecision {
+                        consumed: true,
+                        current: live.current + n,
+                        remaining: live.effective_limit.map(|l| l.saturating_sub(live.current + n)),
+                        ..live
+                    },
+                    false => live,
+                };
                 prop_assert_eq!(stored, Some(expected), "{} +{}", key, n);
             }
             run.step(op, step)?;

@@ -48,6 +48,17 @@ fn plan(id: &str) -> PlanDefinition {
         .clone()
 }
 
+/// `plan_id` with renders_3d blocked at its limit: the default catalog blocks only a
+/// gauge (team_members), and counters follow the block rule too.
+fn blocking_renders(plan_id: &str) -> PlanDefinition {
+    let mut p = plan(plan_id);
+    for q in p.quotas.iter_mut().filter(|q| q.metric.as_str() == R3D) {
+        q.overage = OveragePolicy::Block;
+        q.overage_rate = None;
+    }
+    p
+}
+
 fn metric(key: &str) -> MetricKey {
     MetricKey::parse(key).expect("test metric keys are valid")
 }
@@ -373,10 +384,10 @@ fn any_command_before_open_is_not_opened() {
 #[test]
 fn usage_landing_exactly_on_a_block_limit_is_allowed() {
     // Reaching the limit is not exceeding it: the third starter seat is accepted.
-    given(vec![open("starter"), record(SEATS, 2)])
-        .when(record(SEATS, 1))
+    given(vec![open("starter"), set_level(SEATS, 2)])
+        .when(set_level(SEATS, 3))
         .then_expect_events(vec![
-            recorded(SEATS, 1, 0, totals(3, 3, Some(3), 0, 0)),
+            level_set(SEATS, 2, 0, totals(3, 3, Some(3), 0, 0)),
             crossed(SEATS, 75, Severity::Warning, "100", 3, 3),
             crossed(SEATS, 90, Severity::Critical, "100", 3, 3),
         ]);
@@ -398,17 +409,17 @@ fn usage_landing_exactly_on_a_charge_limit_costs_nothing() {
 #[test]
 fn one_unit_over_a_block_limit_yields_a_single_usage_denied_event() {
     // A refusal on a block metric is a recorded fact, not an error.
-    given(vec![open("starter"), record(SEATS, 3)])
-        .when(record(SEATS, 1))
-        .then_expect_events(vec![denied(SEATS, 1, UsageVia::Record, 3, 3)]);
+    given(vec![open("starter"), set_level(SEATS, 3)])
+        .when(set_level(SEATS, 4))
+        .then_expect_events(vec![denied(SEATS, 1, UsageVia::Gauge, 3, 3)]);
 }
 
 #[test]
 fn a_denial_changes_no_total() {
     // Folding a UsageDenied only bumps the version: the seat count stays at the limit.
-    let before = state_of(history(vec![open("starter"), record(SEATS, 3)]));
+    let before = state_of(history(vec![open("starter"), set_level(SEATS, 3)]));
     let mut after = before.clone();
-    after.apply(denied(SEATS, 1, UsageVia::Record, 3, 3));
+    after.apply(denied(SEATS, 1, UsageVia::Gauge, 3, 3));
     assert_eq!(after.metric(&metric(SEATS)), before.metric(&metric(SEATS)));
     assert_eq!(after.version, before.version + 1);
 }
@@ -504,20 +515,28 @@ fn an_unknown_metric_is_refused_by_every_command() {
 #[test]
 fn a_top_up_raises_the_effective_limit() {
     // Two purchased seats lift the starter seat limit from 3 to 5.
-    given(vec![open("starter"), record(SEATS, 3)])
+    // At 3 of 5 (60 %) the 75 % and 90 % alerts of 3 of 3 no longer hold.
+    given(vec![open("starter"), set_level(SEATS, 3)])
         .when(top_up(SEATS, 2))
-        .then_expect_events(vec![topped_up(SEATS, 2, 0, totals(3, 3, Some(5), 0, 0))]);
+        .then_expect_events(vec![
+            topped_up(SEATS, 2, 0, totals(3, 3, Some(5), 0, 0)),
+            resolved(SEATS, 75, "60", 3, Some(5)),
+            resolved(SEATS, 90, "60", 3, Some(5)),
+        ]);
 }
 
 #[test]
 fn a_top_up_turns_a_denial_into_an_acceptance() {
     // The fourth seat, refused at 3/3, is accepted once 2 seats are topped up.
-    given(vec![open("starter"), record(SEATS, 3)])
-        .when(record(SEATS, 1))
-        .then_expect_events(vec![denied(SEATS, 1, UsageVia::Record, 3, 3)]);
-    given(vec![open("starter"), record(SEATS, 3), top_up(SEATS, 2)])
-        .when(record(SEATS, 1))
-        .then_expect_events(vec![recorded(SEATS, 1, 0, totals(4, 4, Some(5), 0, 0))]);
+    given(vec![open("starter"), set_level(SEATS, 3)])
+        .when(set_level(SEATS, 4))
+        .then_expect_events(vec![denied(SEATS, 1, UsageVia::Gauge, 3, 3)]);
+    given(vec![open("starter"), set_level(SEATS, 3), top_up(SEATS, 2)])
+        .when(set_level(SEATS, 4))
+        .then_expect_events(vec![
+            level_set(SEATS, 3, 0, totals(4, 4, Some(5), 0, 0)),
+            crossed(SEATS, 75, Severity::Warning, "80", 4, 5),
+        ]);
 }
 
 #[test]
@@ -536,14 +555,14 @@ fn a_top_up_retroactively_reduces_the_overage_cost() {
 #[test]
 fn a_top_up_larger_than_the_overage_brings_the_cost_to_zero_not_below() {
     // The credit beyond the overage becomes headroom, never a negative cost.
+    // 15 of 23 is 65.22 %: the 75 % and 90 % alerts resolve with it.
     given(vec![open("starter"), record(R3D, 15), top_up(R3D, 3)])
         .when(top_up(R3D, 10))
-        .then_expect_events(vec![topped_up(
-            R3D,
-            10,
-            -200,
-            totals(15, 15, Some(23), 0, 0),
-        )]);
+        .then_expect_events(vec![
+            topped_up(R3D, 10, -200, totals(15, 15, Some(23), 0, 0)),
+            resolved(R3D, 75, "65.22", 15, Some(23)),
+            resolved(R3D, 90, "65.22", 15, Some(23)),
+        ]);
 }
 
 #[test]
@@ -636,18 +655,6 @@ fn thresholds_are_measured_against_the_effective_limit() {
 }
 
 #[test]
-fn a_gauge_going_down_and_up_again_does_not_re_fire_a_threshold() {
-    // 3 GB of 5 fired 50 %; dropping to 1 GB and back to 3 GB is not a new crossing.
-    given(vec![
-        open("starter"),
-        set_level(STORAGE, 3),
-        set_level(STORAGE, 1),
-    ])
-    .when(set_level(STORAGE, 3))
-    .then_expect_events(vec![level_set(STORAGE, 1, 0, totals(3, 3, Some(5), 0, 0))]);
-}
-
-#[test]
 
 fn a_threshold_is_not_crossed_before_usage_really_reaches_it() {
     // 89 996 of 100 000 professional API calls is 89.996 %: the 90 % alert must wait.
@@ -675,9 +682,12 @@ fn check_quota_without_consume_emits_nothing() {
     given(vec![open("starter")])
         .when(check(R3D, 5, false))
         .then_expect_events(vec![]);
-    given(vec![open("starter"), record(SEATS, 3)])
-        .when(check(SEATS, 5, false))
-        .then_expect_events(vec![]);
+    given(vec![
+        open_on(blocking_renders("starter"), &[]),
+        record(R3D, 10),
+    ])
+    .when(check(R3D, 5, false))
+    .then_expect_events(vec![]);
 }
 
 #[test]
@@ -704,9 +714,12 @@ fn check_quota_with_consume_records_an_allowed_request_via_check_quota() {
 #[test]
 fn a_denied_consuming_check_quota_is_recorded_as_usage_denied() {
     // The refusal of a consuming check is stored, marked as coming from CheckQuota.
-    given(vec![open("starter"), record(SEATS, 3)])
-        .when(check(SEATS, 1, true))
-        .then_expect_events(vec![denied(SEATS, 1, UsageVia::CheckQuota, 3, 3)]);
+    given(vec![
+        open_on(blocking_renders("starter"), &[]),
+        record(R3D, 10),
+    ])
+    .when(check(R3D, 1, true))
+    .then_expect_events(vec![denied(R3D, 1, UsageVia::CheckQuota, 10, 10)]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -757,7 +770,7 @@ fn evaluate_reports_the_marginal_cost_apart_from_the_cumulative_cost() {
 #[test]
 fn evaluate_on_a_full_block_metric_is_refused_and_costs_nothing() {
     // The fourth starter seat is not allowed, so nothing would be charged.
-    let state = state_of(history(vec![open("starter"), record(SEATS, 3)]));
+    let state = state_of(history(vec![open("starter"), set_level(SEATS, 3)]));
     let decision = state
         .evaluate(&metric(SEATS), qty(1))
         .expect("known metric");
@@ -821,18 +834,32 @@ fn evaluate_decides_nothing() {
 
 /// The decision a live `RecordUsage` made (as `evaluate` answered it just before, with
 /// `consumed` set as the engine sets it) and the decision rebuilt from its stored event.
+/// What `evaluate` predicts for `n` more units of `key`, moved to the state after them
+/// when allowed, and what `decision_of` rebuilds from the event the command wrote (a
+/// record for a counter, the level `n` above the current one for a gauge).
 fn live_and_stored(commands: Vec<Stamped>, key: &str, n: u64) -> (QuotaDecision, QuotaDecision) {
     let state = state_of(history(commands));
     let live = state.evaluate(&metric(key), qty(n)).expect("known metric");
+    let command = match metric_kinds()[&metric(key)] {
+        MetricKind::Gauge => set_level(key, live.current + n),
+        MetricKind::Counter => record(key, n),
+    };
     let events = state
-        .decide_stamped(&record(key, n), &LedgerRules::default())
-        .expect("a record in the period is decided");
+        .decide_stamped(&command, &LedgerRules::default())
+        .expect("a usage in the period is decided");
     let plan = state.plan().expect("open period");
     let stored =
         UsagePeriodAggregate::decision_of(&events[0], plan).expect("a usage or denial event");
-    let live = QuotaDecision {
-        consumed: live.allowed,
-        ..live
+    let live = match live.allowed {
+        true => QuotaDecision {
+            consumed: true,
+            current: live.current + n,
+            remaining: live
+                .effective_limit
+                .map(|l| l.saturating_sub(live.current + n)),
+            ..live
+        },
+        false => live,
     };
     (live, stored)
 }
@@ -850,7 +877,7 @@ fn decision_of_a_stored_usage_recorded_is_the_decision_the_live_command_made() {
             3,
         ),
         (vec![open("starter"), record(GLTF, 5)], GLTF, 7),
-        (vec![open("starter"), record(SEATS, 2)], SEATS, 1),
+        (vec![open("starter"), set_level(SEATS, 2)], SEATS, 1),
         (vec![open("starter"), set_level(STORAGE, 4)], STORAGE, 3),
     ];
     for (commands, key, n) in cases {
@@ -864,9 +891,9 @@ fn decision_of_a_stored_usage_recorded_is_the_decision_the_live_command_made() {
 fn decision_of_a_stored_usage_denied_is_the_refusal_the_live_command_made() {
     // A retried refusal is refused again with the same numbers.
     let cases: Vec<(Vec<Stamped>, &str, u64)> = vec![
-        (vec![open("starter"), record(SEATS, 3)], SEATS, 1),
+        (vec![open("starter"), set_level(SEATS, 3)], SEATS, 1),
         (
-            vec![open("starter"), record(SEATS, 2), top_up(SEATS, 1)],
+            vec![open("starter"), set_level(SEATS, 2), top_up(SEATS, 1)],
             SEATS,
             5,
         ),
@@ -897,7 +924,7 @@ fn decision_of_a_usage_on_a_gauge_below_its_peak_matches_the_live_decision() {
 
 #[test]
 fn decision_of_any_other_event_is_none() {
-    // Only usage and denial events stand for a quota decision.
+    // Only usage, gauge level and denial events stand for a quota decision.
     let starter = plan("starter");
     for event in history(vec![
         open("starter"),
@@ -909,7 +936,9 @@ fn decision_of_any_other_event_is_none() {
     ]) {
         let is_decision = matches!(
             event,
-            LedgerEvent::UsageRecorded { .. } | LedgerEvent::UsageDenied { .. }
+            LedgerEvent::UsageRecorded { .. }
+                | LedgerEvent::GaugeLevelSet { .. }
+                | LedgerEvent::UsageDenied { .. }
         );
         assert_eq!(
             UsagePeriodAggregate::decision_of(&event, &starter).is_some(),
@@ -965,14 +994,14 @@ fn an_adjustment_cannot_take_usage_below_zero() {
 #[test]
 fn a_positive_adjustment_cannot_exceed_a_block_limit() {
     // Support cannot smuggle a fourth starter seat in through a correction.
-    given(vec![open("starter"), record(SEATS, 2)])
+    given(vec![open("starter"), set_level(SEATS, 2)])
         .when(adjust(SEATS, 2))
         .then_expect_error(LedgerError::AboveBlockLimit {
             metric: metric(SEATS),
             effective_limit: 3,
             would_be: 4,
         });
-    given(vec![open("starter"), record(SEATS, 2)])
+    given(vec![open("starter"), set_level(SEATS, 2)])
         .when(adjust(SEATS, 1))
         .then_expect_events(vec![
             adjusted(SEATS, 1, 0, totals(3, 3, Some(3), 0, 0)),
@@ -984,9 +1013,14 @@ fn a_positive_adjustment_cannot_exceed_a_block_limit() {
 #[test]
 fn a_negative_adjustment_on_a_full_block_metric_is_allowed() {
     // Removing a seat counted twice is always possible, even at the limit.
-    given(vec![open("starter"), record(SEATS, 3)])
+    // 2 of 3 is 66.67 %: the 75 % and 90 % alerts of 3 of 3 resolve with it.
+    given(vec![open("starter"), set_level(SEATS, 3)])
         .when(adjust(SEATS, -1))
-        .then_expect_events(vec![adjusted(SEATS, -1, 0, totals(2, 2, Some(3), 0, 0))]);
+        .then_expect_events(vec![
+            adjusted(SEATS, -1, 0, totals(2, 2, Some(3), 0, 0)),
+            resolved(SEATS, 75, "66.67", 2, Some(3)),
+            resolved(SEATS, 90, "66.67", 2, Some(3)),
+        ]);
 }
 
 #[test]
@@ -1000,7 +1034,10 @@ fn a_correction_never_takes_a_blocked_gauge_billable_above_its_limit() {
         set_level(SEATS, 0),
     ])
     .when(adjust(SEATS, 2))
-    .then_expect_events(vec![adjusted(SEATS, 2, 0, totals(2, 3, Some(3), 0, 0))]);
+    .then_expect_events(vec![
+        adjusted(SEATS, 2, 0, totals(2, 3, Some(3), 0, 0)),
+        crossed(SEATS, 50, Severity::Warning, "66.67", 2, 3),
+    ]);
 }
 
 #[test]
@@ -1028,9 +1065,14 @@ fn a_gauge_level_goes_up_and_down() {
             crossed(STORAGE, 50, Severity::Warning, "80", 4, 5),
             crossed(STORAGE, 75, Severity::Warning, "80", 4, 5),
         ]);
+    // At 2 of 5 (40 %) the two alerts of 4 GB resolve.
     given(vec![open("starter"), set_level(STORAGE, 4)])
         .when(set_level(STORAGE, 2))
-        .then_expect_events(vec![level_set(STORAGE, 4, 0, totals(2, 4, Some(5), 0, 0))]);
+        .then_expect_events(vec![
+            level_set(STORAGE, 4, 0, totals(2, 4, Some(5), 0, 0)),
+            resolved(STORAGE, 50, "40", 2, Some(5)),
+            resolved(STORAGE, 75, "40", 2, Some(5)),
+        ]);
 }
 
 #[test]
@@ -1046,7 +1088,12 @@ fn seats_go_up_to_the_block_limit_and_back_down() {
         ]);
     given(vec![open("starter"), set_level(SEATS, 3)])
         .when(set_level(SEATS, 1))
-        .then_expect_events(vec![level_set(SEATS, 3, 0, totals(1, 3, Some(3), 0, 0))]);
+        .then_expect_events(vec![
+            level_set(SEATS, 3, 0, totals(1, 3, Some(3), 0, 0)),
+            resolved(SEATS, 50, "33.33", 1, Some(3)),
+            resolved(SEATS, 75, "33.33", 1, Some(3)),
+            resolved(SEATS, 90, "33.33", 1, Some(3)),
+        ]);
 }
 
 #[test]
@@ -1054,7 +1101,7 @@ fn raising_a_block_gauge_above_its_limit_is_denied() {
     // Four seats on starter are refused as a denial of the 4 extra seats.
     given(vec![open("starter")])
         .when(set_level(SEATS, 4))
-        .then_expect_events(vec![denied(SEATS, 4, UsageVia::Record, 0, 3)]);
+        .then_expect_events(vec![denied(SEATS, 4, UsageVia::Gauge, 0, 3)]);
 }
 
 #[test]
@@ -1087,26 +1134,27 @@ fn storage_overage_is_billed_on_the_peak_level() {
             crossed(STORAGE, 75, Severity::Warning, "160", 8, 5),
             crossed(STORAGE, 90, Severity::Critical, "160", 8, 5),
         ]);
+    // Alerts follow the level now (2 of 5 = 40 %); the bill follows the peak.
     given(vec![open("starter"), set_level(STORAGE, 8)])
         .when(set_level(STORAGE, 2))
-        .then_expect_events(vec![level_set(
-            STORAGE,
-            8,
-            0,
-            totals(2, 8, Some(5), 3, 150),
-        )]);
+        .then_expect_events(vec![
+            level_set(STORAGE, 8, 0, totals(2, 8, Some(5), 3, 150)),
+            resolved(STORAGE, 50, "40", 2, Some(5)),
+            resolved(STORAGE, 75, "40", 2, Some(5)),
+            resolved(STORAGE, 90, "40", 2, Some(5)),
+        ]);
     given(vec![
         open("starter"),
         set_level(STORAGE, 8),
         set_level(STORAGE, 2),
     ])
     .when(set_level(STORAGE, 9))
-    .then_expect_events(vec![level_set(
-        STORAGE,
-        2,
-        50,
-        totals(9, 9, Some(5), 4, 200),
-    )]);
+    .then_expect_events(vec![
+        level_set(STORAGE, 2, 50, totals(9, 9, Some(5), 4, 200)),
+        crossed(STORAGE, 50, Severity::Warning, "180", 9, 5),
+        crossed(STORAGE, 75, Severity::Warning, "180", 9, 5),
+        crossed(STORAGE, 90, Severity::Critical, "180", 9, 5),
+    ]);
 }
 
 #[test]
@@ -1120,8 +1168,8 @@ fn carried_levels_seed_the_gauges_of_a_new_period() {
         BTreeMap::from([(metric(STORAGE), 4), (metric(SEATS), 2)])
     );
     given_events(events.clone())
-        .when(record(SEATS, 2))
-        .then_expect_events(vec![denied(SEATS, 2, UsageVia::Record, 2, 3)]);
+        .when(set_level(SEATS, 4))
+        .then_expect_events(vec![denied(SEATS, 2, UsageVia::Gauge, 2, 3)]);
     // Carried levels are this period's state from its first event: the thresholds they
     // already reach (2/3 seats: 50 %) fire at opening, the rest when usage reaches them.
     assert_eq!(
@@ -1397,7 +1445,9 @@ fn closing_a_closed_period_is_closed() {
 
 #[test]
 fn applying_a_different_plan_recomputes_the_totals_of_every_metric() {
-    // Moving up to professional lifts every limit: the starter overage disappears.
+    // Moving up to professional lifts every limit: the starter overage disappears, and
+    // so do the alerts the higher limits no longer reach (renders 13 of 50 = 26 %,
+    // seats 2 of 10 = 20 %).
     given(vec![
         open("starter"),
         record(R3D, 13),
@@ -1408,18 +1458,24 @@ fn applying_a_different_plan_recomputes_the_totals_of_every_metric() {
         top_up(R2D, 10),
     ])
     .when(apply_plan("professional"))
-    .then_expect_events(vec![LedgerEvent::PlanApplied {
-        previous_plan: plan("starter").id,
-        plan: plan("professional"),
-        totals: BTreeMap::from([
-            (metric(GLTF), totals(5, 5, None, 0, 0)),
-            (metric(R2D), totals(0, 0, Some(510), 0, 0)),
-            (metric(R3D), totals(13, 13, Some(50), 0, 0)),
-            (metric(STORAGE), totals(2, 8, Some(50), 0, 0)),
-            (metric(SEATS), totals(2, 2, Some(10), 0, 0)),
-        ]),
-        at: day(15),
-    }]);
+    .then_expect_events(
+        vec![LedgerEvent::PlanApplied {
+            previous_plan: plan("starter").id,
+            plan: plan("professional"),
+            totals: BTreeMap::from([
+                (metric(GLTF), totals(5, 5, None, 0, 0)),
+                (metric(R2D), totals(0, 0, Some(510), 0, 0)),
+                (metric(R3D), totals(13, 13, Some(50), 0, 0)),
+                (metric(STORAGE), totals(2, 8, Some(50), 0, 0)),
+                (metric(SEATS), totals(2, 2, Some(10), 0, 0)),
+            ]),
+            at: day(15),
+        }]
+        .into_iter()
+        .chain([50, 75, 90].map(|t| resolved_at(R3D, t, "26", 13, Some(50), day(15))))
+        .chain([resolved_at(SEATS, 50, "20", 2, Some(10), day(15))])
+        .collect(),
+    );
 }
 
 #[test]
@@ -1454,8 +1510,8 @@ fn a_downgrade_bills_usage_above_the_new_limits_and_blocks_further_seats() {
     assert_eq!(t[&metric(R3D)], totals(13, 13, Some(10), 3, 300));
     assert_eq!(t[&metric(SEATS)], totals(5, 5, Some(3), 2, 0));
     given_events(events.clone())
-        .when(record(SEATS, 1))
-        .then_expect_events(vec![denied(SEATS, 1, UsageVia::Record, 5, 3)]);
+        .when(set_level(SEATS, 6))
+        .then_expect_events(vec![denied(SEATS, 1, UsageVia::Gauge, 5, 3)]);
     let closed = given_events(events)
         .when(close())
         .inspect_result()
@@ -1497,6 +1553,7 @@ fn every_event_names_its_type_and_schema_version() {
             "UsageRecorded",
             "ThresholdCrossed",
             "TopUpApplied",
+            "ThresholdResolved",
             "PeriodClosed"
         ]
     );
@@ -1611,4 +1668,244 @@ fn the_brand_aggregate_folds_its_plan_and_counts_its_events() {
     let event = registered("starter");
     assert_eq!(event.event_type(), "BrandRegistered");
     assert_eq!(event.event_version(), BRAND_EVENT_VERSION);
+}
+
+// ---------------------------------------------------------------------------------------
+// Alert lifecycle: a threshold fires once, resolves when it stops holding, fires again.
+// ---------------------------------------------------------------------------------------
+
+fn resolved(
+    key: &str,
+    threshold: u8,
+    percentage: &str,
+    current: u64,
+    limit: Option<u64>,
+) -> LedgerEvent {
+    resolved_at(key, threshold, percentage, current, limit, now())
+}
+
+fn resolved_at(
+    key: &str,
+    threshold: u8,
+    percentage: &str,
+    current: u64,
+    limit: Option<u64>,
+    at: DateTime<Utc>,
+) -> LedgerEvent {
+    LedgerEvent::ThresholdResolved {
+        metric: metric(key),
+        threshold,
+        severity: Severity::of_threshold(threshold),
+        percentage: pct(percentage),
+        current,
+        effective_limit: limit,
+        at,
+    }
+}
+
+/// The thresholds of `key` each event of `events` crosses (`+t`) or resolves (`-t`).
+fn alert_moves(events: &[LedgerEvent], key: &str) -> Vec<i16> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            LedgerEvent::ThresholdCrossed {
+                metric: m,
+                threshold,
+                ..
+            } if m.as_str() == key => Some(i16::from(*threshold)),
+            LedgerEvent::ThresholdResolved {
+                metric: m,
+                threshold,
+                ..
+            } if m.as_str() == key => Some(-i16::from(*threshold)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_top_up_above_a_crossed_threshold_resolves_it_in_the_same_decision() {
+    // 18 of 20 AI generations stands at 90 %; 20 more units make it 18 of 40 = 45 %: all
+    // three alerts resolve with the top-up, whose own totals come first.
+    given(vec![open("starter"), record(AI, 18)])
+        .when(top_up(AI, 20))
+        .then_expect_events(vec![
+            topped_up(AI, 20, 0, totals(18, 18, Some(40), 0, 0)),
+            resolved(AI, 50, "45", 18, Some(40)),
+            resolved(AI, 75, "45", 18, Some(40)),
+            resolved(AI, 90, "45", 18, Some(40)),
+        ]);
+}
+
+#[test]
+fn a_resolved_threshold_fires_again_on_the_next_crossing() {
+    // After the top-up resolved 50/75/90, reaching 90 % of the new 40 fires them again.
+    let events = history(vec![
+        open("starter"),
+        record(AI, 18),
+        top_up(AI, 20),
+        record(AI, 18),
+    ]);
+    assert_eq!(
+        alert_moves(&events, AI),
+        vec![50, 75, 90, -50, -75, -90, 50, 75, 90]
+    );
+}
+
+#[test]
+fn a_top_up_that_still_leaves_usage_above_a_threshold_keeps_it() {
+    // 18 of 20 is 90 %; 4 more units make 18 of 24 = 75 %: only 90 % stops holding.
+    given(vec![open("starter"), record(AI, 18)])
+        .when(top_up(AI, 4))
+        .then_expect_events(vec![
+            topped_up(AI, 4, 0, totals(18, 18, Some(24), 0, 0)),
+            resolved(AI, 90, "75", 18, Some(24)),
+        ]);
+}
+
+#[test]
+fn a_correction_below_a_threshold_resolves_it() {
+    // 16 of 20 (80 %) corrected by -8 is 40 %: 50 and 75 resolve, in the order they fired.
+    given(vec![open("starter"), record(AI, 16)])
+        .when(adjust(AI, -8))
+        .then_expect_events(vec![
+            adjusted(AI, -8, 0, totals(8, 8, Some(20), 0, 0)),
+            resolved(AI, 50, "40", 8, Some(20)),
+            resolved(AI, 75, "40", 8, Some(20)),
+        ]);
+}
+
+#[test]
+fn a_lower_gauge_resolves_and_the_next_rise_fires_again() {
+    // 3 GB of 5 fired 50 %; dropping to 1 GB resolves it, back to 3 GB fires it again.
+    let events = history(vec![
+        open("starter"),
+        set_level(STORAGE, 3),
+        set_level(STORAGE, 1),
+        set_level(STORAGE, 3),
+    ]);
+    assert_eq!(alert_moves(&events, STORAGE), vec![50, -50, 50]);
+}
+
+#[test]
+fn an_upgrade_resolves_what_its_higher_limits_no_longer_reach() {
+    // 9 of starter's 10 renders is 90 %; on professional (limit 100) it is 9 %: the
+    // plan change resolves the three alerts in its own commit.
+    let events = given(vec![open("starter"), record(R3D, 9)])
+        .when(apply_plan("professional"))
+        .inspect_result()
+        .expect("a plan change applies");
+    assert_eq!(alert_moves(&events, R3D), vec![-50, -75, -90]);
+}
+
+#[test]
+fn a_plan_without_a_quota_for_the_metric_resolves_its_alerts() {
+    // No limit, no threshold: an alert of a metric the new plan leaves unlimited resolves,
+    // with no effective limit to quote.
+    let mut unlimited = plan("professional");
+    unlimited.quotas.retain(|q| q.metric.as_str() != R3D);
+    let state = state_of(history(vec![open("starter"), record(R3D, 6)]));
+    let events = state
+        .decide_plan_change(&unlimited, now(), &LedgerRules::default())
+        .expect("a plan change applies");
+    assert!(events.contains(&resolved(R3D, 50, "0", 6, None)));
+    assert_eq!(alert_moves(&events, R3D), vec![-50]);
+}
+
+#[test]
+fn an_active_threshold_never_fires_twice() {
+    // However usage moves above 50 %, the 50 % alert stands once: 6, 7, 8 of 10.
+    let events = history(vec![
+        open("starter"),
+        record(R3D, 6),
+        record(R3D, 1),
+        record(R3D, 1),
+    ]);
+    assert_eq!(alert_moves(&events, R3D), vec![50, 75]);
+}
+
+#[test]
+fn percentages_round_half_up_like_money() {
+    // One rounding rule: 62.5 % shows as 63, 89.5 % as 90; two decimals round half up
+    // too (12,501 of 20,000 is 62.505 %), and a whole percentage is rounded from the
+    // ratio, never from its two-decimal figure (62.495 % is 62).
+    use ledger_aggregates::period::{percentage, whole_percentage};
+    assert_eq!(whole_percentage(5, 8), pct("63"));
+    assert_eq!(whole_percentage(179, 200), pct("90"));
+    assert_eq!(percentage(12_501, 20_000), pct("62.51"));
+    assert_eq!(percentage(12_499, 20_000), pct("62.50"));
+    assert_eq!(whole_percentage(12_499, 20_000), pct("62"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Gauges are set, never added to.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn recording_usage_on_a_gauge_is_refused() {
+    // Recording storage 3 then 3 would bill 6 GB: a gauge's level is set, not added to.
+    given(vec![open("starter"), set_level(STORAGE, 3)])
+        .when(record(STORAGE, 3))
+        .then_expect_error(LedgerError::GaugeIsSet(metric(STORAGE)));
+}
+
+#[test]
+fn a_consuming_check_on_a_gauge_is_refused_and_a_pure_one_answers() {
+    // A pure check says whether one more seat fits; consuming one would add to a level.
+    given(vec![open("starter")])
+        .when(check(SEATS, 1, true))
+        .then_expect_error(LedgerError::GaugeIsSet(metric(SEATS)));
+    given(vec![open("starter"), set_level(SEATS, 3)])
+        .when(check(SEATS, 1, false))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn lowering_a_full_block_gauge_frees_a_seat_at_once() {
+    // 3 of 3 seats refuses a 4th; set to 2, the 3rd seat fits again.
+    let state = state_of(history(vec![
+        open("starter"),
+        set_level(SEATS, 3),
+        set_level(SEATS, 2),
+    ]));
+    let decision = state
+        .evaluate(&metric(SEATS), qty(1))
+        .expect("a known metric");
+    assert!(decision.allowed);
+    assert_eq!((decision.current, decision.remaining), (2, Some(1)));
+}
+
+#[test]
+fn a_refused_gauge_level_is_recorded_as_a_gauge_denial() {
+    // 4 seats of 3 on a block quota: the refusal is stored, marked as a gauge level.
+    given(vec![open("starter"), set_level(SEATS, 3)])
+        .when(set_level(SEATS, 4))
+        .then_expect_events(vec![denied(SEATS, 1, UsageVia::Gauge, 3, 3)]);
+}
+
+// ---------------------------------------------------------------------------------------
+// A consuming check answers the state after it.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn the_decision_of_a_consumption_is_the_state_after_it() {
+    // 16 of 20, consume 2: the answer says 18 used and 2 left, not the 16 and 4 before.
+    let mut state = state_of(history(vec![open("starter"), record(AI, 16)]));
+    let events = state
+        .decide(
+            &PeriodCommand::CheckQuota {
+                metric: metric(AI),
+                requested: qty(2),
+                consume: true,
+            },
+            now(),
+            &LedgerRules::default(),
+        )
+        .expect("2 more fit");
+    events.iter().for_each(|e| state.fold(e));
+    let plan = state.plan().expect("open").clone();
+    let decision = UsagePeriodAggregate::decision_of(&events[0], &plan).expect("a usage");
+    assert_eq!((decision.current, decision.remaining), (18, Some(2)));
+    assert_eq!(decision.overage, 0);
+    assert_eq!(alert_moves(&events, AI), vec![90]);
 }

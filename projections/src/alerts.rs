@@ -1,9 +1,11 @@
-//! `AlertTimeline`: every threshold crossing of a brand-period, in stream order.
+//! `ActiveAlerts`: the threshold alerts of a brand-period that stand now, in the order
+//! they were raised.
 //!
-//! A crossing is a fact of the log (`ThresholdCrossed`, raised once per metric,
-//! threshold and period by the aggregate, plan changes included), so the timeline only
-//! lists them: one entry per event. That bounds it: at most one entry per metric and
-//! threshold percentage (1 to 100) in a period.
+//! A crossing and its resolution are facts of the log (`ThresholdCrossed`,
+//! `ThresholdResolved`, decided by the aggregate with the usage that causes them), so
+//! the model only follows them: a crossing adds an alert, its resolution removes it.
+//! That bounds it: at most one alert per metric and threshold percentage (1 to 100)
+//! stands at a time. The whole timeline, resolutions included, is the log's to tell.
 
 use chrono::{DateTime, Utc};
 use ledger_aggregates::period::Severity;
@@ -12,9 +14,9 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::event::ProjectedEvent;
-use crate::timeline::{Timeline, TimelineEntry};
+use crate::timeline::{Change, Timeline, TimelineEntry};
 
-/// One threshold crossing.
+/// One threshold crossing that has not resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Alert {
     pub metric: MetricKey,
@@ -34,14 +36,19 @@ pub struct Alert {
     pub sequence: u64,
 }
 
-/// Threshold crossings per brand and period, in the order they happened.
-pub type AlertTimeline = Timeline<Alert>;
+/// The alerts that stand per brand and period, in the order they were raised.
+pub type ActiveAlerts = Timeline<Alert>;
 
 impl TimelineEntry for Alert {
-    fn of(event: &ProjectedEvent) -> Option<(&BrandId, PeriodKey, Self)> {
-        let (
-            brand,
-            period,
+    /// A threshold of a metric is raised at most once until it resolves.
+    type Key = (MetricKey, u8);
+    fn key(&self) -> Self::Key {
+        (self.metric.clone(), self.threshold)
+    }
+
+    fn of(event: &ProjectedEvent) -> Option<(&BrandId, PeriodKey, Change<Self>)> {
+        let (brand, period, event_of_period) = event.as_period()?;
+        let change = match event_of_period {
             LedgerEvent::ThresholdCrossed {
                 metric,
                 threshold,
@@ -50,15 +57,7 @@ impl TimelineEntry for Alert {
                 current,
                 effective_limit,
                 at,
-            },
-        ) = event.as_period()?
-        else {
-            return None;
-        };
-        Some((
-            brand,
-            period,
-            Alert {
+            } => Change::Add(Alert {
                 metric: metric.clone(),
                 threshold: *threshold,
                 severity: *severity,
@@ -68,8 +67,13 @@ impl TimelineEntry for Alert {
                 at: *at,
                 position: event.position,
                 sequence: event.sequence,
-            },
-        ))
+            }),
+            LedgerEvent::ThresholdResolved {
+                metric, threshold, ..
+            } => Change::Remove((metric.clone(), *threshold)),
+            _ => return None,
+        };
+        Some((brand, period, change))
     }
 }
 

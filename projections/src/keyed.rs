@@ -44,6 +44,10 @@ impl<V> BrandMap<V> {
         self.0.insert(brand, value)
     }
 
+    pub(crate) fn remove(&mut self, brand: &BrandId) -> Option<V> {
+        self.0.remove(brand)
+    }
+
     pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
         self.0.values()
     }
@@ -146,6 +150,17 @@ impl<T> ByPeriod<T> {
             Some(slot) => *slot = value,
             None => {
                 self.get_or_insert_with(brand, period, || value);
+            }
+        }
+    }
+
+    /// Forget the value of `brand` and `period`, and the brand once it has none left,
+    /// so a model emptied by its events equals one that never held anything.
+    pub(crate) fn remove(&mut self, brand: &BrandId, period: PeriodKey) {
+        if let Some(periods) = self.0.get_mut(brand) {
+            periods.remove(&period);
+            if periods.is_empty() {
+                self.0.remove(brand);
             }
         }
     }

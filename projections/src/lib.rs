@@ -16,7 +16,7 @@
 //! - [`keyed`]: `ByPeriod`, rows keyed by brand then period.
 //! - [`quota`]: `QuotaSummary`, usage against limits per brand, period and metric.
 //! - [`cost`]: `PeriodCost`, the estimated cost per brand-period, and the rounding rule.
-//! - [`alerts`]: `AlertTimeline`, every threshold crossing.
+//! - [`alerts`]: `ActiveAlerts`, the threshold alerts that stand (crossed, not resolved).
 //! - [`topups`]: `TopUpHistory`, every top-up.
 //! - [`timeline`]: `Timeline<T>`, the one list-per-brand-period model both are.
 //! - [`overage`]: `OverageLedger`, finance's overage lines per period, brand and metric,
@@ -42,7 +42,7 @@ pub mod timeline;
 pub mod topups;
 mod totals;
 
-pub use alerts::{Alert, AlertTimeline};
+pub use alerts::{ActiveAlerts, Alert};
 pub use cost::{CostEstimate, PeriodCost};
 pub use cursor::{Admitted, Delivery, ReadModel, StreamCursors};
 pub use diff::{Difference, Differences, DIFFERENCES_LISTED_MAX};

@@ -3,7 +3,7 @@
 use ledger_aggregates::{BrandId, PeriodKey};
 use serde::{Deserialize, Serialize};
 
-use crate::alerts::{Alert, AlertTimeline};
+use crate::alerts::{ActiveAlerts, Alert};
 use crate::cost::{CostEstimate, PeriodCost};
 use crate::cursor::{Delivery, ReadModel};
 use crate::diff::{Diff, Differences};
@@ -18,7 +18,7 @@ use crate::topups::{TopUp, TopUpHistory};
 pub struct ReadModels {
     pub quota_summary: QuotaSummary,
     pub period_cost: PeriodCost,
-    pub alert_timeline: AlertTimeline,
+    pub active_alerts: ActiveAlerts,
     pub top_up_history: TopUpHistory,
     pub overage_ledger: OverageLedger,
 }
@@ -34,6 +34,7 @@ pub struct PeriodModels {
     pub quotas: PeriodQuotas,
     /// `None` only if the stream's `PeriodOpened` was never seen (a gap).
     pub cost: Option<CostEstimate>,
+    /// The alerts that stand (crossed, not resolved), oldest first.
     pub alerts: Vec<Alert>,
     pub top_ups: Vec<TopUp>,
     /// `None` only if the stream's `PeriodOpened` was never seen (a gap).
@@ -59,7 +60,7 @@ impl ReadModels {
                 .cloned()
                 .unwrap_or_default(),
             cost: self.period_cost.get(brand, period).cloned(),
-            alerts: self.alert_timeline.get(brand, period).to_vec(),
+            alerts: self.active_alerts.get(brand, period).to_vec(),
             top_ups: self.top_up_history.get(brand, period).to_vec(),
             overages: self
                 .overage_ledger
@@ -91,7 +92,7 @@ impl ReadModels {
         } = models;
         self.quota_summary.restore(brand, period, sequence, quotas);
         self.period_cost.restore(brand, period, sequence, cost);
-        self.alert_timeline.restore(brand, period, sequence, alerts);
+        self.active_alerts.restore(brand, period, sequence, alerts);
         self.top_up_history
             .restore(brand, period, sequence, top_ups);
         self.overage_ledger
@@ -104,7 +105,7 @@ impl ReadModels {
         let deliveries = [
             self.quota_summary.apply(event),
             self.period_cost.apply(event),
-            self.alert_timeline.apply(event),
+            self.active_alerts.apply(event),
             self.top_up_history.apply(event),
             self.overage_ledger.apply(event),
         ];
@@ -145,7 +146,7 @@ impl ReadModels {
 crate::diff::diff_fields!(ReadModels {
     quota_summary,
     period_cost,
-    alert_timeline,
+    active_alerts,
     top_up_history,
     overage_ledger,
 });

@@ -208,6 +208,7 @@ impl ReadModel for QuotaSummary {
             | LedgerEvent::TopUpApplied { .. } => self.usage(brand, period, e),
             LedgerEvent::UsageDenied { .. }
             | LedgerEvent::ThresholdCrossed { .. }
+            | LedgerEvent::ThresholdResolved { .. }
             | LedgerEvent::PeriodClosed { .. } => {}
         }
     }

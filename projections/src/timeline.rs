@@ -1,7 +1,7 @@
-//! `Timeline<T>`: the read models that list one entry per event of a kind, per
-//! brand-period, in stream order (`AlertTimeline`, `TopUpHistory`). Only the entry an
-//! event stands for differs between them; keeping, deduplicating and reading the lists
-//! is written once here.
+//! `Timeline<T>`: the read models that keep a list of entries per brand-period, in
+//! stream order, each added (and possibly later removed) by an event of a kind
+//! (`ActiveAlerts`, `TopUpHistory`). Only the entries events stand for differ between
+//! them; keeping, deduplicating and reading the lists is written once here.
 
 use ledger_aggregates::{BrandId, PeriodKey};
 use serde::{Deserialize, Serialize};
@@ -11,10 +11,21 @@ use crate::diff::{field, Diff, Differences};
 use crate::event::ProjectedEvent;
 use crate::keyed::ByPeriod;
 
-/// An entry of a timeline: what one event of the log adds to it, if anything.
+/// What one event of the log does to a timeline.
+pub enum Change<T: TimelineEntry> {
+    /// Append this entry.
+    Add(T),
+    /// Remove the entries with this key.
+    Remove(T::Key),
+}
+
+/// An entry of a timeline.
 pub trait TimelineEntry: Sized {
-    /// The brand, period and entry `event` stands for; `None` for other events.
-    fn of(event: &ProjectedEvent) -> Option<(&BrandId, PeriodKey, Self)>;
+    /// What a removal names an entry by.
+    type Key: PartialEq;
+    fn key(&self) -> Self::Key;
+    /// The brand, period and change `event` stands for; `None` for other events.
+    fn of(event: &ProjectedEvent) -> Option<(&BrandId, PeriodKey, Change<Self>)>;
 }
 
 /// Entries per brand and period, in the order their events were appended.
@@ -72,9 +83,21 @@ impl<T: TimelineEntry> ReadModel for Timeline<T> {
     }
 
     fn fold(&mut self, event: &ProjectedEvent, _: &Admitted) {
-        if let Some((brand, period, entry)) = T::of(event) {
-            self.entries
-                .with(brand, period, Vec::new, |entries| entries.push(entry));
+        match T::of(event) {
+            Some((brand, period, Change::Add(entry))) => {
+                self.entries
+                    .with(brand, period, Vec::new, |entries| entries.push(entry));
+            }
+            Some((brand, period, Change::Remove(key))) => {
+                let Some(entries) = self.entries.get_mut(brand, period) else {
+                    return;
+                };
+                entries.retain(|e| e.key() != key);
+                if entries.is_empty() {
+                    self.entries.remove(brand, period);
+                }
+            }
+            None => {}
         }
     }
 }

@@ -8,7 +8,7 @@ use ledger_aggregates::{BrandId, LedgerEvent, MetricKey, Money, PeriodKey};
 use serde::{Deserialize, Serialize};
 
 use crate::event::ProjectedEvent;
-use crate::timeline::{Timeline, TimelineEntry};
+use crate::timeline::{Change, Timeline, TimelineEntry};
 
 /// One top-up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,7 +34,13 @@ pub struct TopUp {
 pub type TopUpHistory = Timeline<TopUp>;
 
 impl TimelineEntry for TopUp {
-    fn of(event: &ProjectedEvent) -> Option<(&BrandId, PeriodKey, Self)> {
+    /// Top-ups are never removed: the key only names one.
+    type Key = u64;
+    fn key(&self) -> u64 {
+        self.sequence
+    }
+
+    fn of(event: &ProjectedEvent) -> Option<(&BrandId, PeriodKey, Change<Self>)> {
         let (
             brand,
             period,
@@ -55,7 +61,7 @@ impl TimelineEntry for TopUp {
         Some((
             brand,
             period,
-            TopUp {
+            Change::Add(TopUp {
                 metric: metric.clone(),
                 units: *units,
                 price: *price,
@@ -65,7 +71,7 @@ impl TimelineEntry for TopUp {
                 at: *at,
                 position: event.position,
                 sequence: event.sequence,
-            },
+            }),
         ))
     }
 }

@@ -70,6 +70,7 @@ pub(crate) fn at_of(event: &LedgerEvent) -> DateTime<Utc> {
         | LedgerEvent::UsageAdjusted { at, .. }
         | LedgerEvent::TopUpApplied { at, .. }
         | LedgerEvent::ThresholdCrossed { at, .. }
+        | LedgerEvent::ThresholdResolved { at, .. }
         | LedgerEvent::PeriodClosed { at, .. } => *at,
     }
 }

@@ -418,7 +418,7 @@ fn a_plan_change_bills_the_new_plans_base_price() {
 }
 
 // ---------------------------------------------------------------------------------------
-// AlertTimeline.
+// ActiveAlerts.
 // ---------------------------------------------------------------------------------------
 
 #[test]
@@ -432,7 +432,7 @@ fn each_threshold_crossing_is_one_entry_in_stream_order_with_its_place_in_the_lo
     let models = ledger.models();
 
     // Then 50 % warns at 50.00, and 75 % and 90 % both list 90.00, 90 % as critical.
-    let alerts = models.alert_timeline.get(&brand("acme"), nov());
+    let alerts = models.active_alerts.get(&brand("acme"), nov());
     let seen: Vec<_> = alerts
         .iter()
         .map(|a| (a.metric.as_str(), a.threshold, a.severity, a.percentage))
@@ -457,6 +457,32 @@ fn each_threshold_crossing_is_one_entry_in_stream_order_with_its_place_in_the_lo
 }
 
 #[test]
+fn a_resolution_takes_its_alert_off_and_the_next_crossing_puts_it_back() {
+    // Given starter (renders_3d 10): 9 used raise 50/75/90; a top-up of 10 makes it 9 of
+    // 20 = 45 %, resolving all three; 2 more (11 of 20 = 55 %) raise 50 % again.
+    let mut ledger = Ledger::new();
+    ledger.register("acme", "starter").run(
+        "acme",
+        vec![record(R3D, 9), top_up(R3D, 10, 0, "grant"), record(R3D, 2)],
+    );
+    let models = ledger.models();
+
+    // Then only the new 50 % alert stands, the one raised by the last usage.
+    let alerts = models.active_alerts.get(&brand("acme"), nov());
+    let seen: Vec<_> = alerts
+        .iter()
+        .map(|a| (a.threshold, a.current, a.effective_limit))
+        .collect();
+    assert_eq!(seen, [(50, 11, 20)]);
+    // And a model emptied by resolutions equals one that never held an alert.
+    let mut quiet = Ledger::new();
+    quiet
+        .register("acme", "starter")
+        .run("acme", vec![record(R3D, 9), top_up(R3D, 100, 0, "grant")]);
+    assert!(quiet.models().active_alerts.iter().next().is_none());
+}
+
+#[test]
 fn a_period_without_crossings_has_an_empty_timeline() {
     // Usage under every threshold raises nothing.
     // Given starter; when 4 of 10 renders_3d are used:
@@ -468,7 +494,7 @@ fn a_period_without_crossings_has_an_empty_timeline() {
     // Then the timeline is empty.
     assert!(ledger
         .models()
-        .alert_timeline
+        .active_alerts
         .get(&brand("acme"), nov())
         .is_empty());
 }

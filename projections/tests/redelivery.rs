@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use ledger_projections::{
-    AlertTimeline, Delivery, OverageLedger, PeriodCost, ProjectedEvent, QuotaSummary, ReadModel,
+    ActiveAlerts, Delivery, OverageLedger, PeriodCost, ProjectedEvent, QuotaSummary, ReadModel,
     ReadModels, TopUpHistory,
 };
 
@@ -97,7 +97,7 @@ fn each_model_alone_counts_a_redelivered_event_once() {
     }
     twice::<QuotaSummary>(ledger.log());
     twice::<PeriodCost>(ledger.log());
-    twice::<AlertTimeline>(ledger.log());
+    twice::<ActiveAlerts>(ledger.log());
     twice::<TopUpHistory>(ledger.log());
     twice::<OverageLedger>(ledger.log());
 }

@@ -38,6 +38,7 @@ fn the_generated_log_holds_every_kind_of_event() {
         "UsageAdjusted",
         "TopUpApplied",
         "ThresholdCrossed",
+        "ThresholdResolved",
         "PeriodClosed",
     ];
     assert_eq!(kinds, BTreeSet::from(all));

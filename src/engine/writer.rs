@@ -867,15 +867,17 @@ pub(crate) fn target_period(req: &PeriodRequest, now: DateTime<Utc>) -> PeriodKe
     }
 }
 
-/// A check answers what the state says before it is decided: a pure check appends
-/// nothing to rebuild the answer from. Other commands answer from their first event.
+/// A pure check answers what the state says: it appends nothing to rebuild the answer
+/// from. Every other command answers from its first event, as it stood after it.
 fn check_decision(
     agg: &UsagePeriodAggregate,
     command: &PeriodCommand,
 ) -> Result<Option<QuotaDecision>, EngineError> {
     match command {
         PeriodCommand::CheckQuota {
-            metric, requested, ..
+            metric,
+            requested,
+            consume: false,
         } => Ok(Some(agg.evaluate(metric, *requested)?)),
         _ => Ok(None),
     }

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use ledger_aggregates::{LedgerError, QuotaDecision};
 use serde::Serialize;
 
+use super::views::DecisionView;
 use crate::auth::AuthError;
 use crate::engine::EngineError;
 
@@ -132,7 +133,7 @@ impl ApiError {
             status: status.as_u16(),
             detail,
             decision: match self {
-                ApiError::QuotaExceeded { decision, .. } => Some(decision.as_ref().clone()),
+                ApiError::QuotaExceeded { decision, .. } => Some(decision.as_ref().into()),
                 _ => None,
             },
         }
@@ -148,8 +149,7 @@ pub struct Problem {
     pub status: u16,
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub decision: Option<QuotaDecision>,
+    pub decision: Option<DecisionView>,
 }
 
 impl ApiError {
@@ -250,6 +250,14 @@ impl From<LedgerError> for ApiError {
             LedgerError::WrongPeriod { .. } => ApiError::invalid("wrong-period", detail),
             LedgerError::UnknownMetric(_) => ApiError::invalid("unknown-metric", detail),
             LedgerError::NotAGauge { .. } => ApiError::invalid("not-a-gauge", detail),
+            LedgerError::GaugeIsSet(metric) => ApiError::invalid(
+                "gauge-is-set",
+                format!(
+                    "{metric} is a gauge: set its level with \
+                     PUT {}/brands/{{brandId}}/gauges/{metric}",
+                    super::API_PREFIX
+                ),
+            ),
             LedgerError::BelowZero { .. } | LedgerError::AboveBlockLimit { .. } => {
                 ApiError::Conflict(detail)
             }

@@ -7,14 +7,16 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use ledger_aggregates::period::Severity;
 use ledger_aggregates::{BrandId, MetricKey, PeriodKey, PlanDefinition};
 use ledger_replay::Cutoff;
+use rust_decimal::prelude::ToPrimitive;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, Problem};
 use super::extract::{ApiPath, ApiQuery, Caller};
-use super::views::{event_id, unit_of, AlertView, CostView, MetricView};
+use super::views::{alert_message, event_id, unit_of, AlertView, CostView, MetricView};
 use super::{AppState, API_PREFIX};
 use crate::ledger::summary::PeriodSummary;
 
@@ -37,6 +39,10 @@ pub fn router() -> Router<AppState> {
         )
         .route(&format!("{API_PREFIX}/current/{{brand}}"), get(current))
         .route(&format!("{API_PREFIX}/history/{{brand}}"), get(history))
+        .route(
+            &format!("{API_PREFIX}/brands/{{brand}}/periods/{{period}}/alerts"),
+            get(alerts),
+        )
         .route(
             &format!("{API_PREFIX}/brands/{{brand}}/periods/{{period}}/events"),
             get(audit_events),
@@ -67,7 +73,8 @@ pub struct Summary {
     pub period: PeriodView,
     pub metrics: Vec<MetricView>,
     pub estimated_cost: CostView,
-    /// Threshold crossings of the period, newest first. Reading never adds any.
+    /// Per metric, the highest threshold alert that stands (crossed, not resolved),
+    /// newest first. Reading never adds any; `…/periods/{period}/alerts` has them all.
     pub alerts: Vec<AlertView>,
 }
 
@@ -155,7 +162,11 @@ fn summary_answer(s: &AppState, summary: PeriodSummary) -> SummaryAnswer {
             estimated_cost: CostView::new(base, overage),
             alerts: alerts
                 .iter()
-                .map(|a| AlertView::new(&a.metric, &a.label, &a.crossing))
+                .map(|a| {
+                    let alert = &a.alert;
+                    let key = (alert.threshold, alert.severity);
+                    AlertView::new(&alert.metric, &a.label, key, a.now, alert.at)
+                })
                 .collect(),
         },
         plan,
@@ -287,12 +298,22 @@ pub struct HistoryEntry {
     pub brand_id: BrandId,
     #[schema(value_type = String)]
     pub metric: MetricKey,
-    /// `recorded`, `adjusted` (signed correction) or `gauge_set` (absolute level).
+    /// `recorded`, `adjusted` (signed correction), `gauge_set` (absolute level) or
+    /// `top_up` (units credited to the effective limit).
     pub kind: &'static str,
-    /// Units recorded, the signed delta, or the new level.
+    /// Units recorded, the signed delta, the new level, or the units credited.
     pub value: i64,
     pub unit: String,
     pub timestamp: DateTime<Utc>,
+    /// Who made a correction or a top-up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// Why a correction was made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The purchase or grant a top-up comes from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
     pub metadata: serde_json::Value,
 }
 
@@ -352,10 +373,112 @@ pub(crate) async fn history(
             kind: c.kind.as_str(),
             value: c.value,
             timestamp: c.at,
+            actor: c.actor,
+            reason: c.reason,
+            reference: c.reference,
             metadata: serde_json::from_str(&c.metadata).unwrap_or(serde_json::Value::Null),
         })
         .collect();
     Ok(Json(HistoryAnswer {
+        brand_id: brand,
+        period,
+        entries,
+        truncated: page.truncated,
+        next_before: page.next_before,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsQuery {
+    /// Entries, 1 to 1,000 (default 100).
+    pub limit: Option<u32>,
+    /// Only entries older than this sequence: the previous page's `nextBefore`.
+    pub before: Option<u64>,
+}
+
+/// One crossing or resolution of a threshold.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertEntry {
+    pub id: String,
+    pub sequence: u64,
+    /// `crossed` or `resolved`.
+    pub kind: &'static str,
+    #[schema(value_type = String)]
+    pub metric: MetricKey,
+    pub threshold: u8,
+    #[schema(value_type = String, example = "critical")]
+    pub severity: Severity,
+    /// current / effective limit × 100 at that moment, two decimals, not capped.
+    pub percentage: f64,
+    /// `"<label> à <pct>% du quota"`, the percentage rounded half up.
+    pub message: String,
+    pub current: u64,
+    /// `null` when a plan without a quota for the metric resolved it.
+    pub effective_limit: Option<u64>,
+    pub timestamp: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertsAnswer {
+    #[schema(value_type = String)]
+    pub brand_id: BrandId,
+    #[schema(value_type = String)]
+    pub period: PeriodKey,
+    /// Newest first.
+    pub entries: Vec<AlertEntry>,
+    /// True when the scan limit stopped the search before `limit` entries were found.
+    pub truncated: bool,
+    /// Pass as `before` for the next, older page; absent once the period's first event
+    /// was read.
+    pub next_before: Option<u64>,
+}
+
+/// The alert timeline of a period: every threshold crossing and resolution, newest
+/// first, read from the log and paged backwards with `before`.
+#[utoipa::path(get, path = "/api/v1/usage-billing/brands/{brandId}/periods/{period}/alerts", tag = "reads",
+    params(("brandId" = String, Path), ("period" = String, Path, example = "2026-11"), AlertsQuery),
+    responses((status = 200, body = AlertsAnswer), (status = 404, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(crate) async fn alerts(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath((brand, period)): ApiPath<(BrandId, PeriodKey)>,
+    ApiQuery(q): ApiQuery<AlertsQuery>,
+) -> Result<Json<AlertsAnswer>, ApiError> {
+    caller.read(&brand)?;
+    let limit = page_limit(q.limit)? as usize;
+    let page = s
+        .ledger
+        .alert_timeline(&brand, period, q.before, limit)
+        .await?;
+    // Labels from the catalog: an alert's metric keeps its label across plans.
+    let catalog = s.ledger.engine.catalog();
+    let label = |m: &MetricKey| {
+        catalog
+            .metric(m)
+            .map_or_else(|| m.to_string(), |d| d.label.clone())
+    };
+    let entries = page
+        .entries
+        .into_iter()
+        .map(|c| AlertEntry {
+            id: event_id(&brand, period, c.sequence),
+            sequence: c.sequence,
+            kind: c.kind.as_str(),
+            message: alert_message(&label(&c.metric), c.current, c.effective_limit),
+            metric: c.metric,
+            threshold: c.threshold,
+            severity: c.severity,
+            percentage: c.percentage.to_f64().unwrap_or_default(),
+            current: c.current,
+            effective_limit: c.effective_limit,
+            timestamp: c.at,
+        })
+        .collect();
+    Ok(Json(AlertsAnswer {
         brand_id: brand,
         period,
         entries,

@@ -1,12 +1,13 @@
-//! Metering: `POST /record`, `POST /record/batch` and `POST /check-quota`. Answers
-//! come from the aggregate through the engine, after the commit: never stale.
+//! Metering: `POST /record`, `POST /record/batch`, `POST /check-quota` and
+//! `PUT /brands/{brandId}/gauges/{metric}`. Answers come from the aggregate through the
+//! engine, after the commit: never stale.
 
 use std::collections::BTreeMap;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{post, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use ledger_aggregates::{
@@ -17,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, Problem};
-use super::extract::{idempotency_header, one_key, ApiJson, Caller};
-use super::views::{event_id, unit_of, AlertView, MetricView};
+use super::extract::{idempotency_header, one_key, ApiJson, ApiPath, Caller};
+use super::views::{event_id, unit_of, AlertView, DecisionView, MetricView};
 use super::{AppState, API_PREFIX};
 use crate::engine::{Metadata, Outcome, PeriodRequest};
 
@@ -34,6 +35,10 @@ pub fn router() -> Router<AppState> {
         .route(&format!("{API_PREFIX}/record"), post(record))
         .route(&format!("{API_PREFIX}/record/batch"), post(record_batch))
         .route(&format!("{API_PREFIX}/check-quota"), post(check_quota))
+        .route(
+            &format!("{API_PREFIX}/brands/{{brand}}/gauges/{{metric}}"),
+            put(set_gauge),
+        )
 }
 
 fn one() -> Quantity {
@@ -334,11 +339,25 @@ pub struct CheckBody {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// The answer to a check: the decision, the alerts a consumption raised, and whether an
+/// earlier request with the same key is answered again.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckAnswer {
+    #[serde(flatten)]
+    pub decision: DecisionView,
+    /// Thresholds the consumption crossed (never any for a pure check). A replay answered
+    /// from the log, once the key has left the engine's memory, lists none.
+    pub alerts: Vec<AlertView>,
+    pub replayed: bool,
+}
+
 /// The decision, with the original's fields. A consuming check that is allowed was
-/// recorded before this answer; one that is refused is recorded as a denial.
+/// recorded before this answer, which then gives the state after it; one that is
+/// refused is recorded as a denial.
 #[utoipa::path(post, path = "/api/v1/usage-billing/check-quota", tag = "metering",
     request_body = CheckBody,
-    responses((status = 200, body = Object, description = "the decision: allowed, remaining, limit, effectiveLimit, current, overage, willCharge, estimatedCost, cumulativeOverageCost, planId, overagePolicy, consumed"),
+    responses((status = 200, body = CheckAnswer),
         (status = 422, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []), ("apiKey" = [])))]
 pub(crate) async fn check_quota(
@@ -346,7 +365,7 @@ pub(crate) async fn check_quota(
     caller: Caller,
     headers: HeaderMap,
     ApiJson(body): ApiJson<CheckBody>,
-) -> Result<Json<QuotaDecision>, ApiError> {
+) -> Result<Json<CheckAnswer>, ApiError> {
     caller.meter(&body.brand_id)?;
     let key = one_key(idempotency_header(&headers)?, body.idempotency_key)?;
     let metadata = metadata_for(&caller, body.metadata)?;
@@ -365,8 +384,125 @@ pub(crate) async fn check_quota(
             metadata,
         })
         .await?;
-    outcome
+    let decision = outcome
         .decision
-        .map(Json)
-        .ok_or_else(|| ApiError::Internal("a check without a decision".to_owned()))
+        .as_ref()
+        .ok_or_else(|| ApiError::Internal("a check without a decision".to_owned()))?;
+    Ok(Json(CheckAnswer {
+        decision: decision.into(),
+        alerts: AlertView::from_events(&outcome.events, |m| label(&s, &outcome.decision, m)),
+        replayed: outcome.replayed,
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GaugeBody {
+    /// The gauge's new level (seats, GB stored); 0 allowed.
+    #[schema(maximum = 1_000_000_000)]
+    pub level: u64,
+    #[schema(value_type = Option<String>)]
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// A flat map of strings stored with the event (request ids, sources, tags).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The answer to a gauge level: the change as stored and the metric's state after it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GaugeAnswer {
+    #[schema(value_type = String)]
+    pub brand_id: BrandId,
+    #[schema(value_type = String, example = "2026-11")]
+    pub period: PeriodKey,
+    /// True when an earlier request with the same idempotency key is answered again.
+    pub replayed: bool,
+    /// The stored event's public id and sequence.
+    pub id: String,
+    pub sequence: u64,
+    pub previous_level: u64,
+    pub level: u64,
+    pub state: MetricView,
+    /// Thresholds the change crossed.
+    pub alerts: Vec<AlertView>,
+}
+
+/// Set a gauge (`team_members`, `storage_gb`) to a level.
+///
+/// Lowering frees capacity at once; raising a `block` gauge above its effective limit is
+/// refused (409 with the decision, the refusal recorded). Overage of a gauge is billed on
+/// the period's peak level.
+#[utoipa::path(put, path = "/api/v1/usage-billing/brands/{brandId}/gauges/{metric}", tag = "metering",
+    params(("brandId" = String, Path), ("metric" = String, Path, example = "team_members"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Same as the body's idempotencyKey")),
+    request_body = GaugeBody,
+    responses(
+        (status = 200, body = GaugeAnswer),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "above the limit of a block gauge"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "not a gauge, unknown metric, level out of range"),
+    ),
+    security(("bearer" = []), ("apiKey" = [])))]
+pub(crate) async fn set_gauge(
+    State(s): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiPath((brand, metric)): ApiPath<(BrandId, MetricKey)>,
+    ApiJson(body): ApiJson<GaugeBody>,
+) -> Result<Json<GaugeAnswer>, ApiError> {
+    caller.meter(&brand)?;
+    let key = one_key(idempotency_header(&headers)?, body.idempotency_key)?;
+    let metadata = metadata_for(&caller, body.metadata)?;
+    let outcome = s
+        .ledger
+        .engine
+        .execute(PeriodRequest {
+            brand,
+            period: None,
+            command: PeriodCommand::SetGaugeLevel {
+                metric: metric.clone(),
+                level: body.level,
+            },
+            idempotency_key: key,
+            metadata,
+        })
+        .await?;
+    let Some(first) = outcome.events.first() else {
+        return Err(ApiError::Internal(
+            "a gauge level appended no event".to_owned(),
+        ));
+    };
+    match &first.event {
+        LedgerEvent::GaugeLevelSet {
+            previous, totals, ..
+        } => {
+            let catalog = s.ledger.engine.catalog();
+            let base_limit = outcome.decision.as_ref().and_then(|d| d.limit);
+            Ok(Json(GaugeAnswer {
+                id: event_id(&outcome.brand, outcome.period, first.sequence),
+                sequence: first.sequence,
+                previous_level: *previous,
+                level: totals.current,
+                state: MetricView::new(catalog, &metric, base_limit, totals),
+                alerts: AlertView::from_events(&outcome.events, |m| {
+                    label(&s, &outcome.decision, m)
+                }),
+                brand_id: outcome.brand,
+                period: outcome.period,
+                replayed: outcome.replayed,
+            }))
+        }
+        LedgerEvent::UsageDenied { .. } => {
+            Err(ApiError::QuotaExceeded {
+                metric: metric.to_string(),
+                decision: Box::new(outcome.decision.ok_or_else(|| {
+                    ApiError::Internal("a denial without its decision".to_owned())
+                })?),
+            })
+        }
+        other => Err(ApiError::Internal(format!(
+            "a gauge level appended {} first",
+            other.event_type_str()
+        ))),
+    }
 }

@@ -3,11 +3,14 @@
 //! extra fields it lacked added alongside, never renamed.
 
 use chrono::{DateTime, Utc};
-use ledger_aggregates::period::Crossing;
-use ledger_aggregates::Catalog;
-use ledger_aggregates::{BrandId, LedgerEvent, MetricKey, MetricTotals, Money, PeriodKey};
+use ledger_aggregates::period::{whole_percentage, Severity};
+use ledger_aggregates::{
+    BrandId, Catalog, LedgerEvent, MetricKey, MetricTotals, Money, OveragePolicy, PeriodKey,
+    QuotaDecision,
+};
 use rust_decimal::prelude::ToPrimitive;
-use serde::Serialize;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::engine::Committed;
@@ -81,30 +84,46 @@ pub fn unit_of(catalog: &Catalog, metric: &MetricKey) -> String {
         .unwrap_or_default()
 }
 
-/// One threshold crossing, as the summary's `alerts` list shows it.
+/// One threshold alert, as the summary's `alerts` list and a record's answer show it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AlertView {
     /// `warning` below 90 %, `critical` from 90 %.
     #[schema(value_type = String, example = "warning")]
-    pub severity: ledger_aggregates::period::Severity,
-    /// `"<label> at <pct>% of quota"`, the original's wording.
+    pub severity: Severity,
+    /// The seed's wording, `"<label> à <pct>% du quota"`, the percentage rounded half up.
+    #[schema(example = "Rendus 3D à 78% du quota")]
     pub message: String,
     #[schema(value_type = String)]
     pub metric: MetricKey,
     pub threshold: u8,
-    /// When the crossing was recorded: it never changes on later reads.
+    /// When the threshold was crossed: it never changes on later reads.
     pub timestamp: DateTime<Utc>,
 }
 
+/// `"<label> à <pct>% du quota"` (seed §2), the percentage of `current` against
+/// `limit` a whole number, half up; 0 without a limit.
+pub fn alert_message(label: &str, current: u64, limit: Option<u64>) -> String {
+    let pct = limit.map_or(Decimal::ZERO, |l| whole_percentage(current, l));
+    format!("{label} à {pct}% du quota")
+}
+
 impl AlertView {
-    pub fn new(metric: &MetricKey, label: &str, c: &Crossing) -> Self {
+    /// The alert crossing `threshold` of `metric` at `at`, worded with where usage
+    /// stands (`current` against `limit`).
+    pub fn new(
+        metric: &MetricKey,
+        label: &str,
+        (threshold, severity): (u8, Severity),
+        (current, limit): (u64, Option<u64>),
+        at: DateTime<Utc>,
+    ) -> Self {
         AlertView {
-            severity: c.severity,
-            message: format!("{label} at {}% of quota", c.percentage.round()),
+            severity,
+            message: alert_message(label, current, limit),
             metric: metric.clone(),
-            threshold: c.threshold,
-            timestamp: c.at,
+            threshold,
+            timestamp: at,
         }
     }
 
@@ -117,22 +136,89 @@ impl AlertView {
                     metric,
                     threshold,
                     severity,
-                    percentage,
+                    current,
+                    effective_limit,
                     at,
                     ..
                 } => Some(AlertView::new(
                     metric,
                     &label_of(metric),
-                    &Crossing {
-                        threshold: *threshold,
-                        severity: *severity,
-                        percentage: *percentage,
-                        at: *at,
-                    },
+                    (*threshold, *severity),
+                    (*current, Some(*effective_limit)),
+                    *at,
                 )),
                 _ => None,
             })
             .collect()
+    }
+}
+
+/// What the wire says for the limit and the units left of a metric without a quota, as
+/// the original did (reference §2.4): clients compare numbers, never `null`.
+pub const UNLIMITED_WIRE_UNITS: u64 = 999_999;
+
+/// The overage policy as the wire names it; `none` for a metric without a quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyView {
+    Block,
+    Charge,
+    None,
+}
+
+/// A quota decision on the wire: the original's `QuotaEvaluation` fields (reference
+/// §2.4) and the ledger's own beside them. Amounts in cents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionView {
+    pub allowed: bool,
+    /// Units left under the effective limit once decided (after the consumption when
+    /// it consumed); 999999 when unlimited.
+    pub remaining: u64,
+    /// The plan's base limit; 999999 when unlimited.
+    pub limit: u64,
+    /// Base limit plus top-ups; 999999 when unlimited.
+    pub effective_limit: u64,
+    /// True when the plan has no quota for the metric (the 999999 above are then not
+    /// counts).
+    pub unlimited: bool,
+    /// Usage once decided (after the consumption when it consumed).
+    pub current: u64,
+    /// Units above the effective limit once the request is applied.
+    pub overage: u64,
+    pub will_charge: bool,
+    /// The marginal overage cost of this request alone.
+    pub estimated_cost: i64,
+    /// The period's overage cost for this metric once the request is applied.
+    pub cumulative_overage_cost: i64,
+    pub plan_id: String,
+    pub overage_policy: PolicyView,
+    pub consumed: bool,
+}
+
+impl From<&QuotaDecision> for DecisionView {
+    fn from(d: &QuotaDecision) -> Self {
+        let unlimited = d.limit.is_none();
+        let units = |v: Option<u64>| v.unwrap_or(UNLIMITED_WIRE_UNITS);
+        DecisionView {
+            allowed: d.allowed,
+            remaining: units(d.remaining),
+            limit: units(d.limit),
+            effective_limit: units(d.effective_limit),
+            unlimited,
+            current: d.current,
+            overage: d.overage,
+            will_charge: d.will_charge,
+            estimated_cost: d.estimated_cost.minor(),
+            cumulative_overage_cost: d.cumulative_overage_cost.minor(),
+            plan_id: d.plan_id.to_string(),
+            overage_policy: match d.overage_policy {
+                Some(OveragePolicy::Block) => PolicyView::Block,
+                Some(OveragePolicy::Charge) => PolicyView::Charge,
+                None => PolicyView::None,
+            },
+            consumed: d.consumed,
+        }
     }
 }
 

@@ -10,11 +10,10 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use ledger_aggregates::ids::period_stream_id;
-use ledger_aggregates::period::Crossing;
 use ledger_aggregates::{
     BrandId, MetricKey, MetricTotals, Money, PeriodKey, PlanDefinition, UsagePeriodAggregate,
 };
-use ledger_projections::{PeriodModels, PeriodQuotas};
+use ledger_projections::{Alert, PeriodModels, PeriodQuotas};
 use ledger_replay::{as_of, Cutoff};
 
 use super::{Ledger, QueryError};
@@ -52,12 +51,14 @@ pub struct MetricSummary {
     pub totals: MetricTotals,
 }
 
-/// One threshold crossing, with the label of its metric on the period's plan.
+/// The highest alert that stands on a metric, with the metric's label on the period's
+/// plan and where usage stands now.
 #[derive(Debug, Clone)]
 pub struct AlertSummary {
-    pub metric: MetricKey,
     pub label: String,
-    pub crossing: Crossing,
+    pub alert: Alert,
+    /// Where the metric stands now: usage and effective limit.
+    pub now: (u64, Option<u64>),
 }
 
 /// What a brand-period comes to.
@@ -72,7 +73,8 @@ pub struct PeriodSummary {
     pub metrics: Vec<MetricSummary>,
     pub base: Money,
     pub overage: Money,
-    /// Newest first. Reading never adds any.
+    /// Per metric, the highest threshold that stands (crossed, not resolved), newest
+    /// first. Reading never adds any.
     pub alerts: Vec<AlertSummary>,
 }
 
@@ -174,25 +176,7 @@ impl Ledger {
             .into_iter()
             .map(|m| metric_summary(&plan, quotas, m))
             .collect();
-        let label = |m: &MetricKey| {
-            plan.quota(m)
-                .map_or_else(|| m.to_string(), |q| q.label.clone())
-        };
-        let alerts = models
-            .map_or(&[][..], |m| &m.alerts[..])
-            .iter()
-            .rev()
-            .map(|a| AlertSummary {
-                metric: a.metric.clone(),
-                label: label(&a.metric),
-                crossing: Crossing {
-                    threshold: a.threshold,
-                    severity: a.severity,
-                    percentage: a.percentage,
-                    at: a.at,
-                },
-            })
-            .collect();
+        let alerts = models.map_or_else(Vec::new, |m| highest_alerts(&plan, m));
         let cost = models.and_then(|m| m.cost.as_ref());
         let closed = cost.is_some_and(|c| c.invoiced);
         let (base, overage) = match cost {
@@ -210,6 +194,37 @@ impl Ledger {
             alerts,
         }
     }
+}
+
+/// Per metric, the highest threshold that stands, newest first.
+fn highest_alerts(plan: &PlanDefinition, models: &PeriodModels) -> Vec<AlertSummary> {
+    let mut highest: BTreeMap<&MetricKey, &Alert> = BTreeMap::new();
+    for a in &models.alerts {
+        let slot = highest.entry(&a.metric).or_insert(a);
+        if a.threshold > slot.threshold {
+            *slot = a;
+        }
+    }
+    let mut alerts: Vec<AlertSummary> = highest
+        .into_values()
+        .map(|a| {
+            let now = models
+                .quotas
+                .get(&a.metric)
+                .map_or((a.current, Some(a.effective_limit)), |q| {
+                    (q.current, q.effective_limit)
+                });
+            AlertSummary {
+                label: plan
+                    .quota(&a.metric)
+                    .map_or_else(|| a.metric.to_string(), |q| q.label.clone()),
+                alert: a.clone(),
+                now,
+            }
+        })
+        .collect();
+    alerts.sort_by_key(|a| std::cmp::Reverse(a.alert.sequence));
+    alerts
 }
 
 fn metric_summary(plan: &PlanDefinition, quotas: &PeriodQuotas, m: &MetricKey) -> MetricSummary {

@@ -20,6 +20,11 @@ async fn the_openapi_document_lists_every_route(db: &TestDb) {
         ("post", format!("{p}/record")),
         ("post", format!("{p}/record/batch")),
         ("post", format!("{p}/check-quota")),
+        ("put", format!("{p}/brands/{{brandId}}/gauges/{{metric}}")),
+        (
+            "get",
+            format!("{p}/brands/{{brandId}}/periods/{{period}}/alerts"),
+        ),
         ("get", format!("{p}/summary")),
         ("get", format!("{p}/summary/{{brandId}}")),
         ("get", format!("{p}/current/{{brandId}}")),

@@ -57,9 +57,8 @@ async fn check_quota_sees_what_the_cli_wrote(db: &TestDb) {
     // usage; it must decide on what the CLI, another process, committed before it.
     let app = spawn_app(db).await;
     app.register("acme", "starter").await;
-    for _ in 0..3 {
-        record(&app, "team_members", 1).await;
-    }
+    let seats = app.set_gauge("acme", "team_members", 3).await;
+    assert_eq!(seats.status, 200, "{:#}", seats.body);
     let before = check(&app, "team_members").await;
     assert_eq!(before["allowed"], false, "3 of 3 seats: {before:#}");
     assert_eq!(before["planId"], "starter");

@@ -75,6 +75,16 @@ pub fn test_settings(db: &TestDb) -> Settings {
     settings
 }
 
+/// The settings of [`test_settings`] on [`common::blocking_renders_toml`]'s catalog,
+/// written in `dir`.
+pub fn blocking_renders_settings(db: &TestDb, dir: &std::path::Path) -> Settings {
+    let path = dir.join("catalog.toml");
+    std::fs::write(&path, common::blocking_renders_toml()).expect("write the catalog");
+    let mut settings = test_settings(db);
+    settings.store.catalog_path = Some(path);
+    settings
+}
+
 /// The service as `main` builds it (the composition root), on the test's database and
 /// a clock the test moves.
 pub async fn spawn_app(db: &TestDb) -> TestApp {
@@ -135,6 +145,17 @@ impl TestApp {
 
     pub async fn post(&self, path: &str, token: &str, body: Value) -> Answer {
         self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> Answer {
+        self.call(Method::PUT, path, Some(token), Some(body)).await
+    }
+
+    /// Set `brand`'s gauge `metric` to `level` as admin.
+    pub async fn set_gauge(&self, brand: &str, metric: &str, level: u64) -> Answer {
+        let path = format!("brands/{brand}/gauges/{metric}");
+        self.put(&path, &self.admin, serde_json::json!({ "level": level }))
+            .await
     }
 
     /// Register `brand` on `plan` as admin.

@@ -5,7 +5,7 @@ use serde_json::json;
 use usage_ledger::auth::Role;
 
 use crate::common::TestDb;
-use crate::helpers::spawn_app;
+use crate::helpers::{blocking_renders_settings, spawn_app, spawn_app_with};
 use crate::on_both_stores;
 
 async fn a_record_answers_the_event_and_the_new_state(db: &TestDb) {
@@ -92,15 +92,17 @@ on_both_stores!(
 
 async fn sixty_four_concurrent_consumes_of_a_block_quota_of_fifty_get_exactly_fifty(db: &TestDb) {
     // The original checked without consuming: all 64 would pass. Here check-and-record
-    // is one decision, so exactly the 50 seats of the business plan are granted.
-    let app = spawn_app(db).await;
+    // is one decision, so exactly the 50 renders a blocking business plan allows are
+    // granted.
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let app = spawn_app_with(&blocking_renders_settings(db, dir.path())).await;
     app.register("acme", "business").await;
     let token = app.token(Role::Service, &["acme"]);
     let calls = (0..64).map(|_| {
         app.post(
             "check-quota",
             &token,
-            json!({ "brandId": "acme", "metric": "team_members", "consume": true }),
+            json!({ "brandId": "acme", "metric": "renders_3d", "consume": true }),
         )
     });
     let answers = futures::future::join_all(calls).await;
@@ -117,7 +119,7 @@ async fn sixty_four_concurrent_consumes_of_a_block_quota_of_fifty_get_exactly_fi
     assert_eq!(refused.len(), 14);
     assert!(refused.iter().all(|a| a.body["overagePolicy"] == "block"));
     let current = app.get("current/acme", &app.admin).await;
-    assert_eq!(current.body["usage"]["team_members"], 50);
+    assert_eq!(current.body["usage"]["renders_3d"], 50);
 }
 on_both_stores!(
     sixty_four_concurrent_consumes_of_a_block_quota_of_fifty_get_exactly_fifty,
@@ -173,29 +175,27 @@ on_both_stores!(
     check_quota_answers_the_original_fields_and_only_consume_writes
 );
 
-async fn a_record_over_a_block_limit_is_refused_and_the_refusal_is_kept(db: &TestDb) {
-    // team_members blocks at 3 on starter: the fourth seat is a 409 quota-exceeded that
+async fn a_level_over_a_block_gauge_is_refused_and_the_refusal_is_kept(db: &TestDb) {
+    // team_members blocks at 3 on starter: a fourth seat is a 409 quota-exceeded that
     // carries the decision, and the denial is in the audit trail.
     let app = spawn_app(db).await;
     app.register("acme", "starter").await;
-    let seat = json!({ "brandId": "acme", "metric": "team_members", "value": 3 });
-    assert_eq!(app.post("record", &app.admin, seat).await.status, 201);
-    let refused = app
-        .post(
-            "record",
-            &app.admin,
-            json!({ "brandId": "acme", "metric": "team_members" }),
-        )
-        .await;
+    assert_eq!(app.set_gauge("acme", "team_members", 3).await.status, 200);
+    let refused = app.set_gauge("acme", "team_members", 4).await;
     refused.assert_problem(409, "quota-exceeded");
     assert_eq!(refused.body["decision"]["allowed"], false);
     assert_eq!(refused.body["decision"]["effectiveLimit"], 3);
+    assert_eq!(refused.body["decision"]["current"], 3);
     let events = app.audit("acme").await;
     assert_eq!(events.last().unwrap()["type"], "UsageDenied");
+    assert_eq!(
+        events.last().unwrap()["payload"]["usage_denied"]["via"],
+        "gauge"
+    );
 }
 on_both_stores!(
-    a_record_over_a_block_limit_is_refused_and_the_refusal_is_kept,
-    a_record_over_a_block_limit_is_refused_and_the_refusal_is_kept
+    a_level_over_a_block_gauge_is_refused_and_the_refusal_is_kept,
+    a_level_over_a_block_gauge_is_refused_and_the_refusal_is_kept
 );
 
 async fn a_batch_answers_each_item_and_commits_the_good_ones(db: &TestDb) {

@@ -316,13 +316,10 @@ async fn storage_held_since_an_earlier_period_is_invoiced_at_close(db: &TestDb) 
     app.register("held", "starter").await;
     app.register("grown", "starter").await;
     for brand in ["held", "grown"] {
-        assert_eq!(record(&app, brand, "storage_gb", 7, None).await.status, 201);
+        assert_eq!(app.set_gauge(brand, "storage_gb", 7).await.status, 200);
     }
     app.clock.set(at(9, 10, 12));
-    assert_eq!(
-        record(&app, "grown", "storage_gb", 1, None).await.status,
-        201
-    );
+    assert_eq!(app.set_gauge("grown", "storage_gb", 8).await.status, 200);
     let rate = rate_of(&app, "starter", "storage_gb").await;
 
     app.clock.set(within_grace());

@@ -188,6 +188,35 @@ pub fn engine_on(log: Arc<dyn EventLog>, clock: Arc<dyn Clock>, config: EngineCo
     Engine::start(log, Arc::new(Catalog::default_catalog()), clock, config)
 }
 
+/// The default catalog with the business plan's renders_3d blocked at 50: the default
+/// blocks only a gauge (team_members), and consumes are of counters.
+#[allow(dead_code)]
+pub fn blocking_renders_toml() -> String {
+    const CHARGED: &str =
+        r#"{ metric = "renders_3d", limit = 200, overage = "charge", overage_rate = 60 }"#;
+    const BLOCKED: &str = r#"{ metric = "renders_3d", limit = 50, overage = "block" }"#;
+    let default = include_str!("../../aggregates/catalog/default.toml");
+    assert!(
+        default.contains(CHARGED),
+        "business renders_3d moved in the catalog"
+    );
+    default.replace(CHARGED, BLOCKED)
+}
+
+/// An engine on `db` with [`blocking_renders_toml`]'s catalog.
+#[allow(dead_code)]
+pub async fn blocking_engine(db: &TestDb) -> (Engine, Arc<dyn EventLog>) {
+    let log = db.log().await;
+    let catalog = Catalog::from_toml(&blocking_renders_toml()).expect("the catalog parses");
+    let engine = Engine::start(
+        log.clone(),
+        Arc::new(catalog),
+        manual_clock(),
+        EngineConfig::default(),
+    );
+    (engine, log)
+}
+
 /// Runs a test body on both stores: `on_both_stores!(name, body_fn)` makes
 /// `name::postgres` and `name::sqlite`.
 #[macro_export]
