@@ -83,6 +83,18 @@ pub fn cost_of(units: u64, rate: Decimal) -> Money {
     )
 }
 
+/// `amount` × `part` / `whole`, rounded by the same rule as [`cost_of`] (half away from
+/// zero, to a whole minor unit): a base price prorated by the time a plan was in force.
+pub fn prorate(amount: Money, part: i64, whole: i64) -> Money {
+    if whole <= 0 {
+        return amount;
+    }
+    let exact =
+        Decimal::from(amount.0) * Decimal::from(part.clamp(0, whole)) / Decimal::from(whole);
+    let rounded = exact.round_dp_with_strategy(0, RoundingStrategy::MidpointAwayFromZero);
+    Money(rounded.to_i64().expect("at most the amount itself"))
+}
+
 /// Serde for overage rates: written as a JSON number (as the original did), read from a
 /// number or a string through its shortest decimal text, so `0.1` stays exactly 0.1.
 pub mod rate_serde {

@@ -17,7 +17,7 @@ use crate::catalog::{
     MetricKind, OveragePolicy, PlanDefinition, PlanQuota, CRITICAL_THRESHOLD_PCT,
 };
 use crate::ids::{BrandId, MetricKey, PeriodKey, PlanId, Quantity, QUANTITY_MAX};
-use crate::money::{cost_of, Currency, Money};
+use crate::money::{cost_of, prorate, Currency, Money};
 
 /// Rules that are configuration, not data of one stream.
 #[derive(Debug, Clone, Copy)]
@@ -364,11 +364,72 @@ pub struct InvoiceLine {
     pub amount: Money,
 }
 
+/// A plan in force over part of a period: from `from` to the next segment's start, or
+/// to the period's end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanSegment {
+    pub plan_id: PlanId,
+    pub base_price: Money,
+    pub from: DateTime<Utc>,
+}
+
+impl PlanSegment {
+    pub fn new(plan: &PlanDefinition, from: DateTime<Utc>) -> Self {
+        Self {
+            plan_id: plan.id.clone(),
+            base_price: plan.base_price_cents,
+            from,
+        }
+    }
+}
+
+/// One base line of an invoice: a plan's base price for the part of the period it was
+/// in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseLine {
+    pub plan_id: PlanId,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub amount: Money,
+}
+
+/// The base lines of `period` on its plan `segments`: each plan's base price prorated by
+/// the seconds it was in force, each line rounded half up to a cent (`money::prorate`);
+/// the base is their sum. A period on one plan has one line, its full base price.
+pub fn base_lines(segments: &[PlanSegment], period: PeriodKey) -> Vec<BaseLine> {
+    let whole = (period.end() - period.start()).num_seconds();
+    let ends = segments
+        .iter()
+        .skip(1)
+        .map(|s| s.from)
+        .chain(std::iter::once(period.end()));
+    segments
+        .iter()
+        .zip(ends)
+        .map(|(s, to)| {
+            let from = s.from.clamp(period.start(), period.end());
+            let to = to.clamp(from, period.end());
+            BaseLine {
+                plan_id: s.plan_id.clone(),
+                from,
+                to,
+                amount: prorate(s.base_price, (to - from).num_seconds(), whole),
+            }
+        })
+        .filter(|l| l.to > l.from)
+        .collect()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Invoice {
     pub plan_id: PlanId,
     pub currency: Currency,
+    /// The sum of `base_lines`.
     pub base: Money,
+    /// One line per plan in force during the period. Defaulted so invoices frozen before
+    /// it existed still load (their base is one plan's full price).
+    #[serde(default)]
+    pub base_lines: Vec<BaseLine>,
     /// One line per metric with overage, in metric order.
     pub lines: Vec<InvoiceLine>,
     pub overage: Money,
@@ -431,11 +492,30 @@ pub struct Opened {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetricState {
     pub current: u64,
+    /// A gauge's highest level since the plan in force took effect.
     pub peak: u64,
     pub top_up_units: u64,
     /// Thresholds crossed and not resolved since: each fires once until it resolves.
     pub fired: Vec<u8>,
     pub overage_cost: Money,
+    /// Defaulted so snapshots taken before it existed still load.
+    #[serde(default)]
+    pub overage_units: u64,
+    /// What the plans in force earlier in the period left (nothing before a change).
+    #[serde(default)]
+    pub settled: Settled,
+}
+
+/// The overage a metric carries from the plans in force earlier in the period: usage is
+/// billed against the limits in force when it happened, never against a later plan's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settled {
+    /// Overage units and cost of the period up to the last plan change.
+    pub units: u64,
+    pub cost: Money,
+    /// A counter's usage when the plan in force took effect: only what was used after
+    /// it is measured against that plan's limit.
+    pub start: u64,
 }
 
 /// The state of a metric with no usage yet in the period.
@@ -445,7 +525,24 @@ static NO_USAGE: MetricState = MetricState {
     top_up_units: 0,
     fired: Vec::new(),
     overage_cost: Money::ZERO,
+    overage_units: 0,
+    settled: Settled {
+        units: 0,
+        cost: Money::ZERO,
+        start: 0,
+    },
 };
+
+impl MetricState {
+    /// What this metric settles when another plan takes effect now.
+    fn at_plan_change(&self) -> Settled {
+        Settled {
+            units: self.overage_units,
+            cost: self.overage_cost,
+            start: self.current,
+        }
+    }
+}
 
 /// The answer to a quota question, with the original's `QuotaEvaluation` fields.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -477,6 +574,10 @@ pub struct QuotaDecision {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsagePeriodAggregate {
     pub opened: Option<Opened>,
+    /// The plans in force, in order: the opening one from the period's start, then one
+    /// per plan change from its instant. Defaulted so older snapshots still load.
+    #[serde(default)]
+    pub segments: Vec<PlanSegment>,
     pub metrics: BTreeMap<MetricKey, MetricState>,
     pub closed: Option<Invoice>,
     /// Number of events applied: the stream's last sequence.
@@ -543,9 +644,9 @@ impl UsagePeriodAggregate {
         Some(totals_for(
             opened.plan.quota(metric),
             opened.kind(metric),
-            state.current,
-            state.peak,
+            (state.current, state.peak),
             state.top_up_units,
+            &state.settled,
         ))
     }
 
@@ -656,9 +757,9 @@ impl UsagePeriodAggregate {
             let t = totals_for(
                 plan.quota(metric),
                 o.kind(metric),
-                state.current,
-                state.peak,
+                (state.current, state.peak),
                 0,
+                &state.settled,
             );
             events.extend(ctx.thresholds(metric, &MetricState::default(), &t, at));
         }
@@ -792,24 +893,39 @@ impl UsagePeriodAggregate {
                     plan: plan.clone(),
                     metric_kinds: metric_kinds.clone(),
                 });
+                self.segments = vec![PlanSegment::new(plan, period.start())];
                 for (metric, level) in carried_levels {
                     let kind = metric_kinds
                         .get(metric)
                         .copied()
                         .unwrap_or(MetricKind::Gauge);
-                    let t = totals_for(plan.quota(metric), kind, *level, *level, 0);
+                    let t = totals_for(
+                        plan.quota(metric),
+                        kind,
+                        (*level, *level),
+                        0,
+                        &Settled::default(),
+                    );
                     let s = self.metrics.entry(metric.clone()).or_default();
                     s.current = *level;
                     s.peak = *level;
                     s.overage_cost = t.overage_cost;
+                    s.overage_units = t.overage_units;
                 }
             }
-            LedgerEvent::PlanApplied { plan, totals, .. } => {
+            LedgerEvent::PlanApplied {
+                plan, totals, at, ..
+            } => {
                 if let Some(o) = self.opened.as_mut() {
                     o.plan = plan.clone();
                 }
+                self.segments.push(PlanSegment::new(plan, *at));
                 for (metric, t) in totals {
-                    self.metrics.entry(metric.clone()).or_default().overage_cost = t.overage_cost;
+                    let s = self.metrics.entry(metric.clone()).or_default();
+                    s.settled = s.at_plan_change();
+                    s.peak = s.current;
+                    s.overage_cost = t.overage_cost;
+                    s.overage_units = t.overage_units;
                 }
             }
             LedgerEvent::UsageRecorded { metric, totals, .. }
@@ -819,6 +935,7 @@ impl UsagePeriodAggregate {
                 s.current = totals.current;
                 s.peak = totals.billable.max(totals.current);
                 s.overage_cost = totals.overage_cost;
+                s.overage_units = totals.overage_units;
             }
             LedgerEvent::TopUpApplied {
                 metric,
@@ -829,6 +946,7 @@ impl UsagePeriodAggregate {
                 let s = self.metrics.entry(metric.clone()).or_default();
                 s.top_up_units += units;
                 s.overage_cost = totals.overage_cost;
+                s.overage_units = totals.overage_units;
             }
             LedgerEvent::ThresholdCrossed {
                 metric, threshold, ..
@@ -863,25 +981,42 @@ pub fn effective_limit(quota: Option<&PlanQuota>, state: &MetricState) -> Option
     quota.map(|q| q.limit + state.top_up_units)
 }
 
-/// The totals of a metric whose state would be `current`/`peak` with `top_ups`.
+/// The totals of a metric whose state would be `current`/`peak` with `top_ups`, on top
+/// of what earlier plans of the period `settled`.
+///
+/// A counter's overage under the plan in force is the part of its usage since that plan
+/// took effect that lies above the limit; earlier usage keeps the overage its own plan
+/// gave it. A gauge is a level that persists: under each plan its peak is measured
+/// against that plan's limit, and the period bills the costliest of those, once.
 fn totals_for(
     quota: Option<&PlanQuota>,
     kind: MetricKind,
-    current: u64,
-    peak: u64,
+    (current, peak): (u64, u64),
     top_ups: u64,
+    settled: &Settled,
 ) -> MetricTotals {
     let billable = match kind {
         MetricKind::Counter => current,
         MetricKind::Gauge => peak.max(current),
     };
     let effective_limit = quota.map(|q| q.limit + top_ups);
-    let overage_units = effective_limit.map_or(0, |l| billable.saturating_sub(l));
-    let overage_cost = match quota {
+    let above = |units: u64| effective_limit.map_or(0, |l| units.saturating_sub(l));
+    let units_now = match kind {
+        MetricKind::Counter => above(billable).saturating_sub(above(settled.start)),
+        MetricKind::Gauge => above(billable),
+    };
+    let cost_now = match quota {
         Some(q) if q.overage == OveragePolicy::Charge => {
-            cost_of(overage_units, q.overage_rate.unwrap_or_default())
+            cost_of(units_now, q.overage_rate.unwrap_or_default())
         }
         _ => Money::ZERO,
+    };
+    let (overage_units, overage_cost) = match kind {
+        MetricKind::Counter => (settled.units + units_now, settled.cost + cost_now),
+        MetricKind::Gauge if (cost_now, units_now) >= (settled.cost, settled.units) => {
+            (units_now, cost_now)
+        }
+        MetricKind::Gauge => (settled.units, settled.cost),
     };
     MetricTotals {
         current,
@@ -902,9 +1037,9 @@ fn evaluate(
     let after = totals_for(
         quota,
         kind,
-        state.current + requested,
-        state.peak,
+        (state.current + requested, state.peak),
         state.top_up_units,
+        &state.settled,
     );
     let eff = after.effective_limit;
     let blocked = quota.is_some_and(|q| q.overage == OveragePolicy::Block)
@@ -1152,9 +1287,9 @@ impl Ctx<'_> {
         let totals = totals_for(
             quota,
             kind,
-            current,
-            state.peak.max(current),
+            (current, state.peak.max(current)),
             state.top_up_units,
+            &state.settled,
         );
         let mut events = vec![LedgerEvent::UsageRecorded {
             metric: metric.clone(),
@@ -1211,9 +1346,9 @@ impl Ctx<'_> {
         let totals = totals_for(
             quota,
             kind,
-            level,
-            state.peak.max(level),
+            (level, state.peak.max(level)),
             state.top_up_units,
+            &state.settled,
         );
         let mut events = vec![LedgerEvent::GaugeLevelSet {
             metric: metric.clone(),
@@ -1244,9 +1379,9 @@ impl Ctx<'_> {
         let totals = totals_for(
             Some(quota),
             kind,
-            state.current,
-            state.peak,
+            (state.current, state.peak),
             state.top_up_units + units.get(),
+            &state.settled,
         );
         let mut events = vec![LedgerEvent::TopUpApplied {
             metric: metric.clone(),
@@ -1302,7 +1437,13 @@ impl Ctx<'_> {
         } else {
             state.peak.max(current)
         };
-        let totals = totals_for(quota, kind, current, peak, state.top_up_units);
+        let totals = totals_for(
+            quota,
+            kind,
+            (current, peak),
+            state.top_up_units,
+            &state.settled,
+        );
         let mut events = vec![LedgerEvent::UsageAdjusted {
             metric: metric.clone(),
             delta,
@@ -1330,12 +1471,14 @@ impl Ctx<'_> {
             .metrics
             .iter()
             .map(|(m, s)| {
+                // The new plan measures only what comes after it; a gauge's level is
+                // measured against it from now on.
                 let t = totals_for(
                     plan.quota(m),
                     self.opened.kind(m),
-                    s.current,
-                    s.peak,
+                    (s.current, s.current),
                     s.top_up_units,
+                    &s.at_plan_change(),
                 );
                 (m.clone(), t)
             })
@@ -1364,33 +1507,42 @@ impl Ctx<'_> {
             .metrics
             .iter()
             .filter_map(|(m, s)| {
-                let q = plan.quota(m)?;
+                // A metric the last plan leaves unlimited still owes what earlier plans
+                // of the period settled.
+                let q = plan.quota(m);
                 let t = totals_for(
-                    Some(q),
+                    q,
                     self.opened.kind(m),
-                    s.current,
-                    s.peak,
+                    (s.current, s.peak),
                     s.top_up_units,
+                    &s.settled,
                 );
                 (t.overage_units > 0 && t.overage_cost.minor() > 0).then(|| InvoiceLine {
                     metric: m.clone(),
                     billable_units: t.billable,
                     effective_limit: t.effective_limit.unwrap_or_default(),
                     overage_units: t.overage_units,
-                    rate: q.overage_rate,
+                    rate: q.and_then(|q| q.overage_rate),
                     amount: t.overage_cost,
                 })
             })
             .collect();
         let overage: Money = lines.iter().map(|l| l.amount).sum();
+        let segments = match self.agg.segments.is_empty() {
+            true => vec![PlanSegment::new(plan, self.opened.period.start())],
+            false => self.agg.segments.clone(),
+        };
+        let base_lines = base_lines(&segments, self.opened.period);
+        let base: Money = base_lines.iter().map(|l| l.amount).sum();
         Ok(vec![LedgerEvent::PeriodClosed {
             invoice: Invoice {
                 plan_id: plan.id.clone(),
                 currency: plan.currency,
-                base: plan.base_price_cents,
+                base,
+                base_lines,
                 lines,
                 overage,
-                total: plan.base_price_cents + overage,
+                total: base + overage,
             },
             actor: actor.to_owned(),
             at,

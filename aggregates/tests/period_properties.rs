@@ -211,11 +211,18 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
 struct Model {
     current: u64,
     top_ups: u64,
+    /// The overage cost earlier plans of the period left (counters: their sum;
+    /// gauges: the costliest).
+    settled_cost: Money,
+    /// A counter's usage when the plan in force took effect.
+    start: u64,
 }
 
 /// One sequence, run command by command with the checks of every step.
 struct Run {
     plan: PlanDefinition,
+    /// Each plan in force with the instant it took effect, the opening one first.
+    segments: Vec<(PlanDefinition, DateTime<Utc>)>,
     rules: LedgerRules,
     state: UsagePeriodAggregate,
     events: Vec<LedgerEvent>,
@@ -226,6 +233,7 @@ impl Run {
     fn open(plan: &PlanDefinition) -> Self {
         let mut run = Self {
             plan: plan.clone(),
+            segments: vec![(plan.clone(), period().start())],
             rules: LedgerRules::default(),
             state: UsagePeriodAggregate::default(),
             events: Vec::new(),
@@ -307,7 +315,16 @@ impl Run {
             }
             (Op::ChangePlan { p }, _) => {
                 prop_assert!(outcome.is_ok(), "plan change refused: {:?}", outcome);
-                self.plan = plan_named(PLANS[*p]);
+                // The same plan again changes nothing.
+                if matches!(&outcome, Ok(events) if !events.is_empty()) {
+                    for key in METRICS {
+                        let settled = self.expected_cost(key);
+                        let m = self.model.get_mut(key).expect("modelled");
+                        (m.settled_cost, m.start) = (settled, m.current);
+                    }
+                    self.plan = plan_named(PLANS[*p]);
+                    self.segments.push((self.plan.clone(), at(step)));
+                }
             }
             (Op::Record { n, .. } | Op::Check { n, .. }, Ok(events)) => {
                 let denied = self.blocks(key, before.current + n);
@@ -367,6 +384,31 @@ impl Run {
             self.check_metric(key, before[key].current)?;
         }
         Ok(())
+    }
+
+    /// The overage cost of `key` as the rules give it, from the model: under the plan in
+    /// force, a counter pays for what it used above the limit since the plan took effect,
+    /// a gauge for its peak above the limit; earlier plans' overage stays.
+    fn expected_cost(&self, key: &'static str) -> Money {
+        let m = metric(key);
+        let state = self.state.metric(&m).cloned().unwrap_or_default();
+        let model = self.model[key];
+        let above = |units: u64, limit: u64| units.saturating_sub(limit);
+        let now = match self.plan.quota(&m) {
+            Some(q) if q.overage == OveragePolicy::Charge => {
+                let limit = q.limit + model.top_ups;
+                let units = match GAUGES.contains(&key) {
+                    true => above(state.peak.max(state.current), limit),
+                    false => above(state.current, limit).saturating_sub(above(model.start, limit)),
+                };
+                cost_of(units, q.overage_rate.expect("charge quotas have a rate"))
+            }
+            _ => Money::ZERO,
+        };
+        match GAUGES.contains(&key) {
+            true => now.max(model.settled_cost),
+            false => now + model.settled_cost,
+        }
     }
 
     /// `before` is the metric's usage before the last command.
@@ -447,19 +489,13 @@ impl Run {
         prop_assert_eq!(active, reached_now, "{} active alerts", key);
 
         // The overage cost is the cost of the overage units, recomputed from scratch.
-        let billable = if GAUGES.contains(&key) {
-            state.peak.max(state.current)
-        } else {
-            state.current
-        };
-        let expected_cost = match quota {
-            Some(q) if q.overage == OveragePolicy::Charge => {
-                let overage = billable.saturating_sub(q.limit + model.top_ups);
-                cost_of(overage, q.overage_rate.expect("charge quotas have a rate"))
-            }
-            _ => Money::ZERO,
-        };
-        prop_assert_eq!(state.overage_cost, expected_cost, "{} overage cost", key);
+        let _ = model;
+        prop_assert_eq!(
+            state.overage_cost,
+            self.expected_cost(key),
+            "{} overage cost",
+            key
+        );
 
         // And each event's marginal cost is exactly the change it made to that total,
         // so the marginals add up to it (a plan change moves it without a marginal).
@@ -601,8 +637,24 @@ proptest! {
         prop_assert_eq!(&lines, &costs);
         let overage: Money = costs.values().copied().sum();
         prop_assert_eq!(invoice.overage, overage);
-        prop_assert_eq!(invoice.base, run.plan.base_price_cents);
-        prop_assert_eq!(invoice.total, run.plan.base_price_cents + overage);
+        // Each plan's base price, prorated by the seconds it was in force, half up.
+        let whole = Decimal::from((period().end() - period().start()).num_seconds());
+        let ends = run.segments.iter().skip(1).map(|(_, at)| *at).chain([period().end()]);
+        let base: Money = run
+            .segments
+            .iter()
+            .zip(ends)
+            .map(|((plan, from), to)| {
+                let share = Decimal::from(plan.base_price_cents.minor())
+                    * Decimal::from((to - *from).num_seconds())
+                    / whole;
+                let cents = share.round_dp_with_strategy(0, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+                Money::from_minor(i64::try_from(cents.mantissa()).expect("cents fit"))
+            })
+            .sum();
+        prop_assert_eq!(invoice.base, base);
+        prop_assert_eq!(invoice.base_lines.len(), run.segments.len());
+        prop_assert_eq!(invoice.total, base + overage);
         prop_assert_eq!(run.state.version, run.events.len() as u64);
     }
 

@@ -15,7 +15,8 @@ use cqrs_es::{Aggregate, DomainEvent};
 use ledger_aggregates::brand::BRAND_EVENT_VERSION;
 use ledger_aggregates::ids::QUANTITY_MAX;
 use ledger_aggregates::period::{
-    Invoice, InvoiceLine, Severity, UsageVia, LATE_USAGE_GRACE_HOURS_DEFAULT, LEDGER_EVENT_VERSION,
+    BaseLine, Invoice, InvoiceLine, Severity, UsageVia, LATE_USAGE_GRACE_HOURS_DEFAULT,
+    LEDGER_EVENT_VERSION,
 };
 use ledger_aggregates::{
     BrandAggregate, BrandCommand, BrandError, BrandEvent, BrandId, Catalog, Currency, LedgerError,
@@ -57,6 +58,16 @@ fn blocking_renders(plan_id: &str) -> PlanDefinition {
         q.overage_rate = None;
     }
     p
+}
+
+/// The one base line of a period on a single plan.
+fn whole_period(plan_id: &str, amount: i64) -> BaseLine {
+    BaseLine {
+        plan_id: plan(plan_id).id,
+        from: period().start(),
+        to: period().end(),
+        amount: cents(amount),
+    }
 }
 
 fn metric(key: &str) -> MetricKey {
@@ -1336,6 +1347,7 @@ fn closing_produces_an_invoice_with_the_base_price_and_one_line_per_metric_with_
             plan_id: plan("starter").id,
             currency: Currency::Eur,
             base: cents(2900),
+            base_lines: vec![whole_period("starter", 2900)],
             lines: vec![
                 InvoiceLine {
                     metric: metric(AI),
@@ -1380,6 +1392,7 @@ fn closing_an_unused_period_bills_the_base_price_only() {
                 plan_id: plan("professional").id,
                 currency: Currency::Eur,
                 base: cents(9900),
+                base_lines: vec![whole_period("professional", 9900)],
                 lines: vec![],
                 overage: Money::ZERO,
                 total: cents(9900),
@@ -1445,9 +1458,10 @@ fn closing_a_closed_period_is_closed() {
 
 #[test]
 fn applying_a_different_plan_recomputes_the_totals_of_every_metric() {
-    // Moving up to professional lifts every limit: the starter overage disappears, and
-    // so do the alerts the higher limits no longer reach (renders 13 of 50 = 26 %,
-    // seats 2 of 10 = 20 %).
+    // Moving up to professional lifts every limit, but the overage of usage made under
+    // starter stays (3 renders, 300; storage's 8 GB peak, 150): only what comes after is
+    // measured against the new limits. The alerts the higher limits no longer reach
+    // resolve (renders 13 of 50 = 26 %, seats 2 of 10 = 20 %).
     given(vec![
         open("starter"),
         record(R3D, 13),
@@ -1465,8 +1479,8 @@ fn applying_a_different_plan_recomputes_the_totals_of_every_metric() {
             totals: BTreeMap::from([
                 (metric(GLTF), totals(5, 5, None, 0, 0)),
                 (metric(R2D), totals(0, 0, Some(510), 0, 0)),
-                (metric(R3D), totals(13, 13, Some(50), 0, 0)),
-                (metric(STORAGE), totals(2, 8, Some(50), 0, 0)),
+                (metric(R3D), totals(13, 13, Some(50), 3, 300)),
+                (metric(STORAGE), totals(2, 2, Some(50), 3, 150)),
                 (metric(SEATS), totals(2, 2, Some(10), 0, 0)),
             ]),
             at: day(15),
@@ -1480,7 +1494,8 @@ fn applying_a_different_plan_recomputes_the_totals_of_every_metric() {
 
 #[test]
 fn a_downgrade_bills_usage_above_the_new_limits_and_blocks_further_seats() {
-    // 13 renders on starter are 3 over; 5 seats stay but a sixth is refused.
+    // 13 renders made on professional are not starter's overage; 5 seats stay but a
+    // sixth is refused.
     let events = history(vec![
         open("professional"),
         record(R3D, 13),
@@ -1507,7 +1522,7 @@ fn a_downgrade_bills_usage_above_the_new_limits_and_blocks_further_seats() {
         })
         .collect();
     assert_eq!(crossed_after, vec![50, 75, 90]);
-    assert_eq!(t[&metric(R3D)], totals(13, 13, Some(10), 3, 300));
+    assert_eq!(t[&metric(R3D)], totals(13, 13, Some(10), 0, 0));
     assert_eq!(t[&metric(SEATS)], totals(5, 5, Some(3), 2, 0));
     given_events(events.clone())
         .when(set_level(SEATS, 6))
@@ -1519,9 +1534,88 @@ fn a_downgrade_bills_usage_above_the_new_limits_and_blocks_further_seats() {
     let LedgerEvent::PeriodClosed { invoice, .. } = &closed[0] else {
         panic!("expected PeriodClosed, got {closed:?}");
     };
-    assert_eq!(invoice.base, cents(2900));
-    assert_eq!(invoice.lines.len(), 1, "block overage is never billed");
-    assert_eq!(invoice.total, cents(3200));
+    // 14.5 days of 30 on professional, 15.5 on starter; no overage line (renders were
+    // used on professional, seats are blocked, never billed).
+    let bases: Vec<i64> = invoice
+        .base_lines
+        .iter()
+        .map(|l| l.amount.minor())
+        .collect();
+    assert_eq!(bases, [4785, 1498]);
+    assert_eq!(invoice.base, cents(6283));
+    assert!(invoice.lines.is_empty(), "{:?}", invoice.lines);
+    assert_eq!(invoice.total, cents(6283));
+}
+
+#[test]
+fn a_downgrade_bills_only_the_usage_made_after_it_at_the_new_rate() {
+    // 40 of professional's 50 renders, then starter (10): nothing of the 40 is overage;
+    // 2 more are, at starter's 1.00 € each.
+    let events = history(vec![
+        open("professional"),
+        record(R3D, 40),
+        apply_plan("starter"),
+        record(R3D, 2),
+    ]);
+    let state = state_of(events);
+    let s = state.metric(&metric(R3D)).expect("renders used");
+    assert_eq!(
+        (s.current, s.overage_units, s.overage_cost),
+        (42, 2, cents(200))
+    );
+}
+
+#[test]
+fn an_upgrade_keeps_the_overage_of_the_usage_made_before_it() {
+    // 13 of starter's 10 renders cost 300; on professional (50) 30 more are within the
+    // new limit, and the 300 stays.
+    let state = state_of(history(vec![
+        open("starter"),
+        record(R3D, 13),
+        apply_plan("professional"),
+        record(R3D, 30),
+    ]));
+    let s = state.metric(&metric(R3D)).expect("renders used");
+    assert_eq!(
+        (s.current, s.overage_units, s.overage_cost),
+        (43, 3, cents(300))
+    );
+}
+
+#[test]
+fn a_gauge_over_two_plans_is_billed_its_costliest_plan_once() {
+    // 8 GB on starter (5) is 150; professional holds them without overage; back on
+    // starter at 8 GB it is 150 again, not 300: a level is billed once.
+    let state = state_of(history(vec![
+        open("starter"),
+        set_level(STORAGE, 8),
+        apply_plan("professional"),
+        Stamped::new(StreamCommand::ApplyPlan(plan("starter")), day(20)),
+    ]));
+    let s = state.metric(&metric(STORAGE)).expect("storage used");
+    assert_eq!((s.overage_units, s.overage_cost), (3, cents(150)));
+}
+
+#[test]
+fn the_base_price_is_prorated_by_the_time_on_each_plan_half_up() {
+    // Starter (29.00 €) from 1 November, professional (99.00 €) from the 15th at noon:
+    // 14.5 / 30 × 2,900 = 1,401.67 → 1,402, and 15.5 / 30 × 9,900 = 5,115. One line each.
+    let closed = given(vec![open("starter"), apply_plan("professional")])
+        .when(close())
+        .inspect_result()
+        .expect("an open period closes");
+    let LedgerEvent::PeriodClosed { invoice, .. } = &closed[0] else {
+        panic!("expected PeriodClosed, got {closed:?}");
+    };
+    let lines: Vec<(&str, i64)> = invoice
+        .base_lines
+        .iter()
+        .map(|l| (l.plan_id.as_str(), l.amount.minor()))
+        .collect();
+    assert_eq!(lines, [("starter", 1402), ("professional", 5115)]);
+    assert_eq!(invoice.base_lines[0].to, day(15));
+    assert_eq!(invoice.base, cents(6517));
+    assert_eq!(invoice.total, cents(6517));
 }
 
 #[test]

@@ -28,6 +28,8 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
+use ledger_aggregates::period::{base_lines, PlanSegment};
 use ledger_aggregates::{
     BrandId, Currency, LedgerEvent, MetricKey, Money, PeriodKey, PlanDefinition, PlanId,
 };
@@ -44,7 +46,8 @@ pub struct CostEstimate {
     /// The plan the period is billed on (the last one applied before the close).
     pub plan_id: PlanId,
     pub currency: Currency,
-    /// The plan's base price, in cents.
+    /// The base price, in cents: each plan's prorated by the time it is in force (the
+    /// last one until the period's end), see `period::base_lines`.
     pub base: Money,
     /// Always 0: plans have no per-unit usage price besides overage.
     pub usage: Money,
@@ -67,10 +70,14 @@ pub struct CostEstimate {
     /// only in rows stored before it was kept; a rebuild fills it in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<PlanDefinition>,
+    /// The plans in force, in order, with the instant each took effect: what `base` is
+    /// prorated on. Empty only in rows stored before it was kept.
+    #[serde(default)]
+    pub segments: Vec<PlanSegment>,
 }
 
 impl CostEstimate {
-    fn new(plan: &PlanDefinition) -> Self {
+    fn new(plan: &PlanDefinition, period: PeriodKey) -> Self {
         Self {
             plan_id: plan.id.clone(),
             currency: plan.currency,
@@ -82,7 +89,20 @@ impl CostEstimate {
             adjustment: Money::ZERO,
             overage_by_metric: BTreeMap::new(),
             plan: Some(plan.clone()),
+            segments: vec![PlanSegment::new(plan, period.start())],
         }
+    }
+
+    /// The plan in force from `at` on: the base is prorated again.
+    fn apply_plan(&mut self, plan: &PlanDefinition, period: PeriodKey, at: DateTime<Utc>) {
+        self.plan_id = plan.id.clone();
+        self.currency = plan.currency;
+        self.plan = Some(plan.clone());
+        self.segments.push(PlanSegment::new(plan, at));
+        self.base = base_lines(&self.segments, period)
+            .iter()
+            .map(|l| l.amount)
+            .sum();
     }
 
     fn set_metric(&mut self, metric: &MetricKey, cost: Money) {
@@ -161,7 +181,7 @@ impl ReadModel for PeriodCost {
             return;
         };
         if let LedgerEvent::PeriodOpened { plan, .. } = e {
-            let mut row = CostEstimate::new(plan);
+            let mut row = CostEstimate::new(plan, period);
             for (metric, t) in totals::opening(e) {
                 row.set_metric(&metric, t.overage_cost);
             }
@@ -176,11 +196,10 @@ impl ReadModel for PeriodCost {
             return;
         };
         match e {
-            LedgerEvent::PlanApplied { plan, totals, .. } => {
-                row.plan_id = plan.id.clone();
-                row.currency = plan.currency;
-                row.base = plan.base_price_cents;
-                row.plan = Some(plan.clone());
+            LedgerEvent::PlanApplied {
+                plan, totals, at, ..
+            } => {
+                row.apply_plan(plan, period, *at);
                 for (metric, t) in totals {
                     row.set_metric(metric, t.overage_cost);
                 }
@@ -215,5 +234,6 @@ crate::diff::diff_fields!(CostEstimate {
     adjustment,
     overage_by_metric,
     plan,
+    segments,
 });
 crate::diff::diff_fields!(PeriodCost { cursors, rows });

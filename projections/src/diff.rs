@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt::{self, Debug, Display};
 
 use chrono::{DateTime, Utc};
-use ledger_aggregates::period::Severity;
+use ledger_aggregates::period::{PlanSegment, Severity};
 use ledger_aggregates::{Currency, MetricKey, Money, PlanDefinition, PlanId};
 use rust_decimal::Decimal;
 
@@ -166,7 +166,7 @@ leaf_display!(
     MetricKey,
     Currency
 );
-leaf_debug!(Severity, LineKind, PlanDefinition);
+leaf_debug!(Severity, LineKind, PlanDefinition, PlanSegment);
 
 /// Implement [`Diff`] for a struct by comparing the listed fields. The destructuring
 /// makes the list exhaustive: a field added to the struct and not here fails to compile.

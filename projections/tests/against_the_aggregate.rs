@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use common::*;
-use ledger_aggregates::period::percentage;
+use ledger_aggregates::period::{base_lines, percentage};
 use ledger_aggregates::{
     BrandId, LedgerEvent, MetricKey, Money, PeriodCommand, PeriodKey, PlanDefinition, Quantity,
     Stamped, StreamCommand, UsagePeriodAggregate,
@@ -236,7 +236,11 @@ fn check_cost(
         .get(&brand(brand_id), nov())
         .ok_or_else(|| TestCaseError::fail(format!("{brand_id} has no cost")))?;
     let running: Money = period.metrics.values().map(|s| s.overage_cost).sum();
-    prop_assert_eq!(cost.base, plan.base_price_cents, "{} base", brand_id);
+    let base: Money = base_lines(&period.segments, nov())
+        .iter()
+        .map(|l| l.amount)
+        .sum();
+    prop_assert_eq!(cost.base, base, "{} base", brand_id);
     prop_assert_eq!(&cost.plan_id, &plan.id);
     prop_assert_eq!(cost.usage, Money::ZERO);
     prop_assert_eq!(

@@ -394,10 +394,11 @@ fn usage_after_the_close_is_an_adjustment_and_leaves_the_invoice_figures_alone()
 }
 
 #[test]
-fn a_plan_change_bills_the_new_plans_base_price() {
-    // The base is the price of the plan in force, from the `PlanApplied` snapshot.
+fn a_plan_change_prorates_the_base_and_keeps_the_overage_made_before_it() {
+    // The base follows the plans in force, each for its share of the month; overage
+    // is measured against the limits in force when the usage happened.
     // Given 12 renders_3d on starter (200 cents over); when the brand moves to
-    // professional, where 12 of 50 is under the limit:
+    // professional on the 15th at noon, where 12 of 50 would be under the limit:
     let mut ledger = Ledger::new();
     ledger
         .register("acme", "starter")
@@ -405,7 +406,8 @@ fn a_plan_change_bills_the_new_plans_base_price() {
         .change_plan("acme", &plan("professional"));
     let models = ledger.models();
 
-    // Then the estimate is professional's base price and no overage.
+    // Then the estimate is 14.5 days of starter and 15.5 of professional (1,402 +
+    // 5,115), and the 200 cents of starter overage stay.
     let cost = models
         .period_cost
         .get(&brand("acme"), nov())
@@ -413,7 +415,7 @@ fn a_plan_change_bills_the_new_plans_base_price() {
     assert_eq!(cost.plan_id.as_str(), "professional");
     assert_eq!(
         (cost.base, cost.overage, cost.total),
-        (cents(9900), Money::ZERO, cents(9900))
+        (cents(6517), cents(200), cents(6717))
     );
 }
 
