@@ -18,8 +18,8 @@ use cqrs_es::Aggregate;
 use ledger_aggregates::catalog::Catalog;
 use ledger_aggregates::period::LedgerRules;
 use ledger_aggregates::{
-    BrandAggregate, BrandError, BrandId, IdempotencyKey, LedgerError, LedgerEvent, MetricKey,
-    PeriodCommand, PeriodKey, PlanId, QuotaDecision, UsagePeriodAggregate,
+    BeforeRegistration, BrandAggregate, BrandError, BrandId, IdempotencyKey, LedgerError,
+    LedgerEvent, MetricKey, PeriodCommand, PeriodKey, PlanId, QuotaDecision, UsagePeriodAggregate,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -223,6 +223,9 @@ pub enum EngineError {
     Stopped,
     #[error("brand {0} is not registered")]
     BrandNotRegistered(BrandId),
+    /// The command is for a time before the brand existed.
+    #[error(transparent)]
+    BeforeRegistration(#[from] BeforeRegistration),
     #[error("unknown metric {0}")]
     UnknownMetric(MetricKey),
     #[error("unknown plan {0}")]

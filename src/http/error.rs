@@ -218,6 +218,9 @@ impl From<EngineError> for ApiError {
                 retry_after_s: Some(5),
             },
             EngineError::BrandNotRegistered(_) => ApiError::NotFound(e.to_string()),
+            EngineError::BeforeRegistration(_) => {
+                ApiError::invalid("before-registration", e.to_string())
+            }
             EngineError::UnknownMetric(_) => ApiError::invalid("unknown-metric", e.to_string()),
             EngineError::UnknownPlan(_) => ApiError::invalid("unknown-plan", e.to_string()),
             EngineError::InFuture { .. } => ApiError::invalid("in-future", e.to_string()),
