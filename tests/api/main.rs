@@ -12,4 +12,5 @@ mod metering;
 mod outage;
 mod periods;
 mod reads;
+mod sealed;
 mod tenants;
