@@ -9,7 +9,7 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::PlanDefinition;
-use crate::ids::{BrandId, PlanId};
+use crate::ids::{BrandId, PeriodKey, PlanId};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BrandCommand {
@@ -72,7 +72,42 @@ pub enum BrandError {
 pub struct BrandAggregate {
     pub brand_id: Option<BrandId>,
     pub plan: Option<PlanDefinition>,
+    /// When `BrandRegistered` happened: no usage may be stamped before it. Defaulted so
+    /// a snapshot taken before it was kept still loads; a brand rebuilt from one is
+    /// held to no registration instant (registries reach a snapshot only after 1,000
+    /// plan changes, so in practice none is).
+    #[serde(default)]
+    pub registered_at: Option<DateTime<Utc>>,
     pub version: u64,
+}
+
+/// Why a brand refuses a command on one of its periods: the brand did not exist yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BeforeRegistration {
+    /// The whole period ended before the brand was registered: it never had it.
+    #[error("period {period} ended before the brand was registered at {registered_at}")]
+    Period {
+        period: PeriodKey,
+        registered_at: DateTime<Utc>,
+    },
+    /// The usage is stamped before the brand was registered.
+    #[error(
+        "usage at {occurred_at} is stamped before the brand was registered at {registered_at}"
+    )]
+    Usage {
+        occurred_at: DateTime<Utc>,
+        registered_at: DateTime<Utc>,
+    },
+}
+
+impl BeforeRegistration {
+    /// The registration instant the refusal names.
+    pub fn registered_at(&self) -> DateTime<Utc> {
+        match self {
+            BeforeRegistration::Period { registered_at, .. }
+            | BeforeRegistration::Usage { registered_at, .. } => *registered_at,
+        }
+    }
 }
 
 /// The aggregate type name stored in `events.aggregate_type`.
@@ -107,9 +142,12 @@ impl BrandAggregate {
     pub fn fold(&mut self, event: &BrandEvent) {
         self.version += 1;
         match event {
-            BrandEvent::BrandRegistered { brand_id, plan, .. } => {
+            BrandEvent::BrandRegistered {
+                brand_id, plan, at, ..
+            } => {
                 self.brand_id = Some(brand_id.clone());
                 self.plan = Some(plan.clone());
+                self.registered_at = Some(*at);
             }
             BrandEvent::PlanChanged { plan, .. } => self.plan = Some(plan.clone()),
         }
@@ -117,6 +155,34 @@ impl BrandAggregate {
 
     pub fn is_registered(&self) -> bool {
         self.plan.is_some()
+    }
+
+    /// Whether the brand existed for `period`, and at `occurred_at` if the command
+    /// carries usage stamped then. A period is the brand's if it ended after the
+    /// registration (the registration's own period included); usage is the brand's if
+    /// it is stamped at or after the registration. Bills and quotas are the brand's
+    /// from then on, so nothing before it may be metered or invoiced.
+    pub fn check_existed(
+        &self,
+        period: PeriodKey,
+        occurred_at: Option<DateTime<Utc>>,
+    ) -> Result<(), BeforeRegistration> {
+        let Some(registered_at) = self.registered_at else {
+            return Ok(());
+        };
+        if period.end() <= registered_at {
+            return Err(BeforeRegistration::Period {
+                period,
+                registered_at,
+            });
+        }
+        match occurred_at {
+            Some(occurred_at) if occurred_at < registered_at => Err(BeforeRegistration::Usage {
+                occurred_at,
+                registered_at,
+            }),
+            _ => Ok(()),
+        }
     }
 
     pub fn decide(&self, command: &BrandCommand) -> Result<Vec<BrandEvent>, BrandError> {

@@ -19,7 +19,7 @@ pub mod period;
 pub mod reset;
 pub mod timestamp;
 
-pub use brand::{BrandAggregate, BrandCommand, BrandError, BrandEvent};
+pub use brand::{BeforeRegistration, BrandAggregate, BrandCommand, BrandError, BrandEvent};
 pub use catalog::{Catalog, MetricKind, OveragePolicy, PlanDefinition, PlanQuota};
 pub use ids::{BrandId, IdempotencyKey, MetricKey, ParseError, PeriodKey, PlanId, Quantity};
 pub use money::{Currency, Money};

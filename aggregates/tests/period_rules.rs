@@ -19,10 +19,10 @@ use ledger_aggregates::period::{
     LEDGER_EVENT_VERSION,
 };
 use ledger_aggregates::{
-    BrandAggregate, BrandCommand, BrandError, BrandEvent, BrandId, Catalog, Currency, LedgerError,
-    LedgerEvent, LedgerRules, MetricKey, MetricKind, MetricTotals, Money, OveragePolicy,
-    PeriodCommand, PeriodKey, PeriodOpening, PlanDefinition, PlanId, Quantity, QuotaDecision,
-    Stamped, StreamCommand, UsagePeriodAggregate,
+    BeforeRegistration, BrandAggregate, BrandCommand, BrandError, BrandEvent, BrandId, Catalog,
+    Currency, LedgerError, LedgerEvent, LedgerRules, MetricKey, MetricKind, MetricTotals, Money,
+    OveragePolicy, PeriodCommand, PeriodKey, PeriodOpening, PlanDefinition, PlanId, Quantity,
+    QuotaDecision, Stamped, StreamCommand, UsagePeriodAggregate,
 };
 use rust_decimal::Decimal;
 
@@ -2002,4 +2002,80 @@ fn the_decision_of_a_consumption_is_the_state_after_it() {
     assert_eq!((decision.current, decision.remaining), (18, Some(2)));
     assert_eq!(decision.overage, 0);
     assert_eq!(alert_moves(&events, AI), vec![90]);
+}
+
+/// The brand as registered at `now()` (10 November, noon) on starter.
+fn registered_brand() -> BrandAggregate {
+    let mut brand_state = BrandAggregate::default();
+    brand_state.apply(registered("starter"));
+    brand_state
+}
+
+#[test]
+fn a_brand_remembers_when_it_was_registered_and_keeps_it_across_plan_changes() {
+    // The registration instant is the first event's, never a later plan change's.
+    let mut brand_state = registered_brand();
+    brand_state.apply(BrandEvent::PlanChanged {
+        previous_plan: plan("starter").id,
+        plan: plan("business"),
+        actor: "admin".to_owned(),
+        at: day(20),
+    });
+    assert_eq!(brand_state.registered_at, Some(now()));
+}
+
+#[test]
+fn usage_stamped_before_the_registration_is_refused_naming_the_registration() {
+    // Given a brand registered on 10 November at noon, usage stamped a second earlier
+    // is not the brand's, while usage stamped at the registration instant is.
+    let brand_state = registered_brand();
+    let earlier = now() - Duration::seconds(1);
+    let refused = brand_state
+        .check_existed(period(), Some(earlier))
+        .unwrap_err();
+    assert_eq!(
+        refused,
+        BeforeRegistration::Usage {
+            occurred_at: earlier,
+            registered_at: now(),
+        }
+    );
+    assert_eq!(refused.registered_at(), now());
+    assert_eq!(brand_state.check_existed(period(), Some(now())), Ok(()));
+    assert_eq!(brand_state.check_existed(period(), None), Ok(()));
+}
+
+#[test]
+fn a_period_that_ended_before_the_registration_is_refused_whatever_the_command() {
+    // Given a brand registered on 1 December at midnight, November (which ends then)
+    // was never the brand's, with or without a usage stamp; December is.
+    let mut brand_state = BrandAggregate::default();
+    let december = period().end();
+    brand_state.apply(BrandEvent::BrandRegistered {
+        brand_id: brand(),
+        plan: plan("starter"),
+        actor: "admin".to_owned(),
+        at: december,
+    });
+    for stamp in [None, Some(day(30))] {
+        assert_eq!(
+            brand_state.check_existed(period(), stamp),
+            Err(BeforeRegistration::Period {
+                period: period(),
+                registered_at: december,
+            })
+        );
+    }
+    assert_eq!(brand_state.check_existed(period().next(), None), Ok(()));
+}
+
+#[test]
+fn a_brand_snapshotted_before_the_instant_was_kept_is_held_to_none() {
+    // A snapshot without `registered_at` loads, and refuses nothing it did not before.
+    let old: BrandAggregate = serde_json::from_value(serde_json::json!({
+        "brand_id": "brand_x", "plan": null, "version": 1
+    }))
+    .expect("an old snapshot loads");
+    assert_eq!(old.registered_at, None);
+    assert_eq!(old.check_existed(period(), Some(day(1))), Ok(()));
 }

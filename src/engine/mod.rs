@@ -18,8 +18,8 @@ use cqrs_es::Aggregate;
 use ledger_aggregates::catalog::Catalog;
 use ledger_aggregates::period::LedgerRules;
 use ledger_aggregates::{
-    BrandAggregate, BrandError, BrandId, IdempotencyKey, LedgerError, LedgerEvent, MetricKey,
-    PeriodCommand, PeriodKey, PlanId, QuotaDecision, UsagePeriodAggregate,
+    BeforeRegistration, BrandAggregate, BrandError, BrandId, IdempotencyKey, LedgerError,
+    LedgerEvent, MetricKey, PeriodCommand, PeriodKey, PlanId, QuotaDecision, UsagePeriodAggregate,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -105,6 +105,19 @@ pub const METADATA_ENTRIES_MAX: usize = 16;
 pub const METADATA_KEY_CHARS_MAX: usize = 64;
 /// Metadata values are tags and ids, not documents.
 pub const METADATA_VALUE_CHARS_MAX: usize = 256;
+/// Caller input an error message quotes back, at most: enough to recognise a key
+/// (the longest valid one fits), while a 5,000-character key does not make a
+/// 5,000-character answer and log line.
+pub const ECHO_CHARS_MAX: usize = 64;
+
+/// `text` as an error may quote it: whole up to [`ECHO_CHARS_MAX`] characters, else its
+/// first ones followed by an ellipsis.
+pub fn echo(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(ECHO_CHARS_MAX) {
+        None => text.into(),
+        Some((cut, _)) => format!("{}…", &text[..cut]).into(),
+    }
+}
 
 /// Facts about a command (who sent it, the caller's request id, …) stored in the
 /// events' `metadata` column. A flat string map because that is the cqrs-es metadata
@@ -116,10 +129,12 @@ pub struct Metadata(BTreeMap<String, String>);
 pub enum MetadataError {
     #[error("metadata holds {0} entries; at most {METADATA_ENTRIES_MAX} are accepted")]
     TooMany(usize),
+    /// The key as echoed: at most [`ECHO_CHARS_MAX`] characters and an ellipsis.
     #[error(
         "metadata key {0:?} must be 1 to {METADATA_KEY_CHARS_MAX} characters of [A-Za-z0-9_.-]"
     )]
     BadKey(String),
+    /// The key of the value, as echoed.
     #[error("metadata value of {0:?} is longer than {METADATA_VALUE_CHARS_MAX} characters")]
     ValueTooLong(String),
 }
@@ -134,11 +149,12 @@ impl Metadata {
                 && k.chars().count() <= METADATA_KEY_CHARS_MAX
                 && k.chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+            // Keys are echoed capped: a bad key can be of any length.
             if !key_ok {
-                return Err(MetadataError::BadKey(k.clone()));
+                return Err(MetadataError::BadKey(echo(k).into_owned()));
             }
             if v.chars().count() > METADATA_VALUE_CHARS_MAX {
-                return Err(MetadataError::ValueTooLong(k.clone()));
+                return Err(MetadataError::ValueTooLong(echo(k).into_owned()));
             }
         }
         Ok(Metadata(entries))
@@ -207,6 +223,9 @@ pub enum EngineError {
     Stopped,
     #[error("brand {0} is not registered")]
     BrandNotRegistered(BrandId),
+    /// The command is for a time before the brand existed.
+    #[error(transparent)]
+    BeforeRegistration(#[from] BeforeRegistration),
     #[error("unknown metric {0}")]
     UnknownMetric(MetricKey),
     #[error("unknown plan {0}")]
@@ -610,6 +629,22 @@ mod tests {
             idempotency_key: Some(IdempotencyKey::parse("k-1").unwrap()),
             metadata: Metadata::default(),
         }
+    }
+
+    #[test]
+    fn an_error_echoes_at_most_the_echo_limit_of_caller_input() {
+        // A key of the longest valid length is echoed whole; a longer one is cut at
+        // the limit (counted in characters, so a multi-byte key is never split inside
+        // a character) and ends with an ellipsis.
+        let fits = "k".repeat(ECHO_CHARS_MAX);
+        assert_eq!(echo(&fits), fits.as_str());
+        let long = "é".repeat(5_000);
+        let echoed = echo(&long);
+        assert_eq!(echoed.chars().count(), ECHO_CHARS_MAX + 1);
+        assert!(echoed.ends_with('…'), "{echoed}");
+        let bad = [(long, "v".to_owned())].into_iter().collect();
+        let err = Metadata::parse(bad).unwrap_err().to_string();
+        assert!(err.chars().count() < 2 * ECHO_CHARS_MAX + 80, "{err}");
     }
 
     #[test]

@@ -676,11 +676,15 @@ impl Writer {
             }
         }
         // Borrowed, not cloned: the plan is copied only when a period opens.
-        let plan = self
+        let brand = self
             .brands
             .peek(req.brand.as_str())
-            .and_then(|b| b.plan.as_ref())
+            .filter(|b| b.is_registered())
             .ok_or_else(|| EngineError::BrandNotRegistered(req.brand.clone()))?;
+        // Refused before anything is opened or staged: a brand has no period, and no
+        // usage, before it was registered (a period it never had is billed nothing).
+        brand.check_existed(period, stamped_at(&req.command))?;
+        let plan = brand.plan.as_ref().expect("a registered brand has a plan");
         // A period first opened by its close is billed on the plan it ended on.
         let plan = match &req.command {
             PeriodCommand::ClosePeriod {
@@ -864,6 +868,14 @@ pub(crate) fn target_period(req: &PeriodRequest, now: DateTime<Utc>) -> PeriodKe
             ..
         } => PeriodKey::containing(*at),
         _ => PeriodKey::containing(now),
+    }
+}
+
+/// When the usage a command carries happened, if the caller stamped it.
+fn stamped_at(command: &PeriodCommand) -> Option<DateTime<Utc>> {
+    match command {
+        PeriodCommand::RecordUsage { occurred_at, .. } => *occurred_at,
+        _ => None,
     }
 }
 

@@ -78,10 +78,11 @@ pub(crate) async fn create(
 }
 
 /// Every key of the brand, revoked ones included, newest first; never a secret or a hash.
+/// An unregistered brand is a 404, as for a creation: it has no key list to read.
 #[utoipa::path(get, path = "/api/v1/usage-billing/brands/{brandId}/api-keys", tag = "admin",
     params(("brandId" = String, Path)),
     responses((status = 200, body = Vec<Object>, description = "id, brandId, label, createdAt, createdBy, revokedAt"),
-        (status = 403, body = Problem, content_type = "application/problem+json")),
+        (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub(crate) async fn list(
     State(s): State<AppState>,
@@ -89,6 +90,9 @@ pub(crate) async fn list(
     ApiPath(brand): ApiPath<BrandId>,
 ) -> Result<Json<Vec<ApiKeyInfo>>, ApiError> {
     caller.admin()?;
+    if s.ledger.engine.brand_state(brand.clone()).await?.is_none() {
+        return Err(unknown_brand(&brand));
+    }
     let keys = s.auth.keys().list(&brand).await.map_err(store_error)?;
     Ok(Json(keys))
 }

@@ -30,6 +30,10 @@ pub enum ApiError {
     /// 404: no such resource, or one the caller may not see (the two are answered alike).
     #[error("{0}")]
     NotFound(String),
+    /// 405: the route exists but not with this method; axum adds the `Allow` header
+    /// listing the methods it has (RFC 9110 §15.5.6).
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// 406: the `Accept` header allows none of the formats the route answers in.
     #[error("{0}")]
     NotAcceptable(String),
@@ -88,6 +92,7 @@ impl ApiError {
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             ApiError::Conflict(_)
             | ApiError::PeriodState { .. }
@@ -108,6 +113,7 @@ impl ApiError {
             ApiError::Unauthenticated(_) => "unauthenticated",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not-found",
+            ApiError::MethodNotAllowed(_) => "method-not-allowed",
             ApiError::NotAcceptable(_) => "not-acceptable",
             ApiError::Conflict(_) => "conflict",
             ApiError::PeriodState { kind, .. } => kind,
@@ -212,6 +218,9 @@ impl From<EngineError> for ApiError {
                 retry_after_s: Some(5),
             },
             EngineError::BrandNotRegistered(_) => ApiError::NotFound(e.to_string()),
+            EngineError::BeforeRegistration(_) => {
+                ApiError::invalid("before-registration", e.to_string())
+            }
             EngineError::UnknownMetric(_) => ApiError::invalid("unknown-metric", e.to_string()),
             EngineError::UnknownPlan(_) => ApiError::invalid("unknown-plan", e.to_string()),
             EngineError::InFuture { .. } => ApiError::invalid("in-future", e.to_string()),

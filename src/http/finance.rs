@@ -8,6 +8,10 @@
 //! the brands' `overage` and `totals.adjustments` the sum of their `adjustment` (see the
 //! module doc of `ledger_projections::overage`).
 //!
+//! A brand's `total` is what it owes for the period now: its invoice (`invoiceTotal`,
+//! frozen by the close) plus the adjustments made after it. That is the summary's
+//! `estimatedCost.total`, closed or not, so the two agree to the cent.
+//!
 //! JSON by default; `Accept: text/csv` gives the lines as an RFC 4180 CSV file for a
 //! spreadsheet or an accounting import. An `Accept` that allows neither is a 406
 //! ([RFC 9110 §12.5.1](https://www.rfc-editor.org/rfc/rfc9110#section-12.5.1)).
@@ -104,8 +108,10 @@ pub struct FinanceBrandView {
     pub overage: i64,
     /// Σ of the brand's `adjustment` lines; always 0 before the close.
     pub adjustment: i64,
-    /// `base + overage`: once invoiced, the invoice's total (adjustments are billed
-    /// apart from it).
+    /// `base + overage`: once invoiced, the invoice's total, which never moves.
+    pub invoice_total: i64,
+    /// `invoiceTotal + adjustment`: what the brand owes for the period now, equal to
+    /// its summary's `estimatedCost.total`.
     pub total: i64,
     /// The period is closed for this brand: `base`, `overage` and `total` are frozen.
     pub invoiced: bool,
@@ -118,6 +124,7 @@ pub struct FinanceBrandTotalsView {
     pub base: i64,
     pub overage: i64,
     pub adjustment: i64,
+    pub invoice_total: i64,
     pub total: i64,
 }
 
@@ -206,6 +213,7 @@ fn answer_of(
         base: sum(|b| b.base),
         overage: sum(|b| b.overage),
         adjustment: sum(|b| b.adjustment),
+        invoice_total: sum(|b| b.invoice_total),
         total: sum(|b| b.total),
     };
     Ok(OveragesAnswer {
@@ -249,7 +257,8 @@ fn brand_view(brand: &BrandId, c: &CostEstimate) -> FinanceBrandView {
         base: c.base.minor(),
         overage: c.overage.minor(),
         adjustment: c.adjustment.minor(),
-        total: c.total.minor(),
+        invoice_total: c.total.minor(),
+        total: (c.total + c.adjustment).minor(),
         invoiced: c.invoiced,
     }
 }

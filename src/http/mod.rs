@@ -33,6 +33,7 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::auth::Authenticator;
+use crate::engine::echo;
 use crate::ledger::Ledger;
 use error::ApiError;
 
@@ -66,6 +67,8 @@ pub fn router(state: AppState) -> Router {
         .merge(periods::router())
         .merge(finance::router())
         .merge(api_keys::router())
+        // After every route: it applies to the routes registered before it.
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_bytes_max))
         .with_state(state)
@@ -89,4 +92,13 @@ async fn readyz(State(s): State<AppState>) -> Response {
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
+}
+
+/// A known route asked with a method it does not have. Axum sets `Allow` on the answer.
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{} does not answer {}; the Allow header lists the methods it does",
+        echo(uri.path()),
+        echo(method.as_str())
+    ))
 }

@@ -1,5 +1,9 @@
 //! Closing an ended period: every registered brand's invoice frozen (`PeriodClosed`).
 //!
+//! A close covers every brand that existed during the period, i.e. registered before
+//! its end, whether or not it has an event in it (a brand without usage owes its base
+//! price); a brand registered at or after the end never had the period and is skipped.
+//!
 //! Each brand is closed by its own `Close` command through the engine, many at once so
 //! they share group commits. A brand's failure is reported beside the others' invoices,
 //! never instead of them, and a retry finishes the job: a period already closed is
@@ -8,8 +12,7 @@
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use ledger_aggregates::brand::BRAND_TYPE;
-use ledger_aggregates::ids::period_stream_id;
-use ledger_aggregates::period::{Invoice, USAGE_PERIOD_TYPE};
+use ledger_aggregates::period::Invoice;
 use ledger_aggregates::{
     BrandEvent, BrandId, LedgerError, LedgerEvent, PeriodCommand, PeriodKey, PlanDefinition,
 };
@@ -33,7 +36,9 @@ pub enum Closing {
     Closed(Invoice),
     /// An earlier close froze it: nothing was appended.
     AlreadyClosed,
-    /// Registered after the period ended, with no usage in it: nothing to invoice.
+    /// Registered at or after the period's end: the brand never had the period, so
+    /// nothing is invoiced (and no usage can be in it: the engine refuses usage
+    /// stamped before a registration).
     Skipped,
 }
 
@@ -73,12 +78,10 @@ impl Ledger {
     ) -> Result<(BrandId, Closing), QueryError> {
         let brand = BrandId::parse(id)
             .map_err(|e| QueryError::Corrupt(format!("brand registry stream {id:?}: {e}")))?;
-        let plan_at_end = self.plan_at(&brand, period.end()).await?;
-        // Registered only after the period ended: it owes nothing for it, unless it
-        // reported late usage into it (within the grace), which must be invoiced.
-        if plan_at_end.is_none() && !self.has_events(&brand, period).await? {
+        // Registered only after the period ended: it owes nothing for it.
+        let Some(plan_at_end) = self.plan_at(&brand, period.end()).await? else {
             return Ok((brand, Closing::Skipped));
-        }
+        };
         let closing = self
             .engine
             .execute(PeriodRequest {
@@ -86,7 +89,7 @@ impl Ledger {
                 period: Some(period),
                 command: PeriodCommand::ClosePeriod {
                     actor: actor.to_owned(),
-                    plan_at_end: plan_at_end.map(Box::new),
+                    plan_at_end: Some(Box::new(plan_at_end)),
                 },
                 idempotency_key: None,
                 metadata: Metadata::default(),
@@ -148,16 +151,5 @@ impl Ledger {
                 _ => return Ok(plan),
             }
         }
-    }
-
-    /// Whether the brand's period stream holds any event: one primary-key probe.
-    async fn has_events(&self, brand: &BrandId, period: PeriodKey) -> Result<bool, QueryError> {
-        let id = period_stream_id(brand, period);
-        let version = self
-            .stores
-            .log
-            .stream_version(USAGE_PERIOD_TYPE, &id)
-            .await?;
-        Ok(version > 0)
     }
 }

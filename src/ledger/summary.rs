@@ -100,8 +100,8 @@ impl Ledger {
         period: PeriodKey,
     ) -> Result<PeriodSummary, QueryError> {
         let models = self.projector.period(&brand, period).await?;
-        let plan = self.plan_of(&brand, models.as_deref()).await?;
-        Ok(self.summarize(brand, period, plan, models.as_deref()))
+        let (plan, registered_at) = self.plan_of(&brand, models.as_deref()).await?;
+        Ok(self.summarize(brand, period, (plan, registered_at), models.as_deref()))
     }
 
     /// Usage per metric: the plan's metrics at 0 unless used, and every metric used.
@@ -111,7 +111,7 @@ impl Ledger {
         period: PeriodKey,
     ) -> Result<BTreeMap<MetricKey, u64>, QueryError> {
         let models = self.projector.period(&brand, period).await?;
-        let plan = self.plan_of(&brand, models.as_deref()).await?;
+        let (plan, _) = self.plan_of(&brand, models.as_deref()).await?;
         let mut usage: BTreeMap<MetricKey, u64> =
             plan.quotas.iter().map(|q| (q.metric.clone(), 0)).collect();
         if let Some(models) = &models {
@@ -136,28 +136,29 @@ impl Ledger {
             .await?;
         let models = as_of(&records, &brand, period, cutoff)
             .map_err(|e| QueryError::Corrupt(format!("replay of {stream}: {e}")))?;
-        let plan = self.plan_of(&brand, models.as_ref()).await?;
+        let basis = self.plan_of(&brand, models.as_ref()).await?;
         let sequence = models.as_ref().map_or(0, |m| m.sequence);
         Ok(AsOfSummary {
-            summary: self.summarize(brand, period, plan, models.as_ref()),
+            summary: self.summarize(brand, period, basis, models.as_ref()),
             sequence,
         })
     }
 
     /// The plan a period is summarized on: the one its events snapshotted, or for a
     /// period without events (or rows stored before the plan was kept) the brand's
-    /// plan today. The registry is read only then, and says whether the brand exists.
+    /// plan today. The registry is read only then, and says whether the brand exists
+    /// and since when (the instant comes with the plan only when the registry was read).
     async fn plan_of(
         &self,
         brand: &BrandId,
         models: Option<&PeriodModels>,
-    ) -> Result<PlanDefinition, QueryError> {
+    ) -> Result<(PlanDefinition, Option<DateTime<Utc>>), QueryError> {
         if let Some(plan) = models.and_then(|m| m.cost.as_ref()?.plan.clone()) {
-            return Ok(plan);
+            return Ok((plan, None));
         }
         let registry = self.engine.brand_state(brand.clone()).await?;
         registry
-            .and_then(|b| b.plan)
+            .and_then(|b| Some((b.plan?, b.registered_at)))
             .ok_or_else(|| QueryError::UnknownBrand(brand.clone()))
     }
 
@@ -165,7 +166,7 @@ impl Ledger {
         &self,
         brand: BrandId,
         period: PeriodKey,
-        plan: PlanDefinition,
+        (plan, registered_at): (PlanDefinition, Option<DateTime<Utc>>),
         models: Option<&PeriodModels>,
     ) -> PeriodSummary {
         let empty = PeriodQuotas::new();
@@ -180,8 +181,11 @@ impl Ledger {
         let cost = models.and_then(|m| m.cost.as_ref());
         let closed = cost.is_some_and(|c| c.invoiced);
         let (base, overage) = match cost {
-            Some(c) => (c.base, c.overage),
-            None => (plan.base_price_cents, Money::ZERO),
+            Some(c) => cost_now(c),
+            None => (
+                self.base_without_events(&plan, period, registered_at),
+                Money::ZERO,
+            ),
         };
         PeriodSummary {
             brand,
@@ -225,6 +229,33 @@ fn highest_alerts(plan: &PlanDefinition, models: &PeriodModels) -> Vec<AlertSumm
         .collect();
     alerts.sort_by_key(|a| std::cmp::Reverse(a.alert.sequence));
     alerts
+}
+
+/// What a period with events comes to now: its base, and its overage as the metrics
+/// stand (their `overageCost` sum). Once invoiced that is the invoice's overage plus the
+/// adjustments made after it (late usage within the grace, corrections), so the summary,
+/// finance's brand line and the invoice with its adjustments agree to the cent.
+fn cost_now(c: &ledger_projections::CostEstimate) -> (Money, Money) {
+    (c.base, c.overage + c.adjustment)
+}
+
+impl Ledger {
+    /// The base price a period without events will be invoiced: the plan's, unless the
+    /// brand never had the period (it ended before the registration) or the period
+    /// has not begun (nothing may be billed for it yet, and the plan may change first).
+    fn base_without_events(
+        &self,
+        plan: &PlanDefinition,
+        period: PeriodKey,
+        registered_at: Option<DateTime<Utc>>,
+    ) -> Money {
+        let before_registration = registered_at.is_some_and(|r| period.end() <= r);
+        let not_begun = self.engine.now() < period.start();
+        match before_registration || not_begun {
+            true => Money::ZERO,
+            false => plan.base_price_cents,
+        }
+    }
 }
 
 fn metric_summary(plan: &PlanDefinition, quotas: &PeriodQuotas, m: &MetricKey) -> MetricSummary {

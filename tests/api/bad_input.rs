@@ -192,3 +192,61 @@ on_both_stores!(
     malformed_paths_and_queries_are_refused_precisely,
     malformed_paths_and_queries_are_refused_precisely
 );
+
+async fn a_method_a_route_does_not_have_is_a_405_problem_with_allow(db: &TestDb) {
+    // Each known route asked with a method it lacks answers 405 problem+json, never an
+    // empty body, with an `Allow` header naming the methods it has; nothing is written.
+    let app = spawn_app(db).await;
+    app.register("acme", "starter").await;
+    let before = app.audit("acme").await;
+    let cases: Vec<(Method, &str, &str)> = vec![
+        (Method::GET, "record", "POST"),
+        (Method::DELETE, "summary/acme", "GET,HEAD"),
+        (Method::POST, "brands/acme", "PUT"),
+        (Method::PUT, "brands/acme/api-keys", "GET,HEAD,POST"),
+        (Method::PATCH, "/healthz", "GET,HEAD"),
+    ];
+    for (method, path, allow) in cases {
+        let a = app
+            .call(method.clone(), path, Some(&app.admin), Some(json!({})))
+            .await;
+        a.assert_problem(405, "method-not-allowed");
+        let allowed = a.headers["allow"].to_str().unwrap();
+        let mut allowed: Vec<&str> = allowed.split(',').map(str::trim).collect();
+        allowed.sort_unstable();
+        assert_eq!(allowed.join(","), allow, "{method} {path}");
+    }
+    assert_eq!(app.audit("acme").await, before);
+}
+on_both_stores!(
+    a_method_a_route_does_not_have_is_a_405_problem_with_allow,
+    a_method_a_route_does_not_have_is_a_405_problem_with_allow
+);
+
+async fn a_huge_metadata_key_is_echoed_capped_in_the_422(db: &TestDb) {
+    // A 5,000-character metadata key is refused as `invalid-metadata`, and the problem
+    // quotes only its first `ECHO_CHARS_MAX` characters, then an ellipsis.
+    let app = spawn_app(db).await;
+    app.register("acme", "starter").await;
+    let key = "k".repeat(5_000);
+    let a = app
+        .post(
+            "record",
+            &app.admin,
+            record(json!({ "metadata": { key.clone(): "v" } })),
+        )
+        .await;
+    a.assert_problem(422, "invalid-metadata");
+    let detail = a.body["detail"].as_str().unwrap();
+    let echoed = format!("{}…", &key[..usage_ledger::engine::ECHO_CHARS_MAX]);
+    assert!(detail.contains(&echoed), "{detail}");
+    assert!(
+        detail.chars().count() < 200,
+        "{} characters: {detail}",
+        detail.chars().count()
+    );
+}
+on_both_stores!(
+    a_huge_metadata_key_is_echoed_capped_in_the_422,
+    a_huge_metadata_key_is_echoed_capped_in_the_422
+);

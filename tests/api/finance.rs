@@ -181,7 +181,8 @@ async fn finance_lists_each_overage_line_of_the_period_to_the_cent(db: &TestDb) 
     };
     let brand = |id: &str, overage: i64| {
         json!({ "brandId": id, "planId": "starter", "base": 2900, "overage": overage,
-                "adjustment": 0, "total": 2900 + overage, "invoiced": false })
+                "adjustment": 0, "invoiceTotal": 2900 + overage, "total": 2900 + overage,
+                "invoiced": false })
     };
     assert_eq!(
         body,
@@ -201,7 +202,8 @@ async fn finance_lists_each_overage_line_of_the_period_to_the_cent(db: &TestDb) 
                 brand("initech", 0),
                 brand("umbrella", 75),
             ],
-            "brandTotals": { "base": 11600, "overage": 2100, "adjustment": 0, "total": 13700 },
+            "brandTotals": { "base": 11600, "overage": 2100, "adjustment": 0,
+                             "invoiceTotal": 13700, "total": 13700 },
         })
     );
     // October holds acme's 20 renders over, and only them.
@@ -279,7 +281,8 @@ async fn a_period_without_usage_answers_no_lines_and_zero_totals(db: &TestDb) {
             "period": "2027-03", "currency": "EUR", "lines": [],
             "totals": { "charged": 0, "adjustments": 0, "total": 0 },
             "brands": [],
-            "brandTotals": { "base": 0, "overage": 0, "adjustment": 0, "total": 0 },
+            "brandTotals": { "base": 0, "overage": 0, "adjustment": 0, "invoiceTotal": 0,
+                             "total": 0 },
         })
     );
     let csv = finance(&app, "period=2027-03", &app.admin, Some("text/csv")).await;
@@ -384,7 +387,8 @@ async fn after_a_close_the_charges_are_the_invoice_and_late_usage_is_an_adjustme
     // October is used, then closed within the grace: the charge lines are the invoice's
     // lines and the totals its overage. Late usage stamped in October then moves acme's
     // renders 2 units further over: one adjustment line of 2 × 100 cents, while the
-    // charges, the invoice and the summaries stay as invoiced. Late usage that stays
+    // charges and the invoice stay as invoiced; the adjustment is in the brand's total
+    // and in its summary, which show what October comes to now. Late usage that stays
     // under a limit (globex's generations) adds no line. A replay agrees throughout.
     let app = spawn_app(db).await;
     app.clock.set(at(10, 10, 12));
@@ -450,17 +454,18 @@ async fn after_a_close_the_charges_are_the_invoice_and_late_usage_is_an_adjustme
         late["brands"],
         json!([
             { "brandId": "acme", "planId": "starter", "base": 2900, "overage": 525,
-              "adjustment": 200, "total": 3425, "invoiced": true },
+              "adjustment": 200, "invoiceTotal": 3425, "total": 3625, "invoiced": true },
             { "brandId": "globex", "planId": "starter", "base": 2900, "overage": 200,
-              "adjustment": 0, "total": 3100, "invoiced": true },
+              "adjustment": 0, "invoiceTotal": 3100, "total": 3100, "invoiced": true },
         ])
     );
     assert_eq!(
         late["brandTotals"],
-        json!({ "base": 5800, "overage": 725, "adjustment": 200, "total": 6525 })
+        json!({ "base": 5800, "overage": 725, "adjustment": 200, "invoiceTotal": 6525,
+                "total": 6725 })
     );
-    // The summaries still show the invoiced overage: the adjustment is billed apart.
-    assert_eq!(summary_overage(&app, "acme", "2026-10").await, 525);
+    // The summaries show the invoice plus its adjustment: 525 + 200 for acme.
+    assert_eq!(summary_overage(&app, "acme", "2026-10").await, 725);
     assert_eq!(summary_overage(&app, "globex", "2026-10").await, 200);
     assert_matches_replay(&late, &replay(db).await, "2026-10");
     let csv = finance(&app, "period=2026-10", &app.admin, Some("text/csv")).await;

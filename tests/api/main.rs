@@ -13,4 +13,5 @@ mod outage;
 mod periods;
 mod reads;
 mod rules;
+mod sealed;
 mod tenants;

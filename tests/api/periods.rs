@@ -253,8 +253,8 @@ async fn a_brand_without_usage_owes_the_base_price_of_the_plan_it_ended_the_peri
     // quiet and switcher were registered in October and recorded nothing: each is
     // invoiced its base price on the plan it had when October ended (switcher moved to
     // business only in November). newcomer registered after October ended: skipped.
-    // latecomer registered after too, but reported usage stamped in October within the
-    // grace: that usage is invoiced, not dropped.
+    // latecomer registered after too: its usage stamped in October, within the grace,
+    // is refused (October was never its period), and it is skipped like newcomer.
     let app = spawn_app(db).await;
     app.clock.set(mid_october());
     app.register("quiet", "starter").await;
@@ -271,18 +271,14 @@ async fn a_brand_without_usage_owes_the_base_price_of_the_plan_it_ended_the_peri
         Some("2026-10-31T23:00:00Z"),
     )
     .await;
-    assert_eq!(late.status, 201, "{:#}", late.body);
+    late.assert_problem(422, "before-registration");
 
     let a = close_october(&app).await;
     assert_eq!(a.status, 201, "{:#}", a.body);
-    assert_eq!(ids(&a.body["closed"]), ["latecomer", "quiet", "switcher"]);
-    assert_eq!(ids(&a.body["skipped"]), ["newcomer"]);
-    let [latecomer, quiet, switcher] = [0, 1, 2].map(|i| &a.body["closed"][i]);
-    for (invoice, plan, total) in [
-        (quiet, "starter", 2900),
-        (switcher, "starter", 2900),
-        (latecomer, "starter", 2900 + 100),
-    ] {
+    assert_eq!(ids(&a.body["closed"]), ["quiet", "switcher"]);
+    assert_eq!(ids(&a.body["skipped"]), ["latecomer", "newcomer"]);
+    let [quiet, switcher] = [0, 1].map(|i| &a.body["closed"][i]);
+    for (invoice, plan, total) in [(quiet, "starter", 2900), (switcher, "starter", 2900)] {
         assert_eq!(invoice["planId"], plan, "{invoice:#}");
         assert_eq!(invoice["total"], total, "{invoice:#}");
     }
@@ -291,15 +287,14 @@ async fn a_brand_without_usage_owes_the_base_price_of_the_plan_it_ended_the_peri
         types(&october_events(&app, "quiet").await),
         ["PeriodOpened", "PeriodClosed"]
     );
-    assert!(october_events(&app, "newcomer").await.is_empty());
-    // Closing again keeps skipping the newcomer and appends nothing.
+    for skipped in ["latecomer", "newcomer"] {
+        assert!(october_events(&app, skipped).await.is_empty(), "{skipped}");
+    }
+    // Closing again keeps skipping both and appends nothing.
     let again = close_october(&app).await;
     assert_eq!(again.status, 200, "{:#}", again.body);
-    assert_eq!(ids(&again.body["skipped"]), ["newcomer"]);
-    assert_eq!(
-        ids(&again.body["alreadyClosed"]),
-        ["latecomer", "quiet", "switcher"]
-    );
+    assert_eq!(ids(&again.body["skipped"]), ["latecomer", "newcomer"]);
+    assert_eq!(ids(&again.body["alreadyClosed"]), ["quiet", "switcher"]);
 }
 on_both_stores!(
     a_brand_without_usage_owes_the_base_price_of_the_plan_it_ended_the_period_on,

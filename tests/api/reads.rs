@@ -91,13 +91,16 @@ on_both_stores!(
 
 async fn a_registered_brand_without_usage_reads_zeros(db: &TestDb) {
     // Reading a period that has no events yet answers its plan with zero usage and
-    // writes nothing.
+    // writes nothing. The current period shows the plan's base price, which its close
+    // will invoice; an upcoming one shows none, since nothing is billed for it yet.
     let app = spawn_app(db).await;
     app.register("quiet", "business").await;
+    let now = app.get("summary/quiet", &app.admin).await;
+    assert_eq!(now.body["summary"]["estimatedCost"]["total"], 29900);
     let s = app.get("summary/quiet?period=2026-12", &app.admin).await;
     assert_eq!(s.status, 200, "{:#}", s.body);
     assert_eq!(s.body["summary"]["period"]["status"], "upcoming");
-    assert_eq!(s.body["summary"]["estimatedCost"]["total"], 29900);
+    assert_eq!(s.body["summary"]["estimatedCost"]["total"], 0);
     assert!(s.body["summary"]["metrics"]
         .as_array()
         .unwrap()

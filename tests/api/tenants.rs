@@ -241,3 +241,28 @@ on_both_stores!(
     an_api_key_meters_for_its_brand_until_revoked,
     an_api_key_meters_for_its_brand_until_revoked
 );
+
+async fn the_api_keys_of_an_unregistered_brand_are_a_404_to_read_as_to_create(db: &TestDb) {
+    // `nobody` was never registered: listing its keys is the same 404 problem as
+    // creating one, not an empty list that reads as a brand without keys.
+    let app = spawn_app(db).await;
+    app.register("acme", "starter").await;
+    let listed = app.get("brands/nobody/api-keys", &app.admin).await;
+    listed.assert_problem(404, "not-found");
+    let created = app
+        .post(
+            "brands/nobody/api-keys",
+            &app.admin,
+            json!({ "label": "ci" }),
+        )
+        .await;
+    created.assert_problem(404, "not-found");
+    assert_eq!(listed.body, created.body);
+    let registered = app.get("brands/acme/api-keys", &app.admin).await;
+    assert_eq!(registered.status, 200, "{:#}", registered.body);
+    assert_eq!(registered.body, json!([]));
+}
+on_both_stores!(
+    the_api_keys_of_an_unregistered_brand_are_a_404_to_read_as_to_create,
+    the_api_keys_of_an_unregistered_brand_are_a_404_to_read_as_to_create
+);
