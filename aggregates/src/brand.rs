@@ -1,7 +1,8 @@
 //! The brand registry aggregate: which plan a brand is on, as a stream of events.
 //!
-//! A plan change is a fact of the brand; the engine then applies it to the brand's open
-//! period (`PeriodCommand::ApplyPlan`) in the same commit.
+//! A plan change is a fact of the brand. One in force at once is applied by the engine
+//! to the brand's open period (`PeriodCommand::ApplyPlan`) in the same commit; one
+//! scheduled for a later period (a downgrade, by default) is what that period opens on.
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
@@ -11,15 +12,29 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::PlanDefinition;
 use crate::ids::{BrandId, PeriodKey, PlanId};
 
+/// When a plan change takes effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effective {
+    /// In the open period, from the instant of the change.
+    Now,
+    /// From the start of the next period.
+    NextPeriod,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BrandCommand {
     /// Register the brand on `plan`, or move it to `plan`. Setting the plan it already
     /// has (same id and catalog version) changes nothing, so the call is safe to retry.
+    /// Without `effective`, an upgrade (a higher base price, or the same) takes effect
+    /// now and a downgrade at the next period: a brand keeps what it paid for until
+    /// the period ends unless an admin asks otherwise.
     SetPlan {
         brand_id: BrandId,
         plan: PlanDefinition,
         actor: String,
         at: DateTime<Utc>,
+        effective: Option<Effective>,
     },
 }
 
@@ -39,6 +54,10 @@ pub enum BrandEvent {
         actor: String,
         #[serde(serialize_with = "crate::timestamp::serialize")]
         at: DateTime<Utc>,
+        /// The first period on `plan` when it does not take effect at once; absent for
+        /// a change in force from `at` (every change recorded before it existed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        effective_from: Option<PeriodKey>,
     },
 }
 
@@ -78,6 +97,9 @@ pub struct BrandAggregate {
     /// plan changes, so in practice none is).
     #[serde(default)]
     pub registered_at: Option<DateTime<Utc>>,
+    /// A plan change that takes effect at the start of a later period.
+    #[serde(default)]
+    pub scheduled: Option<(PeriodKey, PlanDefinition)>,
     pub version: u64,
 }
 
@@ -149,7 +171,40 @@ impl BrandAggregate {
                 self.plan = Some(plan.clone());
                 self.registered_at = Some(*at);
             }
-            BrandEvent::PlanChanged { plan, .. } => self.plan = Some(plan.clone()),
+            BrandEvent::PlanChanged {
+                plan,
+                at,
+                effective_from,
+                ..
+            } => {
+                self.settle(PeriodKey::containing(*at));
+                match effective_from {
+                    None => {
+                        self.plan = Some(plan.clone());
+                        self.scheduled = None;
+                    }
+                    Some(from) => self.scheduled = Some((*from, plan.clone())),
+                }
+            }
+        }
+    }
+
+    /// A scheduled change whose period has come is the plan in force.
+    fn settle(&mut self, now: PeriodKey) {
+        if let Some((from, plan)) = self.scheduled.take() {
+            match from <= now {
+                true => self.plan = Some(plan),
+                false => self.scheduled = Some((from, plan)),
+            }
+        }
+    }
+
+    /// The plan `period` runs on: a scheduled change from its start on, else the plan
+    /// in force (`None` before registration).
+    pub fn plan_for(&self, period: PeriodKey) -> Option<&PlanDefinition> {
+        match &self.scheduled {
+            Some((from, plan)) if *from <= period => Some(plan),
+            _ => self.plan.as_ref(),
         }
     }
 
@@ -191,6 +246,7 @@ impl BrandAggregate {
             plan,
             actor,
             at,
+            effective,
         } = command;
         if let Some(stream) = &self.brand_id {
             if stream != brand_id {
@@ -200,20 +256,44 @@ impl BrandAggregate {
                 });
             }
         }
-        Ok(match &self.plan {
-            None => vec![BrandEvent::BrandRegistered {
+        let now = PeriodKey::containing(*at);
+        let Some(current) = self.plan_for(now) else {
+            return Ok(vec![BrandEvent::BrandRegistered {
                 brand_id: brand_id.clone(),
                 plan: plan.clone(),
                 actor: actor.clone(),
                 at: *at,
-            }],
-            Some(current) if current == plan => Vec::new(),
-            Some(current) => vec![BrandEvent::PlanChanged {
-                previous_plan: current.id.clone(),
-                plan: plan.clone(),
-                actor: actor.clone(),
-                at: *at,
-            }],
-        })
+            }]);
+        };
+        let effective =
+            effective.unwrap_or(match plan.base_price_cents < current.base_price_cents {
+                true => Effective::NextPeriod,
+                false => Effective::Now,
+            });
+        let effective_from = match effective {
+            Effective::Now => None,
+            Effective::NextPeriod => Some(now.next()),
+        };
+        let scheduled = self.scheduled.as_ref().filter(|(from, _)| *from > now);
+        let unchanged = match (effective_from, scheduled) {
+            // The plan in force, nothing pending: a retry.
+            (None, None) => current == plan,
+            // The same change already scheduled: a retry.
+            (Some(from), Some((at_from, pending))) => *at_from == from && pending == plan,
+            // The plan of the next period already: nothing to schedule.
+            (Some(_), None) => current == plan,
+            // A change now while one is pending cancels it, even back to this plan.
+            (None, Some(_)) => false,
+        };
+        if unchanged {
+            return Ok(Vec::new());
+        }
+        Ok(vec![BrandEvent::PlanChanged {
+            previous_plan: current.id.clone(),
+            plan: plan.clone(),
+            actor: actor.clone(),
+            at: *at,
+            effective_from,
+        }])
     }
 }

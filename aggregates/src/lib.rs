@@ -19,7 +19,9 @@ pub mod period;
 pub mod reset;
 pub mod timestamp;
 
-pub use brand::{BeforeRegistration, BrandAggregate, BrandCommand, BrandError, BrandEvent};
+pub use brand::{
+    BeforeRegistration, BrandAggregate, BrandCommand, BrandError, BrandEvent, Effective,
+};
 pub use catalog::{Catalog, MetricKind, OveragePolicy, PlanDefinition, PlanQuota};
 pub use ids::{BrandId, IdempotencyKey, MetricKey, ParseError, PeriodKey, PlanId, Quantity};
 pub use money::{Currency, Money};

@@ -20,9 +20,9 @@ use ledger_aggregates::period::{
 };
 use ledger_aggregates::{
     BeforeRegistration, BrandAggregate, BrandCommand, BrandError, BrandEvent, BrandId, Catalog,
-    Currency, LedgerError, LedgerEvent, LedgerRules, MetricKey, MetricKind, MetricTotals, Money,
-    OveragePolicy, PeriodCommand, PeriodKey, PeriodOpening, PlanDefinition, PlanId, Quantity,
-    QuotaDecision, Stamped, StreamCommand, UsagePeriodAggregate,
+    Currency, Effective, LedgerError, LedgerEvent, LedgerRules, MetricKey, MetricKind,
+    MetricTotals, Money, OveragePolicy, PeriodCommand, PeriodKey, PeriodOpening, PlanDefinition,
+    PlanId, Quantity, QuotaDecision, Stamped, StreamCommand, UsagePeriodAggregate,
 };
 use rust_decimal::Decimal;
 
@@ -1661,11 +1661,20 @@ fn every_event_names_its_type_and_schema_version() {
 // ---------------------------------------------------------------------------------------
 
 fn set_plan(brand_id: &str, plan: PlanDefinition) -> BrandCommand {
+    set_plan_effective(brand_id, plan, None)
+}
+
+fn set_plan_effective(
+    brand_id: &str,
+    plan: PlanDefinition,
+    effective: Option<Effective>,
+) -> BrandCommand {
     BrandCommand::SetPlan {
         brand_id: BrandId::parse(brand_id).expect("valid brand"),
         plan,
         actor: "admin".to_owned(),
         at: now(),
+        effective,
     }
 }
 
@@ -1711,6 +1720,7 @@ fn setting_a_different_plan_emits_plan_changed() {
             plan: plan("professional"),
             actor: "admin".to_owned(),
             at: now(),
+            effective_from: None,
         }]);
 }
 
@@ -1728,7 +1738,89 @@ fn a_new_catalog_version_of_the_same_tier_is_a_plan_change() {
             plan: repriced,
             actor: "admin".to_owned(),
             at: now(),
+            effective_from: None,
         }]);
+}
+
+#[test]
+fn a_downgrade_takes_effect_at_the_next_period_unless_asked_for_now() {
+    // Business to starter on 10 November: November stays on business, December opens
+    // on starter; the same downgrade again is a retry; an admin's "now" applies at once.
+    let given = vec![registered("business")];
+    let events = brand_test()
+        .given(given.clone())
+        .when(set_plan("brand_x", plan("starter")))
+        .inspect_result()
+        .expect("a downgrade is accepted");
+    assert!(matches!(
+        &events[..],
+        [BrandEvent::PlanChanged { effective_from: Some(from), .. }] if *from == period().next()
+    ));
+    let mut brand_state = BrandAggregate::default();
+    given
+        .iter()
+        .chain(&events)
+        .for_each(|e| brand_state.fold(e));
+    assert_eq!(brand_state.plan_for(period()), Some(&plan("business")));
+    assert_eq!(
+        brand_state.plan_for(period().next()),
+        Some(&plan("starter"))
+    );
+    brand_test()
+        .given(given.iter().chain(&events).cloned().collect())
+        .when(set_plan("brand_x", plan("starter")))
+        .then_expect_events(vec![]);
+    brand_test()
+        .given(given.clone())
+        .when(set_plan_effective(
+            "brand_x",
+            plan("starter"),
+            Some(Effective::Now),
+        ))
+        .then_expect_events(vec![BrandEvent::PlanChanged {
+            previous_plan: plan("business").id,
+            plan: plan("starter"),
+            actor: "admin".to_owned(),
+            at: now(),
+            effective_from: None,
+        }]);
+}
+
+#[test]
+fn an_upgrade_takes_effect_at_once_and_cancels_a_pending_downgrade() {
+    // Business to starter is pending for December; moving to professional now replaces
+    // it: the plan in force and December's are professional.
+    let pending = BrandEvent::PlanChanged {
+        previous_plan: plan("business").id,
+        plan: plan("starter"),
+        actor: "admin".to_owned(),
+        at: now(),
+        effective_from: Some(period().next()),
+    };
+    let mut brand_state = BrandAggregate::default();
+    brand_state.fold(&registered("business"));
+    brand_state.fold(&pending);
+    let events = brand_state
+        .decide(&set_plan_effective(
+            "brand_x",
+            plan("professional"),
+            Some(Effective::Now),
+        ))
+        .expect("a change is accepted");
+    events.iter().for_each(|e| brand_state.fold(e));
+    assert_eq!(brand_state.plan_for(period()), Some(&plan("professional")));
+    assert_eq!(
+        brand_state.plan_for(period().next()),
+        Some(&plan("professional"))
+    );
+    // A scheduled change whose period has come is the plan in force for every later one.
+    let mut later = BrandAggregate::default();
+    later.fold(&registered("business"));
+    later.fold(&pending);
+    assert_eq!(
+        later.plan_for(period().next().next()),
+        Some(&plan("starter"))
+    );
 }
 
 #[test]
@@ -1754,6 +1846,7 @@ fn the_brand_aggregate_folds_its_plan_and_counts_its_events() {
         plan: plan("business"),
         actor: "admin".to_owned(),
         at: now(),
+        effective_from: None,
     });
     assert!(brand_state.is_registered());
     assert_eq!(brand_state.brand_id, Some(brand()));
@@ -2020,6 +2113,7 @@ fn a_brand_remembers_when_it_was_registered_and_keeps_it_across_plan_changes() {
         plan: plan("business"),
         actor: "admin".to_owned(),
         at: day(20),
+        effective_from: None,
     });
     assert_eq!(brand_state.registered_at, Some(now()));
 }

@@ -94,6 +94,12 @@ async fn set(
     if let Some(period) = change.applied_to {
         writeln!(out, "plan {plan} applied to the open period {period}")?;
     }
+    if let Some(period) = change.effective_from {
+        writeln!(
+            out,
+            "a downgrade: plan {plan} takes effect from period {period}"
+        )?;
+    }
     Ok(())
 }
 
@@ -113,6 +119,9 @@ async fn show(engine: &Engine, brand: &BrandId, out: &mut impl Write) -> Result<
         "  base price: {} cents {} per period",
         plan.base_price_cents, plan.currency
     )?;
+    if let Some((from, next)) = registry.as_ref().and_then(|b| b.scheduled.as_ref()) {
+        writeln!(out, "  from {from}: plan {} ({})", next.id, next.name)?;
+    }
     Ok(())
 }
 

@@ -108,13 +108,13 @@ pub async fn run(
     out: &mut impl Write,
 ) -> Result<ResetReport, ResetError> {
     let req = request_of(engine, args)?;
+    let now = engine.now();
+    let period = args.period.unwrap_or_else(|| PeriodKey::containing(now));
     let plan_now = engine
         .brand_state(args.brand.clone())
         .await?
-        .and_then(|b| b.plan)
+        .and_then(|b| b.plan_for(period).cloned())
         .ok_or_else(|| ResetError::BrandNotRegistered(args.brand.clone()))?;
-    let now = engine.now();
-    let period = args.period.unwrap_or_else(|| PeriodKey::containing(now));
     planner::check_not_too_late(period, now, &engine.config().rules)?;
     let at = Scope {
         brand: &args.brand,

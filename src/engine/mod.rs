@@ -18,8 +18,9 @@ use cqrs_es::Aggregate;
 use ledger_aggregates::catalog::Catalog;
 use ledger_aggregates::period::LedgerRules;
 use ledger_aggregates::{
-    BeforeRegistration, BrandAggregate, BrandError, BrandId, IdempotencyKey, LedgerError,
-    LedgerEvent, MetricKey, PeriodCommand, PeriodKey, PlanId, QuotaDecision, UsagePeriodAggregate,
+    BeforeRegistration, BrandAggregate, BrandError, BrandId, Effective, IdempotencyKey,
+    LedgerError, LedgerEvent, MetricKey, PeriodCommand, PeriodKey, PlanId, QuotaDecision,
+    UsagePeriodAggregate,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -213,6 +214,8 @@ pub struct PlanChange {
     pub changed: bool,
     /// The open period the new plan was applied to, if any.
     pub applied_to: Option<PeriodKey>,
+    /// The first period on the new plan when it does not take effect at once.
+    pub effective_from: Option<PeriodKey>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -285,6 +288,8 @@ pub(crate) enum Job {
         brand: BrandId,
         plan: PlanId,
         actor: String,
+        /// `None`: upgrades now, downgrades at the next period.
+        effective: Option<Effective>,
         reply: Reply<PlanChange>,
     },
     ReadPeriod {
@@ -438,12 +443,24 @@ impl Engine {
         .await
     }
 
-    /// Register a brand on a plan, or move it to another plan (applied to its open period).
+    /// Register a brand on a plan, or move it to another plan by the default rule: an
+    /// upgrade now (applied to its open period), a downgrade at the next period.
     pub async fn set_plan(
         &self,
         brand: BrandId,
         plan: PlanId,
         actor: String,
+    ) -> Result<PlanChange, EngineError> {
+        self.change_plan(brand, plan, actor, None).await
+    }
+
+    /// [`Engine::set_plan`], taking effect when `effective` says (`None`: the rule).
+    pub async fn change_plan(
+        &self,
+        brand: BrandId,
+        plan: PlanId,
+        actor: String,
+        effective: Option<Effective>,
     ) -> Result<PlanChange, EngineError> {
         if self.catalog.plan(&plan).is_none() {
             return Err(EngineError::UnknownPlan(plan));
@@ -452,6 +469,7 @@ impl Engine {
             brand,
             plan,
             actor,
+            effective,
             reply,
         })
         .await

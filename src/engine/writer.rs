@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
-use ledger_aggregates::brand::{BrandCommand, BRAND_EVENT_VERSION};
+use ledger_aggregates::brand::{BrandCommand, Effective, BRAND_EVENT_VERSION};
 use ledger_aggregates::catalog::Catalog;
 use ledger_aggregates::ids::period_stream_id;
 use ledger_aggregates::period::{PeriodCommand, PeriodOpening, LEDGER_EVENT_VERSION};
@@ -403,10 +403,14 @@ impl Writer {
                 (Job::Period { .. }, None) => unreachable!("every period job has a target"),
                 (
                     Job::SetPlan {
-                        brand, plan, actor, ..
+                        brand,
+                        plan,
+                        actor,
+                        effective,
+                        ..
                     },
                     _,
-                ) => Answer::Plan(self.decide_plan(brand, plan, actor, now, staged)),
+                ) => Answer::Plan(self.decide_plan(brand, (plan, *effective), actor, now, staged)),
                 (Job::ReadPeriod { brand, period, .. }, _) => Answer::ReadPeriod(
                     self.periods
                         .get(&period_stream_id(brand, *period))
@@ -684,7 +688,9 @@ impl Writer {
         // Refused before anything is opened or staged: a brand has no period, and no
         // usage, before it was registered (a period it never had is billed nothing).
         brand.check_existed(period, stamped_at(&req.command))?;
-        let plan = brand.plan.as_ref().expect("a registered brand has a plan");
+        let plan = brand
+            .plan_for(period)
+            .expect("a registered brand has a plan");
         // A period first opened by its close is billed on the plan it ended on.
         let plan = match &req.command {
             PeriodCommand::ClosePeriod {
@@ -776,7 +782,7 @@ impl Writer {
     fn decide_plan(
         &mut self,
         brand: &BrandId,
-        plan_id: &ledger_aggregates::PlanId,
+        (plan_id, effective): (&ledger_aggregates::PlanId, Option<Effective>),
         actor: &str,
         now: DateTime<Utc>,
         staged: &mut Staged,
@@ -796,7 +802,12 @@ impl Writer {
             plan: plan.clone(),
             actor: actor.to_owned(),
             at: now,
+            effective,
         })?;
+        let effective_from = events.iter().find_map(|e| match e {
+            BrandEvent::PlanChanged { effective_from, .. } => *effective_from,
+            BrandEvent::BrandRegistered { .. } => None,
+        });
         let every = self.cfg.snapshot_every_events;
         staged.stage(
             brand.as_str(),
@@ -807,8 +818,13 @@ impl Writer {
             every,
         );
         events.iter().for_each(|e| agg.fold(e));
-        // The new plan takes effect in the brand's open period, in the same commit.
+        // The plan in force now takes effect in the brand's open period, in the same
+        // commit; a change scheduled for a later period leaves it as it is.
         let period = PeriodKey::containing(now);
+        let plan = agg
+            .plan_for(period)
+            .cloned()
+            .expect("a brand that just set a plan has one");
         let id = period_stream_id(brand, period);
         let mut applied_to = None;
         if let Some(p) = self
@@ -829,6 +845,7 @@ impl Writer {
             registered,
             changed: !events.is_empty(),
             applied_to,
+            effective_from,
         })
     }
 

@@ -6,7 +6,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use ledger_aggregates::{
-    BrandId, IdempotencyKey, LedgerEvent, MetricKey, Money, PeriodCommand, PlanId, Quantity,
+    BrandId, Effective, IdempotencyKey, LedgerEvent, MetricKey, Money, PeriodCommand, PlanId,
+    Quantity,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -47,6 +48,10 @@ pub(crate) async fn projector_status(
 pub struct PlanBody {
     #[schema(value_type = String, example = "starter")]
     pub plan: PlanId,
+    /// `now` or `next_period`. Absent: an upgrade (a base price at least the current
+    /// one's) takes effect now, a downgrade at the next period.
+    #[schema(value_type = Option<String>, example = "now")]
+    pub effective: Option<Effective>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -63,6 +68,10 @@ pub struct PlanAnswer {
     /// The open period the new plan took effect in, if any.
     #[schema(value_type = Option<String>)]
     pub applied_to: Option<ledger_aggregates::PeriodKey>,
+    /// The first period on the new plan when it does not take effect at once (a
+    /// downgrade, by default).
+    #[schema(value_type = Option<String>)]
+    pub effective_from: Option<ledger_aggregates::PeriodKey>,
 }
 
 /// 201 when the brand is new, 200 otherwise. Idempotent: the same plan twice changes
@@ -85,10 +94,11 @@ pub(crate) async fn set_plan(
         registered,
         changed,
         applied_to,
+        effective_from,
     } = s
         .ledger
         .engine
-        .set_plan(brand, body.plan, caller.0.subject.clone())
+        .change_plan(brand, body.plan, caller.0.subject.clone(), body.effective)
         .await?;
     let status = match registered {
         true => StatusCode::CREATED,
@@ -102,6 +112,7 @@ pub(crate) async fn set_plan(
             registered,
             changed,
             applied_to,
+            effective_from,
         }),
     )
         .into_response())

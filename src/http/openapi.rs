@@ -35,7 +35,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         reads::HistoryEntry, reads::HistoryAnswer, reads::AlertEntry, reads::AlertsAnswer, reads::AuditEvent, reads::AuditAnswer,
         admin::PlanBody, admin::PlanAnswer, admin::GrantBody, admin::GrantAnswer,
         crate::tail::TailStatus, crate::tail::LagSummary,
-        periods::CloseAnswer, periods::InvoiceView, periods::InvoiceLineView, periods::CloseFailure,
+        periods::CloseAnswer, periods::InvoiceView, periods::BaseLineView, periods::InvoiceLineView, periods::CloseFailure,
         finance::OveragesAnswer, finance::FinanceLineView, finance::FinanceTotalsView,
         finance::FinanceBrandView, finance::FinanceBrandTotalsView,
     )),

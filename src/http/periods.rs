@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use chrono::{DateTime, Utc};
 use ledger_aggregates::period::{Invoice, InvoiceLine};
 use ledger_aggregates::{BrandId, Currency, MetricKey, Money, PeriodKey, PlanId};
 use rust_decimal::Decimal;
@@ -57,11 +58,26 @@ pub struct InvoiceView {
     pub plan_id: PlanId,
     #[schema(value_type = String, example = "EUR")]
     pub currency: Currency,
+    /// The sum of `baseLines`.
     pub base: i64,
+    /// One line per plan in force during the period, its base price prorated by the
+    /// time it was in force (half up to a cent).
+    pub base_lines: Vec<BaseLineView>,
     pub overage: i64,
     pub total: i64,
     /// One line per metric with overage, in metric order.
     pub lines: Vec<InvoiceLineView>,
+}
+
+/// A plan and the part of the period it was billed for.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BaseLineView {
+    #[schema(value_type = String)]
+    pub plan_id: PlanId,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub amount: i64,
 }
 
 impl InvoiceView {
@@ -71,6 +87,16 @@ impl InvoiceView {
             plan_id: invoice.plan_id,
             currency: invoice.currency,
             base: invoice.base.minor(),
+            base_lines: invoice
+                .base_lines
+                .into_iter()
+                .map(|l| BaseLineView {
+                    plan_id: l.plan_id,
+                    from: l.from,
+                    to: l.to,
+                    amount: l.amount.minor(),
+                })
+                .collect(),
             overage: invoice.overage.minor(),
             total: invoice.total.minor(),
             lines: invoice.lines.into_iter().map(line_view).collect(),

@@ -9,9 +9,8 @@
 //! never instead of them, and a retry finishes the job: a period already closed is
 //! reported as such and nothing is appended for it again.
 
-use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use ledger_aggregates::brand::BRAND_TYPE;
+use ledger_aggregates::brand::{BrandAggregate, BRAND_TYPE};
 use ledger_aggregates::period::Invoice;
 use ledger_aggregates::{
     BrandEvent, BrandId, LedgerError, LedgerEvent, PeriodCommand, PeriodKey, PlanDefinition,
@@ -79,7 +78,7 @@ impl Ledger {
         let brand = BrandId::parse(id)
             .map_err(|e| QueryError::Corrupt(format!("brand registry stream {id:?}: {e}")))?;
         // Registered only after the period ended: it owes nothing for it.
-        let Some(plan_at_end) = self.plan_at(&brand, period.end()).await? else {
+        let Some(plan_at_end) = self.plan_at(&brand, period).await? else {
             return Ok((brand, Closing::Skipped));
         };
         let closing = self
@@ -115,15 +114,17 @@ impl Ledger {
             })
     }
 
-    /// The plan `brand` was on when `end` came, from its registry events: `None` when it
-    /// registered at or after `end`. Read from the log because the registry aggregate
-    /// keeps only today's plan.
+    /// The plan `brand` billed `period` on, from its registry events up to the period's
+    /// end (a downgrade scheduled for it included): `None` when it registered at or
+    /// after the end. Read from the log because the registry aggregate keeps only the
+    /// plans of today and of the periods ahead.
     async fn plan_at(
         &self,
         brand: &BrandId,
-        end: DateTime<Utc>,
+        period: PeriodKey,
     ) -> Result<Option<PlanDefinition>, QueryError> {
-        let mut plan = None;
+        let end = period.end();
+        let mut registry = BrandAggregate::default();
         let mut after = 0;
         loop {
             let page = self
@@ -135,20 +136,21 @@ impl Ledger {
                 let event: BrandEvent = serde_json::from_str(&stored.payload).map_err(|e| {
                     QueryError::Corrupt(format!("registry event {brand}#{}: {e}", stored.sequence))
                 })?;
-                let (next, at) = match event {
-                    BrandEvent::BrandRegistered { plan, at, .. }
-                    | BrandEvent::PlanChanged { plan, at, .. } => (plan, at),
+                let at = match &event {
+                    BrandEvent::BrandRegistered { at, .. } | BrandEvent::PlanChanged { at, .. } => {
+                        *at
+                    }
                 };
                 if at >= end {
-                    return Ok(plan);
+                    return Ok(registry.plan_for(period).cloned());
                 }
-                plan = Some(next);
+                registry.fold(&event);
             }
             match page.last() {
                 Some(last) if page.len() as i64 == REGISTRY_PAGE_EVENTS_MAX => {
                     after = last.sequence
                 }
-                _ => return Ok(plan),
+                _ => return Ok(registry.plan_for(period).cloned()),
             }
         }
     }

@@ -100,7 +100,7 @@ impl Ledger {
         period: PeriodKey,
     ) -> Result<PeriodSummary, QueryError> {
         let models = self.projector.period(&brand, period).await?;
-        let (plan, registered_at) = self.plan_of(&brand, models.as_deref()).await?;
+        let (plan, registered_at) = self.plan_of(&brand, period, models.as_deref()).await?;
         Ok(self.summarize(brand, period, (plan, registered_at), models.as_deref()))
     }
 
@@ -111,7 +111,7 @@ impl Ledger {
         period: PeriodKey,
     ) -> Result<BTreeMap<MetricKey, u64>, QueryError> {
         let models = self.projector.period(&brand, period).await?;
-        let (plan, _) = self.plan_of(&brand, models.as_deref()).await?;
+        let (plan, _) = self.plan_of(&brand, period, models.as_deref()).await?;
         let mut usage: BTreeMap<MetricKey, u64> =
             plan.quotas.iter().map(|q| (q.metric.clone(), 0)).collect();
         if let Some(models) = &models {
@@ -136,7 +136,7 @@ impl Ledger {
             .await?;
         let models = as_of(&records, &brand, period, cutoff)
             .map_err(|e| QueryError::Corrupt(format!("replay of {stream}: {e}")))?;
-        let basis = self.plan_of(&brand, models.as_ref()).await?;
+        let basis = self.plan_of(&brand, period, models.as_ref()).await?;
         let sequence = models.as_ref().map_or(0, |m| m.sequence);
         Ok(AsOfSummary {
             summary: self.summarize(brand, period, basis, models.as_ref()),
@@ -151,6 +151,7 @@ impl Ledger {
     async fn plan_of(
         &self,
         brand: &BrandId,
+        period: PeriodKey,
         models: Option<&PeriodModels>,
     ) -> Result<(PlanDefinition, Option<DateTime<Utc>>), QueryError> {
         if let Some(plan) = models.and_then(|m| m.cost.as_ref()?.plan.clone()) {
@@ -158,7 +159,7 @@ impl Ledger {
         }
         let registry = self.engine.brand_state(brand.clone()).await?;
         registry
-            .and_then(|b| Some((b.plan?, b.registered_at)))
+            .and_then(|b| Some((b.plan_for(period)?.clone(), b.registered_at)))
             .ok_or_else(|| QueryError::UnknownBrand(brand.clone()))
     }
 

@@ -143,6 +143,10 @@ async fn closing_an_ended_period_freezes_each_brands_invoice_to_the_cent(db: &Te
         json!({
             "brandId": "acme", "planId": "starter", "currency": "EUR",
             "base": 2900, "overage": overage, "total": 2900 + overage,
+            "baseLines": [
+                { "planId": "starter", "from": "2026-10-01T00:00:00Z",
+                  "to": "2026-11-01T00:00:00Z", "amount": 2900 },
+            ],
             "lines": [
                 { "metric": "ai_generations", "billableUnits": 23, "effectiveLimit": 20,
                   "overageUnits": 3, "rate": ai_rate, "amount": 3 * ai_rate },

@@ -323,3 +323,53 @@ on_both_stores!(
     the_history_says_where_credit_and_corrections_came_from,
     the_history_says_where_credit_and_corrections_came_from
 );
+
+async fn a_downgrade_waits_for_the_next_period_unless_an_admin_says_now(db: &TestDb) {
+    // Business to starter in November keeps November on business (what was paid for)
+    // and opens December on starter; "effective": "now" applies at once and prorates
+    // the base; an unknown "effective" is a 422.
+    let app = spawn_app(db).await;
+    app.register("acme", "business").await;
+    let used = json!({ "brandId": "acme", "metric": "renders_3d", "value": 1 });
+    assert_eq!(app.post("record", &app.admin, used).await.status, 201);
+    let down = app
+        .put("brands/acme", &app.admin, json!({ "plan": "starter" }))
+        .await;
+    assert_eq!(down.status, 200, "{:#}", down.body);
+    assert_eq!(down.body["changed"], true);
+    assert_eq!(down.body["effectiveFrom"], "2026-12");
+    assert!(down.body["appliedTo"].is_null());
+    let november = app.get("summary/acme", &app.admin).await;
+    assert_eq!(november.body["plan"]["id"], "business");
+    let december = app.get("summary/acme?period=2026-12", &app.admin).await;
+    assert_eq!(december.body["plan"]["id"], "starter");
+
+    app.put(
+        "brands/acme",
+        &app.admin,
+        json!({ "plan": "starter", "effective": "soon" }),
+    )
+    .await
+    .assert_problem(422, "invalid-body");
+    let now = app
+        .put(
+            "brands/acme",
+            &app.admin,
+            json!({ "plan": "starter", "effective": "now" }),
+        )
+        .await;
+    assert_eq!(now.status, 200, "{:#}", now.body);
+    assert_eq!(now.body["appliedTo"], "2026-11");
+    assert!(now.body["effectiveFrom"].is_null());
+    let s = app.get("summary/acme", &app.admin).await;
+    assert_eq!(s.body["plan"]["id"], "starter");
+    let base = s.body["summary"]["estimatedCost"]["base"].as_i64().unwrap();
+    assert!(
+        2_900 < base && base < 29_900,
+        "prorated between the two: {base}"
+    );
+}
+on_both_stores!(
+    a_downgrade_waits_for_the_next_period_unless_an_admin_says_now,
+    a_downgrade_waits_for_the_next_period_unless_an_admin_says_now
+);

@@ -9,7 +9,8 @@ use usage_ledger::tail::rows::{restore_all, rows_of_all};
 
 pub const BRANDS: [&str; 5] = ["acme", "globex", "initech", "umbrella", "hooli"];
 pub const PLANS: [&str; 3] = ["starter", "professional", "business"];
-pub const METRICS: [&str; 4] = ["renders_3d", "api_calls", "ai_generations", "team_members"];
+/// Counters: gauges (`team_members`) take levels, below.
+pub const METRICS: [&str; 4] = ["renders_3d", "api_calls", "ai_generations", "renders_2d"];
 /// Enough to reach overage on `starter` (renders_3d: 10) and to cross thresholds.
 pub const COMMANDS: usize = 300;
 

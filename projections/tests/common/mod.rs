@@ -197,6 +197,8 @@ impl Ledger {
             plan: plan.clone(),
             actor: "admin".to_owned(),
             at: day(1),
+            // The generated logs apply every change to the open period at once.
+            effective: Some(ledger_aggregates::Effective::Now),
         };
         let state = self.brands.entry(b.clone()).or_default();
         let events = state.decide(&command).expect("a brand takes any plan");

@@ -199,6 +199,8 @@ impl Log {
             plan: plan.clone(),
             actor: "admin".to_owned(),
             at,
+            // The generated logs apply every change to the open period at once.
+            effective: Some(ledger_aggregates::Effective::Now),
         };
         let state = self.brands.entry(brand.clone()).or_default();
         let events = state.decide(&command).expect("a brand takes any plan");
