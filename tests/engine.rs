@@ -475,7 +475,12 @@ async fn gauges_carry_over_and_plan_changes_reach_the_open_period(db: &common::T
         .await
         .unwrap();
     assert!(change.changed);
-    assert_eq!(change.applied_to, None, "December is not open yet");
+    // December had no event yet: it opens on starter (what it ran on so far) and the
+    // upgrade splits it, in the same commit.
+    assert_eq!(
+        change.applied_to,
+        Some(PeriodKey::parse("2026-12").unwrap())
+    );
     e.execute(record("acme", "renders_3d", 1, None))
         .await
         .unwrap();
@@ -495,6 +500,8 @@ async fn gauges_carry_over_and_plan_changes_reach_the_open_period(db: &common::T
         "counters restart"
     );
     assert_eq!(dec.plan().unwrap().id.as_str(), "professional");
+    let plans: Vec<_> = dec.segments.iter().map(|s| s.plan_id.as_str()).collect();
+    assert_eq!(plans, ["starter", "professional"]);
     let change = e
         .set_plan(brand("acme"), plan("business"), "test".into())
         .await

@@ -377,6 +377,11 @@ impl Writer {
                     let period = target_period(req, now);
                     Some((period, period_stream_id(&req.brand, period)))
                 }
+                // A plan change may open the brand's current period (see `decide_plan`).
+                Job::SetPlan { brand, .. } => {
+                    let period = PeriodKey::containing(now);
+                    Some((period, period_stream_id(brand, period)))
+                }
                 _ => None,
             })
             .collect();
@@ -410,7 +415,13 @@ impl Writer {
                         ..
                     },
                     _,
-                ) => Answer::Plan(self.decide_plan(brand, (plan, *effective), actor, now, staged)),
+                ) => Answer::Plan(self.decide_plan(
+                    brand,
+                    (plan, *effective),
+                    actor,
+                    (now, &carried),
+                    staged,
+                )),
                 (Job::ReadPeriod { brand, period, .. }, _) => Answer::ReadPeriod(
                     self.periods
                         .get(&period_stream_id(brand, *period))
@@ -784,7 +795,7 @@ impl Writer {
         brand: &BrandId,
         (plan_id, effective): (&ledger_aggregates::PlanId, Option<Effective>),
         actor: &str,
-        now: DateTime<Utc>,
+        (now, carried): (DateTime<Utc>, &Carried),
         staged: &mut Staged,
     ) -> Result<PlanChange, EngineError> {
         let plan = self
@@ -797,6 +808,8 @@ impl Writer {
             .get_mut(brand.as_str())
             .expect("loaded before deciding");
         let registered = !agg.is_registered();
+        let period = PeriodKey::containing(now);
+        let previous = agg.plan_for(period).cloned();
         let events = agg.decide(&BrandCommand::SetPlan {
             brand_id: brand.clone(),
             plan: plan.clone(),
@@ -820,12 +833,34 @@ impl Writer {
         events.iter().for_each(|e| agg.fold(e));
         // The plan in force now takes effect in the brand's open period, in the same
         // commit; a change scheduled for a later period leaves it as it is.
-        let period = PeriodKey::containing(now);
         let plan = agg
             .plan_for(period)
             .cloned()
             .expect("a brand that just set a plan has one");
         let id = period_stream_id(brand, period);
+        let changes_now = previous.as_ref().is_some_and(|p| *p != plan);
+        let current = self.periods.get_mut(&id).expect("loaded before deciding");
+        if let (true, false, Some(previous)) = (changes_now, current.is_open(), previous) {
+            // The period so far ran on the previous plan: it opens on it now, so the
+            // change splits it and each plan is billed for its share.
+            let facts = PeriodOpening {
+                brand_id: brand.clone(),
+                period,
+                plan: previous,
+                metric_kinds: self.catalog.metric_kinds().clone(),
+                carried_levels: carried.get(&id).cloned().unwrap_or_default(),
+            };
+            let opened = current.decide_opening(&facts, now, &self.cfg.rules)?;
+            staged.stage(
+                &id,
+                current.version + 1,
+                &opened,
+                None,
+                EMPTY_METADATA,
+                every,
+            );
+            opened.iter().for_each(|e| current.fold(e));
+        }
         let mut applied_to = None;
         if let Some(p) = self
             .periods

@@ -373,3 +373,34 @@ on_both_stores!(
     a_downgrade_waits_for_the_next_period_unless_an_admin_says_now,
     a_downgrade_waits_for_the_next_period_unless_an_admin_says_now
 );
+
+async fn a_plan_change_before_any_usage_still_bills_each_plan_its_share(db: &TestDb) {
+    // A brand on starter with nothing recorded yet moves to professional mid-month: the
+    // period opens on starter at the change, so the base is split between the two
+    // (starter until now, professional to the end), not professional for the month.
+    let app = spawn_app(db).await;
+    app.register("acme", "starter").await;
+    let up = app
+        .put("brands/acme", &app.admin, json!({ "plan": "professional" }))
+        .await;
+    assert_eq!(up.status, 200, "{:#}", up.body);
+    assert_eq!(up.body["appliedTo"], "2026-11");
+    let types: Vec<_> = app
+        .audit("acme")
+        .await
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(types, ["PeriodOpened", "PlanApplied"]);
+    let s = app.get("summary/acme", &app.admin).await;
+    assert_eq!(s.body["plan"]["id"], "professional");
+    let base = s.body["summary"]["estimatedCost"]["base"].as_i64().unwrap();
+    assert!(
+        2_900 < base && base < 9_900,
+        "prorated between the two: {base}"
+    );
+}
+on_both_stores!(
+    a_plan_change_before_any_usage_still_bills_each_plan_its_share,
+    a_plan_change_before_any_usage_still_bills_each_plan_its_share
+);
