@@ -208,18 +208,22 @@ fn recorded(
                 alerts: AlertView::from_events(&outcome.events, label_of),
             })
         }
-        LedgerEvent::UsageDenied { .. } => {
-            Err(ApiError::QuotaExceeded {
-                metric: metric.to_string(),
-                decision: Box::new(decision.ok_or_else(|| {
-                    ApiError::Internal("a denial without its decision".to_owned())
-                })?),
-            })
-        }
+        LedgerEvent::UsageDenied { .. } => Err(refused(metric, decision)),
         other => Err(ApiError::Internal(format!(
             "a record appended {} first",
             other.event_type_str()
         ))),
+    }
+}
+
+/// The 409 of a usage a `block` quota refused, carrying the decision.
+fn refused(metric: &MetricKey, decision: Option<QuotaDecision>) -> ApiError {
+    match decision {
+        Some(d) => ApiError::QuotaExceeded {
+            metric: metric.to_string(),
+            decision: Box::new(d),
+        },
+        None => ApiError::Internal("a denial without its decision".to_owned()),
     }
 }
 
@@ -492,14 +496,7 @@ pub(crate) async fn set_gauge(
                 replayed: outcome.replayed,
             }))
         }
-        LedgerEvent::UsageDenied { .. } => {
-            Err(ApiError::QuotaExceeded {
-                metric: metric.to_string(),
-                decision: Box::new(outcome.decision.ok_or_else(|| {
-                    ApiError::Internal("a denial without its decision".to_owned())
-                })?),
-            })
-        }
+        LedgerEvent::UsageDenied { .. } => Err(refused(&metric, outcome.decision)),
         other => Err(ApiError::Internal(format!(
             "a gauge level appended {} first",
             other.event_type_str()
