@@ -622,7 +622,7 @@ fn one_big_usage_from_zero_to_95_percent_emits_50_75_and_90_at_once() {
 
 #[test]
 fn a_later_usage_does_not_re_emit_a_crossed_threshold() {
-    // Each threshold fires once per metric and period, even when usage passes 100 %.
+    // A threshold that stands fires no second time, even when usage passes 100 %.
     given(vec![open("starter"), record(R2D, 95)])
         .when(record(R2D, 10))
         .then_expect_events(vec![recorded(
