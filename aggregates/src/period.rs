@@ -206,13 +206,16 @@ impl Stamped {
 pub struct MetricTotals {
     /// Counter: sum of the period. Gauge: current level.
     pub current: u64,
-    /// What overage is computed on: the sum for counters, the peak level for gauges
-    /// (deleting data just before close must not dodge storage overage).
+    /// What overage is computed on: the sum for counters, the peak level since the plan
+    /// in force took effect for gauges (deleting data just before close must not dodge
+    /// storage overage).
     pub billable: u64,
     /// Plan limit plus top-ups of the period; `None` when the plan has no quota.
     pub effective_limit: Option<u64>,
+    /// Overage of the period so far, each part against the plan in force when it was
+    /// used (see `totals_for`).
     pub overage_units: u64,
-    /// Overage cost of the period so far for this metric, rounded once on the total.
+    /// Overage cost of the period so far for this metric, rounded once per plan segment.
     pub overage_cost: Money,
 }
 

@@ -11,7 +11,9 @@
 //!   whole cent **half away from zero** (`RoundingStrategy::MidpointAwayFromZero`):
 //!   1.5 → 2, 2.5 → 3, 1.49 → 1; amounts are never negative, so this is "halves up";
 //! - `overage_units` is the metric's *period* total above its effective limit (plan
-//!   limit + top-ups), for gauges on the period's peak level; it is never rounded per
+//!   limit + top-ups), for gauges on the peak level; after a plan change each plan
+//!   measures only what was used under it (the aggregate's `totals_for`), and each plan
+//!   segment is rounded once on its total. It is never rounded per
 //!   event, so the marginal costs of a metric's events always add up to its cost
 //!   (3 events of 1 unit at 0.5 cent cost 1, 0 and 1 cent: round(0.5), round(1.0) −
 //!   round(0.5), round(1.5) − round(1.0));
