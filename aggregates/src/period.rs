@@ -227,6 +227,14 @@ impl Stamped {
     }
 }
 
+/// The hold a usage commits: its number and what it held (the usage may be less; the
+/// rest is given back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldCommit {
+    pub number: u64,
+    pub held: u64,
+}
+
 /// The state of one metric after an event: what a reader needs without recomputing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetricTotals {
@@ -289,7 +297,7 @@ pub enum LedgerEvent {
         at: DateTime<Utc>,
         /// The hold this usage commits (and releases), when it commits one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        hold: Option<u64>,
+        hold: Option<HoldCommit>,
     },
     UsageDenied {
         metric: MetricKey,
@@ -1043,7 +1051,7 @@ impl UsagePeriodAggregate {
                 ..
             } => {
                 let released = hold
-                    .and_then(|n| self.holds.remove(&n))
+                    .and_then(|h| self.holds.remove(&h.number))
                     .map_or(0, |h| h.amount);
                 let s = self.metrics.entry(metric.clone()).or_default();
                 s.current = totals.current;
@@ -1796,7 +1804,10 @@ impl Ctx<'_> {
             marginal_cost: totals.overage_cost - state.overage_cost,
             totals,
             at,
-            hold: Some(number),
+            hold: Some(HoldCommit {
+                number,
+                held: hold.amount,
+            }),
         }];
         events.extend(self.thresholds(metric, state, &totals, at));
         Ok(events)

@@ -876,7 +876,7 @@ proptest! {
         let mut ended = BTreeSet::new();
         for e in &events {
             let hold = match e {
-                LedgerEvent::UsageRecorded { hold: Some(h), .. } => *h,
+                LedgerEvent::UsageRecorded { hold: Some(h), .. } => h.number,
                 LedgerEvent::HoldReleased { hold, .. } => *hold,
                 _ => continue,
             };

@@ -16,7 +16,7 @@ use ledger_aggregates::brand::BRAND_EVENT_VERSION;
 use ledger_aggregates::hold::{HoldTtl, Release, OPEN_HOLDS_MAX};
 use ledger_aggregates::ids::QUANTITY_MAX;
 use ledger_aggregates::period::{
-    BaseLine, Invoice, InvoiceLine, Severity, UsageVia, LATE_USAGE_GRACE_HOURS_DEFAULT,
+    BaseLine, HoldCommit, Invoice, InvoiceLine, Severity, UsageVia, LATE_USAGE_GRACE_HOURS_DEFAULT,
     LEDGER_EVENT_VERSION,
 };
 use ledger_aggregates::{
@@ -2287,7 +2287,7 @@ fn committing_less_than_held_records_what_was_used_and_frees_the_rest() {
                 marginal_cost: Money::ZERO,
                 totals: held_totals(6, 10, 0),
                 at: placed + Duration::minutes(10),
-                hold: Some(1),
+                hold: Some(HoldCommit { number: 1, held: 5 }),
             },
             LedgerEvent::ThresholdCrossed {
                 metric: metric(R3D),
@@ -2453,6 +2453,6 @@ fn a_hold_on_a_charged_metric_never_blocks_and_its_commit_is_billed() {
             marginal_cost: cents(200),
             totals: totals(12, 12, Some(10), 2, 200),
             at: now(),
-            hold: Some(1),
+            hold: Some(HoldCommit { number: 1, held: 2 }),
         }]);
 }
