@@ -10,6 +10,11 @@
 //! | `store.catalog_path` | `LEDGER_CATALOG_PATH` | `--catalog-path` | embedded catalog |
 //! | `http.bind` | `LEDGER_BIND` | `--bind` | `127.0.0.1:3333` |
 //! | `http.body_bytes_max` | `LEDGER_BODY_BYTES_MAX` | `--body-bytes-max` | 1 MiB |
+//! | `http.header_read_timeout_ms` | `LEDGER_HTTP_HEADER_READ_TIMEOUT_MS` | | 10,000 |
+//! | `http.request_timeout_ms` | `LEDGER_HTTP_REQUEST_TIMEOUT_MS` | | 30,000 |
+//! | `http.close_timeout_ms` | `LEDGER_HTTP_CLOSE_TIMEOUT_MS` | | 600,000 |
+//! | `http.connections_max` | `LEDGER_HTTP_CONNECTIONS_MAX` | | 10,000 |
+//! | `http.drain_deadline_ms` | `LEDGER_HTTP_DRAIN_DEADLINE_MS` | | 10,000 |
 //! | `auth.mode` | `LEDGER_MODE` | `--mode` | `development` |
 //! | `auth.jwt_algorithm` | `LEDGER_JWT_ALGORITHM` | `--jwt-algorithm` | `HS256` |
 //! | `auth.jwt_secret` | `LEDGER_JWT_SECRET` | (none: argv is visible to every user) | dev: `<data_dir>/jwt-secret` |
@@ -73,6 +78,14 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("LEDGER_CATALOG_PATH", "store.catalog_path"),
     ("LEDGER_BIND", "http.bind"),
     ("LEDGER_BODY_BYTES_MAX", "http.body_bytes_max"),
+    (
+        "LEDGER_HTTP_HEADER_READ_TIMEOUT_MS",
+        "http.header_read_timeout_ms",
+    ),
+    ("LEDGER_HTTP_REQUEST_TIMEOUT_MS", "http.request_timeout_ms"),
+    ("LEDGER_HTTP_CLOSE_TIMEOUT_MS", "http.close_timeout_ms"),
+    ("LEDGER_HTTP_CONNECTIONS_MAX", "http.connections_max"),
+    ("LEDGER_HTTP_DRAIN_DEADLINE_MS", "http.drain_deadline_ms"),
     ("LEDGER_MODE", "auth.mode"),
     ("LEDGER_JWT_ALGORITHM", "auth.jwt_algorithm"),
     ("LEDGER_JWT_SECRET", "auth.jwt_secret"),
@@ -185,14 +198,65 @@ pub struct HttpConfig {
     pub bind: SocketAddr,
     /// Request bodies above this are answered 413 without being read further.
     pub body_bytes_max: usize,
+    /// A request head must arrive within this, and a kept-alive connection idle longer
+    /// is closed: 10 s is far above any real client's headers on a LAN or the internet,
+    /// and stops slowloris and idle connections from holding descriptors.
+    pub header_read_timeout_ms: u64,
+    /// A request (body included) not answered within this gets a 503 problem: a write
+    /// waits at most for a batch commit, a read for the read models.
+    pub request_timeout_ms: u64,
+    /// The same for `POST /periods/{period}/close`, which freezes every brand's
+    /// invoice in one request.
+    pub close_timeout_ms: u64,
+    /// Open client connections at most; one beyond waits briefly, then gets a 503.
+    /// Lowered at start-up to fit under the open-file limit.
+    pub connections_max: usize,
+    /// At shutdown, the time requests in flight get to finish before their
+    /// connections are cut (Kubernetes waits 30 s before SIGKILL by default).
+    pub drain_deadline_ms: u64,
 }
+
+/// Bounds of the `[http]` durations: below 1 ms nothing completes, above an hour a
+/// typo (seconds for milliseconds) goes unnoticed.
+pub const HTTP_TIMEOUT_MS_MAX: u64 = 3_600_000;
+/// Connections at most: beyond a million the process runs out of memory first.
+pub const HTTP_CONNECTIONS_LIMIT_MAX: usize = 1_000_000;
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             bind: DEFAULT_BIND.parse().expect("the default address parses"),
             body_bytes_max: BODY_BYTES_MAX_DEFAULT,
+            header_read_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
+            close_timeout_ms: 600_000,
+            connections_max: 10_000,
+            drain_deadline_ms: 10_000,
         }
+    }
+}
+
+impl HttpConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        let durations = [
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("close_timeout_ms", self.close_timeout_ms),
+            ("drain_deadline_ms", self.drain_deadline_ms),
+        ];
+        for (name, ms) in durations {
+            if !(1..=HTTP_TIMEOUT_MS_MAX).contains(&ms) {
+                return Err(ConfigError::Bad(format!(
+                    "http.{name} must be 1 to {HTTP_TIMEOUT_MS_MAX}"
+                )));
+            }
+        }
+        if !(1..=HTTP_CONNECTIONS_LIMIT_MAX).contains(&self.connections_max) {
+            return Err(ConfigError::Bad(format!(
+                "http.connections_max must be 1 to {HTTP_CONNECTIONS_LIMIT_MAX}"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -549,6 +613,7 @@ impl Settings {
                 "ledger.late_usage_grace_hours must be 0 to {LATE_USAGE_GRACE_HOURS_MAX}"
             )));
         }
+        self.http.check()?;
         self.engine.check()?;
         self.read_models.check()
     }
@@ -609,7 +674,8 @@ impl fmt::Display for Settings {
         let a = &self.auth;
         write!(
             f,
-            "{} bind={} body_bytes_max={} mode={} jwt_algorithm={} jwt_secret={} \
+            "{} bind={} body_bytes_max={} header_read_timeout_ms={} request_timeout_ms={} \
+             close_timeout_ms={} connections_max={} drain_deadline_ms={} mode={} jwt_algorithm={} jwt_secret={} \
              jwt_public_key_path={} jwt_private_key_path={} issuer={} audience={} token_ttl={} \
              late_usage_grace_hours={} engine: queue_commands_max={} batch_commands_max={} \
              batch_linger_us={} cache_streams_max={} idempotency_cache_max={} writer_shards={} \
@@ -617,6 +683,11 @@ impl fmt::Display for Settings {
             self.store,
             self.http.bind,
             self.http.body_bytes_max,
+            self.http.header_read_timeout_ms,
+            self.http.request_timeout_ms,
+            self.http.close_timeout_ms,
+            self.http.connections_max,
+            self.http.drain_deadline_ms,
             a.mode,
             a.jwt_algorithm.0,
             if a.jwt_secret.is_some() {

@@ -138,11 +138,35 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         print_dev_token(app.auth(), addr, path, *created)?;
     }
     app.run_until(async {
-        let _ = tokio::signal::ctrl_c().await;
+        stop_signal().await;
         tracing::info!("shutting down: finishing requests in flight, draining the engine");
+        // A second signal means the operator will not wait: exit at once.
+        tokio::spawn(async {
+            stop_signal().await;
+            tracing::warn!("second stop signal: exiting without draining");
+            std::process::exit(130);
+        });
     })
     .await?;
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGTERM (what systemd, Docker and Kubernetes send) or SIGINT (Ctrl-C).
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "SIGTERM cannot be handled; only Ctrl-C stops the service");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 /// Development only: a ready admin token and a request to try it with. Production never

@@ -47,8 +47,6 @@ pub enum StartupError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("the HTTP server failed: {0}")]
-    Serve(std::io::Error),
 }
 
 /// The opened store: the event log, the API keys and the read models, in one database.
@@ -139,6 +137,7 @@ pub struct Application {
     listener: tokio::net::TcpListener,
     state: AppState,
     key_source: KeySource,
+    limits: crate::http::server::Limits,
 }
 
 impl Application {
@@ -152,15 +151,26 @@ impl Application {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
+        let http = &settings.http;
+        let ms = std::time::Duration::from_millis;
         let state = AppState {
             ledger,
             auth,
-            body_bytes_max: settings.http.body_bytes_max,
+            body_bytes_max: http.body_bytes_max,
+            request_timeout: ms(http.request_timeout_ms),
+            close_timeout: ms(http.close_timeout_ms),
+            draining: Default::default(),
+        };
+        let limits = crate::http::server::Limits {
+            header_read_timeout: ms(http.header_read_timeout_ms),
+            connections_max: crate::http::server::fit_connections(http.connections_max),
+            drain_deadline: ms(http.drain_deadline_ms),
         };
         Ok(Self {
             listener,
             state,
             key_source,
+            limits,
         })
     }
 
@@ -192,14 +202,20 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
         let Self {
-            listener, state, ..
+            listener,
+            state,
+            limits,
+            ..
         } = self;
         let ledger = state.ledger.clone();
-        let served = axum::serve(listener, router(state))
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let draining = state.draining.clone();
+        let shutdown = async move {
+            shutdown.await;
+            draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        };
+        crate::http::server::serve(listener, router(state), limits, shutdown).await;
         ledger.engine.drain().await;
         ledger.projector.stop().await;
-        served.map_err(StartupError::Serve)
+        Ok(())
     }
 }

@@ -13,9 +13,11 @@
 //! - `api_keys`: per-brand API keys.
 //! - `plans`: the catalog.
 //! - `openapi`: the OpenAPI document generated from the handlers.
+//! - [`server`]: the connection loop: header and idle timeouts, the connection cap, the drain.
 
 pub mod error;
 pub mod extract;
+pub mod server;
 pub mod views;
 
 mod admin;
@@ -30,6 +32,7 @@ mod usage;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -54,10 +57,17 @@ pub struct AppState {
     pub auth: Authenticator,
     /// Request bodies above this many bytes are refused with 413.
     pub body_bytes_max: usize,
+    /// A request not answered within this gets a 503; `close` gets the longer one.
+    pub request_timeout: std::time::Duration,
+    pub close_timeout: std::time::Duration,
+    /// Set when shutdown begins: readiness answers 503 so load balancers move away
+    /// while requests in flight finish.
+    pub draining: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub fn router(state: AppState) -> Router {
     let body_bytes_max = state.body_bytes_max;
+    let (request, close) = (state.request_timeout, state.close_timeout);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -67,14 +77,38 @@ pub fn router(state: AppState) -> Router {
         .merge(reservations::router())
         .merge(reads::router())
         .merge(admin::router())
-        .merge(periods::router())
         .merge(finance::router())
         .merge(api_keys::router())
-        // After every route: it applies to the routes registered before it.
+        // A layer applies to the routes registered before it: the close, which freezes
+        // every brand's invoice in one request, gets its own longer bound.
+        .layer(from_fn_with_state(request, bounded))
+        .merge(periods::router().layer(from_fn_with_state(close, bounded)))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_bytes_max))
         .with_state(state)
+}
+
+/// Answer 503 when a request (its body read included) takes longer than `bound`: a
+/// client trickling its body, or a store that stopped answering, does not hold a
+/// connection and a task for ever.
+async fn bounded(
+    State(bound): State<std::time::Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(bound, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => ApiError::Unavailable {
+            detail: format!(
+                "the request did not complete within {} ms; a write may or may not have been \
+                 applied: retry with the same idempotency key",
+                bound.as_millis()
+            ),
+            retry_after_s: Some(1),
+        }
+        .into_response(),
+    }
 }
 
 /// Liveness: the process answers.
@@ -84,6 +118,9 @@ async fn healthz() -> &'static str {
 
 /// Readiness: the event store answers.
 async fn readyz(State(s): State<AppState>) -> Response {
+    if s.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
     match s.ledger.stores.log.ping().await {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(e) => {

@@ -5,6 +5,7 @@ mod common;
 mod helpers;
 
 mod bad_input;
+mod connections;
 mod docs;
 mod finance;
 mod freshness;
