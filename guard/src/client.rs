@@ -264,7 +264,10 @@ fn refusal(status: u16, problem: LedgerProblem) -> GuardError {
         ),
         "reservation-expired" => GuardError::ReservationExpired(problem.detail),
         "reservation-not-held" => GuardError::ReservationNotHeld(problem.detail),
-        _ => GuardError::LedgerRejected { status, problem },
+        _ => GuardError::LedgerRejected {
+            status,
+            problem: Box::new(problem),
+        },
     }
 }
 

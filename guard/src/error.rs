@@ -52,7 +52,10 @@ pub enum GuardError {
     /// or revoked credential, an unknown metric, an unregistered brand. Logged; the
     /// service's configuration needs a look, the caller cannot fix it.
     #[error("the usage ledger refused the guard's call ({status} {})", problem.kind())]
-    LedgerRejected { status: u16, problem: LedgerProblem },
+    LedgerRejected {
+        status: u16,
+        problem: Box<LedgerProblem>,
+    },
     /// 502: the ledger answered something the guard cannot read.
     #[error("the usage ledger's answer does not parse: {0}")]
     LedgerProtocol(String),
@@ -223,13 +226,13 @@ mod tests {
         // Proves a bad credential's details reach the log, not the caller.
         let e = GuardError::LedgerRejected {
             status: 401,
-            problem: LedgerProblem {
+            problem: Box::new(LedgerProblem {
                 r#type: "urn:usage-ledger:problem:unauthenticated".to_owned(),
                 title: "Unauthorized".to_owned(),
                 status: 401,
                 detail: "unknown API key ulk_1234".to_owned(),
                 decision: None,
-            },
+            }),
         };
         let p = e.problem();
         assert_eq!(p.status, 502);

@@ -49,6 +49,9 @@ impl fmt::Display for BrandIdentity {
     }
 }
 
+/// A closure finding the identity in a request head.
+pub(crate) type IdentityFn = dyn Fn(&Parts) -> Option<BrandIdentity> + Send + Sync;
+
 /// Where a route finds the identity.
 #[derive(Clone)]
 pub(crate) enum IdentitySource {
@@ -56,7 +59,7 @@ pub(crate) enum IdentitySource {
     Extension,
     /// A closure over the request head, for services whose auth layer stores its own
     /// principal type. It sees headers and extensions, never the body.
-    Closure(Arc<dyn Fn(&Parts) -> Option<BrandIdentity> + Send + Sync>),
+    Closure(Arc<IdentityFn>),
 }
 
 impl IdentitySource {
