@@ -25,10 +25,9 @@ pub const LEDGER_CALL_TIMEOUT_MS_MAX: u64 = 2_000;
 /// far past a healthy handshake, and leaves most of the call's budget to the answer.
 pub const LEDGER_CONNECT_TIMEOUT_MS_MAX: u64 = 500;
 
-/// Attempts per call on the request path. A second one only when the first could not
-/// have been applied (no connection) or carries an idempotency key (a reset mid-call,
-/// typical of a ledger instance rolling over); never after a timeout, which has spent
-/// the caller's budget already.
+/// Attempts per call. Every call carries an idempotency key, so a second attempt after a
+/// failed connection or a reset mid-call (a ledger instance rolling over) cannot count
+/// twice; never after a timeout, which has spent the caller's budget already.
 pub const LEDGER_CALL_ATTEMPTS_MAX: u32 = 2;
 
 /// `Retry-After` of a 503 when the ledger gave none: long enough for a restart, short
@@ -53,13 +52,6 @@ struct Inner {
     base: reqwest::Url,
     http: reqwest::Client,
     credentials: Credentials,
-}
-
-/// Whether a call carries an idempotency key, which makes a second attempt safe.
-#[derive(Clone, Copy)]
-enum Retry {
-    Keyed,
-    ConnectOnly,
 }
 
 impl LedgerClient {
@@ -102,8 +94,7 @@ impl LedgerClient {
             "consume": true,
             "metadata": metadata,
         });
-        self.post(brand, &["check-quota"], &body, Some(key), Retry::Keyed)
-            .await
+        self.post(brand, &["check-quota"], &body, key).await
     }
 
     /// Hold `amount` units for at most `ttl_s` seconds. A hold that does not fit is
@@ -115,16 +106,16 @@ impl LedgerClient {
         amount: u64,
         ttl_s: u32,
         key: &str,
+        metadata: &BTreeMap<String, String>,
     ) -> Result<Reserved, GuardError> {
         let body = json!({
             "brandId": brand.as_str(),
             "metric": metric,
             "amount": amount,
             "ttlSeconds": ttl_s,
+            "metadata": metadata,
         });
-        let answer = self
-            .post(brand, &["reservations"], &body, Some(key), Retry::Keyed)
-            .await;
+        let answer = self.post(brand, &["reservations"], &body, key).await;
         match answer {
             Err(GuardError::LedgerRejected { problem, .. })
                 if problem.kind() == "quota-exceeded" && problem.decision.is_some() =>
@@ -140,6 +131,8 @@ impl LedgerClient {
     }
 
     /// Count `amount` units of the hold (all of it when `None`) and release the rest.
+    /// The key is derived from the hold, so a retry whose first attempt was applied gets
+    /// the first answer rather than `reservation-not-held`.
     pub async fn commit(
         &self,
         brand: &BrandIdentity,
@@ -151,8 +144,8 @@ impl LedgerClient {
             None => json!({}),
         };
         let path = ["reservations", reservation_id, "commit"];
-        self.post(brand, &path, &body, None, Retry::ConnectOnly)
-            .await
+        let key = format!("guard:commit:{reservation_id}");
+        self.post(brand, &path, &body, &key).await
     }
 
     /// Release the whole hold; nothing is counted.
@@ -162,8 +155,8 @@ impl LedgerClient {
         reservation_id: &str,
     ) -> Result<Voided, GuardError> {
         let path = ["reservations", reservation_id, "void"];
-        self.post(brand, &path, &json!({}), None, Retry::ConnectOnly)
-            .await
+        let key = format!("guard:void:{reservation_id}");
+        self.post(brand, &path, &json!({}), &key).await
     }
 
     fn url(&self, segments: &[&str]) -> reqwest::Url {
@@ -181,8 +174,7 @@ impl LedgerClient {
         brand: &BrandIdentity,
         segments: &[&str],
         body: &serde_json::Value,
-        key: Option<&str>,
-        retry: Retry,
+        key: &str,
     ) -> Result<T, GuardError> {
         let credential = self.inner.credentials.for_brand(brand).ok_or_else(|| {
             GuardError::Misconfigured(format!("no ledger credential for brand {brand}"))
@@ -190,26 +182,17 @@ impl LedgerClient {
         let url = self.url(segments);
         let mut attempt = 1;
         loop {
-            let mut req = credential.apply(self.inner.http.post(url.clone()).json(body));
-            if let Some(k) = key {
-                req = req.header("idempotency-key", k);
-            }
-            match req.send().await {
+            let req = credential.apply(self.inner.http.post(url.clone()).json(body));
+            match req.header("idempotency-key", key).send().await {
                 Ok(res) => return read(res).await,
-                Err(e) if attempt < LEDGER_CALL_ATTEMPTS_MAX && may_retry(&e, retry) => {
+                // Safe to send again: the key makes the ledger apply it once.
+                Err(e) if attempt < LEDGER_CALL_ATTEMPTS_MAX && !e.is_timeout() => {
                     tracing::debug!(error = %e, attempt, "ledger call failed; retrying");
                     attempt += 1;
                 }
                 Err(e) => return Err(unavailable(&e)),
             }
         }
-    }
-}
-
-fn may_retry(e: &reqwest::Error, retry: Retry) -> bool {
-    match retry {
-        Retry::Keyed => !e.is_timeout(),
-        Retry::ConnectOnly => e.is_connect() && !e.is_timeout(),
     }
 }
 
@@ -264,6 +247,7 @@ fn refusal(status: u16, problem: LedgerProblem) -> GuardError {
         ),
         "reservation-expired" => GuardError::ReservationExpired(problem.detail),
         "reservation-not-held" => GuardError::ReservationNotHeld(problem.detail),
+        "too-many-reservations" => GuardError::TooManyReservations(problem.detail),
         _ => GuardError::LedgerRejected {
             status,
             problem: Box::new(problem),

@@ -59,6 +59,10 @@ pub enum GuardError {
     /// 502: the ledger answered something the guard cannot read.
     #[error("the usage ledger's answer does not parse: {0}")]
     LedgerProtocol(String),
+    /// 429 with `Retry-After`: the brand has as many open holds as the ledger allows; one
+    /// frees up when a running job commits or voids (the ledger's `too-many-reservations`).
+    #[error("too many reservations are open for this brand: {0}")]
+    TooManyReservations(String),
     /// 409 (to a job settling a reservation): the hold expired; the ledger released it.
     #[error("the reservation expired: {0}")]
     ReservationExpired(String),
@@ -80,6 +84,7 @@ impl GuardError {
             GuardError::BodyTooLarge { .. } => 413,
             GuardError::InvalidAmount(_) | GuardError::KeyReused(_) => 422,
             GuardError::Refused { .. } => 402,
+            GuardError::TooManyReservations(_) => 429,
             GuardError::LedgerUnavailable { .. } => 503,
             GuardError::LedgerRejected { .. } | GuardError::LedgerProtocol(_) => 502,
             GuardError::ReservationExpired(_) | GuardError::ReservationNotHeld(_) => 409,
@@ -96,6 +101,7 @@ impl GuardError {
             GuardError::InvalidAmount(_) => "invalid-amount",
             GuardError::KeyReused(_) => "idempotency-key-reused",
             GuardError::Refused { .. } => "quota-exceeded",
+            GuardError::TooManyReservations(_) => "too-many-reservations",
             GuardError::LedgerUnavailable { .. } => "ledger-unavailable",
             GuardError::LedgerRejected { .. } => "ledger-rejected",
             GuardError::LedgerProtocol(_) => "ledger-protocol",
@@ -186,8 +192,17 @@ impl IntoResponse for GuardError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let GuardError::LedgerUnavailable { retry_after_s, .. } = &self {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
+        match &self {
+            GuardError::LedgerUnavailable { retry_after_s, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
+            }
+            GuardError::TooManyReservations(_) => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(crate::client::RETRY_AFTER_S_DEFAULT),
+                );
+            }
+            _ => {}
         }
         res
     }

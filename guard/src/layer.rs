@@ -414,7 +414,14 @@ impl RouteConfig {
     ) -> Result<ReservationSlot, GuardError> {
         let client = self.guard.client();
         let reserved = client
-            .reserve(&ask.brand, &self.metric, ask.amount, ttl_s, &ask.key)
+            .reserve(
+                &ask.brand,
+                &self.metric,
+                ask.amount,
+                ttl_s,
+                &ask.key,
+                &ask.metadata,
+            )
             .await?;
         let decision = reserved.decision.clone();
         let slot = ReservationSlot::new(Reservation::new(

@@ -76,9 +76,9 @@ impl Reservation {
             .await
     }
 
-    /// Retry while the ledger is unavailable, at most [`SETTLE_ATTEMPTS_MAX`] times.
-    /// A retry answered `reservation-not-held` may mean the earlier attempt did settle
-    /// it and only its answer was lost: the ledger's commit and void take no key.
+    /// Retry while the ledger is unavailable, at most [`SETTLE_ATTEMPTS_MAX`] times. Each
+    /// attempt carries the same key (derived from the hold), so one that was applied but
+    /// whose answer was lost is answered again, not refused as `reservation-not-held`.
     async fn settle<T, F, Fut>(&self, call: F) -> Result<T, GuardError>
     where
         F: Fn() -> Fut,
