@@ -60,7 +60,8 @@ pub fn router(guard: &Guard, callers: Callers) -> Router {
             "/api/designs",
             get(list_designs).layer(guard.require("api_calls").fail_open()),
         )
-        .layer(guard.require("api_calls").fail_open());
+        // `route_layer`: only requests that match a route spend (a 404 costs nothing).
+        .route_layer(guard.require("api_calls").fail_open());
     Router::new()
         .merge(renders)
         .merge(public_api)
