@@ -3,10 +3,12 @@
 //! reservation answers and the problem documents of its errors. Unknown fields are
 //! ignored, so the ledger may add fields without breaking deployed guards.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// The ledger's quota decision, sent back to a refused caller unchanged.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Decision {
     pub allowed: bool,
@@ -25,6 +27,10 @@ pub struct Decision {
     /// `block`, `charge` or `none`.
     pub overage_policy: String,
     pub consumed: bool,
+    /// Fields this guard does not know yet (a newer ledger's), kept so a refused caller
+    /// gets the ledger's decision whole.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 /// The answer to `POST /check-quota`: 200 whether allowed or not (`allowed: false` is a
@@ -131,5 +137,11 @@ mod tests {
         .unwrap();
         assert!(!answer.decision.allowed);
         assert_eq!(answer.decision.overage_policy, "block");
+        // The unknown field is kept with the decision, and only there.
+        assert_eq!(answer.decision.extra.len(), 1);
+        assert_eq!(answer.decision.extra["someFutureField"], 3);
+        let sent = serde_json::to_value(&answer.decision).unwrap();
+        assert_eq!(sent["someFutureField"], 3);
+        assert!(sent.get("alerts").is_none() && sent.get("replayed").is_none());
     }
 }

@@ -392,8 +392,15 @@ impl RouteConfig {
         };
         match spool.push(entry) {
             Ok(()) => {
-                tracing::warn!(brand = %ask.brand, metric = %self.metric, amount = ask.amount,
-                    error = %cause, "ledger unavailable: request let through, usage spooled");
+                // Once per outage at warn level (the first entry), not once per request.
+                match spool.len() {
+                    1 => {
+                        tracing::warn!(error = %cause, "ledger unavailable: fail-open routes spool usage")
+                    }
+                    n => {
+                        tracing::debug!(brand = %ask.brand, metric = %self.metric, spooled = n, "usage spooled")
+                    }
+                }
                 Ok(self.grant(ask, None, true))
             }
             Err(_) => Err(GuardError::LedgerUnavailable {

@@ -170,6 +170,7 @@ impl Spool {
             Settled::Duplicate => state.stats.duplicates += 1,
             Settled::Refused => state.stats.refused += 1,
         }
+        log_drained(&state);
     }
 
     /// Count a 4xx answer for the front entry; drop it once it has had too many.
@@ -185,7 +186,16 @@ impl Spool {
         drop(state);
         tracing::error!(brand = %entry.brand, metric = %entry.metric, amount = entry.amount,
             key = %entry.idempotency_key, error = %e, "spooled usage dropped: the ledger refuses it");
-        self.pop(entry).stats.dropped += 1;
+        let mut state = self.pop(entry);
+        state.stats.dropped += 1;
+        log_drained(&state);
+    }
+}
+
+/// The end of an outage, for operators: every spooled usage has been answered.
+fn log_drained(state: &State) {
+    if state.entries.is_empty() {
+        tracing::info!(stats = ?state.stats, "spool drained");
     }
 }
 
