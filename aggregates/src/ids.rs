@@ -336,6 +336,66 @@ pub(crate) fn put_digits(out: &mut [u8], mut value: u32) {
     }
 }
 
+/// A reservation (a hold of quota for a long job): the brand-period stream it lives in
+/// and its number there, written `acme:2026-12:7`. The public id names its stream, so
+/// a commit or void needs no lookup table, and a tenant's own check on the brand part
+/// decides who may touch it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReservationId {
+    pub brand: BrandId,
+    pub period: PeriodKey,
+    /// 1, 2, … within the period, in the order the holds were placed.
+    pub number: u64,
+}
+
+impl ReservationId {
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let bad = || ParseError::new("reservationId", "must be <brand>:<YYYY-MM>:<number>");
+        let (stream, number) = s.rsplit_once(':').ok_or_else(bad)?;
+        let (brand, period) = parse_period_stream_id(stream).map_err(|_| bad())?;
+        let number = match number.parse::<u64>() {
+            Ok(n) if n >= 1 && !number.starts_with('0') => n,
+            _ => return Err(bad()),
+        };
+        Ok(Self {
+            brand,
+            period,
+            number,
+        })
+    }
+
+    /// The stream the hold lives in.
+    pub fn stream_id(&self) -> String {
+        period_stream_id(&self.brand, self.period)
+    }
+}
+
+impl fmt::Display for ReservationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.brand, self.period, self.number)
+    }
+}
+
+impl FromStr for ReservationId {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        Self::parse(s)
+    }
+}
+
+impl Serialize for ReservationId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ReservationId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
 /// The inverse of [`period_stream_id`].
 pub fn parse_period_stream_id(id: &str) -> Result<(BrandId, PeriodKey), ParseError> {
     let (b, p) = id
@@ -347,6 +407,26 @@ pub fn parse_period_stream_id(id: &str) -> Result<(BrandId, PeriodKey), ParseErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reservation_ids_name_their_stream_and_round_trip() {
+        let id = ReservationId::parse("acme.eu:2026-12:7").unwrap();
+        assert_eq!(id.brand.as_str(), "acme.eu");
+        assert_eq!(id.period.to_string(), "2026-12");
+        assert_eq!(id.number, 7);
+        assert_eq!(id.stream_id(), "acme.eu:2026-12");
+        assert_eq!(id.to_string(), "acme.eu:2026-12:7");
+        for bad in [
+            "acme:2026-12",
+            "acme:2026-12:0",
+            "acme:2026-12:07",
+            "acme:2026-13:1",
+            ":2026-12:1",
+            "acme:2026-12:x",
+        ] {
+            assert!(ReservationId::parse(bad).is_err(), "{bad} parsed");
+        }
+    }
 
     #[test]
     fn period_keys_parse_only_real_months() {

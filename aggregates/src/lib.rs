@@ -6,6 +6,7 @@
 //! - [`money`]: `Money` in integer minor units, the one rounding rule, rate serde.
 //! - [`catalog`]: plan catalog (data file embedded in the binary) and its validation.
 //! - [`period`]: the brand-period aggregate: commands, events, decision rules.
+//! - [`hold`]: holds of quota for long jobs (reserve, commit or void, expiry) and their limits.
 //! - [`reset`]: the quota reset planner: a period's state and a target in, the
 //!   compensating commands and the operator's report out.
 //! - [`brand`]: the brand registry aggregate: which plan a brand is on.
@@ -13,6 +14,7 @@
 
 pub mod brand;
 pub mod catalog;
+pub mod hold;
 pub mod ids;
 pub mod money;
 pub mod period;
@@ -23,7 +25,10 @@ pub use brand::{
     BeforeRegistration, BrandAggregate, BrandCommand, BrandError, BrandEvent, Effective,
 };
 pub use catalog::{Catalog, MetricKind, OveragePolicy, PlanDefinition, PlanQuota};
-pub use ids::{BrandId, IdempotencyKey, MetricKey, ParseError, PeriodKey, PlanId, Quantity};
+pub use hold::HoldTtl;
+pub use ids::{
+    BrandId, IdempotencyKey, MetricKey, ParseError, PeriodKey, PlanId, Quantity, ReservationId,
+};
 pub use money::{Currency, Money};
 pub use period::{
     LedgerError, LedgerEvent, LedgerRules, MetricTotals, PeriodCommand, PeriodOpening,

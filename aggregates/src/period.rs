@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{
     MetricKind, OveragePolicy, PlanDefinition, PlanQuota, CRITICAL_THRESHOLD_PCT,
 };
+use crate::hold::{Hold, HoldTtl, Release, OPEN_HOLDS_MAX};
 use crate::ids::{BrandId, MetricKey, PeriodKey, PlanId, Quantity, QUANTITY_MAX};
 use crate::money::{cost_of, prorate, Currency, Money};
 
@@ -53,6 +54,8 @@ pub enum UsageVia {
     CheckQuota,
     /// A gauge's level set above its current one.
     Gauge,
+    /// A hold placed (or refused) for a long job, or committed as usage.
+    Reservation,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +124,25 @@ pub enum PeriodCommand {
         actor: String,
         reason: String,
     },
+    /// Hold `amount` units for a job for `ttl`: counted by every decision while held,
+    /// refused (and the refusal recorded) when it does not fit under a `block` limit.
+    #[serde(rename = "reserve")]
+    Reserve {
+        metric: MetricKey,
+        amount: Quantity,
+        ttl: HoldTtl,
+    },
+    /// Record what the job used, at most the held amount (all of it by default), and
+    /// release the hold.
+    #[serde(rename = "commit_hold")]
+    CommitHold { hold: u64, amount: Option<Quantity> },
+    /// Release a hold without recording usage.
+    #[serde(rename = "void_hold")]
+    VoidHold { hold: u64 },
+    /// Release every hold whose time to live has run out: what the engine's sweeper
+    /// issues, so expiry is an event in the log rather than a rule of each reader.
+    #[serde(rename = "expire_holds")]
+    ExpireHolds,
     /// Freeze the invoice of the period.
     #[serde(rename = "close")]
     ClosePeriod {
@@ -142,8 +164,12 @@ impl PeriodCommand {
             | PeriodCommand::CheckQuota { metric, .. }
             | PeriodCommand::SetGaugeLevel { metric, .. }
             | PeriodCommand::ApplyTopUp { metric, .. }
-            | PeriodCommand::AdjustUsage { metric, .. } => Some(metric),
-            PeriodCommand::ClosePeriod { .. } => None,
+            | PeriodCommand::AdjustUsage { metric, .. }
+            | PeriodCommand::Reserve { metric, .. } => Some(metric),
+            PeriodCommand::CommitHold { .. }
+            | PeriodCommand::VoidHold { .. }
+            | PeriodCommand::ExpireHolds
+            | PeriodCommand::ClosePeriod { .. } => None,
         }
     }
 }
@@ -201,6 +227,14 @@ impl Stamped {
     }
 }
 
+/// The hold a usage commits: its number and what it held (the usage may be less; the
+/// rest is given back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldCommit {
+    pub number: u64,
+    pub held: u64,
+}
+
 /// The state of one metric after an event: what a reader needs without recomputing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetricTotals {
@@ -217,6 +251,14 @@ pub struct MetricTotals {
     pub overage_units: u64,
     /// Overage cost of the period so far for this metric, rounded once per plan segment.
     pub overage_cost: Money,
+    /// Units held for jobs (reservations) and not yet committed, voided or expired.
+    /// Absent when none, so events of periods without holds keep their shape.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,6 +295,9 @@ pub enum LedgerEvent {
         totals: MetricTotals,
         #[serde(serialize_with = "crate::timestamp::serialize")]
         at: DateTime<Utc>,
+        /// The hold this usage commits (and releases), when it commits one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hold: Option<HoldCommit>,
     },
     UsageDenied {
         metric: MetricKey,
@@ -260,6 +305,32 @@ pub enum LedgerEvent {
         via: UsageVia,
         current: u64,
         effective_limit: u64,
+        #[serde(serialize_with = "crate::timestamp::serialize")]
+        at: DateTime<Utc>,
+        /// Units held for jobs when it was refused: they count against the limit.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        held: u64,
+    },
+    /// Units set aside for a job until `expires_at` (see [`crate::hold`]).
+    QuotaReserved {
+        hold: u64,
+        metric: MetricKey,
+        amount: u64,
+        #[serde(serialize_with = "crate::timestamp::serialize")]
+        expires_at: DateTime<Utc>,
+        /// The metric with the hold counted (`held`).
+        totals: MetricTotals,
+        #[serde(serialize_with = "crate::timestamp::serialize")]
+        at: DateTime<Utc>,
+    },
+    /// A hold ended without usage: voided by the caller, or expired (then `at` is its
+    /// expiry instant, whenever the event was appended).
+    HoldReleased {
+        hold: u64,
+        metric: MetricKey,
+        amount: u64,
+        reason: Release,
+        totals: MetricTotals,
         #[serde(serialize_with = "crate::timestamp::serialize")]
         at: DateTime<Utc>,
     },
@@ -351,6 +422,8 @@ impl LedgerEvent {
             LedgerEvent::TopUpApplied { .. } => "TopUpApplied",
             LedgerEvent::ThresholdCrossed { .. } => "ThresholdCrossed",
             LedgerEvent::ThresholdResolved { .. } => "ThresholdResolved",
+            LedgerEvent::QuotaReserved { .. } => "QuotaReserved",
+            LedgerEvent::HoldReleased { .. } => "HoldReleased",
             LedgerEvent::PeriodClosed { .. } => "PeriodClosed",
         }
     }
@@ -481,6 +554,19 @@ pub enum LedgerError {
     },
     #[error("top-ups need a metric with a quota; {0} is unlimited on this plan")]
     TopUpOnUnlimited(MetricKey),
+    #[error("hold {0} was never placed in this period")]
+    UnknownHold(u64),
+    #[error("hold {0} is no longer held: it was committed, voided or expired")]
+    HoldNotHeld(u64),
+    #[error("hold {hold} expired at {expires_at}")]
+    HoldExpired {
+        hold: u64,
+        expires_at: DateTime<Utc>,
+    },
+    #[error("hold {hold} holds {held} units; {amount} cannot be committed")]
+    CommitAboveHold { hold: u64, held: u64, amount: u64 },
+    #[error("{OPEN_HOLDS_MAX} holds are open in this period already")]
+    TooManyHolds,
 }
 
 /// The opening facts of a period, as snapshotted by `PeriodOpened`.
@@ -507,6 +593,9 @@ pub struct MetricState {
     /// What the plans in force earlier in the period left (nothing before a change).
     #[serde(default)]
     pub settled: Settled,
+    /// Units of the open holds on this metric (expired ones included until released).
+    #[serde(default)]
+    pub held: u64,
 }
 
 /// The overage a metric carries from the plans in force earlier in the period: usage is
@@ -534,6 +623,7 @@ static NO_USAGE: MetricState = MetricState {
         cost: Money::ZERO,
         start: 0,
     },
+    held: 0,
 };
 
 impl MetricState {
@@ -572,6 +662,8 @@ pub struct QuotaDecision {
     /// `None` when the plan has no quota for the metric (unlimited).
     pub overage_policy: Option<OveragePolicy>,
     pub consumed: bool,
+    /// Units held for jobs once decided: `remaining` already leaves them out.
+    pub reserved: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -585,6 +677,12 @@ pub struct UsagePeriodAggregate {
     pub closed: Option<Invoice>,
     /// Number of events applied: the stream's last sequence.
     pub version: u64,
+    /// The open holds by number, at most [`OPEN_HOLDS_MAX`].
+    #[serde(default)]
+    pub holds: BTreeMap<u64, Hold>,
+    /// Holds placed in the period so far: the next one is numbered one more.
+    #[serde(default)]
+    pub holds_placed: u64,
 }
 
 /// The aggregate type name stored in `events.aggregate_type`.
@@ -650,7 +748,24 @@ impl UsagePeriodAggregate {
             (state.current, state.peak),
             state.top_up_units,
             &state.settled,
+            state.held,
         ))
+    }
+
+    /// Units held on `metric` at `at`: holds past their expiry hold nothing, even
+    /// before the sweeper's event releases them.
+    pub fn held_at(&self, metric: &MetricKey, at: DateTime<Utc>) -> u64 {
+        let held = self.metrics.get(metric).map_or(0, |s| s.held);
+        if held == 0 {
+            return 0;
+        }
+        let lapsed: u64 = self
+            .holds
+            .values()
+            .filter(|h| &h.metric == metric && h.expired_at(at))
+            .map(|h| h.amount)
+            .sum();
+        held.saturating_sub(lapsed)
     }
 
     /// Decide a caller's command at `at` against the current state. Pure: the engine
@@ -717,6 +832,14 @@ impl UsagePeriodAggregate {
                 actor,
                 reason,
             } => ctx.adjust(metric, *delta, actor, reason, at),
+            PeriodCommand::Reserve {
+                metric,
+                amount,
+                ttl,
+            } => ctx.reserve(metric, *amount, *ttl, at),
+            PeriodCommand::CommitHold { hold, amount } => ctx.commit_hold(*hold, *amount, at),
+            PeriodCommand::VoidHold { hold } => ctx.void_hold(*hold, at),
+            PeriodCommand::ExpireHolds => Ok(ctx.expire_holds(at)),
             PeriodCommand::ClosePeriod { actor, .. } => ctx.close(actor, at),
         }
     }
@@ -763,6 +886,7 @@ impl UsagePeriodAggregate {
                 (state.current, state.peak),
                 0,
                 &state.settled,
+                0,
             );
             events.extend(ctx.thresholds(metric, &MetricState::default(), &t, at));
         }
@@ -794,11 +918,12 @@ impl UsagePeriodAggregate {
         }
     }
 
-    /// Evaluate a request without deciding anything: what `CheckQuota` answers.
+    /// Evaluate a request at `at` without deciding anything: what `CheckQuota` answers.
     pub fn evaluate(
         &self,
         metric: &MetricKey,
         requested: Quantity,
+        at: DateTime<Utc>,
     ) -> Result<QuotaDecision, LedgerError> {
         let opened = self.opened.as_ref().ok_or(LedgerError::NotOpened)?;
         if !opened.metric_kinds.contains_key(metric) {
@@ -809,7 +934,7 @@ impl UsagePeriodAggregate {
         Ok(evaluate(
             &opened.plan.id,
             quota,
-            &state,
+            (&state, self.held_at(metric, at)),
             opened.kind(metric),
             requested.get(),
         ))
@@ -831,46 +956,33 @@ impl UsagePeriodAggregate {
                 marginal_cost,
                 totals,
                 ..
-            } => {
-                let quota = plan.quota(metric);
-                Some(QuotaDecision {
-                    allowed: true,
-                    remaining: totals
-                        .effective_limit
-                        .map(|l| l.saturating_sub(totals.current)),
-                    limit: quota.map(|q| q.limit),
-                    effective_limit: totals.effective_limit,
-                    current: totals.current,
-                    overage: totals.overage_units,
-                    will_charge: marginal_cost.minor() > 0,
-                    estimated_cost: *marginal_cost,
-                    cumulative_overage_cost: totals.overage_cost,
-                    plan_id: plan.id.clone(),
-                    overage_policy: quota.map(|q| q.overage),
-                    consumed: true,
-                })
+            } => Some(allowed_decision(plan, metric, totals, *marginal_cost, true)),
+            LedgerEvent::QuotaReserved { metric, totals, .. } => {
+                Some(allowed_decision(plan, metric, totals, Money::ZERO, false))
             }
             LedgerEvent::UsageDenied {
                 metric,
                 requested,
                 current,
                 effective_limit,
+                held,
                 ..
             } => {
                 let quota = plan.quota(metric);
                 Some(QuotaDecision {
                     allowed: false,
-                    remaining: Some(effective_limit.saturating_sub(*current)),
+                    remaining: Some(effective_limit.saturating_sub(current + held)),
                     limit: quota.map(|q| q.limit),
                     effective_limit: Some(*effective_limit),
                     current: *current,
-                    overage: (current + requested).saturating_sub(*effective_limit),
+                    overage: (current + held + requested).saturating_sub(*effective_limit),
                     will_charge: false,
                     estimated_cost: Money::ZERO,
                     cumulative_overage_cost: Money::ZERO,
                     plan_id: plan.id.clone(),
                     overage_policy: quota.map(|q| q.overage),
                     consumed: false,
+                    reserved: *held,
                 })
             }
             _ => None,
@@ -908,6 +1020,7 @@ impl UsagePeriodAggregate {
                         (*level, *level),
                         0,
                         &Settled::default(),
+                        0,
                     );
                     let s = self.metrics.entry(metric.clone()).or_default();
                     s.current = *level;
@@ -931,14 +1044,59 @@ impl UsagePeriodAggregate {
                     s.overage_units = t.overage_units;
                 }
             }
-            LedgerEvent::UsageRecorded { metric, totals, .. }
-            | LedgerEvent::GaugeLevelSet { metric, totals, .. }
+            LedgerEvent::UsageRecorded {
+                metric,
+                totals,
+                hold,
+                ..
+            } => {
+                let released = hold
+                    .and_then(|h| self.holds.remove(&h.number))
+                    .map_or(0, |h| h.amount);
+                let s = self.metrics.entry(metric.clone()).or_default();
+                s.current = totals.current;
+                s.peak = totals.billable.max(totals.current);
+                s.overage_cost = totals.overage_cost;
+                s.overage_units = totals.overage_units;
+                s.held = s.held.saturating_sub(released);
+            }
+            LedgerEvent::GaugeLevelSet { metric, totals, .. }
             | LedgerEvent::UsageAdjusted { metric, totals, .. } => {
                 let s = self.metrics.entry(metric.clone()).or_default();
                 s.current = totals.current;
                 s.peak = totals.billable.max(totals.current);
                 s.overage_cost = totals.overage_cost;
                 s.overage_units = totals.overage_units;
+            }
+            LedgerEvent::QuotaReserved {
+                hold,
+                metric,
+                amount,
+                expires_at,
+                at,
+                ..
+            } => {
+                self.holds.insert(
+                    *hold,
+                    Hold {
+                        metric: metric.clone(),
+                        amount: *amount,
+                        reserved_at: *at,
+                        expires_at: *expires_at,
+                    },
+                );
+                self.holds_placed = self.holds_placed.max(*hold);
+                self.metrics.entry(metric.clone()).or_default().held += amount;
+            }
+            LedgerEvent::HoldReleased {
+                hold,
+                metric,
+                amount,
+                ..
+            } => {
+                self.holds.remove(hold);
+                let s = self.metrics.entry(metric.clone()).or_default();
+                s.held = s.held.saturating_sub(*amount);
             }
             LedgerEvent::TopUpApplied {
                 metric,
@@ -997,6 +1155,7 @@ fn totals_for(
     (current, peak): (u64, u64),
     top_ups: u64,
     settled: &Settled,
+    held: u64,
 ) -> MetricTotals {
     let billable = match kind {
         MetricKind::Counter => current,
@@ -1027,13 +1186,44 @@ fn totals_for(
         effective_limit,
         overage_units,
         overage_cost,
+        held,
     }
 }
 
+/// The decision an allowed usage (or a hold) stands for, from the totals after it.
+fn allowed_decision(
+    plan: &PlanDefinition,
+    metric: &MetricKey,
+    totals: &MetricTotals,
+    marginal_cost: Money,
+    consumed: bool,
+) -> QuotaDecision {
+    let quota = plan.quota(metric);
+    QuotaDecision {
+        allowed: true,
+        remaining: totals
+            .effective_limit
+            .map(|l| l.saturating_sub(totals.current + totals.held)),
+        limit: quota.map(|q| q.limit),
+        effective_limit: totals.effective_limit,
+        current: totals.current,
+        overage: totals.overage_units,
+        will_charge: marginal_cost.minor() > 0,
+        estimated_cost: marginal_cost,
+        cumulative_overage_cost: totals.overage_cost,
+        plan_id: plan.id.clone(),
+        overage_policy: quota.map(|q| q.overage),
+        consumed,
+        reserved: totals.held,
+    }
+}
+
+/// Whether `requested` more units fit on a metric in `state` with `held` units held:
+/// a `block` limit counts the holds as used.
 fn evaluate(
     plan_id: &PlanId,
     quota: Option<&PlanQuota>,
-    state: &MetricState,
+    (state, held): (&MetricState, u64),
     kind: MetricKind,
     requested: u64,
 ) -> QuotaDecision {
@@ -1043,19 +1233,20 @@ fn evaluate(
         (state.current + requested, state.peak),
         state.top_up_units,
         &state.settled,
+        held,
     );
     let eff = after.effective_limit;
     let blocked = quota.is_some_and(|q| q.overage == OveragePolicy::Block)
-        && eff.is_some_and(|l| state.current + requested > l);
+        && eff.is_some_and(|l| state.current + held + requested > l);
     let marginal = after.overage_cost - state.overage_cost;
     QuotaDecision {
         allowed: !blocked,
-        remaining: eff.map(|l| l.saturating_sub(state.current)),
+        remaining: eff.map(|l| l.saturating_sub(state.current + held)),
         limit: quota.map(|q| q.limit),
         effective_limit: eff,
         current: state.current,
         overage: if blocked {
-            eff.map_or(0, |l| (state.current + requested).saturating_sub(l))
+            eff.map_or(0, |l| (state.current + held + requested).saturating_sub(l))
         } else {
             after.overage_units
         },
@@ -1069,6 +1260,7 @@ fn evaluate(
         plan_id: plan_id.clone(),
         overage_policy: quota.map(|q| q.overage),
         consumed: false,
+        reserved: held,
     }
 }
 
@@ -1275,16 +1467,22 @@ impl Ctx<'_> {
         self.check_not_too_late(at)?;
         let state = self.state(metric);
         let quota = self.quota(metric);
-        let decision = evaluate(&self.opened.plan.id, quota, state, kind, quantity.get());
+        let held = self.agg.held_at(metric, at);
+        let decision = evaluate(
+            &self.opened.plan.id,
+            quota,
+            (state, held),
+            kind,
+            quantity.get(),
+        );
         if !decision.allowed {
-            return Ok(vec![LedgerEvent::UsageDenied {
-                metric: metric.clone(),
-                requested: quantity.get(),
+            return Ok(vec![self.denied(
+                metric,
+                quantity.get(),
                 via,
-                current: state.current,
-                effective_limit: decision.effective_limit.unwrap_or_default(),
+                &decision,
                 at,
-            }]);
+            )]);
         }
         let current = state.current + quantity.get();
         let totals = totals_for(
@@ -1293,6 +1491,7 @@ impl Ctx<'_> {
             (current, state.peak.max(current)),
             state.top_up_units,
             &state.settled,
+            held,
         );
         let mut events = vec![LedgerEvent::UsageRecorded {
             metric: metric.clone(),
@@ -1303,6 +1502,7 @@ impl Ctx<'_> {
             marginal_cost: totals.overage_cost - state.overage_cost,
             totals,
             at,
+            hold: None,
         }];
         events.extend(self.thresholds(metric, state, &totals, at));
         Ok(events)
@@ -1328,22 +1528,23 @@ impl Ctx<'_> {
         let state = self.state(metric);
         let quota = self.quota(metric);
         if level > state.current {
+            // Gauges are never held: a level is set, not reserved.
             let decision = evaluate(
                 &self.opened.plan.id,
                 quota,
-                state,
+                (state, 0),
                 kind,
                 level - state.current,
             );
             if !decision.allowed {
-                return Ok(vec![LedgerEvent::UsageDenied {
-                    metric: metric.clone(),
-                    requested: level - state.current,
-                    via: UsageVia::Gauge,
-                    current: state.current,
-                    effective_limit: decision.effective_limit.unwrap_or_default(),
+                let requested = level - state.current;
+                return Ok(vec![self.denied(
+                    metric,
+                    requested,
+                    UsageVia::Gauge,
+                    &decision,
                     at,
-                }]);
+                )]);
             }
         }
         let totals = totals_for(
@@ -1352,6 +1553,7 @@ impl Ctx<'_> {
             (level, state.peak.max(level)),
             state.top_up_units,
             &state.settled,
+            0,
         );
         let mut events = vec![LedgerEvent::GaugeLevelSet {
             metric: metric.clone(),
@@ -1385,6 +1587,7 @@ impl Ctx<'_> {
             (state.current, state.peak),
             state.top_up_units + units.get(),
             &state.settled,
+            self.agg.held_at(metric, at),
         );
         let mut events = vec![LedgerEvent::TopUpApplied {
             metric: metric.clone(),
@@ -1424,12 +1627,13 @@ impl Ctx<'_> {
             })?;
         let quota = self.quota(metric);
         let limit = effective_limit(quota, state);
+        let held = self.agg.held_at(metric, at);
         if let (Some(q), Some(l)) = (quota, limit) {
-            if q.overage == OveragePolicy::Block && delta > 0 && current > l {
+            if q.overage == OveragePolicy::Block && delta > 0 && current + held > l {
                 return Err(LedgerError::AboveBlockLimit {
                     metric: metric.clone(),
                     effective_limit: l,
-                    would_be: current,
+                    would_be: current + held,
                 });
             }
         }
@@ -1446,6 +1650,7 @@ impl Ctx<'_> {
             (current, peak),
             state.top_up_units,
             &state.settled,
+            held,
         );
         let mut events = vec![LedgerEvent::UsageAdjusted {
             metric: metric.clone(),
@@ -1458,6 +1663,201 @@ impl Ctx<'_> {
         }];
         events.extend(self.thresholds(metric, state, &totals, at));
         Ok(events)
+    }
+
+    /// The refusal of `requested` units as `decision` found it.
+    fn denied(
+        &self,
+        metric: &MetricKey,
+        requested: u64,
+        via: UsageVia,
+        decision: &QuotaDecision,
+        at: DateTime<Utc>,
+    ) -> LedgerEvent {
+        LedgerEvent::UsageDenied {
+            metric: metric.clone(),
+            requested,
+            via,
+            current: decision.current,
+            effective_limit: decision.effective_limit.unwrap_or_default(),
+            at,
+            held: decision.reserved,
+        }
+    }
+
+    /// The metric's totals as they stand with `held` units held.
+    fn totals_holding(&self, metric: &MetricKey, held: u64) -> MetricTotals {
+        let s = self.state(metric);
+        totals_for(
+            self.quota(metric),
+            self.opened.kind(metric),
+            (s.current, s.peak),
+            s.top_up_units,
+            &s.settled,
+            held,
+        )
+    }
+
+    fn reserve(
+        &self,
+        metric: &MetricKey,
+        amount: Quantity,
+        ttl: HoldTtl,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        let kind = self.kind(metric)?;
+        if kind == MetricKind::Gauge {
+            return Err(LedgerError::GaugeIsSet(metric.clone()));
+        }
+        self.check_not_too_late(at)?;
+        if !self.opened.period.contains(at) {
+            return Err(LedgerError::WrongPeriod {
+                period: self.opened.period,
+                occurred_at: at,
+            });
+        }
+        let open = self
+            .agg
+            .holds
+            .values()
+            .filter(|h| !h.expired_at(at))
+            .count();
+        if open >= OPEN_HOLDS_MAX {
+            return Err(LedgerError::TooManyHolds);
+        }
+        let held = self.agg.held_at(metric, at);
+        let state = self.state(metric);
+        let decision = evaluate(
+            &self.opened.plan.id,
+            self.quota(metric),
+            (state, held),
+            kind,
+            amount.get(),
+        );
+        if !decision.allowed {
+            let via = UsageVia::Reservation;
+            return Ok(vec![self.denied(metric, amount.get(), via, &decision, at)]);
+        }
+        Ok(vec![LedgerEvent::QuotaReserved {
+            hold: self.agg.holds_placed + 1,
+            metric: metric.clone(),
+            amount: amount.get(),
+            expires_at: at + ttl.duration(),
+            totals: self.totals_holding(metric, held + amount.get()),
+            at,
+        }])
+    }
+
+    /// The hold numbered `number` if it still holds at `at`.
+    fn open_hold(&self, number: u64, at: DateTime<Utc>) -> Result<&Hold, LedgerError> {
+        let hold = self.agg.holds.get(&number).ok_or(match number {
+            n if n >= 1 && n <= self.agg.holds_placed => LedgerError::HoldNotHeld(n),
+            n => LedgerError::UnknownHold(n),
+        })?;
+        if hold.expired_at(at) {
+            return Err(LedgerError::HoldExpired {
+                hold: number,
+                expires_at: hold.expires_at,
+            });
+        }
+        Ok(hold)
+    }
+
+    fn commit_hold(
+        &self,
+        number: u64,
+        amount: Option<Quantity>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        let hold = self.open_hold(number, at)?;
+        let units = amount.map_or(hold.amount, Quantity::get);
+        if units > hold.amount {
+            return Err(LedgerError::CommitAboveHold {
+                hold: number,
+                held: hold.amount,
+                amount: units,
+            });
+        }
+        self.check_not_too_late(at)?;
+        let metric = &hold.metric;
+        let kind = self.kind(metric)?;
+        let state = self.state(metric);
+        // The hold was admitted, so what it commits is never refused: it was counted
+        // against the limit all along.
+        let current = state.current + units;
+        let held = self.agg.held_at(metric, at).saturating_sub(hold.amount);
+        let totals = totals_for(
+            self.quota(metric),
+            kind,
+            (current, state.peak.max(current)),
+            state.top_up_units,
+            &state.settled,
+            held,
+        );
+        let mut events = vec![LedgerEvent::UsageRecorded {
+            metric: metric.clone(),
+            quantity: units,
+            via: UsageVia::Reservation,
+            // The job's usage belongs where its quota was taken.
+            occurred_at: hold.reserved_at,
+            after_close: self.agg.closed.is_some(),
+            marginal_cost: totals.overage_cost - state.overage_cost,
+            totals,
+            at,
+            hold: Some(HoldCommit {
+                number,
+                held: hold.amount,
+            }),
+        }];
+        events.extend(self.thresholds(metric, state, &totals, at));
+        Ok(events)
+    }
+
+    fn void_hold(&self, number: u64, at: DateTime<Utc>) -> Result<Vec<LedgerEvent>, LedgerError> {
+        let hold = self.open_hold(number, at)?;
+        let held = self
+            .agg
+            .held_at(&hold.metric, at)
+            .saturating_sub(hold.amount);
+        Ok(vec![LedgerEvent::HoldReleased {
+            hold: number,
+            metric: hold.metric.clone(),
+            amount: hold.amount,
+            reason: Release::Voided,
+            totals: self.totals_holding(&hold.metric, held),
+            at,
+        }])
+    }
+
+    /// The release of every hold past its expiry at `at`, in the order they expired,
+    /// each dated at its expiry instant.
+    fn expire_holds(&self, at: DateTime<Utc>) -> Vec<LedgerEvent> {
+        let mut lapsed: Vec<(&u64, &Hold)> = self
+            .agg
+            .holds
+            .iter()
+            .filter(|(_, h)| h.expired_at(at))
+            .collect();
+        lapsed.sort_by_key(|(n, h)| (h.expires_at, **n));
+        // Holds still open count on: `held` after each release is the running total.
+        let mut held: BTreeMap<&MetricKey, u64> = BTreeMap::new();
+        lapsed
+            .into_iter()
+            .map(|(n, h)| {
+                let left = held
+                    .entry(&h.metric)
+                    .or_insert_with(|| self.state(&h.metric).held);
+                *left = left.saturating_sub(h.amount);
+                LedgerEvent::HoldReleased {
+                    hold: *n,
+                    metric: h.metric.clone(),
+                    amount: h.amount,
+                    reason: Release::Expired,
+                    totals: self.totals_holding(&h.metric, *left),
+                    at: h.expires_at,
+                }
+            })
+            .collect()
     }
 
     fn apply_plan(
@@ -1482,6 +1882,7 @@ impl Ctx<'_> {
                     (s.current, s.current),
                     s.top_up_units,
                     &s.at_plan_change(),
+                    self.agg.held_at(m, at),
                 );
                 (m.clone(), t)
             })
@@ -1519,6 +1920,7 @@ impl Ctx<'_> {
                     (s.current, s.peak),
                     s.top_up_units,
                     &s.settled,
+                    s.held,
                 );
                 (t.overage_units > 0 && t.overage_cost.minor() > 0).then(|| InvoiceLine {
                     metric: m.clone(),

@@ -584,7 +584,9 @@ fn event_metric(event: &LedgerEvent) -> Option<&MetricKey> {
         | LedgerEvent::UsageAdjusted { metric, .. }
         | LedgerEvent::TopUpApplied { metric, .. }
         | LedgerEvent::ThresholdCrossed { metric, .. }
-        | LedgerEvent::ThresholdResolved { metric, .. } => Some(metric),
+        | LedgerEvent::ThresholdResolved { metric, .. }
+        | LedgerEvent::QuotaReserved { metric, .. }
+        | LedgerEvent::HoldReleased { metric, .. } => Some(metric),
         LedgerEvent::PeriodOpened { .. }
         | LedgerEvent::PlanApplied { .. }
         | LedgerEvent::PeriodClosed { .. } => None,
@@ -742,7 +744,7 @@ proptest! {
             if let Some(n) = n {
                 let live = run
                     .state
-                    .evaluate(&metric(key), qty(n))
+                    .evaluate(&metric(key), qty(n), op.command(step).at)
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 let events = run
                     .state
@@ -763,5 +765,123 @@ proptest! {
             }
             run.step(op, step)?;
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Holds: a random mix of records, holds, commits, voids and expiries.
+// ---------------------------------------------------------------------------------------
+
+/// One step of a hold sequence on blocked renders (limit 10 on starter). Time moves
+/// `wait_s` before each step, so holds run out while others are placed and committed.
+#[derive(Debug, Clone)]
+enum HoldOp {
+    Record {
+        n: u64,
+    },
+    Reserve {
+        n: u64,
+        ttl_s: u64,
+    },
+    /// Commit the `i`-th hold placed so far (modulo), `amount` of it or all.
+    Commit {
+        i: usize,
+        amount: Option<u64>,
+    },
+    Void {
+        i: usize,
+    },
+    Expire,
+}
+
+fn hold_op() -> impl Strategy<Value = (HoldOp, i64)> {
+    let op = prop_oneof![
+        2 => (1..=4u64).prop_map(|n| HoldOp::Record { n }),
+        4 => (1..=6u64, 30..=600u64).prop_map(|(n, ttl_s)| HoldOp::Reserve { n, ttl_s }),
+        3 => (0..8usize, prop::option::of(1..=6u64))
+            .prop_map(|(i, amount)| HoldOp::Commit { i, amount }),
+        1 => (0..8usize).prop_map(|i| HoldOp::Void { i }),
+        1 => Just(HoldOp::Expire),
+    ];
+    (op, 0..=240i64)
+}
+
+fn blocked_starter() -> PlanDefinition {
+    let mut plan = catalog_plan("starter");
+    for q in plan.quotas.iter_mut().filter(|q| q.metric.as_str() == R3D) {
+        q.overage = OveragePolicy::Block;
+        q.overage_rate = None;
+    }
+    plan
+}
+
+proptest! {
+    #[test]
+    fn prop_holds_never_let_a_blocked_metric_exceed_its_limit(
+        ops in prop::collection::vec(hold_op(), 0..=OPS_LEN_MAX),
+    ) {
+        // Whatever the mix, usage plus what is still held stays within the limit; the
+        // total is exactly what was recorded plus what was committed; every hold ends
+        // at most once; and the state is the fold of its events.
+        let plan = blocked_starter();
+        let rules = LedgerRules::default();
+        let limit = plan.quota(&metric(R3D)).expect("renders have a quota").limit;
+        let mut state = UsagePeriodAggregate::default();
+        let mut events = state.decide_stamped(&open(&plan), &rules).expect("opens");
+        events.iter().for_each(|e| state.fold(e));
+        let mut now = at(0);
+        let mut placed: Vec<u64> = Vec::new();
+        let mut expected_current = 0u64;
+        for (op, wait_s) in ops {
+            now += Duration::seconds(wait_s);
+            let command = match op {
+                HoldOp::Record { n } => PeriodCommand::RecordUsage {
+                    metric: metric(R3D),
+                    quantity: qty(n),
+                    occurred_at: None,
+                },
+                HoldOp::Reserve { n, ttl_s } => PeriodCommand::Reserve {
+                    metric: metric(R3D),
+                    amount: qty(n),
+                    ttl: ledger_aggregates::HoldTtl::new(ttl_s).expect("in range"),
+                },
+                HoldOp::Commit { i, amount } if !placed.is_empty() => PeriodCommand::CommitHold {
+                    hold: placed[i % placed.len()],
+                    amount: amount.map(qty),
+                },
+                HoldOp::Void { i } if !placed.is_empty() => PeriodCommand::VoidHold {
+                    hold: placed[i % placed.len()],
+                },
+                _ => PeriodCommand::ExpireHolds,
+            };
+            let Ok(decided) = state.decide(&command, now, &rules) else {
+                continue;
+            };
+            for e in &decided {
+                match e {
+                    LedgerEvent::UsageRecorded { quantity, .. } => expected_current += quantity,
+                    LedgerEvent::QuotaReserved { hold, .. } => placed.push(*hold),
+                    _ => {}
+                }
+                state.fold(e);
+            }
+            events.extend(decided);
+            let s = state.metric(&metric(R3D)).cloned().unwrap_or_default();
+            let held_now = state.held_at(&metric(R3D), now);
+            prop_assert!(s.current + held_now <= limit, "{} + {} held > {}", s.current, held_now, limit);
+            prop_assert_eq!(s.current, expected_current);
+            let open: u64 = state.holds.values().map(|h| h.amount).sum();
+            prop_assert_eq!(s.held, open, "held is the sum of the open holds");
+        }
+        let mut ended = BTreeSet::new();
+        for e in &events {
+            let hold = match e {
+                LedgerEvent::UsageRecorded { hold: Some(h), .. } => h.number,
+                LedgerEvent::HoldReleased { hold, .. } => *hold,
+                _ => continue,
+            };
+            prop_assert!(ended.insert(hold), "hold {} ended twice", hold);
+        }
+        prop_assert_eq!(replay(&events), state);
     }
 }

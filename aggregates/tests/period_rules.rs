@@ -13,9 +13,10 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use cqrs_es::test::{AggregateTestExecutor, TestFramework};
 use cqrs_es::{Aggregate, DomainEvent};
 use ledger_aggregates::brand::BRAND_EVENT_VERSION;
+use ledger_aggregates::hold::{HoldTtl, Release, OPEN_HOLDS_MAX};
 use ledger_aggregates::ids::QUANTITY_MAX;
 use ledger_aggregates::period::{
-    BaseLine, Invoice, InvoiceLine, Severity, UsageVia, LATE_USAGE_GRACE_HOURS_DEFAULT,
+    BaseLine, HoldCommit, Invoice, InvoiceLine, Severity, UsageVia, LATE_USAGE_GRACE_HOURS_DEFAULT,
     LEDGER_EVENT_VERSION,
 };
 use ledger_aggregates::{
@@ -37,6 +38,7 @@ const DESIGNS: &str = "designs_created";
 const GLTF: &str = "exports_gltf";
 const STORAGE: &str = "storage_gb";
 const SEATS: &str = "team_members";
+const API: &str = "api_calls";
 
 fn catalog() -> Catalog {
     Catalog::default_catalog()
@@ -224,6 +226,7 @@ fn totals(
         effective_limit,
         overage_units,
         overage_cost: cents(overage_cost),
+        held: 0,
     }
 }
 
@@ -237,6 +240,7 @@ fn recorded(key: &str, quantity: u64, marginal: i64, totals: MetricTotals) -> Le
         marginal_cost: cents(marginal),
         totals,
         at: now(),
+        hold: None,
     }
 }
 
@@ -248,6 +252,7 @@ fn denied(key: &str, requested: u64, via: UsageVia, current: u64, limit: u64) ->
         current,
         effective_limit: limit,
         at: now(),
+        held: 0,
     }
 }
 
@@ -383,7 +388,7 @@ fn any_command_before_open_is_not_opened() {
         assert_eq!(result, Err(LedgerError::NotOpened), "{command:?}");
     }
     assert_eq!(
-        UsagePeriodAggregate::default().evaluate(&metric(R3D), qty(1)),
+        UsagePeriodAggregate::default().evaluate(&metric(R3D), qty(1), now()),
         Err(LedgerError::NotOpened)
     );
 }
@@ -514,7 +519,7 @@ fn an_unknown_metric_is_refused_by_every_command() {
     }
     let state = state_of(history(vec![open("starter")]));
     assert_eq!(
-        state.evaluate(&metric(unknown), qty(1)),
+        state.evaluate(&metric(unknown), qty(1), now()),
         Err(LedgerError::UnknownMetric(metric(unknown)))
     );
 }
@@ -713,6 +718,7 @@ fn check_quota_with_consume_records_an_allowed_request_via_check_quota() {
         marginal_cost: Money::ZERO,
         totals: totals(5, 5, Some(10), 0, 0),
         at: now(),
+        hold: None,
     };
     given(vec![open("starter")])
         .when(check(R3D, 5, true))
@@ -745,7 +751,9 @@ fn evaluate_answers_with_the_originals_fields() {
         record(R3D, 8),
         top_up(R3D, 2),
     ]));
-    let decision = state.evaluate(&metric(R3D), qty(6)).expect("known metric");
+    let decision = state
+        .evaluate(&metric(R3D), qty(6), now())
+        .expect("known metric");
     assert_eq!(
         decision,
         QuotaDecision {
@@ -761,6 +769,7 @@ fn evaluate_answers_with_the_originals_fields() {
             plan_id: plan("starter").id,
             overage_policy: Some(OveragePolicy::Charge),
             consumed: false,
+            reserved: 0,
         }
     );
 }
@@ -769,7 +778,9 @@ fn evaluate_answers_with_the_originals_fields() {
 fn evaluate_reports_the_marginal_cost_apart_from_the_cumulative_cost() {
     // Already 2 renders over (200 cents): 3 more cost 300 alone and 500 cumulated.
     let state = state_of(history(vec![open("starter"), record(R3D, 12)]));
-    let decision = state.evaluate(&metric(R3D), qty(3)).expect("known metric");
+    let decision = state
+        .evaluate(&metric(R3D), qty(3), now())
+        .expect("known metric");
     assert_eq!(decision.remaining, Some(0));
     assert_eq!(decision.current, 12);
     assert_eq!(decision.overage, 5);
@@ -783,7 +794,7 @@ fn evaluate_on_a_full_block_metric_is_refused_and_costs_nothing() {
     // The fourth starter seat is not allowed, so nothing would be charged.
     let state = state_of(history(vec![open("starter"), set_level(SEATS, 3)]));
     let decision = state
-        .evaluate(&metric(SEATS), qty(1))
+        .evaluate(&metric(SEATS), qty(1), now())
         .expect("known metric");
     assert_eq!(
         decision,
@@ -800,6 +811,7 @@ fn evaluate_on_a_full_block_metric_is_refused_and_costs_nothing() {
             plan_id: plan("starter").id,
             overage_policy: Some(OveragePolicy::Block),
             consumed: false,
+            reserved: 0,
         }
     );
 }
@@ -809,7 +821,7 @@ fn evaluate_on_an_unlimited_metric_has_no_limit_and_no_policy() {
     // No quota: no remaining, no limit, never overage, always allowed.
     let state = state_of(history(vec![open("starter"), record(GLTF, 500)]));
     let decision = state
-        .evaluate(&metric(GLTF), qty(1_000))
+        .evaluate(&metric(GLTF), qty(1_000), now())
         .expect("known metric");
     assert_eq!(
         decision,
@@ -826,6 +838,7 @@ fn evaluate_on_an_unlimited_metric_has_no_limit_and_no_policy() {
             plan_id: plan("starter").id,
             overage_policy: None,
             consumed: false,
+            reserved: 0,
         }
     );
 }
@@ -835,7 +848,7 @@ fn evaluate_decides_nothing() {
     // Asking leaves the state untouched: same totals, same version.
     let state = state_of(history(vec![open("starter"), record(R3D, 9)]));
     let before = state.clone();
-    let _ = state.evaluate(&metric(R3D), qty(5));
+    let _ = state.evaluate(&metric(R3D), qty(5), now());
     assert_eq!(state, before);
 }
 
@@ -850,7 +863,9 @@ fn evaluate_decides_nothing() {
 /// record for a counter, the level `n` above the current one for a gauge).
 fn live_and_stored(commands: Vec<Stamped>, key: &str, n: u64) -> (QuotaDecision, QuotaDecision) {
     let state = state_of(history(commands));
-    let live = state.evaluate(&metric(key), qty(n)).expect("known metric");
+    let live = state
+        .evaluate(&metric(key), qty(n), now())
+        .expect("known metric");
     let command = match metric_kinds()[&metric(key)] {
         MetricKind::Gauge => set_level(key, live.current + n),
         MetricKind::Counter => record(key, n),
@@ -1319,6 +1334,7 @@ fn usage_within_grace_after_close_is_accepted_and_flagged_after_close() {
             marginal_cost: cents(100),
             totals: totals(13, 13, Some(10), 3, 300),
             at: reported,
+            hold: None,
         }]);
 }
 
@@ -2056,7 +2072,7 @@ fn lowering_a_full_block_gauge_frees_a_seat_at_once() {
         set_level(SEATS, 2),
     ]));
     let decision = state
-        .evaluate(&metric(SEATS), qty(1))
+        .evaluate(&metric(SEATS), qty(1), now())
         .expect("a known metric");
     assert!(decision.allowed);
     assert_eq!((decision.current, decision.remaining), (2, Some(1)));
@@ -2172,4 +2188,271 @@ fn a_brand_snapshotted_before_the_instant_was_kept_is_held_to_none() {
     .expect("an old snapshot loads");
     assert_eq!(old.registered_at, None);
     assert_eq!(old.check_existed(period(), Some(day(1))), Ok(()));
+}
+
+// ---------------------------------------------------------------------------------------
+// Holds: reserve, then commit or void, or expiry.
+// ---------------------------------------------------------------------------------------
+
+fn reserve_at(key: &str, n: u64, ttl_s: u64, at: DateTime<Utc>) -> Stamped {
+    let command = PeriodCommand::Reserve {
+        metric: metric(key),
+        amount: qty(n),
+        ttl: HoldTtl::new(ttl_s).expect("test TTLs are in range"),
+    };
+    Stamped::new(command, at)
+}
+
+fn reserve(key: &str, n: u64) -> Stamped {
+    reserve_at(key, n, 600, now())
+}
+
+fn commit_at(hold: u64, amount: Option<u64>, at: DateTime<Utc>) -> Stamped {
+    let command = PeriodCommand::CommitHold {
+        hold,
+        amount: amount.map(qty),
+    };
+    Stamped::new(command, at)
+}
+
+fn void_at(hold: u64, at: DateTime<Utc>) -> Stamped {
+    Stamped::new(PeriodCommand::VoidHold { hold }, at)
+}
+
+fn expire_at(at: DateTime<Utc>) -> Stamped {
+    Stamped::new(PeriodCommand::ExpireHolds, at)
+}
+
+fn held_totals(current: u64, limit: u64, held: u64) -> MetricTotals {
+    MetricTotals {
+        held,
+        ..totals(current, current, Some(limit), 0, 0)
+    }
+}
+
+#[test]
+fn a_hold_that_fits_is_placed_and_counted_against_a_block_limit() {
+    // Given 4 of 10 blocked renders used, when a job holds 5, then the hold is placed
+    // with its expiry, and a check for 2 more is refused: 4 + 5 + 2 > 10.
+    let given = vec![open_on(blocking_renders("starter"), &[]), record(R3D, 4)];
+    given_events(history(given.clone()))
+        .when(reserve(R3D, 5))
+        .then_expect_events(vec![LedgerEvent::QuotaReserved {
+            hold: 1,
+            metric: metric(R3D),
+            amount: 5,
+            expires_at: now() + Duration::seconds(600),
+            totals: held_totals(4, 10, 5),
+            at: now(),
+        }]);
+    let mut commands = given;
+    commands.push(reserve(R3D, 5));
+    let state = state_of(history(commands));
+    let decision = state.evaluate(&metric(R3D), qty(2), now()).unwrap();
+    assert!(!decision.allowed, "{decision:?}");
+    assert_eq!((decision.remaining, decision.reserved), (Some(1), 5));
+    assert!(state.evaluate(&metric(R3D), qty(1), now()).unwrap().allowed);
+}
+
+#[test]
+fn a_hold_that_does_not_fit_is_refused_and_the_refusal_recorded() {
+    // Given 8 of 10 blocked renders used, a hold of 3 is a denial via reservation.
+    given(vec![
+        open_on(blocking_renders("starter"), &[]),
+        record(R3D, 8),
+    ])
+    .when(reserve(R3D, 3))
+    .then_expect_events(vec![denied(R3D, 3, UsageVia::Reservation, 8, 10)]);
+}
+
+#[test]
+fn committing_less_than_held_records_what_was_used_and_frees_the_rest() {
+    // Given a hold of 5 on 4 used, when the job commits 2, then 2 are recorded (dated
+    // when the hold was placed) and the hold is gone: 6 used, 4 left.
+    let placed = day(9);
+    let commands = vec![
+        open_on(blocking_renders("starter"), &[]),
+        record(R3D, 4),
+        reserve_at(R3D, 5, 3_600, placed),
+    ];
+    given(commands.clone())
+        .when(commit_at(1, Some(2), placed + Duration::minutes(10)))
+        .then_expect_events(vec![
+            LedgerEvent::UsageRecorded {
+                metric: metric(R3D),
+                quantity: 2,
+                via: UsageVia::Reservation,
+                occurred_at: placed,
+                after_close: false,
+                marginal_cost: Money::ZERO,
+                totals: held_totals(6, 10, 0),
+                at: placed + Duration::minutes(10),
+                hold: Some(HoldCommit { number: 1, held: 5 }),
+            },
+            LedgerEvent::ThresholdCrossed {
+                metric: metric(R3D),
+                threshold: 50,
+                severity: Severity::Warning,
+                percentage: pct("60"),
+                current: 6,
+                effective_limit: 10,
+                at: placed + Duration::minutes(10),
+            },
+        ]);
+    let mut all = commands;
+    all.push(commit_at(1, Some(2), placed + Duration::minutes(10)));
+    let state = state_of(history(all));
+    assert!(state.holds.is_empty());
+    let d = state.evaluate(&metric(R3D), qty(4), day(9)).unwrap();
+    assert!(
+        d.allowed && d.reserved == 0 && d.remaining == Some(4),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn a_commit_above_the_hold_is_refused() {
+    given(vec![open("starter"), reserve(R3D, 3)])
+        .when(commit_at(1, Some(4), now()))
+        .then_expect_error(LedgerError::CommitAboveHold {
+            hold: 1,
+            held: 3,
+            amount: 4,
+        });
+}
+
+#[test]
+fn a_voided_hold_releases_its_units_and_cannot_be_committed() {
+    // Voiding gives the units back; the hold then is neither committable nor voidable.
+    let commands = vec![open_on(blocking_renders("starter"), &[]), reserve(R3D, 7)];
+    given(commands.clone())
+        .when(void_at(1, now()))
+        .then_expect_events(vec![LedgerEvent::HoldReleased {
+            hold: 1,
+            metric: metric(R3D),
+            amount: 7,
+            reason: Release::Voided,
+            totals: held_totals(0, 10, 0),
+            at: now(),
+        }]);
+    let mut voided = commands;
+    voided.push(void_at(1, now()));
+    given(voided.clone())
+        .when(commit_at(1, None, now()))
+        .then_expect_error(LedgerError::HoldNotHeld(1));
+    given(voided)
+        .when(void_at(1, now()))
+        .then_expect_error(LedgerError::HoldNotHeld(1));
+    given(vec![open("starter")])
+        .when(commit_at(1, None, now()))
+        .then_expect_error(LedgerError::UnknownHold(1));
+}
+
+#[test]
+fn an_expired_hold_holds_nothing_and_its_commit_is_refused() {
+    // A hold past its TTL frees its units at once, even before its release is appended;
+    // committing it is refused with its expiry instant; the sweeper's command then
+    // appends the release dated at that instant.
+    let expires = now() + Duration::seconds(60);
+    let commands = vec![
+        open_on(blocking_renders("starter"), &[]),
+        reserve_at(R3D, 10, 60, now()),
+    ];
+    let state = state_of(history(commands.clone()));
+    assert!(!state.evaluate(&metric(R3D), qty(1), now()).unwrap().allowed);
+    assert!(
+        state
+            .evaluate(&metric(R3D), qty(10), expires)
+            .unwrap()
+            .allowed
+    );
+    given(commands.clone())
+        .when(commit_at(1, None, expires))
+        .then_expect_error(LedgerError::HoldExpired {
+            hold: 1,
+            expires_at: expires,
+        });
+    given(commands.clone())
+        .when(expire_at(expires - Duration::seconds(1)))
+        .then_expect_events(vec![]);
+    given(commands)
+        .when(expire_at(expires + Duration::hours(1)))
+        .then_expect_events(vec![LedgerEvent::HoldReleased {
+            hold: 1,
+            metric: metric(R3D),
+            amount: 10,
+            reason: Release::Expired,
+            totals: held_totals(0, 10, 0),
+            at: expires,
+        }]);
+}
+
+#[test]
+fn a_replay_of_the_log_restores_the_open_holds() {
+    // What a restart does: the holds, their numbering and the held units come back
+    // from the events alone (and from a snapshot of the state).
+    let events = history(vec![
+        open("starter"),
+        reserve(R3D, 2),
+        reserve(R3D, 3),
+        reserve(AI, 4),
+        void_at(2, now()),
+    ]);
+    let state = state_of(events);
+    assert_eq!(state.holds.keys().copied().collect::<Vec<_>>(), vec![1, 3]);
+    assert_eq!(state.holds_placed, 3);
+    assert_eq!(state.metric(&metric(R3D)).unwrap().held, 2);
+    assert_eq!(state.metric(&metric(AI)).unwrap().held, 4);
+    let snapshot: UsagePeriodAggregate =
+        serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+    assert_eq!(snapshot, state);
+    let next = state.decide(
+        &PeriodCommand::Reserve {
+            metric: metric(R3D),
+            amount: qty(1),
+            ttl: HoldTtl::new(1).unwrap(),
+        },
+        now(),
+        &LedgerRules::default(),
+    );
+    assert!(matches!(
+        next.unwrap()[0],
+        LedgerEvent::QuotaReserved { hold: 4, .. }
+    ));
+}
+
+#[test]
+fn holds_are_refused_on_gauges_outside_the_period_and_past_the_open_limit() {
+    given(vec![open("starter")])
+        .when(reserve(SEATS, 1))
+        .then_expect_error(LedgerError::GaugeIsSet(metric(SEATS)));
+    given(vec![open("starter")])
+        .when(reserve_at(R3D, 1, 60, day(30) + Duration::days(1)))
+        .then_expect_error(LedgerError::WrongPeriod {
+            period: period(),
+            occurred_at: day(30) + Duration::days(1),
+        });
+    let mut commands = vec![open("professional")];
+    commands.extend((0..OPEN_HOLDS_MAX).map(|_| reserve(API, 1)));
+    given(commands)
+        .when(reserve(API, 1))
+        .then_expect_error(LedgerError::TooManyHolds);
+}
+
+#[test]
+fn a_hold_on_a_charged_metric_never_blocks_and_its_commit_is_billed() {
+    // Holds on `charge` metrics only inform: the overage is billed when committed.
+    given(vec![open("starter"), record(R3D, 10), reserve(R3D, 2)])
+        .when(commit_at(1, None, now()))
+        .then_expect_events(vec![LedgerEvent::UsageRecorded {
+            metric: metric(R3D),
+            quantity: 2,
+            via: UsageVia::Reservation,
+            occurred_at: now(),
+            after_close: false,
+            marginal_cost: cents(200),
+            totals: totals(12, 12, Some(10), 2, 200),
+            at: now(),
+            hold: Some(HoldCommit { number: 1, held: 2 }),
+        }]);
 }

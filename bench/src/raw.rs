@@ -69,8 +69,10 @@ pub(crate) fn usage_payload(current: u64) -> String {
             effective_limit: Some(9_999_999),
             overage_units: 0,
             overage_cost: Money::ZERO,
+            held: 0,
         },
         at: now,
+        hold: None,
     };
     serde_json::to_string(&event).expect("events always serialize")
 }

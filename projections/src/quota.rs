@@ -39,6 +39,10 @@ pub struct MetricQuota {
     /// The overage cost of the period for this metric, in cents (see `PeriodCost` for
     /// the rounding rule).
     pub overage_cost: Money,
+    /// Units held for jobs (reservations) not yet committed, voided or expired.
+    /// Defaulted so rows written before holds existed still load.
+    #[serde(default)]
+    pub reserved: u64,
     /// When the figures last changed: the `at` of the event that changed them.
     pub updated_at: DateTime<Utc>,
 }
@@ -54,6 +58,7 @@ impl MetricQuota {
             percentage: None,
             overage_units: 0,
             overage_cost: Money::ZERO,
+            reserved: 0,
             updated_at: at,
         };
         row.set(totals, at);
@@ -69,6 +74,7 @@ impl MetricQuota {
             .map(|limit| percentage(totals.current, limit));
         self.overage_units = totals.overage_units;
         self.overage_cost = totals.overage_cost;
+        self.reserved = totals.held;
         self.updated_at = at;
     }
 }
@@ -205,7 +211,9 @@ impl ReadModel for QuotaSummary {
             LedgerEvent::UsageRecorded { .. }
             | LedgerEvent::GaugeLevelSet { .. }
             | LedgerEvent::UsageAdjusted { .. }
-            | LedgerEvent::TopUpApplied { .. } => self.usage(brand, period, e),
+            | LedgerEvent::TopUpApplied { .. }
+            | LedgerEvent::QuotaReserved { .. }
+            | LedgerEvent::HoldReleased { .. } => self.usage(brand, period, e),
             LedgerEvent::UsageDenied { .. }
             | LedgerEvent::ThresholdCrossed { .. }
             | LedgerEvent::ThresholdResolved { .. }
@@ -223,6 +231,7 @@ crate::diff::diff_fields!(MetricQuota {
     percentage,
     overage_units,
     overage_cost,
+    reserved,
     updated_at,
 });
 crate::diff::diff_fields!(QuotaSummary { cursors, rows });

@@ -9,13 +9,16 @@ use ledger_aggregates::UsagePeriodAggregate;
 use ledger_aggregates::{LedgerEvent, MetricKey, MetricTotals, Money, PlanDefinition};
 
 /// The metric and totals a usage event carries (`UsageRecorded`, `GaugeLevelSet`,
-/// `UsageAdjusted`, `TopUpApplied`): the metric's state after the event.
+/// `UsageAdjusted`, `TopUpApplied`, and the holds' `QuotaReserved`, `HoldReleased`):
+/// the metric's state after the event.
 pub(crate) fn carried(event: &LedgerEvent) -> Option<(&MetricKey, &MetricTotals)> {
     match event {
         LedgerEvent::UsageRecorded { metric, totals, .. }
         | LedgerEvent::GaugeLevelSet { metric, totals, .. }
         | LedgerEvent::UsageAdjusted { metric, totals, .. }
-        | LedgerEvent::TopUpApplied { metric, totals, .. } => Some((metric, totals)),
+        | LedgerEvent::TopUpApplied { metric, totals, .. }
+        | LedgerEvent::QuotaReserved { metric, totals, .. }
+        | LedgerEvent::HoldReleased { metric, totals, .. } => Some((metric, totals)),
         _ => None,
     }
 }
@@ -56,6 +59,7 @@ pub(crate) fn untouched(plan: &PlanDefinition, metric: &MetricKey) -> MetricTota
         effective_limit: plan.quota(metric).map(|q| q.limit),
         overage_units: 0,
         overage_cost: Money::ZERO,
+        held: 0,
     }
 }
 
@@ -71,6 +75,8 @@ pub(crate) fn at_of(event: &LedgerEvent) -> DateTime<Utc> {
         | LedgerEvent::TopUpApplied { at, .. }
         | LedgerEvent::ThresholdCrossed { at, .. }
         | LedgerEvent::ThresholdResolved { at, .. }
+        | LedgerEvent::QuotaReserved { at, .. }
+        | LedgerEvent::HoldReleased { at, .. }
         | LedgerEvent::PeriodClosed { at, .. } => *at,
     }
 }

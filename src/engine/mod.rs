@@ -7,6 +7,7 @@
 //! While that append is in flight, new jobs queue up and form the next batch: the
 //! batch size grows with the load, which is what group commit means.
 
+pub mod holds;
 mod probe;
 mod writer;
 
@@ -326,6 +327,8 @@ pub struct Engine {
     marks: Arc<Watermarks>,
     /// Batched version probes of pure checks.
     prober: probe::Prober,
+    /// Where holds placed here are announced to the sweeper that expires them.
+    holds: holds::Notices,
 }
 
 impl Engine {
@@ -363,9 +366,16 @@ impl Engine {
             .collect();
         let config = Arc::new(config);
         let prober = probe::Prober::start(log.clone());
+        let shards: Arc<[mpsc::Sender<Job>]> = shards.into();
+        let holds = holds::start(
+            log.clone(),
+            Arc::downgrade(&shards),
+            clock.clone(),
+            closing.subscribe(),
+        );
         Engine {
             log,
-            shards: shards.into(),
+            shards,
             catalog,
             clock,
             config,
@@ -373,6 +383,7 @@ impl Engine {
             writers: Arc::new(Mutex::new(writers)),
             marks,
             prober,
+            holds,
         }
     }
 
@@ -434,13 +445,19 @@ impl Engine {
             _ => None,
         };
         let brand = req.brand.clone();
-        self.submit(&brand, |reply| Job::Period {
-            req,
-            fingerprint,
-            logged,
-            reply,
-        })
-        .await
+        let outcome = self
+            .submit(&brand, |reply| Job::Period {
+                req,
+                fingerprint,
+                logged,
+                reply,
+            })
+            .await?;
+        if !outcome.replayed {
+            self.holds
+                .placed(&outcome.brand, outcome.period, &outcome.events);
+        }
+        Ok(outcome)
     }
 
     /// Register a brand on a plan, or move it to another plan by the default rule: an
@@ -511,29 +528,12 @@ impl Engine {
         .await
     }
 
-    /// The shard of a brand: a fixed hash, so every stream of the brand (registry and
-    /// periods) has one writer and one cache.
-    fn shard(&self, brand: &BrandId) -> &mpsc::Sender<Job> {
-        use std::hash::{Hash, Hasher};
-        // DefaultHasher::new() uses fixed keys: the same brand maps to the same shard.
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        brand.hash(&mut h);
-        &self.shards[(h.finish() % self.shards.len() as u64) as usize]
-    }
-
     async fn submit<T>(
         &self,
         brand: &BrandId,
         job: impl FnOnce(Reply<T>) -> Job,
     ) -> Result<T, EngineError> {
-        let (reply, rx) = oneshot::channel();
-        self.shard(brand)
-            .try_send(job(reply))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => EngineError::Overloaded,
-                mpsc::error::TrySendError::Closed(_) => EngineError::Stopped,
-            })?;
-        rx.await.map_err(|_| EngineError::Stopped)?
+        submit(&self.shards, brand, job).await
     }
 
     fn validate(&self, req: &PeriodRequest) -> Result<(), EngineError> {
@@ -579,6 +579,32 @@ impl Engine {
             false => Ok(()),
         }
     }
+}
+
+/// The shard of a brand: a fixed hash, so every stream of the brand (registry and
+/// periods) has one writer and one cache.
+fn shard<'a>(shards: &'a [mpsc::Sender<Job>], brand: &BrandId) -> &'a mpsc::Sender<Job> {
+    use std::hash::{Hash, Hasher};
+    // DefaultHasher::new() uses fixed keys: the same brand maps to the same shard.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    brand.hash(&mut h);
+    &shards[(h.finish() % shards.len() as u64) as usize]
+}
+
+/// Queue a job on its brand's writer and wait for the answer.
+async fn submit<T>(
+    shards: &[mpsc::Sender<Job>],
+    brand: &BrandId,
+    job: impl FnOnce(Reply<T>) -> Job,
+) -> Result<T, EngineError> {
+    let (reply, rx) = oneshot::channel();
+    shard(shards, brand)
+        .try_send(job(reply))
+        .map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => EngineError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => EngineError::Stopped,
+        })?;
+    rx.await.map_err(|_| EngineError::Stopped)?
 }
 
 /// SHA-256 over the canonical JSON of what the request asks, so a retry with the same

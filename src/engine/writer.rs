@@ -732,7 +732,7 @@ impl Writer {
             None => self.periods.get_mut(id).expect("loaded before deciding"),
         };
         let first_sequence = agg.version + 1;
-        let decision = check_decision(agg, &req.command)?;
+        let decision = check_decision(agg, &req.command, now)?;
         let events = agg.decide(&req.command, now, &self.cfg.rules)?;
         events.iter().for_each(|e| agg.fold(e));
         let decision = decision.or_else(|| {
@@ -936,13 +936,14 @@ fn stamped_at(command: &PeriodCommand) -> Option<DateTime<Utc>> {
 fn check_decision(
     agg: &UsagePeriodAggregate,
     command: &PeriodCommand,
+    now: DateTime<Utc>,
 ) -> Result<Option<QuotaDecision>, EngineError> {
     match command {
         PeriodCommand::CheckQuota {
             metric,
             requested,
             consume: false,
-        } => Ok(Some(agg.evaluate(metric, *requested)?)),
+        } => Ok(Some(agg.evaluate(metric, *requested, now)?)),
         _ => Ok(None),
     }
 }

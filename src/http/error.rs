@@ -43,7 +43,8 @@ pub enum ApiError {
     Conflict(String),
     /// 409: the period's state refuses the request, with a type of its own a client can
     /// branch on: `period-not-ended` (a close before the period's end), `period-closed`
-    /// (a change to a frozen invoice).
+    /// (a change to a frozen invoice), `reservation-expired` and `reservation-not-held`
+    /// (a commit or void of a hold that ended), `too-many-reservations`.
     #[error("{detail}")]
     PeriodState { kind: &'static str, detail: String },
     /// 409: a `block` quota refused the usage. The refusal itself is in the log.
@@ -274,6 +275,20 @@ impl From<LedgerError> for ApiError {
                 ApiError::invalid("out-of-range", detail)
             }
             LedgerError::TopUpOnUnlimited(_) => ApiError::invalid("unlimited-metric", detail),
+            LedgerError::UnknownHold(_) => ApiError::NotFound(detail),
+            LedgerError::HoldNotHeld(_) => ApiError::PeriodState {
+                kind: "reservation-not-held",
+                detail,
+            },
+            LedgerError::HoldExpired { .. } => ApiError::PeriodState {
+                kind: "reservation-expired",
+                detail,
+            },
+            LedgerError::TooManyHolds => ApiError::PeriodState {
+                kind: "too-many-reservations",
+                detail,
+            },
+            LedgerError::CommitAboveHold { .. } => ApiError::invalid("above-reservation", detail),
             // The engine opens periods itself; seeing these is a defect.
             LedgerError::NotOpened | LedgerError::AlreadyOpened => ApiError::Internal(detail),
         }

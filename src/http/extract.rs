@@ -2,7 +2,7 @@
 //! as problem+json, and the [`Caller`] of a request.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, OptionalFromRequest, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use ledger_aggregates::{BrandId, IdempotencyKey};
@@ -20,7 +20,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
+        match <axum::Json<T> as FromRequest<AppState>>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(ApiJson(value)),
             Err(JsonRejection::BytesRejection(e))
                 if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
@@ -31,6 +31,26 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
                 )))
             }
             Err(other) => Err(other.into()),
+        }
+    }
+}
+
+/// An optional JSON body: a request without one (no `Content-Type`, nothing sent) is
+/// `None`; one that is sent is read as [`ApiJson`] reads it.
+impl<T: DeserializeOwned> OptionalFromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Option<Self>, ApiError> {
+        let h = req.headers();
+        let empty = h.get(header::CONTENT_TYPE).is_none()
+            && h.get(header::TRANSFER_ENCODING).is_none()
+            && h.get(header::CONTENT_LENGTH)
+                .is_none_or(|n| n.as_bytes() == b"0");
+        match empty {
+            true => Ok(None),
+            false => <Self as FromRequest<AppState>>::from_request(req, state)
+                .await
+                .map(Some),
         }
     }
 }

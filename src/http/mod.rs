@@ -4,7 +4,8 @@
 //! - [`error`]: the one error type and its problem+json answers.
 //! - [`extract`]: body, path and query extractors that answer problem+json, and the caller.
 //! - [`views`]: response shapes shared by several routes.
-//! - `usage`: record, record/batch, check-quota.
+//! - `usage`: record, record/batch, check-quota, gauge levels.
+//! - `reservations`: holds for long jobs: reserve, commit, void.
 //! - `reads`: summary, current, history, the audit trail.
 //! - `admin`: brand plans and manual credit grants.
 //! - `periods`: closing an ended period: every brand's invoice frozen.
@@ -24,6 +25,7 @@ mod openapi;
 mod periods;
 mod plans;
 mod reads;
+mod reservations;
 mod usage;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -62,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .route(openapi::OPENAPI_PATH, get(openapi::openapi_json))
         .merge(plans::router())
         .merge(usage::router())
+        .merge(reservations::router())
         .merge(reads::router())
         .merge(admin::router())
         .merge(periods::router())

@@ -7,7 +7,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, api_keys, error, finance, periods, plans, reads, usage, views};
+use super::{admin, api_keys, error, finance, periods, plans, reads, reservations, usage, views};
 
 /// Where the document is served (outside the `usage-billing` prefix, like the original's
 /// Swagger document was outside its controller).
@@ -21,6 +21,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
     ),
     paths(
         usage::record, usage::record_batch, usage::check_quota, usage::set_gauge,
+        reservations::reserve, reservations::commit, reservations::void,
         reads::own_summary, reads::brand_summary, reads::period_summary, reads::current, reads::history, reads::alerts, reads::audit_events,
         admin::set_plan, admin::grant, admin::projector_status, periods::close_period,
         finance::overages,
@@ -31,6 +32,8 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         error::Problem, views::MetricView, views::AlertView, views::CostView, views::DecisionView, views::PolicyView,
         usage::RecordBody, usage::Recorded, usage::RecordedEvent, usage::BatchBody,
         usage::BatchItem, usage::BatchAnswer, usage::CheckBody, usage::CheckAnswer, usage::GaugeBody, usage::GaugeAnswer,
+        reservations::ReserveBody, reservations::Reservation, reservations::HoldStatus,
+        reservations::CommitBody, reservations::Committed, reservations::VoidBody, reservations::Voided,
         reads::SummaryAnswer, reads::Summary, reads::PeriodView, reads::PeriodSummaryAnswer, reads::AsOfView, reads::CurrentAnswer,
         reads::HistoryEntry, reads::HistoryAnswer, reads::AlertEntry, reads::AlertsAnswer, reads::AuditEvent, reads::AuditAnswer,
         admin::PlanBody, admin::PlanAnswer, admin::GrantBody, admin::GrantAnswer,

@@ -155,7 +155,10 @@ pub(crate) async fn record_one(
 }
 
 /// The caller's metadata, validated, with the authenticated subject stored beside it.
-fn metadata_for(caller: &Caller, entries: BTreeMap<String, String>) -> Result<Metadata, ApiError> {
+pub(super) fn metadata_for(
+    caller: &Caller,
+    entries: BTreeMap<String, String>,
+) -> Result<Metadata, ApiError> {
     if entries.contains_key(ACTOR_METADATA_KEY) {
         return Err(ApiError::invalid(
             "invalid-metadata",
@@ -217,7 +220,7 @@ fn recorded(
 }
 
 /// The 409 of a usage a `block` quota refused, carrying the decision.
-fn refused(metric: &MetricKey, decision: Option<QuotaDecision>) -> ApiError {
+pub(super) fn refused(metric: &MetricKey, decision: Option<QuotaDecision>) -> ApiError {
     match decision {
         Some(d) => ApiError::QuotaExceeded {
             metric: metric.to_string(),
@@ -228,7 +231,7 @@ fn refused(metric: &MetricKey, decision: Option<QuotaDecision>) -> ApiError {
 }
 
 /// The metric's label in the plan that decided, or its key.
-fn label(s: &AppState, decision: &Option<QuotaDecision>, metric: &MetricKey) -> String {
+pub(super) fn label(s: &AppState, decision: &Option<QuotaDecision>, metric: &MetricKey) -> String {
     decision
         .as_ref()
         .and_then(|d| s.ledger.engine.catalog().plan(&d.plan_id))

@@ -38,6 +38,8 @@ pub struct MetricView {
     pub overage: u64,
     /// What the overage costs so far, in cents.
     pub overage_cost: i64,
+    /// Units held for jobs (reservations); `limit - current - reserved` are left.
+    pub reserved: u64,
     pub unit: String,
 }
 
@@ -71,6 +73,7 @@ impl MetricView {
             percentage,
             overage: totals.overage_units,
             overage_cost: totals.overage_cost.minor(),
+            reserved: totals.held,
             unit: unit_of(catalog, metric),
         }
     }
@@ -194,6 +197,8 @@ pub struct DecisionView {
     pub plan_id: String,
     pub overage_policy: PolicyView,
     pub consumed: bool,
+    /// Units held for jobs (reservations) once decided; `remaining` leaves them out.
+    pub reserved: u64,
 }
 
 impl From<&QuotaDecision> for DecisionView {
@@ -218,6 +223,7 @@ impl From<&QuotaDecision> for DecisionView {
                 None => PolicyView::None,
             },
             consumed: d.consumed,
+            reserved: d.reserved,
         }
     }
 }

@@ -270,6 +270,7 @@ fn metric_summary(plan: &PlanDefinition, quotas: &PeriodQuotas, m: &MetricKey) -
                 effective_limit: q.effective_limit,
                 overage_units: q.overage_units,
                 overage_cost: q.overage_cost,
+                held: q.reserved,
             },
         },
         None => {
@@ -283,6 +284,7 @@ fn metric_summary(plan: &PlanDefinition, quotas: &PeriodQuotas, m: &MetricKey) -
                     effective_limit: base,
                     overage_units: 0,
                     overage_cost: Money::ZERO,
+                    held: 0,
                 },
             }
         }

@@ -182,6 +182,15 @@ pub trait EventLog: Send + Sync + 'static {
     /// The id of every stream of a type (every registered brand, say), in id order.
     async fn stream_ids(&self, aggregate_type: &'static str) -> Result<Vec<String>, StoreError>;
 
+    /// The stream and payload of each `QuotaReserved` written within the last
+    /// `window` of the store's own clock, newest first, at most `limit`: where holds
+    /// may still be open after a restart (none lives longer than its time to live).
+    async fn recent_holds(
+        &self,
+        window: std::time::Duration,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>, StoreError>;
+
     /// Cheap reachability probe for readiness checks.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -12,6 +12,7 @@ mod metering;
 mod outage;
 mod periods;
 mod reads;
+mod reservations;
 mod rules;
 mod sealed;
 mod tenants;

@@ -299,6 +299,25 @@ impl EventLog for PostgresLog {
         .await?)
     }
 
+    async fn recent_holds(
+        &self,
+        window: std::time::Duration,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT aggregate_id, payload::text FROM events
+              WHERE event_type = 'QuotaReserved'
+                AND recorded_at >= now() - make_interval(secs => $1)
+              ORDER BY recorded_at DESC
+              LIMIT $2",
+        )
+        .bind(window.as_secs_f64())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

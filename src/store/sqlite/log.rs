@@ -240,6 +240,26 @@ impl EventLog for SqliteLog {
         .await?)
     }
 
+    async fn recent_holds(
+        &self,
+        window: std::time::Duration,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        // `recorded_at` is ISO 8601 text in UTC, so text order is time order.
+        let rows = sqlx::query(
+            "SELECT aggregate_id, payload FROM events
+              WHERE event_type = 'QuotaReserved'
+                AND recorded_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1)
+              ORDER BY recorded_at DESC
+              LIMIT ?2",
+        )
+        .bind(format!("-{} seconds", window.as_secs()))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
