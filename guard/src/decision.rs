@@ -79,6 +79,9 @@ pub struct Committed {
     pub committed: u64,
     /// Units of the hold given back.
     pub released: u64,
+    /// True when the ledger answered an earlier commit with the same key again.
+    #[serde(default)]
+    pub replayed: bool,
     #[serde(flatten)]
     pub decision: Option<Decision>,
 }
@@ -90,6 +93,9 @@ pub struct Voided {
     pub reservation_id: String,
     pub status: String,
     pub released: u64,
+    /// True when the ledger answered an earlier void with the same key again.
+    #[serde(default)]
+    pub replayed: bool,
 }
 
 /// A problem document from the ledger (RFC 9457): `type` is
