@@ -84,6 +84,12 @@ async fn a_running_jobs_hold_counts_against_the_block_quota() {
     let refused = svc.render("acme", json!({ "count": 5 })).await;
 
     refused.assert_problem(402, "quota-exceeded");
+    // The ledger's decision reaches the caller whole, with the hold in it.
+    assert_eq!(
+        refused.body["decision"]["reserved"], 8,
+        "{:#}",
+        refused.body
+    );
     settled(&svc, started.body["jobId"].as_str().unwrap()).await;
     assert_eq!(ledger.usage("acme", "renders_3d").await, 8);
     assert_eq!(svc.render("acme", json!({ "count": 2 })).await.status, 201);
