@@ -16,9 +16,10 @@ use crate::error::GuardError;
 use crate::identity::BrandIdentity;
 use crate::spool::REPLAY_BACKOFF_MS_MIN;
 
-/// Attempts of a commit or a void while the ledger is unavailable, with a doubling pause
-/// from 100 ms (about 3 s in all): a job that just finished should not hold its worker
-/// longer than that; past it the error goes to the job, and the hold expires at its TTL.
+/// Attempts of a commit or a void while the ledger is unavailable, with pauses of 100,
+/// 200, 400 and 800 ms between them (1.5 s, plus the calls themselves): enough for a
+/// ledger restart, and a job that just finished should not hold its worker much longer;
+/// past it the error goes to the job, and the hold expires at its TTL.
 pub const SETTLE_ATTEMPTS_MAX: u32 = 5;
 
 /// A hold on a brand's quota, to commit or void once the job knows what it used.

@@ -13,8 +13,8 @@ use crate::client::LedgerClient;
 use crate::error::GuardError;
 use crate::identity::BrandIdentity;
 
-/// Entries a spool holds. One is a few hundred bytes, so the spool stays under a few
-/// megabytes; at 100 fail-open requests a second it rides out a 100-second outage,
+/// Entries a spool holds. One is a few hundred bytes (estimated: a brand, a metric, a
+/// key and two metadata strings), so the spool stays within a few megabytes; at 100 fail-open requests a second it rides out a 100-second outage,
 /// longer than a ledger restart. Past it, fail-open requests fail closed (503): letting
 /// usage through that cannot be kept would be losing it.
 pub const SPOOL_ENTRIES_MAX: usize = 10_000;

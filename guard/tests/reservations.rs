@@ -176,14 +176,15 @@ async fn a_commit_sent_twice_is_counted_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_ledger_restarts_while_it_runs_still_commits() {
-    // Proves the settle retries: the ledger is down when the job ends, comes back within
-    // the retries' three seconds, and the hold placed before the crash is committed.
+    // Proves the settle retries: the ledger is down when the job ends (at 500 ms; it comes
+    // back after 600 ms), the job's later attempts reach it (pauses of 100, 200, 400 and
+    // 800 ms), and the hold placed before the crash is committed.
     let (mut ledger, svc) = setup().await;
-    let started = start_job(&svc, json!({ "count": 4, "durationMs": 200 })).await;
+    let started = start_job(&svc, json!({ "count": 4, "durationMs": 500 })).await;
     assert_eq!(started.status, 202, "{:#}", started.body);
 
     ledger.kill();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     ledger.restart().await;
 
     let job = settled(&svc, started.body["jobId"].as_str().unwrap()).await;
