@@ -128,6 +128,11 @@ impl GuardError {
             GuardError::LedgerRejected { .. } | GuardError::LedgerProtocol(_) => {
                 "the usage ledger refused this service's call; it has been logged".to_owned()
             }
+            // The cause names the ledger's address: logged, not sent.
+            GuardError::LedgerUnavailable { retry_after_s, .. } => format!(
+                "the usage ledger is unavailable, so this request was not served; \
+                 retry in {retry_after_s} s"
+            ),
             other => other.to_string(),
         };
         let (metric, decision) = match self {
@@ -234,6 +239,18 @@ mod tests {
             res.headers()[header::CONTENT_TYPE],
             "application/problem+json"
         );
+    }
+
+    #[test]
+    fn an_outages_cause_stays_in_the_log() {
+        // Proves the 503 does not tell the caller where the ledger lives.
+        let p = GuardError::LedgerUnavailable {
+            detail: "error sending request for url (http://10.0.0.7:3333/…)".to_owned(),
+            retry_after_s: 5,
+        }
+        .problem();
+        assert!(!p.detail.contains("10.0.0.7"), "{}", p.detail);
+        assert!(p.detail.contains("retry in 5 s"), "{}", p.detail);
     }
 
     #[test]
