@@ -78,7 +78,8 @@ impl LedgerClient {
     }
 
     /// Check `amount` units of `metric` for `brand` and consume them if allowed, in one
-    /// decision. A refusal is an `Ok` answer with `allowed: false`.
+    /// decision. A refusal is an `Ok` answer with `allowed: false`; `replayed` means an
+    /// earlier call spent this key (this call's own retry does not count).
     pub async fn consume(
         &self,
         brand: &BrandIdentity,
@@ -94,7 +95,12 @@ impl LedgerClient {
             "consume": true,
             "metadata": metadata,
         });
-        self.post(brand, &["check-quota"], &body, key).await
+        let sent: Sent<CheckAnswer> = self
+            .post_counted(brand, &["check-quota"], &body, key)
+            .await?;
+        let mut answer = sent.answer;
+        answer.replayed = own_retry(answer.replayed, sent.retried);
+        Ok(answer)
     }
 
     /// Hold `amount` units for at most `ttl_s` seconds. A hold that does not fit is
@@ -115,7 +121,13 @@ impl LedgerClient {
             "ttlSeconds": ttl_s,
             "metadata": metadata,
         });
-        let answer = self.post(brand, &["reservations"], &body, key).await;
+        let answer = self
+            .post_counted::<Reserved>(brand, &["reservations"], &body, key)
+            .await
+            .map(|sent| Reserved {
+                replayed: own_retry(sent.answer.replayed, sent.retried),
+                ..sent.answer
+            });
         match answer {
             Err(GuardError::LedgerRejected { problem, .. })
                 if problem.kind() == "quota-exceeded" && problem.decision.is_some() =>
@@ -176,6 +188,19 @@ impl LedgerClient {
         body: &serde_json::Value,
         key: &str,
     ) -> Result<T, GuardError> {
+        self.post_counted(brand, segments, body, key)
+            .await
+            .map(|sent| sent.answer)
+    }
+
+    /// [`Self::post`], saying whether the answer came to a second attempt.
+    async fn post_counted<T: DeserializeOwned>(
+        &self,
+        brand: &BrandIdentity,
+        segments: &[&str],
+        body: &serde_json::Value,
+        key: &str,
+    ) -> Result<Sent<T>, GuardError> {
         let credential = self.inner.credentials.for_brand(brand).ok_or_else(|| {
             GuardError::Misconfigured(format!("no ledger credential for brand {brand}"))
         })?;
@@ -184,7 +209,12 @@ impl LedgerClient {
         loop {
             let req = credential.apply(self.inner.http.post(url.clone()).json(body));
             match req.header("idempotency-key", key).send().await {
-                Ok(res) => return read(res).await,
+                Ok(res) => {
+                    return read(res).await.map(|answer| Sent {
+                        answer,
+                        retried: attempt > 1,
+                    })
+                }
                 // Safe to send again: the key makes the ledger apply it once.
                 Err(e) if attempt < LEDGER_CALL_ATTEMPTS_MAX && !e.is_timeout() => {
                     tracing::debug!(error = %e, attempt, "ledger call failed; retrying");
@@ -194,6 +224,19 @@ impl LedgerClient {
             }
         }
     }
+}
+
+/// An answer, and whether the call was sent more than once to get it.
+struct Sent<T> {
+    answer: T,
+    retried: bool,
+}
+
+/// A `replayed` answer to this call's own second attempt means its first attempt was
+/// applied (and its answer lost), not that an earlier request spent the key: the
+/// caller is told `replayed` only in the second case.
+fn own_retry(replayed: bool, retried: bool) -> bool {
+    replayed && !retried
 }
 
 fn unavailable(e: &reqwest::Error) -> GuardError {

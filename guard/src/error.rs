@@ -59,6 +59,11 @@ pub enum GuardError {
     /// 502: the ledger answered something the guard cannot read.
     #[error("the usage ledger's answer does not parse: {0}")]
     LedgerProtocol(String),
+    /// 409: an earlier request with this request's id already spent its quota, so it
+    /// is not served again for free (a client reusing one `X-Request-Id` would otherwise
+    /// get unlimited work counted once).
+    #[error("a request with this id was already served and counted; send a new X-Request-Id")]
+    DuplicateRequest,
     /// 429 with `Retry-After`: the brand has as many open holds as the ledger allows; one
     /// frees up when a running job commits or voids (the ledger's `too-many-reservations`).
     #[error("too many reservations are open for this brand: {0}")]
@@ -87,7 +92,9 @@ impl GuardError {
             GuardError::TooManyReservations(_) => 429,
             GuardError::LedgerUnavailable { .. } => 503,
             GuardError::LedgerRejected { .. } | GuardError::LedgerProtocol(_) => 502,
-            GuardError::ReservationExpired(_) | GuardError::ReservationNotHeld(_) => 409,
+            GuardError::DuplicateRequest
+            | GuardError::ReservationExpired(_)
+            | GuardError::ReservationNotHeld(_) => 409,
             GuardError::Misconfigured(_) => 500,
         }
     }
@@ -102,6 +109,7 @@ impl GuardError {
             GuardError::KeyReused(_) => "idempotency-key-reused",
             GuardError::Refused { .. } => "quota-exceeded",
             GuardError::TooManyReservations(_) => "too-many-reservations",
+            GuardError::DuplicateRequest => "duplicate-request",
             GuardError::LedgerUnavailable { .. } => "ledger-unavailable",
             GuardError::LedgerRejected { .. } => "ledger-rejected",
             GuardError::LedgerProtocol(_) => "ledger-protocol",

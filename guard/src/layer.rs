@@ -23,7 +23,7 @@ use crate::decision::Decision;
 use crate::error::GuardError;
 use crate::identity::{BrandIdentity, IdentitySource};
 use crate::reservation::{Reservation, ReservationSlot};
-use crate::spool::{self, Spool, SpoolEntry, SPOOL_ENTRIES_MAX};
+use crate::spool::{self, Spool, SpoolEntry, Unspooled, SPOOL_ENTRIES_MAX};
 
 /// Bytes of a body the guard buffers to read an amount from it. Bodies that carry an
 /// amount are small JSON commands; a megabyte is ample and bounds the memory a request
@@ -368,12 +368,14 @@ impl RouteConfig {
             )
             .await;
         match answer {
-            Ok(a) if a.decision.allowed => Ok(self.grant(ask, Some(a.decision), false)),
-            Ok(a) => Err(GuardError::Refused {
+            Ok(a) if !a.decision.allowed => Err(GuardError::Refused {
                 metric: self.metric.clone(),
                 amount: ask.amount,
                 decision: Box::new(a.decision),
             }),
+            // Counted for an earlier request with this id: serving it again would be free.
+            Ok(a) if a.replayed => Err(GuardError::DuplicateRequest),
+            Ok(a) => Ok(self.grant(ask, Some(a.decision), false)),
             Err(e) if e.is_unavailable() && self.fail_open => self.spool(ask, e),
             Err(e) => Err(e),
         }
@@ -391,6 +393,7 @@ impl RouteConfig {
             metadata: ask.metadata.clone(),
         };
         match spool.push(entry) {
+            Err(Unspooled::Duplicate) => Err(GuardError::DuplicateRequest),
             Ok(()) => {
                 // Once per outage at warn level (the first entry), not once per request.
                 match spool.len() {
@@ -403,7 +406,7 @@ impl RouteConfig {
                 }
                 Ok(self.grant(ask, None, true))
             }
-            Err(_) => Err(GuardError::LedgerUnavailable {
+            Err(Unspooled::Full) => Err(GuardError::LedgerUnavailable {
                 detail: format!(
                     "{cause}; the fail-open spool is full ({} entries)",
                     spool.capacity()
@@ -430,6 +433,10 @@ impl RouteConfig {
                 &ask.metadata,
             )
             .await?;
+        // A hold placed for an earlier request with this id may be a running job's.
+        if reserved.replayed {
+            return Err(GuardError::DuplicateRequest);
+        }
         let decision = reserved.decision.clone();
         let slot = ReservationSlot::new(Reservation::new(
             reserved,

@@ -3,7 +3,7 @@
 //! its request was given, so a consumption whose first attempt did reach the ledger is
 //! answered `replayed` and counted once.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -77,7 +77,18 @@ pub struct Spool {
 struct State {
     /// Entries in arrival order with the 4xx answers each has had.
     entries: VecDeque<(SpoolEntry, u32)>,
+    /// Their idempotency keys: a request id sent again during an outage is one entry.
+    keys: HashSet<String>,
     stats: SpoolStats,
+}
+
+/// Why an entry was not taken in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Unspooled {
+    /// The spool holds [`Spool::capacity`] entries.
+    Full,
+    /// An entry with the same key waits already (a request id reused during an outage).
+    Duplicate,
 }
 
 /// How a replay ended for the entry at the front.
@@ -102,13 +113,17 @@ impl Spool {
         self.state.lock().expect("the spool lock is never poisoned")
     }
 
-    /// Take in an entry, or give it back when the spool is full.
-    pub(crate) fn push(&self, entry: SpoolEntry) -> Result<(), SpoolEntry> {
+    /// Take in an entry, unless the spool is full or holds its key already.
+    pub(crate) fn push(&self, entry: SpoolEntry) -> Result<(), Unspooled> {
         let mut state = self.state();
+        if state.keys.contains(&entry.idempotency_key) {
+            return Err(Unspooled::Duplicate);
+        }
         if state.entries.len() >= self.capacity {
             state.stats.full += 1;
-            return Err(entry);
+            return Err(Unspooled::Full);
         }
+        state.keys.insert(entry.idempotency_key.clone());
         state.entries.push_back((entry, 0));
         state.stats.spooled += 1;
         self.len.send_replace(state.entries.len());
@@ -159,6 +174,7 @@ impl Spool {
         let mut state = self.state();
         let front = state.entries.pop_front();
         debug_assert_eq!(front.map(|(e, _)| e).as_ref(), Some(entry));
+        state.keys.remove(&entry.idempotency_key);
         self.len.send_replace(state.entries.len());
         state
     }
@@ -263,11 +279,23 @@ mod tests {
         for n in 0..3 {
             spool.push(entry(n)).unwrap();
         }
-        assert_eq!(spool.push(entry(3)), Err(entry(3)));
+        assert_eq!(spool.push(entry(3)), Err(Unspooled::Full));
         assert_eq!(spool.len(), 3);
         let stats = spool.stats();
         assert_eq!((stats.spooled, stats.full), (3, 1));
         assert_eq!(spool.entries(), (0..3).map(entry).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_key_waiting_already_is_not_spooled_twice() {
+        // Proves a request id reused during an outage is one entry (and one count), and
+        // that its key can be spooled again once the first entry is settled.
+        let spool = Spool::new(3);
+        spool.push(entry(0)).unwrap();
+        assert_eq!(spool.push(entry(0)), Err(Unspooled::Duplicate));
+        assert_eq!(spool.len(), 1);
+        spool.settle(&entry(0), Settled::Counted);
+        spool.push(entry(0)).unwrap();
     }
 
     #[test]

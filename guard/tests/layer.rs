@@ -166,3 +166,25 @@ async fn a_body_over_the_limit_is_a_413() {
     a.assert_problem(413, "payload-too-large");
     assert!(g.spool().is_empty());
 }
+
+#[tokio::test]
+async fn a_request_id_reused_during_an_outage_is_spooled_and_served_once() {
+    // Proves the spool is not a way around the duplicate rule: the second request with
+    // the same id is a 409 and adds no entry.
+    let g = guard(10).await;
+    let app = Router::new().route("/x", post(echo).layer(g.require("api_calls").fail_open()));
+    let base = serve(app).await;
+    let send = || {
+        reqwest::Client::new()
+            .post(format!("{base}/x"))
+            .header("x-request-id", "r-7")
+            .send()
+    };
+
+    let first = answer(send().await.unwrap()).await;
+    let second = answer(send().await.unwrap()).await;
+
+    assert_eq!(first.status, 200);
+    second.assert_problem(409, "duplicate-request");
+    assert_eq!(g.spool().len(), 1);
+}

@@ -92,6 +92,29 @@ async fn an_exhausted_block_quota_is_a_402_carrying_the_ledgers_decision() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_sent_again_is_counted_once_and_served_once() {
+    // Proves a client cannot get free renders by reusing one X-Request-Id: the retry is
+    // recognised by its key, counted nothing and refused (409), while another brand's
+    // request with the same id is its own.
+    let ledger = Ledger::start().await;
+    let acme = ledger.brand_with_key("acme").await;
+    let globex = ledger.brand_with_key("globex").await;
+    let svc = RenderService::start(&ledger, &[("acme", &acme), ("globex", &globex)]).await;
+    let body = json!({ "count": 2 });
+    assert_eq!(
+        svc.render_with_id("acme", "r-1", body.clone()).await.status,
+        201
+    );
+
+    let again = svc.render_with_id("acme", "r-1", body.clone()).await;
+
+    again.assert_problem(409, "duplicate-request");
+    assert_eq!(ledger.usage("acme", "renders_3d").await, 2);
+    assert_eq!(svc.render_with_id("globex", "r-1", body).await.status, 201);
+    assert_eq!(ledger.usage("globex", "renders_3d").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_credential_the_ledger_refuses_is_a_502_never_quota_exceeded() {
     // Proves the original's 403-for-everything is gone: a revoked or wrong API key is the
     // service's problem (502, logged), not a refusal of the caller's quota.

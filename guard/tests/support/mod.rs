@@ -269,6 +269,17 @@ impl RenderService {
         answer(req.send().await.expect("the service answers")).await
     }
 
+    /// `POST /render/3d` with an `X-Request-Id`.
+    pub async fn render_with_id(&self, brand: &str, request_id: &str, body: Value) -> Answer {
+        let req = self
+            .http
+            .post(format!("{}/render/3d", self.base))
+            .bearer_auth(format!("token-{brand}"))
+            .header("x-request-id", request_id)
+            .json(&body);
+        answer(req.send().await.expect("the service answers")).await
+    }
+
     pub async fn render(&self, brand: &str, body: Value) -> Answer {
         self.call(reqwest::Method::POST, "/render/3d", Some(brand), Some(body))
             .await
