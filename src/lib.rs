@@ -1,8 +1,9 @@
-//! The usage ledger service: event log, command engine and (later) HTTP.
+//! The usage ledger service: event log, command engine, read models and HTTP.
 //!
 //! # Layout
 //! - [`store`]: the event log, read-model and API key traits; one folder per backend (PostgreSQL, SQLite).
-//! - [`engine`]: the single-writer command engine with group commit and idempotency.
+//! - [`engine`]: the single-writer command engine with group commit and idempotency, and
+//!   the sweeper that expires holds.
 //! - [`tail`]: following the log: the consumer loop, the read models served from memory.
 //! - [`clock`]: injectable time.
 //! - [`auth`]: who is calling: bearer JWTs and per-brand API keys (made, hashed and limited here), resolved to a principal.

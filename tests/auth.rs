@@ -129,10 +129,44 @@ async fn a_valid_hs256_token_authenticates_its_principal() {
 
 #[tokio::test]
 async fn an_expired_token_is_refused_as_expired() {
-    // Proves `exp` in the past (beyond the one-minute clock leeway) is refused, by name.
+    // Proves `exp` in the past beyond the few seconds of clock leeway is refused, by name:
+    // 30 s past expiry already is (the library's default leeway would accept a minute).
     let jwt = hs256(None, None);
-    let token = signed(json!({"sub": "x", "role": "admin", "exp": get_current_timestamp() - 3600}));
-    assert_eq!(reason(jwt.verify(&token)), "token expired");
+    let now = get_current_timestamp();
+    for exp in [now - 3600, now - 30] {
+        let token = signed(json!({"sub": "x", "role": "admin", "exp": exp}));
+        assert_eq!(reason(jwt.verify(&token)), "token expired");
+    }
+}
+
+#[tokio::test]
+async fn tokens_living_longer_than_minted_ones_or_issued_in_the_future_are_refused() {
+    // Proves a token valid for ten years, or with `iat` a year ahead, is refused although
+    // its signature is good: minted tokens live at most 30 days, and a forged far
+    // future `exp` is a credential that never expires.
+    let jwt = hs256(None, None);
+    let now = get_current_timestamp();
+    let (day, year) = (86_400, 365 * 86_400);
+    for (claims, why) in [
+        (
+            json!({"sub": "x", "role": "admin", "iat": now, "exp": now + 10 * year}),
+            "lives longer",
+        ),
+        (
+            json!({"sub": "x", "role": "admin", "exp": now + 10 * year}),
+            "expires more than",
+        ),
+        (
+            json!({"sub": "x", "role": "admin", "iat": now + year, "exp": now + year + day}),
+            "in the future",
+        ),
+    ] {
+        let token = signed(claims);
+        let refused = reason(jwt.verify(&token));
+        assert!(refused.contains(why), "{refused}");
+    }
+    let fine = signed(json!({"sub": "x", "role": "admin", "iat": now, "exp": now + 30 * day}));
+    assert!(jwt.verify(&fine).is_ok());
 }
 
 #[tokio::test]

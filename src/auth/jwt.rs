@@ -230,6 +230,10 @@ struct ReceivedClaims {
     role: String,
     #[serde(default)]
     brands: Vec<String>,
+    /// Checked here as well as by the validation: a token may not outlive what this
+    /// service would mint ([`TOKEN_TTL_MAX`]).
+    exp: u64,
+    iat: Option<u64>,
 }
 
 /// Verifies (and, with a signing key, mints) the ledger's bearer tokens.
@@ -356,6 +360,7 @@ impl Jwt {
         let data = jsonwebtoken::decode::<ReceivedClaims>(token, &self.decoding, &self.validation)
             .map_err(|e| invalid(refusal(e.kind())))?;
         let c = data.claims;
+        check_lifetime(c.iat, c.exp, jsonwebtoken::get_current_timestamp()).map_err(invalid)?;
         let role = match c.role.as_str() {
             "admin" => Role::Admin,
             "brand" => Role::Brand,
@@ -383,10 +388,43 @@ impl Jwt {
     }
 }
 
+/// Clock skew forgiven on `exp`, `nbf` and `iat`: the services minting tokens keep
+/// their clocks in sync (NTP); a minute past expiry, jsonwebtoken's default, is a
+/// minute of a revoked-by-expiry credential.
+pub const TOKEN_LEEWAY: Duration = Duration::from_secs(5);
+
+/// A token issued in the future, or living longer than a minted one may, is refused:
+/// a ten-year token is a leaked credential that never expires.
+fn check_lifetime(iat: Option<u64>, exp: u64, now: u64) -> Result<(), String> {
+    let leeway = TOKEN_LEEWAY.as_secs();
+    let ttl_max = TOKEN_TTL_MAX.as_secs();
+    if let Some(iat) = iat {
+        if iat > now + leeway {
+            return Err(format!(
+                "the token is issued in the future (iat {iat}, now {now})"
+            ));
+        }
+        if exp.saturating_sub(iat) > ttl_max {
+            return Err(format!(
+                "the token lives longer than {} days (iat {iat}, exp {exp})",
+                ttl_max / 86_400
+            ));
+        }
+    }
+    if exp > now + ttl_max + leeway {
+        return Err(format!(
+            "the token expires more than {} days from now (exp {exp})",
+            ttl_max / 86_400
+        ));
+    }
+    Ok(())
+}
+
 fn validation(alg: JwtAlgorithm, issuer: Option<&str>, audience: Option<&str>) -> Validation {
     let mut v = Validation::new(alg.jws());
     let mut required = vec!["exp"];
     v.validate_exp = true;
+    v.leeway = TOKEN_LEEWAY.as_secs();
     // A token that says it is not valid yet is refused too.
     v.validate_nbf = true;
     if let Some(iss) = issuer {
@@ -511,6 +549,14 @@ mod tests {
         assert!(principal("s".into(), Role::Brand, &one).is_ok());
         assert!(principal("s".into(), Role::Brand, &[]).is_err());
         assert!(principal("s".into(), Role::Service, &[]).is_err());
+        let (now, day) = (1_800_000_000, 86_400);
+        assert!(check_lifetime(Some(now), now + 30 * day, now).is_ok());
+        assert!(check_lifetime(None, now + 30 * day, now).is_ok());
+        assert!(check_lifetime(Some(now), now + 30 * day + 1, now).is_err());
+        assert!(check_lifetime(Some(now - 365 * day), now + 3_650 * day, now).is_err());
+        assert!(check_lifetime(None, now + 3_650 * day, now).is_err());
+        assert!(check_lifetime(Some(now + 365 * day), now + 366 * day, now).is_err());
+        assert!(check_lifetime(Some(now + 5), now + day, now).is_ok());
         let many: Vec<String> = (0..=TOKEN_BRANDS_MAX).map(|i| format!("b{i}")).collect();
         assert!(principal("s".into(), Role::Service, &many).is_err());
         assert!(principal("".into(), Role::Admin, &[]).is_err());

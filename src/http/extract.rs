@@ -92,9 +92,17 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>,
 
 /// The `Idempotency-Key` header, if any (the body's `idempotencyKey` is the other way).
 pub fn idempotency_header(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
-    let Some(raw) = headers.get("idempotency-key") else {
+    let mut all = headers.get_all("idempotency-key").iter();
+    let Some(raw) = all.next() else {
         return Ok(None);
     };
+    // Which of two keys a retry would be matched on is a guess: refuse it.
+    if all.next().is_some() {
+        return Err(ApiError::invalid(
+            "invalid-idempotency-key",
+            "send one Idempotency-Key header, not several",
+        ));
+    }
     let raw = raw.to_str().map_err(|_| {
         ApiError::invalid("invalid-idempotency-key", "Idempotency-Key is not ASCII")
     })?;

@@ -242,9 +242,11 @@ pub(super) fn label(s: &AppState, decision: &Option<QuotaDecision>, metric: &Met
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
-    /// Each item is parsed on its own, so one bad item does not sink the others.
+    /// Each item is parsed on its own, so one bad item does not sink the others. Kept
+    /// as text: a parsed JSON value would have dropped a duplicate key's first value,
+    /// where the item's own parse refuses it as `/record` does.
     #[schema(value_type = Vec<RecordBody>)]
-    pub events: Vec<serde_json::Value>,
+    pub events: Vec<Box<serde_json::value::RawValue>>,
 }
 
 /// One item's result: the status and body the same item would get from `POST /record`.
@@ -291,7 +293,7 @@ pub(crate) async fn record_batch(
         let s = &s;
         let caller = &caller;
         async move {
-            let result = match serde_json::from_value::<RecordBody>(raw) {
+            let result = match serde_json::from_str::<RecordBody>(raw.get()) {
                 Ok(item) => {
                     let key = item.idempotency_key.clone();
                     record_one(s, caller, item, key).await

@@ -250,3 +250,59 @@ on_both_stores!(
     a_huge_metadata_key_is_echoed_capped_in_the_422,
     a_huge_metadata_key_is_echoed_capped_in_the_422
 );
+
+async fn ambiguous_requests_are_refused_instead_of_guessed(db: &TestDb) {
+    // A batch item naming brandId twice is refused as `/record` refuses it (the last
+    // value used to win and charge the other brand), and two Idempotency-Key headers
+    // are a 422 rather than a silent choice of the first; nothing is written.
+    let app = spawn_app(db).await;
+    app.register("acme", "starter").await;
+    app.register("globex", "starter").await;
+    let item = r#"{"brandId":"acme","brandId":"globex","metric":"renders_3d","value":1}"#;
+    let batch = raw(
+        &app,
+        "record/batch",
+        "application/json",
+        format!(r#"{{"events":[{item}]}}"#).into_bytes(),
+    )
+    .await;
+    assert_eq!(batch.status, 200, "{:#}", batch.body);
+    assert_eq!(batch.body["rejected"], 1, "{:#}", batch.body);
+    let problem = &batch.body["results"][0]["problem"];
+    assert_eq!(problem["status"], 422, "{problem:#}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("duplicate field"),
+        "{problem:#}"
+    );
+    let single = raw(&app, "record", "application/json", item.as_bytes().to_vec()).await;
+    single.assert_problem(422, "invalid-body");
+
+    let res = app
+        .client
+        .post(format!("{}{PREFIX}/record", app.base))
+        .bearer_auth(&app.admin)
+        .header("idempotency-key", "k-1")
+        .header("idempotency-key", "k-2")
+        .json(&record(json!({})))
+        .send()
+        .await
+        .expect("request");
+    answer(res)
+        .await
+        .assert_problem(422, "invalid-idempotency-key");
+    for brand in ["acme", "globex"] {
+        let current = app.get(&format!("current/{brand}"), &app.admin).await;
+        assert_eq!(
+            current.body["usage"]["renders_3d"], 0,
+            "{brand}: {:#}",
+            current.body
+        );
+    }
+}
+on_both_stores!(
+    ambiguous_requests_are_refused_instead_of_guessed,
+    ambiguous_requests_are_refused_instead_of_guessed
+);

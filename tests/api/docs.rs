@@ -21,6 +21,9 @@ async fn the_openapi_document_lists_every_route(db: &TestDb) {
         ("post", format!("{p}/record/batch")),
         ("post", format!("{p}/check-quota")),
         ("put", format!("{p}/brands/{{brandId}}/gauges/{{metric}}")),
+        ("post", format!("{p}/reservations")),
+        ("post", format!("{p}/reservations/{{id}}/commit")),
+        ("post", format!("{p}/reservations/{{id}}/void")),
         (
             "get",
             format!("{p}/brands/{{brandId}}/periods/{{period}}/alerts"),

@@ -28,8 +28,10 @@ pub use projection::EVENTS_CHANNEL;
 /// at most one more per writer shard. PostgreSQL on two cores gains nothing from more
 /// concurrent statements.
 pub const PG_POOL_CONNECTIONS_MAX: u32 = 16;
-/// A request waiting longer than this for a connection fails instead of piling up.
-pub const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A request waiting longer than this for a connection fails (503 + `Retry-After`)
+/// instead of piling up: with the database gone, callers hear so within a second, and
+/// the pool reconnects by itself once it is back.
+pub const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A kept append connection idle longer than this is pinged before its next append.
 pub const PG_APPENDER_PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
