@@ -34,6 +34,7 @@ async fn write_a_varied_stream(e: &Engine) {
             metric: m("renders_3d"),
             requested: q(3),
             consume: true,
+            occurred_at: None,
         },
         PeriodCommand::SetGaugeLevel {
             metric: m("team_members"),

@@ -103,6 +103,12 @@ pub enum PeriodCommand {
         metric: MetricKey,
         requested: Quantity,
         consume: bool,
+        /// With `consume`: when the usage happened (a platform service replaying what
+        /// it served during an outage), which selects the period like a record's;
+        /// `None` is the decision time. Absent from the fingerprint when `None`, so keys
+        /// stored before it existed keep their hash.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        occurred_at: Option<DateTime<Utc>>,
     },
     /// Set a gauge (seats, GB stored) to an absolute level.
     #[serde(rename = "set_gauge")]
@@ -800,19 +806,21 @@ impl UsagePeriodAggregate {
                 metric,
                 requested,
                 consume,
+                occurred_at,
             } => {
                 if *consume {
                     if ctx.kind(metric)? == MetricKind::Gauge {
                         return Err(LedgerError::GaugeIsSet(metric.clone()));
                     }
                     ctx.check_not_too_late(at)?;
-                    if !opened.period.contains(at) {
+                    let occurred_at = occurred_at.unwrap_or(at);
+                    if !opened.period.contains(occurred_at) {
                         return Err(LedgerError::WrongPeriod {
                             period: opened.period,
-                            occurred_at: at,
+                            occurred_at,
                         });
                     }
-                    ctx.consume(metric, *requested, UsageVia::CheckQuota, at, at)
+                    ctx.consume(metric, *requested, UsageVia::CheckQuota, occurred_at, at)
                 } else {
                     ctx.kind(metric)?;
                     Ok(Vec::new())

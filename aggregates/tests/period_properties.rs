@@ -157,6 +157,7 @@ impl Op {
                 metric,
                 requested: qty(n),
                 consume,
+                occurred_at: None,
             },
             Op::TopUp { units, .. } => PeriodCommand::ApplyTopUp {
                 metric,

@@ -151,6 +151,7 @@ fn check(key: &str, n: u64, consume: bool) -> Stamped {
         metric: metric(key),
         requested: qty(n),
         consume,
+        occurred_at: None,
     };
     Stamped::new(command, now())
 }
@@ -1278,6 +1279,7 @@ fn usage_reported_after_the_grace_window_is_too_late() {
         metric: metric(R3D),
         requested: qty(1),
         consume: true,
+        occurred_at: None,
     };
     given(vec![open("starter")])
         .when(Stamped::new(late_check, too_late))
@@ -2100,6 +2102,7 @@ fn the_decision_of_a_consumption_is_the_state_after_it() {
                 metric: metric(AI),
                 requested: qty(2),
                 consume: true,
+                occurred_at: None,
             },
             now(),
             &LedgerRules::default(),

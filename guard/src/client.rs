@@ -78,14 +78,15 @@ impl LedgerClient {
     }
 
     /// Check `amount` units of `metric` for `brand` and consume them if allowed, in one
-    /// decision. A refusal is an `Ok` answer with `allowed: false`; `replayed` means an
+    /// decision, dated `served_at` (RFC 3339: the ledger's `occurredAt`, which picks the
+    /// period). A refusal is an `Ok` answer with `allowed: false`; `replayed` means an
     /// earlier call spent this key (this call's own retry does not count).
     pub async fn consume(
         &self,
         brand: &BrandIdentity,
         metric: &str,
         amount: u64,
-        key: &str,
+        (key, served_at): (&str, &str),
         metadata: &BTreeMap<String, String>,
     ) -> Result<CheckAnswer, GuardError> {
         let body = json!({
@@ -93,6 +94,7 @@ impl LedgerClient {
             "metric": metric,
             "requestedAmount": amount,
             "consume": true,
+            "occurredAt": served_at,
             "metadata": metadata,
         });
         let sent: Sent<CheckAnswer> = self

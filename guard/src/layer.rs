@@ -335,6 +335,7 @@ impl RouteConfig {
             amount,
             key,
             metadata,
+            served_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         };
         let slot = match self.reserve_ttl_s {
             Some(ttl_s) => Some(self.reserve(parts, ask, ttl_s).await?),
@@ -363,7 +364,7 @@ impl RouteConfig {
                 &ask.brand,
                 &self.metric,
                 ask.amount,
-                &ask.key,
+                (&ask.key, &ask.served_at),
                 &ask.metadata,
             )
             .await;
@@ -374,7 +375,10 @@ impl RouteConfig {
                 decision: Box::new(a.decision),
             }),
             // Counted for an earlier request with this id: serving it again would be free.
+            // A key known with another request (a later `occurredAt`, or another body
+            // of the same id) is the same case.
             Ok(a) if a.replayed => Err(GuardError::DuplicateRequest),
+            Err(GuardError::KeyReused(_)) => Err(GuardError::DuplicateRequest),
             Ok(a) => Ok(self.grant(ask, Some(a.decision), false)),
             Err(e) if e.is_unavailable() && self.fail_open => self.spool(ask, e),
             Err(e) => Err(e),
@@ -391,6 +395,7 @@ impl RouteConfig {
             amount: ask.amount,
             idempotency_key: ask.key.clone(),
             metadata: ask.metadata.clone(),
+            served_at: ask.served_at.clone(),
         };
         match spool.push(entry) {
             Err(Unspooled::Duplicate) => Err(GuardError::DuplicateRequest),
@@ -468,6 +473,9 @@ struct Ask {
     amount: u64,
     key: String,
     metadata: BTreeMap<String, String>,
+    /// When the request arrived (RFC 3339): the consumption and any replay of it are
+    /// dated then, so both land in the same period however late the replay is.
+    served_at: String,
 }
 
 /// Settle what the handler's answer says nobody else will. An answer other than 2xx

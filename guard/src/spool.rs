@@ -41,6 +41,9 @@ pub struct SpoolEntry {
     pub idempotency_key: String,
     /// Sent unchanged too: the ledger compares a repeated key's whole request.
     pub metadata: BTreeMap<String, String>,
+    /// The consumption's date (`occurredAt`), unchanged as well: a replay after
+    /// midnight at a month's end still lands in the period the first try did.
+    pub served_at: String,
 }
 
 /// What the spool did, for logs and tests.
@@ -229,7 +232,7 @@ pub(crate) async fn replay(spool: Arc<Spool>, client: LedgerClient) {
                 &entry.brand,
                 &entry.metric,
                 entry.amount,
-                &entry.idempotency_key,
+                (&entry.idempotency_key, &entry.served_at),
                 &entry.metadata,
             )
             .await;
@@ -269,6 +272,7 @@ mod tests {
             amount: 1,
             idempotency_key: format!("guard:k{n}"),
             metadata: BTreeMap::new(),
+            served_at: "2026-11-30T23:58:00.000Z".to_owned(),
         }
     }
 

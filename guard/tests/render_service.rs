@@ -223,7 +223,7 @@ async fn with_the_ledger_killed_fail_closed_answers_503_and_fail_open_spools_the
                 &e.brand,
                 &e.metric,
                 e.amount,
-                &e.idempotency_key,
+                (&e.idempotency_key, &e.served_at),
                 &e.metadata,
             )
             .await
@@ -255,7 +255,7 @@ async fn with_the_ledger_killed_fail_closed_answers_503_and_fail_open_spools_the
             &spooled[0].brand,
             &spooled[0].metric,
             spooled[0].amount,
-            &spooled[0].idempotency_key,
+            (&spooled[0].idempotency_key, &spooled[0].served_at),
             &spooled[0].metadata,
         )
         .await

@@ -97,6 +97,7 @@ fn command(op: &Op, step: usize, closed: bool) -> Stamped {
             metric: m(*i),
             requested: Quantity::new(*n).expect("1..=8"),
             consume: *consume,
+            occurred_at: None,
         },
         Op::TopUp { m: i, units } => PeriodCommand::ApplyTopUp {
             metric: m(*i),

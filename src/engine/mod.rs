@@ -542,21 +542,17 @@ impl Engine {
                 return Err(EngineError::UnknownMetric(metric.clone()));
             }
         }
-        if let PeriodCommand::RecordUsage {
-            occurred_at: Some(at),
-            ..
-        } = &req.command
-        {
-            if *at > self.clock.now() + self.config.future_skew_max {
+        if let Some(at) = writer::stamped_at(&req.command) {
+            if at > self.clock.now() + self.config.future_skew_max {
                 return Err(EngineError::InFuture {
-                    occurred_at: *at,
+                    occurred_at: at,
                     skew_s: self.config.future_skew_max.num_seconds(),
                 });
             }
             // Refused here, before any stream is loaded: whether a period still takes
             // usage depends on the clock alone, and a stale timestamp (a replayed queue,
             // a zeroed clock) must not make the writer open or look back from 1970.
-            let period = PeriodKey::containing(*at);
+            let period = PeriodKey::containing(at);
             let deadline = self.config.rules.accepts_usage_until(period);
             if self.clock.now() > deadline {
                 return Err(LedgerError::TooLate { period, deadline }.into());
@@ -730,6 +726,7 @@ mod tests {
                     metric: m("team_members"),
                     requested: q(1),
                     consume: true,
+                    occurred_at: None,
                 }),
                 "5b8b8d40987e11a54ca54a15590929c080fd604878eb14e0eec97962e516fe6e",
             ),

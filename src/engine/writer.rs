@@ -914,19 +914,17 @@ pub(crate) fn target_period(req: &PeriodRequest, now: DateTime<Utc>) -> PeriodKe
     if let Some(p) = req.period {
         return p;
     }
-    match &req.command {
-        PeriodCommand::RecordUsage {
-            occurred_at: Some(at),
-            ..
-        } => PeriodKey::containing(*at),
-        _ => PeriodKey::containing(now),
+    match stamped_at(&req.command) {
+        Some(at) => PeriodKey::containing(at),
+        None => PeriodKey::containing(now),
     }
 }
 
 /// When the usage a command carries happened, if the caller stamped it.
-fn stamped_at(command: &PeriodCommand) -> Option<DateTime<Utc>> {
+pub(crate) fn stamped_at(command: &PeriodCommand) -> Option<DateTime<Utc>> {
     match command {
-        PeriodCommand::RecordUsage { occurred_at, .. } => *occurred_at,
+        PeriodCommand::RecordUsage { occurred_at, .. }
+        | PeriodCommand::CheckQuota { occurred_at, .. } => *occurred_at,
         _ => None,
     }
 }
@@ -943,6 +941,7 @@ fn check_decision(
             metric,
             requested,
             consume: false,
+            ..
         } => Ok(Some(agg.evaluate(metric, *requested, now)?)),
         _ => Ok(None),
     }

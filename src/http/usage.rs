@@ -342,6 +342,11 @@ pub struct CheckBody {
     /// Record the request if it is allowed, atomically with the decision.
     #[serde(default)]
     pub consume: bool,
+    /// With `consume` only: when the usage happened (RFC 3339), which selects the
+    /// period, as `POST /record`'s does. A service replaying what it served during an
+    /// outage sends it so that a retry across midnight at a month's end lands in the
+    /// same period, where its idempotency key is known.
+    pub occurred_at: Option<DateTime<Utc>>,
     #[schema(value_type = Option<String>)]
     pub idempotency_key: Option<IdempotencyKey>,
     #[serde(default)]
@@ -376,6 +381,12 @@ pub(crate) async fn check_quota(
     ApiJson(body): ApiJson<CheckBody>,
 ) -> Result<Json<CheckAnswer>, ApiError> {
     caller.meter(&body.brand_id)?;
+    if body.occurred_at.is_some() && !body.consume {
+        return Err(ApiError::invalid(
+            "invalid-body",
+            "occurredAt dates a consumption: send it with consume: true",
+        ));
+    }
     let key = one_key(idempotency_header(&headers)?, body.idempotency_key)?;
     let metadata = metadata_for(&caller, body.metadata)?;
     let outcome = s
@@ -388,6 +399,7 @@ pub(crate) async fn check_quota(
                 metric: body.metric,
                 requested: body.requested_amount,
                 consume: body.consume,
+                occurred_at: body.occurred_at,
             },
             idempotency_key: key,
             metadata,

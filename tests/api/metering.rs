@@ -319,3 +319,58 @@ on_both_stores!(
     registering_twice_is_a_no_op_and_a_plan_change_takes_effect_now,
     registering_twice_is_a_no_op_and_a_plan_change_takes_effect_now
 );
+
+async fn a_dated_consumption_lands_in_its_period_and_its_retry_after_midnight_too(db: &TestDb) {
+    // A platform service replays at 00:05 on 1 December a consumption it served at
+    // 23:58 on 30 November: with `occurredAt` it lands in November, and the retry with
+    // the same key (the first answer was lost) is recognised there, not counted again
+    // in December. A pure check cannot be dated, and a date in the future is refused.
+    let app = spawn_app(db).await;
+    app.register("acme", "starter").await;
+    let served = "2026-11-30T23:58:00Z";
+    let midnight = chrono::DateTime::parse_from_rfc3339("2026-12-01T00:05:00Z").unwrap();
+    app.clock.set(midnight.with_timezone(&chrono::Utc));
+    let body = json!({
+        "brandId": "acme", "metric": "ai_generations", "requestedAmount": 2,
+        "consume": true, "occurredAt": served, "idempotencyKey": "served-1"
+    });
+    let first = app.post("check-quota", &app.admin, body.clone()).await;
+    assert_eq!(first.status, 200, "{:#}", first.body);
+    assert_eq!(
+        (
+            first.body["consumed"].clone(),
+            first.body["replayed"].clone()
+        ),
+        (json!(true), json!(false))
+    );
+    let retry = app.post("check-quota", &app.admin, body).await;
+    assert_eq!(retry.body["replayed"], true, "{:#}", retry.body);
+    let november = app.get("current/acme?period=2026-11", &app.admin).await;
+    assert_eq!(
+        november.body["usage"]["ai_generations"], 2,
+        "{:#}",
+        november.body
+    );
+    let december = app.get("current/acme", &app.admin).await;
+    assert_eq!(
+        december.body["usage"]["ai_generations"], 0,
+        "{:#}",
+        december.body
+    );
+
+    let pure = json!({ "brandId": "acme", "metric": "ai_generations", "occurredAt": served });
+    app.post("check-quota", &app.admin, pure)
+        .await
+        .assert_problem(422, "invalid-body");
+    let ahead = json!({
+        "brandId": "acme", "metric": "ai_generations", "consume": true,
+        "occurredAt": "2026-12-01T01:00:00Z"
+    });
+    app.post("check-quota", &app.admin, ahead)
+        .await
+        .assert_problem(422, "in-future");
+}
+on_both_stores!(
+    a_dated_consumption_lands_in_its_period_and_its_retry_after_midnight_too,
+    a_dated_consumption_lands_in_its_period_and_its_retry_after_midnight_too
+);

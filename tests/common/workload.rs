@@ -57,6 +57,7 @@ pub fn command(rng: &mut Rng) -> PeriodRequest {
             metric,
             requested: quantity,
             consume: true,
+            occurred_at: None,
         },
         6 => PeriodCommand::ApplyTopUp {
             metric,

@@ -9,14 +9,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
 use ledger_aggregates::BrandId;
 use ledger_guard::{BrandIdentity, Credential, Credentials, Guard, GuardConfig};
 use render_service::Callers;
 use serde_json::{json, Value};
 use usage_ledger::auth::jwt::TokenTtl;
 use usage_ledger::auth::{Authenticator, Role};
-use usage_ledger::clock::ManualClock;
+use usage_ledger::clock::SystemClock;
 use usage_ledger::config::{Mode, Settings};
 use usage_ledger::secret::Secret;
 use usage_ledger::startup::{Application, StartupError};
@@ -178,10 +177,9 @@ async fn serve(
         .expect("a runtime");
     let (tx, rx) = tokio::sync::oneshot::channel();
     let settings = settings.clone();
-    // A fixed instant in November 2026, so every test knows its period.
-    let clock = Arc::new(ManualClock::new(
-        Utc.with_ymd_and_hms(2026, 11, 15, 12, 0, 0).unwrap(),
-    ));
+    // The wall clock, as in production: the guard dates each consumption with its own
+    // clock (`occurredAt`), which the ledger accepts within a few minutes of its own.
+    let clock = Arc::new(SystemClock);
     runtime.spawn(async move {
         match Application::build(&settings, clock).await {
             Ok(app) => {

@@ -75,6 +75,7 @@ pub fn consume_at(key: &str, n: u64, at: DateTime<Utc>) -> Stamped {
         metric: metric(key),
         requested: qty(n),
         consume: true,
+        occurred_at: None,
     };
     Stamped::new(command, at)
 }
