@@ -37,14 +37,18 @@ pub struct Limits {
     pub drain_deadline: Duration,
 }
 
-/// The answer to a connection beyond the cap, written on the socket as is.
-const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-content-type: application/problem+json\r\n\
-retry-after: 1\r\n\
-connection: close\r\n\
-content-length: 157\r\n\
-\r\n\
-{\"type\":\"urn:usage-ledger:problem:unavailable\",\"title\":\"Service Unavailable\",\"status\":503,\"detail\":\"too many open connections; retry shortly\"}";
+/// The problem a connection beyond the cap is answered with.
+const OVER_CAPACITY_BODY: &str = r#"{"type":"urn:usage-ledger:problem:unavailable","title":"Service Unavailable","status":503,"detail":"too many open connections; retry shortly"}"#;
+
+/// The whole answer to a connection beyond the cap, written on the socket as is.
+fn over_capacity() -> Vec<u8> {
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{OVER_CAPACITY_BODY}",
+        OVER_CAPACITY_BODY.len()
+    )
+    .into_bytes()
+}
 
 /// Raise the open-file soft limit to the hard one, and the connection cap that fits
 /// under it: a cap above the limit would turn into `accept` errors for everyone.
@@ -124,7 +128,7 @@ pub async fn serve(
 
 /// Answer a connection beyond the cap and close it.
 async fn refuse(mut stream: TcpStream) {
-    let _ = stream.write_all(OVER_CAPACITY).await;
+    let _ = stream.write_all(&over_capacity()).await;
     let _ = stream.shutdown().await;
 }
 
@@ -134,7 +138,8 @@ mod tests {
 
     #[test]
     fn the_over_capacity_answer_is_a_well_formed_problem() {
-        let text = std::str::from_utf8(OVER_CAPACITY).unwrap();
+        let answer = over_capacity();
+        let text = std::str::from_utf8(&answer).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(
             head.contains(&format!("content-length: {}", body.len())),
