@@ -18,6 +18,7 @@
 //! | `auth.mode` | `LEDGER_MODE` | `--mode` | `development` |
 //! | `auth.jwt_algorithm` | `LEDGER_JWT_ALGORITHM` | `--jwt-algorithm` | `HS256` |
 //! | `auth.jwt_secret` | `LEDGER_JWT_SECRET` | (none: argv is visible to every user) | dev: `<data_dir>/jwt-secret` |
+//! | `metrics.token` | `LEDGER_METRICS_TOKEN` | (none, as secrets) | unset: `/metrics` needs an admin credential |
 //! | `auth.jwt_public_key_path` | `LEDGER_JWT_PUBLIC_KEY_PATH` | `--jwt-public-key-path` | unset |
 //! | `auth.jwt_private_key_path` | `LEDGER_JWT_PRIVATE_KEY_PATH` | `--jwt-private-key-path` | unset |
 //! | `auth.issuer` | `LEDGER_JWT_ISSUER` | `--jwt-issuer` | unset: not checked |
@@ -89,6 +90,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("LEDGER_MODE", "auth.mode"),
     ("LEDGER_JWT_ALGORITHM", "auth.jwt_algorithm"),
     ("LEDGER_JWT_SECRET", "auth.jwt_secret"),
+    ("LEDGER_METRICS_TOKEN", "metrics.token"),
     ("LEDGER_JWT_PUBLIC_KEY_PATH", "auth.jwt_public_key_path"),
     ("LEDGER_JWT_PRIVATE_KEY_PATH", "auth.jwt_private_key_path"),
     ("LEDGER_JWT_ISSUER", "auth.issuer"),
@@ -493,6 +495,16 @@ pub struct Settings {
     pub ledger: LedgerConfig,
     pub engine: EngineSettings,
     pub read_models: ReadModelsSettings,
+    pub metrics: MetricsConfig,
+}
+
+/// `GET /metrics`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// The bearer token a Prometheus scrape sends (`authorization` of its scrape
+    /// config). Unset: the route asks for an admin credential like any admin route.
+    pub token: Option<Secret>,
 }
 
 /// Where settings come from, passed in so tests need not touch the process environment.
@@ -679,7 +691,8 @@ impl fmt::Display for Settings {
              jwt_public_key_path={} jwt_private_key_path={} issuer={} audience={} token_ttl={} \
              late_usage_grace_hours={} engine: queue_commands_max={} batch_commands_max={} \
              batch_linger_us={} cache_streams_max={} idempotency_cache_max={} writer_shards={} \
-             read_models: cache_periods_max={} flush_interval_ms={} flush_rows_max={}",
+             read_models: cache_periods_max={} flush_interval_ms={} flush_rows_max={} \
+             metrics_token={}",
             self.store,
             self.http.bind,
             self.http.body_bytes_max,
@@ -710,6 +723,11 @@ impl fmt::Display for Settings {
             self.read_models.cache_periods_max,
             self.read_models.flush_interval_ms,
             self.read_models.flush_rows_max,
+            if self.metrics.token.is_some() {
+                "set"
+            } else {
+                "unset"
+            },
         )
     }
 }

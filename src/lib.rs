@@ -6,6 +6,7 @@
 //!   the sweeper that expires holds.
 //! - [`tail`]: following the log: the consumer loop, the read models served from memory.
 //! - [`clock`]: injectable time.
+//! - [`metrics`]: the Prometheus registry of `GET /metrics`.
 //! - [`auth`]: who is calling: bearer JWTs and per-brand API keys (made, hashed and limited here), resolved to a principal.
 //! - [`secret`]: a string kept out of `Debug` and `Display`.
 //! - [`config`]: service configuration: flags, environment, file, defaults.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod engine;
 pub mod http;
 pub mod ledger;
+pub mod metrics;
 pub mod secret;
 pub mod startup;
 pub mod store;

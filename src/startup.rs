@@ -102,14 +102,22 @@ pub async fn open_engine(
     settings: &Settings,
     clock: Arc<dyn Clock>,
 ) -> Result<(Engine, Stores), StartupError> {
+    engine_counting(settings, clock, None).await
+}
+
+/// [`open_engine`], counting in `metrics` when given (the service's).
+async fn engine_counting(
+    settings: &Settings,
+    clock: Arc<dyn Clock>,
+    metrics: Option<Arc<crate::metrics::EngineMetrics>>,
+) -> Result<(Engine, Stores), StartupError> {
     let catalog = Arc::new(load_catalog(&settings.store)?);
     let stores = open_stores(&settings.store).await?;
-    let engine = Engine::start(
-        stores.log.clone(),
-        catalog,
-        clock,
-        settings.engine.config(settings.ledger.rules()),
-    );
+    let config = crate::engine::EngineConfig {
+        metrics,
+        ..settings.engine.config(settings.ledger.rules())
+    };
+    let engine = Engine::start(stores.log.clone(), catalog, clock, config);
     Ok((engine, stores))
 }
 
@@ -118,7 +126,15 @@ pub async fn open_ledger(
     settings: &Settings,
     clock: Arc<dyn Clock>,
 ) -> Result<Ledger, StartupError> {
-    let (engine, stores) = open_engine(settings, clock).await?;
+    ledger_counting(settings, clock, None).await
+}
+
+async fn ledger_counting(
+    settings: &Settings,
+    clock: Arc<dyn Clock>,
+    metrics: Option<Arc<crate::metrics::EngineMetrics>>,
+) -> Result<Ledger, StartupError> {
+    let (engine, stores) = engine_counting(settings, clock, metrics).await?;
     let projector = Projector::start(
         stores.projections.clone(),
         engine.watermarks(),
@@ -145,7 +161,8 @@ impl Application {
     /// and bind the listener (port 0 picks a free one).
     pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
         let (jwt, key_source) = verifier(settings)?;
-        let ledger = open_ledger(settings, clock).await?;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let ledger = ledger_counting(settings, clock, Some(metrics.engine.clone())).await?;
         let auth = Authenticator::new(jwt, ledger.stores.keys.clone());
         let addr = settings.http.bind;
         let listener = tokio::net::TcpListener::bind(addr)
@@ -160,6 +177,8 @@ impl Application {
             request_timeout: ms(http.request_timeout_ms),
             close_timeout: ms(http.close_timeout_ms),
             draining: Default::default(),
+            metrics,
+            metrics_token: settings.metrics.token.clone(),
         };
         let limits = crate::http::server::Limits {
             header_read_timeout: ms(http.header_read_timeout_ms),

@@ -67,6 +67,9 @@ pub struct EngineConfig {
     /// Usage may be stamped at most this far in the future (callers' clock skew).
     pub future_skew_max: Duration,
     pub rules: LedgerRules,
+    /// Where the writers count batches, appends, conflicts, refusals and crossings;
+    /// `None` (one-shot commands, most tests) counts nothing.
+    pub metrics: Option<Arc<crate::metrics::EngineMetrics>>,
 }
 
 impl Default for EngineConfig {
@@ -83,6 +86,7 @@ impl Default for EngineConfig {
             gauge_lookback_periods_max: 36,
             future_skew_max: Duration::minutes(5),
             rules: LedgerRules::default(),
+            metrics: None,
         }
     }
 }
@@ -407,6 +411,14 @@ impl Engine {
 
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// Commands waiting in the writers' queues now.
+    pub fn queued(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.max_capacity() - s.capacity())
+            .sum()
     }
 
     pub fn config(&self) -> &EngineConfig {

@@ -11,10 +11,12 @@ use cqrs_es::Aggregate;
 use ledger_aggregates::brand::{BrandCommand, Effective, BRAND_EVENT_VERSION};
 use ledger_aggregates::catalog::Catalog;
 use ledger_aggregates::ids::period_stream_id;
-use ledger_aggregates::period::{PeriodCommand, PeriodOpening, LEDGER_EVENT_VERSION};
+use ledger_aggregates::period::{
+    PeriodCommand, PeriodOpening, Severity, UsageVia, LEDGER_EVENT_VERSION,
+};
 use ledger_aggregates::{
-    BrandAggregate, BrandEvent, BrandId, LedgerEvent, MetricKey, PeriodKey, QuotaDecision,
-    UsagePeriodAggregate,
+    BrandAggregate, BrandEvent, BrandId, LedgerEvent, MetricKey, OveragePolicy, PeriodKey,
+    PlanDefinition, PlanId, QuotaDecision, UsagePeriodAggregate,
 };
 use lru::LruCache;
 use tokio::sync::mpsc;
@@ -51,6 +53,43 @@ struct Staged {
     snapshot_due: Vec<(&'static str, String)>,
     /// (stream id, key) -> (fingerprint, outcome) of commands in this batch.
     keyed: HashMap<(String, String), (String, Outcome)>,
+    /// What the batch counts in the metrics once it commits (only when they are kept).
+    tallies: Vec<Tally>,
+}
+
+/// A fact of a batch the metrics count once it is committed.
+enum Tally {
+    Refused(UsageVia),
+    Crossed {
+        plan: PlanId,
+        metric: MetricKey,
+        severity: Severity,
+        policy: &'static str,
+    },
+}
+
+impl Staged {
+    /// Note the refusals and crossings among `events`, decided under `plan`.
+    fn tally(&mut self, plan: &PlanDefinition, events: &[LedgerEvent]) {
+        for e in events {
+            match e {
+                LedgerEvent::UsageDenied { via, .. } => self.tallies.push(Tally::Refused(*via)),
+                LedgerEvent::ThresholdCrossed {
+                    metric, severity, ..
+                } => self.tallies.push(Tally::Crossed {
+                    plan: plan.id.clone(),
+                    metric: metric.clone(),
+                    severity: *severity,
+                    policy: match plan.quota(metric).map(|q| q.overage) {
+                        Some(OveragePolicy::Block) => "block",
+                        Some(OveragePolicy::Charge) => "charge",
+                        None => "none",
+                    },
+                }),
+                _ => {}
+            }
+        }
+    }
 }
 
 /// The period and stream id a period job acts on.
@@ -251,7 +290,17 @@ impl Writer {
         let snapshots = std::mem::take(&mut batch.staged.snapshots);
         self.pending_keys = std::mem::take(&mut batch.staged.keyed);
         let log = self.log.clone();
-        let append = tokio::spawn(async move { log.append(&events, &snapshots).await });
+        let metrics = self.cfg.metrics.clone();
+        let commands = batch.jobs.len();
+        let append = tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let done = log.append(&events, &snapshots).await;
+            if let (Some(m), Ok(())) = (&metrics, &done) {
+                m.batch_commands.observe(commands as f64);
+                m.append_seconds.observe(started.elapsed().as_secs_f64());
+            }
+            done
+        });
         (batch, append)
     }
 
@@ -277,6 +326,9 @@ impl Writer {
             // in-flight jobs are safe to decide again.
             Err(StoreError::Conflict(why)) => {
                 tracing::debug!(%why, "append conflict; reloading and deciding again");
+                if let Some(m) = &self.cfg.metrics {
+                    m.conflicts.inc();
+                }
                 let mut jobs = batch.jobs;
                 jobs.append(&mut retry);
                 retry = jobs;
@@ -318,6 +370,9 @@ impl Writer {
                 }
                 Err(StoreError::Conflict(why)) if attempt < self.cfg.conflict_retries_max => {
                     tracing::debug!(attempt, %why, "append conflict; reloading and deciding again");
+                    if let Some(m) = &self.cfg.metrics {
+                        m.conflicts.inc();
+                    }
                     attempt += 1;
                 }
                 Err(e) => break Err(EngineError::Store(Arc::new(e))),
@@ -326,8 +381,33 @@ impl Writer {
         reply_all(batch.drain(..), answers);
     }
 
-    /// Tell readers what a committed batch wrote, before its callers hear of it.
+    /// Tell readers what a committed batch wrote, before its callers hear of it, and
+    /// count it.
     fn acknowledge(&self, staged: &Staged) {
+        if let Some(m) = &self.cfg.metrics {
+            for t in &staged.tallies {
+                match t {
+                    Tally::Refused(via) => m.refusals.with_label_values(&[via_label(*via)]).inc(),
+                    Tally::Crossed {
+                        plan,
+                        metric,
+                        severity,
+                        policy,
+                    } => m
+                        .alerts
+                        .with_label_values(&[
+                            plan.as_str(),
+                            metric.as_str(),
+                            match severity {
+                                Severity::Warning => "warning",
+                                Severity::Critical => "critical",
+                            },
+                            policy,
+                        ])
+                        .inc(),
+                }
+            }
+        }
         self.marks.acknowledge(
             staged
                 .touched
@@ -684,6 +764,9 @@ impl Writer {
                 if hash != fingerprint {
                     return Err(EngineError::KeyReuse(key.clone()));
                 }
+                if let Some(m) = &self.cfg.metrics {
+                    m.idempotent_replays.inc();
+                }
                 return Ok(Outcome {
                     replayed: true,
                     ..outcome.clone()
@@ -735,6 +818,9 @@ impl Writer {
         let decision = check_decision(agg, &req.command, now)?;
         let events = agg.decide(&req.command, now, &self.cfg.rules)?;
         events.iter().for_each(|e| agg.fold(e));
+        if let (Some(_), Some(plan)) = (&self.cfg.metrics, agg.plan()) {
+            staged.tally(plan, &events);
+        }
         let decision = decision.or_else(|| {
             let plan = agg.plan()?;
             events
@@ -869,6 +955,9 @@ impl Writer {
         {
             let applied = p.decide_plan_change(&plan, now, &self.cfg.rules)?;
             staged.stage(&id, p.version + 1, &applied, None, EMPTY_METADATA, every);
+            if self.cfg.metrics.is_some() {
+                staged.tally(&plan, &applied);
+            }
             applied.iter().for_each(|e| p.fold(e));
             if !applied.is_empty() {
                 applied_to = Some(period);
@@ -944,6 +1033,15 @@ fn check_decision(
             ..
         } => Ok(Some(agg.evaluate(metric, *requested, now)?)),
         _ => Ok(None),
+    }
+}
+
+fn via_label(via: UsageVia) -> &'static str {
+    match via {
+        UsageVia::Record => "record",
+        UsageVia::CheckQuota => "check_quota",
+        UsageVia::Gauge => "gauge",
+        UsageVia::Reservation => "reservation",
     }
 }
 

@@ -13,6 +13,7 @@
 //! - `api_keys`: per-brand API keys.
 //! - `plans`: the catalog.
 //! - `openapi`: the OpenAPI document generated from the handlers.
+//! - `metrics`: `GET /metrics` (Prometheus text) and the middleware counting requests.
 //! - [`server`]: the connection loop: header and idle timeouts, the connection cap, the drain.
 
 pub mod error;
@@ -23,6 +24,7 @@ pub mod views;
 mod admin;
 mod api_keys;
 mod finance;
+mod metrics;
 mod openapi;
 mod periods;
 mod plans;
@@ -63,6 +65,9 @@ pub struct AppState {
     /// Set when shutdown begins: readiness answers 503 so load balancers move away
     /// while requests in flight finish.
     pub draining: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// The bearer token of `GET /metrics`; without one, an admin credential is needed.
+    pub metrics_token: Option<crate::secret::Secret>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -71,6 +76,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::metrics))
         .route(openapi::OPENAPI_PATH, get(openapi::openapi_json))
         .merge(plans::router())
         .merge(usage::router())
@@ -85,6 +91,7 @@ pub fn router(state: AppState) -> Router {
         .merge(periods::router().layer(from_fn_with_state(close, bounded)))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
+        .layer(from_fn_with_state(state.clone(), metrics::count))
         .layer(DefaultBodyLimit::max(body_bytes_max))
         .with_state(state)
 }

@@ -230,6 +230,18 @@ pub(super) fn refused(metric: &MetricKey, decision: Option<QuotaDecision>) -> Ap
     }
 }
 
+/// The original's `source` label of a check: who asked. API keys are what a brand's
+/// own integrations hold; service tokens are the platform's services; admins are
+/// operators and the platform's own jobs.
+fn source_of(caller: &Caller) -> &'static str {
+    match caller.0.role {
+        crate::auth::Role::Admin => "system",
+        crate::auth::Role::Service if caller.0.subject.starts_with("api-key:") => "public_api",
+        crate::auth::Role::Service => "internal_api",
+        crate::auth::Role::Brand => "public_api",
+    }
+}
+
 /// The metric's label in the plan that decided, or its key.
 pub(super) fn label(s: &AppState, decision: &Option<QuotaDecision>, metric: &MetricKey) -> String {
     decision
@@ -389,6 +401,8 @@ pub(crate) async fn check_quota(
     }
     let key = one_key(idempotency_header(&headers)?, body.idempotency_key)?;
     let metadata = metadata_for(&caller, body.metadata)?;
+    let started = std::time::Instant::now();
+    let metric = body.metric.clone();
     let outcome = s
         .ledger
         .engine
@@ -409,6 +423,21 @@ pub(crate) async fn check_quota(
         .decision
         .as_ref()
         .ok_or_else(|| ApiError::Internal("a check without a decision".to_owned()))?;
+    let labels = [
+        decision.plan_id.as_str(),
+        metric.as_str(),
+        source_of(&caller),
+        if decision.allowed {
+            "allowed"
+        } else {
+            "blocked"
+        },
+    ];
+    s.metrics.checks.with_label_values(&labels).inc();
+    s.metrics
+        .check_seconds
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
     Ok(Json(CheckAnswer {
         decision: decision.into(),
         alerts: AlertView::from_events(&outcome.events, |m| label(&s, &outcome.decision, m)),

@@ -10,6 +10,7 @@ mod docs;
 mod finance;
 mod freshness;
 mod metering;
+mod metrics;
 mod outage;
 mod periods;
 mod reads;

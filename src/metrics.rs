@@ -1,0 +1,202 @@
+//! Prometheus metrics (`GET /metrics`): the original's quota metrics under their names
+//! (`luneo_quota_*`) and the service's own (`ledger_*`). One registry per service, so
+//! two services in one process (the tests) count apart.
+//!
+//! Every series is bounded by the catalog and the code, never by the brands: counters
+//! and histograms carry plan and metric, not brand, so 100,000 brands are as many
+//! series as one. Checks are counted per check and crossings per crossing, never per
+//! read, and usage percentages are not capped.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// The original's check-latency buckets (seconds), so its dashboards keep working.
+pub const CHECK_DURATION_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0];
+/// Request latency buckets (seconds): from a read served from memory (~1 ms) to the
+/// request timeout.
+pub const REQUEST_DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Commands per append: 1 to the engine's largest batch.
+pub const BATCH_SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+/// Append latency buckets (seconds): a commit is a millisecond or two when healthy.
+pub const APPEND_DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// The engine's own metrics, recorded by the writers.
+#[derive(Debug, Clone)]
+pub struct EngineMetrics {
+    /// Commands in each committed append.
+    pub batch_commands: prometheus::Histogram,
+    pub append_seconds: prometheus::Histogram,
+    /// Appends that met another process's write and were decided again.
+    pub conflicts: IntCounter,
+    /// Commands answered from an earlier command with the same idempotency key.
+    pub idempotent_replays: IntCounter,
+    /// Usage refused by a `block` limit, by how it came (record, check, gauge, reservation).
+    pub refusals: IntCounterVec,
+    /// The original's `luneo_quota_alerts_total`: one per threshold crossed and committed.
+    pub alerts: IntCounterVec,
+}
+
+/// Everything the service exposes.
+pub struct Metrics {
+    registry: Registry,
+    pub engine: Arc<EngineMetrics>,
+    /// `luneo_quota_checks_total{plan,metric,source,outcome}`: one per check.
+    pub checks: IntCounterVec,
+    /// `luneo_quota_check_duration_seconds{plan,metric,source,outcome}`.
+    pub check_seconds: HistogramVec,
+    pub http_requests: IntCounterVec,
+    pub http_seconds: HistogramVec,
+    queued: IntGauge,
+    lag_ms: IntGaugeVec,
+    consumed: IntGaugeVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+            let h = HistogramVec::new(opts, labels).expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("registered once");
+            h
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
+            g
+        };
+        let plan_metric = ["plan", "metric", "source", "outcome"];
+        let engine = EngineMetrics {
+            batch_commands: histogram(
+                "ledger_engine_batch_commands",
+                "Commands decided and committed in one append.",
+                &[],
+                BATCH_SIZE_BUCKETS,
+            )
+            .with_label_values(&[] as &[&str]),
+            append_seconds: histogram(
+                "ledger_engine_append_duration_seconds",
+                "Time to commit one append to the event log.",
+                &[],
+                APPEND_DURATION_BUCKETS,
+            )
+            .with_label_values(&[] as &[&str]),
+            conflicts: counter(
+                "ledger_engine_conflicts_total",
+                "Appends that met another process's write and were decided again.",
+                &[],
+            )
+            .with_label_values(&[] as &[&str]),
+            idempotent_replays: counter(
+                "ledger_engine_idempotent_replays_total",
+                "Commands answered from an earlier command with the same idempotency key.",
+                &[],
+            )
+            .with_label_values(&[] as &[&str]),
+            refusals: counter(
+                "ledger_engine_refusals_total",
+                "Usage refused by a block limit, by how it came.",
+                &["via"],
+            ),
+            alerts: counter(
+                "luneo_quota_alerts_total",
+                "Threshold crossings committed, one per crossing.",
+                &["plan", "metric", "severity", "overage_policy"],
+            ),
+        };
+        Self {
+            engine: Arc::new(engine),
+            checks: counter(
+                "luneo_quota_checks_total",
+                "Quota checks answered, one per check (not per unit).",
+                &plan_metric,
+            ),
+            check_seconds: histogram(
+                "luneo_quota_check_duration_seconds",
+                "Time to answer a quota check.",
+                &plan_metric,
+                CHECK_DURATION_BUCKETS,
+            ),
+            http_requests: counter(
+                "ledger_http_requests_total",
+                "HTTP requests answered, by route template, method and status.",
+                &["route", "method", "status"],
+            ),
+            http_seconds: histogram(
+                "ledger_http_request_duration_seconds",
+                "Time to answer an HTTP request, by route template and method.",
+                &["route", "method"],
+                REQUEST_DURATION_BUCKETS,
+            ),
+            queued: gauge(
+                "ledger_engine_queue_commands",
+                "Commands waiting for the writers.",
+                &[],
+            )
+            .with_label_values(&[] as &[&str]),
+            lag_ms: gauge(
+                "ledger_consumer_lag_milliseconds",
+                "Commit-to-consumer lag of a log consumer's recent events (p99).",
+                &["consumer"],
+            ),
+            consumed: gauge(
+                "ledger_consumer_events",
+                "Events a log consumer has taken in since start.",
+                &["consumer"],
+            ),
+            registry,
+        }
+    }
+
+    /// The text exposition, with the sampled gauges set from `now`.
+    pub fn render(&self, sampled: Sampled) -> String {
+        self.queued.set(sampled.queued as i64);
+        for (consumer, lag_p99_ms, events) in sampled.consumers {
+            self.lag_ms
+                .with_label_values(&[consumer])
+                .set(lag_p99_ms as i64);
+            self.consumed
+                .with_label_values(&[consumer])
+                .set(events as i64);
+        }
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("the text encoder writes to memory");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// What a scrape reads from the running parts.
+pub struct Sampled {
+    pub queued: usize,
+    /// (consumer name, p99 lag in ms, events taken in).
+    pub consumers: Vec<(&'static str, u64, u64)>,
+}

@@ -1,0 +1,153 @@
+//! `GET /metrics`: the original's quota metrics and the service's own, counted per check
+//! and per crossing (never per read), behind a credential, in a format promtool accepts.
+
+use serde_json::json;
+use usage_ledger::secret::Secret;
+
+use crate::common::TestDb;
+use crate::helpers::{blocking_renders_settings, spawn_app_with, TestApp};
+use crate::on_both_stores;
+
+/// The value of the series `name{labels}` (labels exactly as written), or 0 if absent.
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn scrape(app: &TestApp, token: &str) -> String {
+    let res = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(res.status(), 200);
+    let kind = res.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+    res.text().await.unwrap()
+}
+
+async fn checks_crossings_and_refusals_are_counted_once_each(db: &TestDb) {
+    // Two checks count two, whatever the units asked; the consumption crossing 50, 75
+    // and 90 % counts three crossings; a refused record counts one refusal; reading the
+    // summary counts none of them.
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let app = spawn_app_with(&blocking_renders_settings(db, dir.path())).await;
+    app.register("acme", "business").await;
+    let check = |n: u64, consume: bool| json!({ "brandId": "acme", "metric": "renders_3d", "requestedAmount": n, "consume": consume });
+    assert_eq!(
+        app.post("check-quota", &app.admin, check(10, false))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        app.post("check-quota", &app.admin, check(46, true))
+            .await
+            .status,
+        200
+    );
+    let record = json!({ "brandId": "acme", "metric": "renders_3d", "value": 5 });
+    app.post("record", &app.admin, record)
+        .await
+        .assert_problem(409, "quota-exceeded");
+    for _ in 0..3 {
+        assert_eq!(app.get("summary/acme", &app.admin).await.status, 200);
+    }
+
+    let text = scrape(&app, &app.admin).await;
+    let allowed = r#"luneo_quota_checks_total{metric="renders_3d",outcome="allowed",plan="business",source="system"}"#;
+    assert_eq!(value(&text, allowed), 2.0, "{text}");
+    let crossings = ["warning", "critical"].map(|sev| {
+        value(
+            &text,
+            &format!(r#"luneo_quota_alerts_total{{metric="renders_3d",overage_policy="block",plan="business",severity="{sev}"}}"#),
+        )
+    });
+    assert_eq!(
+        crossings,
+        [2.0, 1.0],
+        "50 and 75 % warn, 90 % is critical: {text}"
+    );
+    assert_eq!(
+        value(&text, r#"ledger_engine_refusals_total{via="record"}"#),
+        1.0,
+        "{text}"
+    );
+    let summaries = r#"ledger_http_requests_total{method="GET",route="/api/v1/usage-billing/summary/{brand}",status="200"}"#;
+    assert_eq!(value(&text, summaries), 3.0, "{text}");
+    assert!(
+        value(&text, "ledger_engine_batch_commands_count") >= 2.0,
+        "{text}"
+    );
+    assert!(
+        text.contains("luneo_quota_check_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"ledger_consumer_events{consumer="read_models"}"#),
+        "{text}"
+    );
+
+    if let Ok(out) = promtool_check(&text) {
+        assert!(
+            out.status.success(),
+            "promtool: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+on_both_stores!(
+    checks_crossings_and_refusals_are_counted_once_each,
+    checks_crossings_and_refusals_are_counted_once_each
+);
+
+/// `promtool check metrics` on `text`; an error when promtool is not installed (CI
+/// installs it, see `.ci/run`, and sets `LEDGER_REQUIRE_PROMTOOL`).
+fn promtool_check(text: &str) -> std::io::Result<std::process::Output> {
+    use std::io::Write;
+    let spawned = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) if std::env::var("LEDGER_REQUIRE_PROMTOOL").is_ok() => {
+            panic!("promtool is required here: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED promtool check: {e}");
+            return Err(e);
+        }
+    };
+    child.stdin.take().unwrap().write_all(text.as_bytes())?;
+    child.wait_with_output()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scrape_needs_its_token_or_an_admin() {
+    // Without a configured token an admin credential scrapes and a brand's does not;
+    // with one, exactly that token scrapes.
+    let db = TestDb::sqlite();
+    let app = spawn_app_with(&crate::helpers::test_settings(&db)).await;
+    let anonymous = app.call(reqwest::Method::GET, "/metrics", None, None).await;
+    anonymous.assert_problem(401, "unauthenticated");
+    let brand = app.token(usage_ledger::auth::Role::Brand, &["acme"]);
+    app.get("/metrics", &brand)
+        .await
+        .assert_problem(403, "forbidden");
+    scrape(&app, &app.admin).await;
+
+    let mut settings = crate::helpers::test_settings(&db);
+    settings.metrics.token = Some(Secret::new("scrape-token-0123456789"));
+    let guarded = spawn_app_with(&settings).await;
+    scrape(&guarded, "scrape-token-0123456789").await;
+    guarded
+        .get("/metrics", "scrape-token-0123456780")
+        .await
+        .assert_problem(401, "unauthenticated");
+}
