@@ -15,8 +15,8 @@ use chrono::{DateTime, Utc};
 use ledger_aggregates::money::cost_of;
 use ledger_aggregates::period::{percentage, whole_percentage};
 use ledger_aggregates::{
-    Catalog, MetricKey, MetricKind, Money, OveragePolicy, PeriodKey, PlanDefinition, PlanId,
-    PlanQuota,
+    Catalog, Currency, MetricKey, MetricKind, Money, OveragePolicy, PeriodKey, PlanDefinition,
+    PlanId, PlanQuota,
 };
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::{Decimal, RoundingStrategy};
@@ -426,6 +426,8 @@ pub struct Recommendation {
 /// tie), and the recommended plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Comparison {
+    /// The plan the period is billed on.
+    pub plan: PlanId,
     pub plans: Vec<PlanComparison>,
     pub recommendation: Recommendation,
 }
@@ -452,6 +454,7 @@ pub fn compare_plans(figures: &PeriodFigures, catalog: &Catalog) -> Comparison {
         };
     }
     Comparison {
+        plan: figures.plan.id.clone(),
         plans,
         recommendation: recommend_plan(figures, catalog),
     }
@@ -866,6 +869,8 @@ pub struct BillLine {
 pub struct Bill {
     pub period: PeriodKey,
     pub plan: PlanId,
+    /// The plan's currency.
+    pub currency: Currency,
     pub country: String,
     pub tax_rate: Decimal,
     pub base_price: Money,
@@ -916,6 +921,7 @@ pub fn current_bill(figures: &PeriodFigures, country: &str) -> Result<Bill, What
     Ok(Bill {
         period: figures.period,
         plan: figures.plan.id.clone(),
+        currency: figures.plan.currency,
         country: country.to_owned(),
         tax_rate: rate,
         base_price: figures.base,

@@ -12,6 +12,7 @@
 //! - `finance`: a period's overage lines (charges, adjustments) and totals, JSON or CSV.
 //! - `api_keys`: per-brand API keys.
 //! - `plans`: the catalog.
+//! - `whatif`: what-if answers: top-up simulation, plan comparison, projections, estimate, bill.
 //! - `openapi`: the OpenAPI document generated from the handlers.
 
 pub mod error;
@@ -27,6 +28,7 @@ mod plans;
 mod reads;
 mod reservations;
 mod usage;
+mod whatif;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -70,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .merge(periods::router())
         .merge(finance::router())
         .merge(api_keys::router())
+        .merge(whatif::router())
         // After every route: it applies to the routes registered before it.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)

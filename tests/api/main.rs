@@ -16,3 +16,4 @@ mod reservations;
 mod rules;
 mod sealed;
 mod tenants;
+mod whatif;
