@@ -188,14 +188,6 @@ impl PeriodFigures {
             .unwrap_or_else(|| MetricFigures::untouched(quota));
         Some((quota, figures))
     }
-
-    /// Top-up units of `metric` this period (0 for a metric the plan does not limit).
-    fn top_ups(&self, metric: &MetricKey) -> u64 {
-        self.metrics
-            .iter()
-            .find(|m| &m.metric == metric)
-            .map_or(0, MetricFigures::top_up_units)
-    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -548,13 +540,9 @@ fn higher_tiers<'a>(plan: &PlanDefinition, catalog: &'a Catalog) -> Vec<&'a Plan
 /// period's top-ups.
 fn still_tense(figures: &PeriodFigures, candidate: &PlanDefinition) -> bool {
     figures.metrics.iter().any(|m| {
-        candidate.quota(&m.metric).is_some_and(|q| {
-            at_least_pct(
-                m.current,
-                q.limit + figures.top_ups(&m.metric),
-                STILL_TENSE_PCT,
-            )
-        })
+        candidate
+            .quota(&m.metric)
+            .is_some_and(|q| at_least_pct(m.current, q.limit + m.top_up_units(), STILL_TENSE_PCT))
     })
 }
 
@@ -666,7 +654,7 @@ pub fn project(
         }
         velocity.push(pace.velocity(quota, &m, limit, total_days));
     }
-    velocity.sort_by(|a, b| b.projected_percentage.cmp(&a.projected_percentage));
+    velocity.sort_by_key(|v| std::cmp::Reverse(v.projected_percentage));
     Ok(Projection {
         days,
         elapsed_days: elapsed,
