@@ -728,7 +728,7 @@ pub struct Estimate {
     pub effective_limit: Option<u64>,
     /// `None` for an unlimited metric.
     pub overage_policy: Option<OveragePolicy>,
-    /// A `block` quota would refuse the units (holds count); always true otherwise.
+    /// False when a `block` quota would refuse the units (holds count); true otherwise.
     pub allowed: bool,
     /// The usage after would stand above the effective limit.
     pub will_exceed: bool,
