@@ -26,6 +26,8 @@
 //! - [`record`]: `LogRecord`, a row of the log in global order, and `LogPosition`,
 //!   that order (a projector's checkpoint).
 //! - [`diff`]: the differences between two `ReadModels`, in words.
+//! - [`whatif`]: what-if answers (top-up simulation, plan comparison, projections,
+//!   estimate, the bill with tax) as pure functions of one brand-period's figures.
 //! - `totals` (private): where each event states a metric's totals.
 
 pub mod alerts;
@@ -41,6 +43,7 @@ pub mod record;
 pub mod timeline;
 pub mod topups;
 mod totals;
+pub mod whatif;
 
 pub use alerts::{ActiveAlerts, Alert};
 pub use cost::{CostEstimate, PeriodCost};

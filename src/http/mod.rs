@@ -12,6 +12,7 @@
 //! - `finance`: a period's overage lines (charges, adjustments) and totals, JSON or CSV.
 //! - `api_keys`: per-brand API keys.
 //! - `plans`: the catalog.
+//! - `whatif`: what-if answers: top-up simulation, plan comparison, projections, estimate, bill.
 //! - `openapi`: the OpenAPI document generated from the handlers.
 //! - `metrics`: `GET /metrics` (Prometheus text) and the middleware counting requests.
 //! - [`server`]: the connection loop: header and idle timeouts, the connection cap, the drain.
@@ -31,6 +32,7 @@ mod plans;
 mod reads;
 mod reservations;
 mod usage;
+mod whatif;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -85,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::router())
         .merge(finance::router())
         .merge(api_keys::router())
+        .merge(whatif::router())
         // A layer applies to the routes registered before it: the close, which freezes
         // every brand's invoice in one request, gets its own longer bound.
         .layer(from_fn_with_state(request, bounded))

@@ -7,7 +7,9 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, api_keys, error, finance, periods, plans, reads, reservations, usage, views};
+use super::{
+    admin, api_keys, error, finance, periods, plans, reads, reservations, usage, views, whatif,
+};
 
 /// Where the document is served (outside the `usage-billing` prefix, like the original's
 /// Swagger document was outside its controller).
@@ -27,6 +29,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         finance::overages,
         api_keys::create, api_keys::list, api_keys::revoke,
         plans::list_plans, plans::get_plan,
+        whatif::simulate, whatif::compare_plans, whatif::projections, whatif::estimate, whatif::current_bill,
     ),
     components(schemas(
         error::Problem, views::MetricView, views::AlertView, views::CostView, views::DecisionView, views::PolicyView,
@@ -41,6 +44,9 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         periods::CloseAnswer, periods::InvoiceView, periods::BaseLineView, periods::InvoiceLineView, periods::CloseFailure,
         finance::OveragesAnswer, finance::FinanceLineView, finance::FinanceTotalsView,
         finance::FinanceBrandView, finance::FinanceBrandTotalsView,
+        whatif::SimulateBody, whatif::SimulationAnswer, whatif::PlanComparisonView, whatif::RecommendedPlanView,
+        whatif::CompareAnswer, whatif::VelocityView, whatif::ProjectionAnswer, whatif::EstimateBody,
+        whatif::EstimateAnswer, whatif::BillLineView, whatif::BillAnswer,
     )),
     modifiers(&Security),
     tags(
@@ -49,6 +55,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         (name = "admin", description = "Brands, plans, credit grants, API keys and period close (admin)"),
         (name = "plans", description = "The plan catalog (public)"),
         (name = "finance", description = "Overage lines and totals per period, JSON or CSV (admin)"),
+        (name = "what-if", description = "Top-up simulation, plan comparison, projections, estimates and the current bill, on the effective limits (admin, brand)"),
     )
 )]
 pub struct ApiDoc;

@@ -7,10 +7,13 @@
 //! - [`summary`]: a brand-period's summary and current usage, from the read models.
 //! - [`history`]: usage changes and the audit trail, read from the log.
 //! - [`close`]: closing an ended period, every brand's invoice frozen.
+//! - [`whatif`]: what-if queries (simulate, compare, project, estimate, bill) on the
+//!   current period's figures.
 
 pub mod close;
 pub mod history;
 pub mod summary;
+pub mod whatif;
 
 use ledger_aggregates::PeriodKey;
 use ledger_projections::ReadModels;

@@ -53,6 +53,11 @@ async fn the_openapi_document_lists_every_route(db: &TestDb) {
         ),
         ("get", format!("{p}/plans")),
         ("get", format!("{p}/plans/{{plan}}")),
+        ("post", format!("{p}/topups/simulate")),
+        ("get", format!("{p}/compare-plans/{{brandId}}")),
+        ("get", format!("{p}/projections/{{brandId}}")),
+        ("post", format!("{p}/estimate")),
+        ("get", format!("{p}/bill/current/{{brandId}}")),
     ];
     for (method, path) in &expected {
         assert!(

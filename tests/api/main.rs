@@ -18,3 +18,4 @@ mod reservations;
 mod rules;
 mod sealed;
 mod tenants;
+mod whatif;
