@@ -10,8 +10,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The original's check-latency buckets (seconds), so its dashboards keep working.
@@ -57,7 +57,7 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_seconds: HistogramVec,
     queued: IntGauge,
-    lag_ms: IntGaugeVec,
+    lag_seconds: GaugeVec,
     consumed: IntGaugeVec,
 }
 
@@ -161,11 +161,17 @@ impl Metrics {
                 &[],
             )
             .with_label_values(&[] as &[&str]),
-            lag_ms: gauge(
-                "ledger_consumer_lag_milliseconds",
-                "Commit-to-consumer lag of a log consumer's recent events (p99).",
-                &["consumer"],
-            ),
+            lag_seconds: {
+                let opts = Opts::new(
+                    "ledger_consumer_lag_seconds",
+                    "Commit-to-consumer lag of a log consumer's events since start (p99).",
+                );
+                let g = GaugeVec::new(opts, &["consumer"]).expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("registered once");
+                g
+            },
             consumed: gauge(
                 "ledger_consumer_events",
                 "Events a log consumer has taken in since start.",
@@ -179,9 +185,9 @@ impl Metrics {
     pub fn render(&self, sampled: Sampled) -> String {
         self.queued.set(sampled.queued as i64);
         for (consumer, lag_p99_ms, events) in sampled.consumers {
-            self.lag_ms
+            self.lag_seconds
                 .with_label_values(&[consumer])
-                .set(lag_p99_ms as i64);
+                .set(lag_p99_ms as f64 / 1000.0);
             self.consumed
                 .with_label_values(&[consumer])
                 .set(events as i64);
