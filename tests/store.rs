@@ -467,3 +467,48 @@ on_both_stores!(
     a_duplicate_key_hash_is_a_conflict,
     a_duplicate_key_hash_is_a_conflict
 );
+
+async fn statistics_are_refreshed_as_the_log_grows(db: &TestDb) {
+    // After the first ten thousand rows, the store analyzes its tables by itself, so the
+    // planner of a server without autovacuum still picks the indexes.
+    let stores = open(db).await;
+    for stream in 0..11 {
+        append_stream(&stores.log, &format!("b{stream}:2026-11"), 1_000).await;
+    }
+    for _ in 0..100 {
+        let analyzed = match db.pg_url() {
+            Some(url) => {
+                let pool = sqlx::PgPool::connect(url).await.unwrap();
+                let done: Option<bool> = sqlx::query_scalar(
+                    "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'events'",
+                )
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+                pool.close().await;
+                done == Some(true)
+            }
+            None => {
+                let path = db.sqlite_path().unwrap();
+                let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+                    .await
+                    .unwrap();
+                let rows: Result<i64, _> =
+                    sqlx::query_scalar("SELECT count(*) FROM sqlite_stat1 WHERE tbl = 'events'")
+                        .fetch_one(&pool)
+                        .await;
+                pool.close().await;
+                rows.is_ok_and(|n| n > 0)
+            }
+        };
+        if analyzed {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the events table was not analyzed within 10 s of 11,000 appended rows");
+}
+on_both_stores!(
+    statistics_are_refreshed_as_the_log_grows,
+    statistics_are_refreshed_as_the_log_grows
+);

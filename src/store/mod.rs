@@ -10,6 +10,7 @@
 //!   fill in a new key's id and time.
 //! - [`postgres`]: [`PostgresLog`]: connection, pool and migrations, then one file per trait.
 //! - [`sqlite`]: [`SqliteLog`]: the same for the embedded file.
+//! - [`stats`]: when a backend refreshes its tables' statistics (`ANALYZE`) by itself.
 //!
 //! One folder per backend, because a backend's statements, its connections and its SQL
 //! dialect change together. What both must agree on is written once, here and in
@@ -20,6 +21,7 @@
 pub mod postgres;
 pub(crate) mod rows;
 pub mod sqlite;
+pub mod stats;
 
 use std::sync::Arc;
 

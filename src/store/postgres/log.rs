@@ -216,6 +216,7 @@ impl EventLog for PostgresLog {
         }
         done?;
         self.commits.notify_one();
+        self.appended(events.len());
         Ok(())
     }
 

@@ -45,6 +45,8 @@ pub struct PostgresLog {
     appenders: std::sync::Mutex<Vec<(PgConnection, Instant)>>,
     /// Notified after each append of this process commits (see `ProjectionStore`).
     commits: std::sync::Arc<tokio::sync::Notify>,
+    /// When the tables' statistics are refreshed.
+    stats: std::sync::Arc<super::stats::StatsDue>,
 }
 
 impl PostgresLog {
@@ -61,7 +63,26 @@ impl PostgresLog {
             pool,
             appenders: Default::default(),
             commits: Default::default(),
+            stats: Default::default(),
         })
+    }
+
+    /// Count appended rows, and refresh the tables' statistics in the background when
+    /// a refresh is due (see [`super::stats`]).
+    fn appended(&self, rows: usize) {
+        if !self.stats.appended(rows as u64) {
+            return;
+        }
+        let (pool, stats) = (self.pool.clone(), self.stats.clone());
+        tokio::spawn(async move {
+            let done = sqlx::query("ANALYZE events, snapshots, read_models")
+                .execute(&pool)
+                .await;
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "refreshing the tables' statistics failed");
+            }
+            stats.done();
+        });
     }
 
     /// A kept append connection, or a new one taken out of the pool. One kept idle for a

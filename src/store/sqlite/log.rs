@@ -162,6 +162,7 @@ impl EventLog for SqliteLog {
         }
         tx.commit().await.map_err(StoreError::from_write)?;
         self.commits.notify_one();
+        self.appended(events.len());
         Ok(())
     }
 

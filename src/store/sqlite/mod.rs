@@ -33,6 +33,8 @@ pub struct SqliteLog {
     pool: SqlitePool,
     /// Notified after each append of this process commits (see `ProjectionStore`).
     commits: std::sync::Arc<tokio::sync::Notify>,
+    /// When the tables' statistics are refreshed.
+    stats: std::sync::Arc<super::stats::StatsDue>,
 }
 
 impl SqliteLog {
@@ -61,7 +63,32 @@ impl SqliteLog {
         Ok(Self {
             pool,
             commits: Default::default(),
+            stats: Default::default(),
         })
+    }
+
+    /// Count appended rows, and refresh the statistics in the background when a refresh
+    /// is due (see [`super::stats`]). `analysis_limit` bounds the rows ANALYZE reads per
+    /// index, so the write lock it takes is short whatever the file's size.
+    pub(super) fn appended(&self, rows: usize) {
+        if !self.stats.appended(rows as u64) {
+            return;
+        }
+        let (pool, stats) = (self.pool.clone(), self.stats.clone());
+        tokio::spawn(async move {
+            let done = async {
+                let mut conn = pool.acquire().await?;
+                sqlx::query("PRAGMA analysis_limit = 1000")
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("ANALYZE").execute(&mut *conn).await
+            }
+            .await;
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "refreshing the statistics failed");
+            }
+            stats.done();
+        });
     }
 
     /// The signal this process's committed appends notify.
