@@ -19,6 +19,7 @@
 //! | `auth.jwt_algorithm` | `LEDGER_JWT_ALGORITHM` | `--jwt-algorithm` | `HS256` |
 //! | `auth.jwt_secret` | `LEDGER_JWT_SECRET` | (none: argv is visible to every user) | dev: `<data_dir>/jwt-secret` |
 //! | `metrics.token` | `LEDGER_METRICS_TOKEN` | (none, as secrets) | unset: `/metrics` needs an admin credential |
+//! | `metrics.brand_series_max` | `LEDGER_METRICS_BRAND_SERIES_MAX` | | 500 |
 //! | `auth.jwt_public_key_path` | `LEDGER_JWT_PUBLIC_KEY_PATH` | `--jwt-public-key-path` | unset |
 //! | `auth.jwt_private_key_path` | `LEDGER_JWT_PRIVATE_KEY_PATH` | `--jwt-private-key-path` | unset |
 //! | `auth.issuer` | `LEDGER_JWT_ISSUER` | `--jwt-issuer` | unset: not checked |
@@ -91,6 +92,10 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("LEDGER_JWT_ALGORITHM", "auth.jwt_algorithm"),
     ("LEDGER_JWT_SECRET", "auth.jwt_secret"),
     ("LEDGER_METRICS_TOKEN", "metrics.token"),
+    (
+        "LEDGER_METRICS_BRAND_SERIES_MAX",
+        "metrics.brand_series_max",
+    ),
     ("LEDGER_JWT_PUBLIC_KEY_PATH", "auth.jwt_public_key_path"),
     ("LEDGER_JWT_PRIVATE_KEY_PATH", "auth.jwt_private_key_path"),
     ("LEDGER_JWT_ISSUER", "auth.issuer"),
@@ -221,6 +226,9 @@ pub struct HttpConfig {
 /// Bounds of the `[http]` durations: below 1 ms nothing completes, above an hour a
 /// typo (seconds for milliseconds) goes unnoticed.
 pub const HTTP_TIMEOUT_MS_MAX: u64 = 3_600_000;
+/// Per-brand gauge sets at most: each brand is a few series per metric, and Prometheus
+/// itself slows past a few hundred thousand series per target.
+pub const BRAND_SERIES_LIMIT_MAX: usize = 10_000;
 /// Connections at most: beyond a million the process runs out of memory first.
 pub const HTTP_CONNECTIONS_LIMIT_MAX: usize = 1_000_000;
 
@@ -499,12 +507,23 @@ pub struct Settings {
 }
 
 /// `GET /metrics`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
     /// The bearer token a Prometheus scrape sends (`authorization` of its scrape
     /// config). Unset: the route asks for an admin credential like any admin route.
     pub token: Option<Secret>,
+    /// Brands with per-brand gauges of their own: the most recently active ones.
+    pub brand_series_max: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            token: None,
+            brand_series_max: crate::metrics::BRAND_SERIES_MAX,
+        }
+    }
 }
 
 /// Where settings come from, passed in so tests need not touch the process environment.
@@ -626,6 +645,11 @@ impl Settings {
             )));
         }
         self.http.check()?;
+        if !(0..=BRAND_SERIES_LIMIT_MAX).contains(&self.metrics.brand_series_max) {
+            return Err(ConfigError::Bad(format!(
+                "metrics.brand_series_max must be 0 to {BRAND_SERIES_LIMIT_MAX}"
+            )));
+        }
         self.engine.check()?;
         self.read_models.check()
     }

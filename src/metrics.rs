@@ -9,6 +9,10 @@
 
 use std::sync::Arc;
 
+use ledger_aggregates::BrandId;
+use ledger_projections::PeriodModels;
+use rust_decimal::prelude::ToPrimitive;
+
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -57,6 +61,11 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_seconds: HistogramVec,
     queued: IntGauge,
+    usage_percentage: GaugeVec,
+    remaining_units: IntGaugeVec,
+    overage_units: IntGaugeVec,
+    summary_timestamp: IntGaugeVec,
+    brands_untracked: IntGauge,
     lag_seconds: GaugeVec,
     consumed: IntGaugeVec,
 }
@@ -161,6 +170,35 @@ impl Metrics {
                 &[],
             )
             .with_label_values(&[] as &[&str]),
+            usage_percentage: float_gauge(
+                &registry,
+                "luneo_quota_usage_percentage",
+                "Usage of the effective limit in percent, not capped: above 100 is overage.",
+                &["brand", "plan", "metric"],
+            ),
+            remaining_units: gauge(
+                "luneo_quota_remaining_units",
+                "Units left under the effective limit, holds left out.",
+                &["brand", "plan", "metric"],
+            ),
+            overage_units: gauge(
+                "luneo_quota_overage_units",
+                "Billable units above the effective limit.",
+                &["brand", "plan", "metric"],
+            ),
+            // The original's `luneo_quota_summary_timestamp`, renamed: promtool refuses a
+            // name holding the type word `summary`, and a time is in `_timestamp_seconds`.
+            summary_timestamp: gauge(
+                "luneo_quota_last_change_timestamp_seconds",
+                "When the brand-period last changed, unix seconds.",
+                &["brand", "plan"],
+            ),
+            brands_untracked: gauge(
+                "ledger_quota_brands_untracked",
+                "Active brand-periods beyond the per-brand series limit, shown in no per-brand gauge.",
+                &[],
+            )
+            .with_label_values(&[] as &[&str]),
             lag_seconds: {
                 let opts = Opts::new(
                     "ledger_consumer_lag_seconds",
@@ -181,9 +219,10 @@ impl Metrics {
         }
     }
 
-    /// The text exposition, with the sampled gauges set from `now`.
+    /// The text exposition, with the sampled gauges set from what the scrape read.
     pub fn render(&self, sampled: Sampled) -> String {
         self.queued.set(sampled.queued as i64);
+        self.set_brands(&sampled.brands, sampled.brands_untracked);
         for (consumer, lag_p99_ms, events) in sampled.consumers {
             self.lag_seconds
                 .with_label_values(&[consumer])
@@ -205,4 +244,63 @@ pub struct Sampled {
     pub queued: usize,
     /// (consumer name, p99 lag in ms, events taken in).
     pub consumers: Vec<(&'static str, u64, u64)>,
+    /// The per-brand series: the most recently active brand-periods of the current
+    /// period, at most [`BRAND_SERIES_MAX`].
+    pub brands: Vec<(BrandId, Arc<PeriodModels>)>,
+    pub brands_untracked: usize,
+}
+
+/// Brands with series of their own by default (`metrics.brand_series_max`): the most
+/// recently active ones. Each has a few series per metric of its plan; 500 brands stay
+/// in the tens of thousands of series whatever the number of tenants, and the rest are
+/// counted in `ledger_quota_brands_untracked`.
+pub const BRAND_SERIES_MAX: usize = 500;
+
+impl Metrics {
+    /// Replace the per-brand series by those of `brands`: a brand no longer among them
+    /// loses its series rather than keeping a stale value.
+    fn set_brands(&self, brands: &[(BrandId, Arc<PeriodModels>)], untracked: usize) {
+        self.usage_percentage.reset();
+        self.remaining_units.reset();
+        self.overage_units.reset();
+        self.summary_timestamp.reset();
+        self.brands_untracked.set(untracked as i64);
+        for (brand, models) in brands {
+            let Some(plan) = models.cost.as_ref().map(|c| c.plan_id.to_string()) else {
+                continue;
+            };
+            let mut last = None;
+            for (metric, q) in &models.quotas {
+                let labels = [brand.as_str(), plan.as_str(), metric.as_str()];
+                if let (Some(limit), Some(_)) = (q.effective_limit, q.percentage) {
+                    let pct = ledger_aggregates::period::percentage(q.current, limit);
+                    self.usage_percentage
+                        .with_label_values(&labels)
+                        .set(pct.to_f64().unwrap_or(0.0));
+                    let left = limit.saturating_sub(q.current + q.reserved);
+                    self.remaining_units
+                        .with_label_values(&labels)
+                        .set(i64::try_from(left).unwrap_or(i64::MAX));
+                }
+                self.overage_units
+                    .with_label_values(&labels)
+                    .set(i64::try_from(q.overage_units).unwrap_or(i64::MAX));
+                last = last.max(Some(q.updated_at));
+            }
+            if let Some(at) = last {
+                self.summary_timestamp
+                    .with_label_values(&[brand.as_str(), plan.as_str()])
+                    .set(at.timestamp());
+            }
+        }
+    }
+}
+
+/// A gauge of floating-point values, registered.
+fn float_gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("registered once");
+    g
 }

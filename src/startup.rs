@@ -179,6 +179,7 @@ impl Application {
             draining: Default::default(),
             metrics,
             metrics_token: settings.metrics.token.clone(),
+            brand_series_max: settings.metrics.brand_series_max,
         };
         let limits = crate::http::server::Limits {
             header_read_timeout: ms(http.header_read_timeout_ms),

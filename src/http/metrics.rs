@@ -23,9 +23,13 @@ pub(crate) async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Re
         return e.into_response();
     }
     let status = s.ledger.projector.status();
+    let period = ledger_aggregates::PeriodKey::containing(s.ledger.engine.now());
+    let (brands, brands_untracked) = s.ledger.projector.recent(period, s.brand_series_max);
     let sampled = Sampled {
         queued: s.ledger.engine.queued(),
         consumers: vec![("read_models", status.lag_ms.p99, status.events_projected)],
+        brands,
+        brands_untracked,
     };
     let body = s.metrics.render(sampled);
     let mut res = body.into_response();

@@ -70,6 +70,8 @@ pub struct AppState {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// The bearer token of `GET /metrics`; without one, an admin credential is needed.
     pub metrics_token: Option<crate::secret::Secret>,
+    /// Brands shown in per-brand gauges at most.
+    pub brand_series_max: usize,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -272,6 +272,24 @@ impl Projector {
         self.tail.reset_lag();
     }
 
+    /// The models of `period` held in memory, most recently folded or read first, at
+    /// most `n`, and how many more there are: what per-brand metrics show, with no
+    /// database round trip.
+    pub fn recent(
+        &self,
+        period: PeriodKey,
+        n: usize,
+    ) -> (Vec<(BrandId, Arc<PeriodModels>)>, usize) {
+        let entries = self.memory.entries.lock().expect("models lock");
+        let mut of_period = entries.iter().filter(|(_, e)| e.period == period);
+        let recent = of_period
+            .by_ref()
+            .take(n)
+            .map(|(_, e)| (e.brand.clone(), e.models.clone()))
+            .collect();
+        (recent, of_period.count())
+    }
+
     /// Brand-periods held in memory.
     pub fn cached_periods(&self) -> usize {
         self.memory.entries.lock().expect("models lock").len()

@@ -90,6 +90,26 @@ async fn checks_crossings_and_refusals_are_counted_once_each(db: &TestDb) {
         text.contains(r#"ledger_consumer_events{consumer="read_models"}"#),
         "{text}"
     );
+    // Per brand, from the read models: 46 of 50, not capped, 4 left.
+    let series =
+        |name: &str| format!(r#"{name}{{brand="acme",metric="renders_3d",plan="business"}}"#);
+    assert_eq!(
+        value(&text, &series("luneo_quota_usage_percentage")),
+        92.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, &series("luneo_quota_remaining_units")),
+        4.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, &series("luneo_quota_overage_units")),
+        0.0,
+        "{text}"
+    );
+    let changed = r#"luneo_quota_last_change_timestamp_seconds{brand="acme",plan="business"}"#;
+    assert!(value(&text, changed) > 1.0e9, "{text}");
 
     if let Ok(out) = promtool_check(&text) {
         assert!(
@@ -151,3 +171,45 @@ async fn the_scrape_needs_its_token_or_an_admin() {
         .await
         .assert_problem(401, "unauthenticated");
 }
+
+async fn per_brand_series_are_bounded_to_the_most_recently_active(db: &TestDb) {
+    // With room for two brands, three active brands show the two most recently active,
+    // the third is counted as untracked, and a brand that becomes active again takes a
+    // slot back.
+    let mut settings = crate::helpers::test_settings(db);
+    settings.metrics.brand_series_max = 2;
+    let app = spawn_app_with(&settings).await;
+    for brand in ["a1", "a2", "a3"] {
+        app.register(brand, "starter").await;
+        let record = json!({ "brandId": brand, "metric": "ai_generations", "value": 4 });
+        assert_eq!(app.post("record", &app.admin, record).await.status, 201);
+        assert_eq!(
+            app.get(&format!("summary/{brand}"), &app.admin)
+                .await
+                .status,
+            200
+        );
+    }
+    let shown = |text: &str| -> Vec<String> {
+        ["a1", "a2", "a3"]
+            .into_iter()
+            .filter(|b| text.contains(&format!(r#"luneo_quota_usage_percentage{{brand="{b}""#)))
+            .map(str::to_owned)
+            .collect()
+    };
+    let text = scrape(&app, &app.admin).await;
+    assert_eq!(shown(&text), ["a2", "a3"], "{text}");
+    assert_eq!(value(&text, "ledger_quota_brands_untracked"), 1.0, "{text}");
+    let series =
+        r#"luneo_quota_usage_percentage{brand="a3",metric="ai_generations",plan="starter"}"#;
+    assert_eq!(value(&text, series), 20.0, "4 of 20: {text}");
+
+    assert_eq!(app.get("summary/a1", &app.admin).await.status, 200);
+    let text = scrape(&app, &app.admin).await;
+    assert_eq!(shown(&text).len(), 2, "{text}");
+    assert!(shown(&text).contains(&"a1".to_owned()), "{text}");
+}
+on_both_stores!(
+    per_brand_series_are_bounded_to_the_most_recently_active,
+    per_brand_series_are_bounded_to_the_most_recently_active
+);
