@@ -116,7 +116,7 @@ promtool check metrics <"$work/metrics.txt" >"$work/promtool.out" 2>&1 ||
   { cat "$work/promtool.out" >&2; die "promtool check metrics"; }
 ok "promtool check metrics on /metrics ($(grep -c '^# TYPE' "$work/metrics.txt") families); without the token: $status"
 
-per_brand='^luneo_quota_(usage_percentage|remaining_units|overage_units|summary_timestamp)\{'
+per_brand='^luneo_quota_(usage_percentage|remaining_units|overage_units|last_change_timestamp_seconds)\{'
 if grep -v '^#' "$work/metrics.txt" | grep -Ev "$per_brand" | grep -q 'brand="'; then
   grep -v '^#' "$work/metrics.txt" | grep -Ev "$per_brand" | grep 'brand="' | head -n 5 >&2
   die "a series other than the per-brand gauges carries a brand label"
