@@ -16,7 +16,7 @@
 #
 # Builds nothing: LEDGER_BIN is the service binary (default
 # ${CARGO_TARGET_DIR:-target}/debug/usage-ledger). Needs promtool and prometheus (Debian's
-# prometheus package), curl, jq and python3 with PyYAML. Called by .ci/run.
+# prometheus package), curl, jq and python3. Called by .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -183,7 +183,13 @@ health=$(curl -sS "$prom/api/v1/targets" | jq -r '.data.activeTargets[0].health'
 groups=$(curl -sS "$prom/api/v1/rules" | jq -r '[.data.groups[].name] | sort | join(",")')
 [ "$groups" = "ledger-alerts,luneo-quota-alerts,websocket-failover-rules" ] ||
   die "Prometheus loaded the rule groups [$groups]"
-ok "target up; rule groups loaded: $groups"
+unlabelled=$(curl -sS "$prom/api/v1/rules" | jq -r '.data.groups[].rules[]
+  | select(.type == "alerting")
+  | select(.labels.severity == null or .labels.team == null
+           or .annotations.summary == null or .annotations.description == null) | .name')
+[ -z "$unlabelled" ] || die "alerts without severity, team, summary or description: $unlabelled"
+alerts=$(curl -sS "$prom/api/v1/rules" | jq '[.data.groups[].rules[] | select(.type == "alerting")] | length')
+ok "target up; rule groups loaded: $groups; $alerts alerts, each with severity, team, summary, description"
 
 count=0
 while IFS= read -r q; do
