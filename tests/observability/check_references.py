@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks the Grafana dashboard and the Prometheus rule files against the metrics.
 
-Usage: check_references.py KNOWN_NAMES DASHBOARD_JSON RULE_FILE... [--queries OUT]
+Usage: check_references.py KNOWN_NAMES DASHBOARD_JSON RULE_FILE... [--queries OUT [--exposed NAMES]]
 
 KNOWN_NAMES holds one metric name a line: the families a running service exposes (its
 `# TYPE` lines) and the ones docs/observability.md lists as still to come. Fails when the
@@ -10,7 +10,9 @@ variables, usage panels not capped at 100 with thresholds 75/90), when a panel h
 query, or when a query, or anything in a rule file (comments and annotations included),
 names a `luneo_`/`ledger_` series that is in neither list. Standard library only.
 With --queries, writes every dashboard query, its variables replaced by concrete values,
-one a line, so the caller can ask a real Prometheus to parse and run each.
+one a line, so the caller can ask a real Prometheus to parse and run each; each line is
+`data<TAB>query` when every series it names is in the --exposed list (so Prometheus must
+answer something), else `any<TAB>query`.
 """
 
 import json
@@ -101,7 +103,7 @@ def check_dashboard(path, known):
             if not names:
                 fail(f"{path}: panel {title!r} queries no luneo_/ledger_ series: {expr}")
             referenced.update(family(n, known) or n for n in names)
-            queries.append(concrete(expr))
+            queries.append((names, concrete(expr)))
         if any("luneo_quota_usage_percentage" in e for e in exprs):
             check_usage_panel(path, panel)
     return queries, referenced
@@ -125,24 +127,37 @@ def check_rules(path, known):
     return {family(n, known) or n for n in check_names(path, text, known)}
 
 
+def option(argv, name):
+    if name not in argv:
+        return None
+    i = argv.index(name)
+    value = argv[i + 1]
+    del argv[i : i + 2]
+    return value
+
+
+def read_names(path):
+    with open(path, encoding="utf-8") as f:
+        return {line.strip() for line in f if line.strip()}
+
+
 def main(argv):
-    out = None
-    if "--queries" in argv:
-        i = argv.index("--queries")
-        out = argv[i + 1]
-        del argv[i : i + 2]
+    out = option(argv, "--queries")
+    exposed_path = option(argv, "--exposed")
     if len(argv) < 3:
         print(__doc__, file=sys.stderr)
         return 2
-    with open(argv[0], encoding="utf-8") as f:
-        known = {line.strip() for line in f if line.strip()}
+    known = read_names(argv[0])
+    exposed = read_names(exposed_path) if exposed_path else set()
     queries, in_dashboard = check_dashboard(argv[1], known)
     in_rules = set()
     for path in argv[2:]:
         in_rules |= check_rules(path, known)
     if out:
         with open(out, "w", encoding="utf-8") as f:
-            f.write("\n".join(queries) + "\n")
+            for names, query in queries:
+                kind = "data" if all(family(n, exposed) for n in names) else "any"
+                f.write(f"{kind}\t{query}\n")
     for message in failures:
         print(f"FAIL {message}", file=sys.stderr)
     if failures:

@@ -4,7 +4,8 @@
 #
 #   1. promtool check rules / test rules on every rule file in docs/observability/rules;
 #   2. the service (production mode, SQLite in a temp dir, a metrics token) on a free
-#      loopback port: a brand registered, 16 of its 20 AI generations recorded, a check;
+#      loopback port: a brand registered, 16 of its 20 AI generations recorded, a check,
+#      a refusal;
 #   3. promtool check metrics on its /metrics, and no brand label outside the per-brand
 #      gauges;
 #   4. the dashboard and rules name only series the service exposes or
@@ -105,16 +106,22 @@ call PUT brands/acme '{"plan":"starter"}' || die "register acme"
 call POST record '{"brandId":"acme","metric":"ai_generations","value":16}' || die "record 16 AI generations"
 # A check that consumes nothing, so the check counters and histogram have series.
 call POST check-quota '{"brandId":"acme","metric":"ai_generations","requestedAmount":1}' || die "check-quota"
-ok "acme registered on starter, 16 of 20 ai_generations recorded, one check"
+# A refusal, so the refusals counter has a series: starter blocks team_members above 3.
+status=$(curl -s -o /dev/null -w '%{http_code}' -X PUT "$api/brands/acme/gauges/team_members" \
+  -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' -d '{"level":5}')
+[ "$status" = 409 ] || die "setting team_members to 5 above starter's block limit of 3 answered $status, not 409"
+ok "acme registered on starter, 16 of 20 ai_generations recorded, one check, one refusal"
 
 # 3. The exposition: promtool's lint, and brands only on the per-brand gauges.
 status=$(curl -s -o /dev/null -w '%{http_code}' "$base/metrics")
-[ "$status" = 401 ] || [ "$status" = 403 ] || die "/metrics without the token answered $status"
+[ "$status" = 401 ] || die "/metrics without the token answered $status, not 401"
+status=$(curl -s -o /dev/null -w '%{http_code}' "$base/metrics" -H "Authorization: Bearer not-$metrics_token")
+[ "$status" = 401 ] || die "/metrics with a wrong token answered $status, not 401"
 curl -sS --fail-with-body "$base/metrics" -H "Authorization: Bearer $metrics_token" >"$work/metrics.txt" ||
   die "/metrics with the metrics token"
 promtool check metrics <"$work/metrics.txt" >"$work/promtool.out" 2>&1 ||
   { cat "$work/promtool.out" >&2; die "promtool check metrics"; }
-ok "promtool check metrics on /metrics ($(grep -c '^# TYPE' "$work/metrics.txt") families); without the token: $status"
+ok "promtool check metrics on /metrics ($(grep -c '^# TYPE' "$work/metrics.txt") families); 401 without the token or with a wrong one"
 
 per_brand='^luneo_quota_(usage_percentage|remaining_units|overage_units|last_change_timestamp_seconds)\{'
 if grep -v '^#' "$work/metrics.txt" | grep -Ev "$per_brand" | grep -q 'brand="'; then
@@ -124,15 +131,17 @@ fi
 ok "no brand label outside the per-brand gauges"
 
 # 4. Every series the dashboard and the rules name: exposed now, or documented as to come.
+awk '/^# TYPE /{print $3}' "$work/metrics.txt" | sort -u >"$work/exposed.txt"
 {
-  awk '/^# TYPE /{print $3}' "$work/metrics.txt"
+  cat "$work/exposed.txt"
   sed -n '/^<!-- metrics-to-come -->$/,/^<!-- \/metrics-to-come -->$/p' docs/observability.md |
-    grep -o '`\(luneo\|ledger\)_[a-z0-9_]*`' | tr -d '`'
+    grep -o '`\(luneo\|ledger\)_[a-z0-9_]*' | tr -d '`'
 } | sort -u >"$work/known.txt"
 grep -q '^ledger_delivery_dead_letters_total$' "$work/known.txt" ||
   die "docs/observability.md lists no metrics to come between its metrics-to-come markers"
 python3 tests/observability/check_references.py "$work/known.txt" \
-  docs/observability/grafana/quotas-dashboard.json "${rules[@]}" --queries "$work/queries.txt" ||
+  docs/observability/grafana/quotas-dashboard.json "${rules[@]}" \
+  --queries "$work/queries.txt" --exposed "$work/exposed.txt" ||
   die "the dashboard or a rule file names a series nobody exposes"
 
 # 5. Prometheus, scraping every second with the bearer token, the rule files loaded.
@@ -191,12 +200,24 @@ unlabelled=$(curl -sS "$prom/api/v1/rules" | jq -r '.data.groups[].rules[]
 alerts=$(curl -sS "$prom/api/v1/rules" | jq '[.data.groups[].rules[] | select(.type == "alerting")] | length')
 ok "target up; rule groups loaded: $groups; $alerts alerts, each with severity, team, summary, description"
 
-count=0
-while IFS= read -r q; do
+# Each dashboard query parses and runs; one over series the service exposes answers
+# data (a rate needs two scrapes in its window, hence the retries).
+parsed=0
+answered=0
+while IFS=$'\t' read -r kind q; do
   [ -n "$q" ] || continue
-  answer=$(query "$q")
-  [ "$(jq -r .status <<<"$answer")" = success ] || die "dashboard query refused by Prometheus: $q: $answer"
-  count=$((count + 1))
+  for _ in $(seq 1 20); do
+    answer=$(query "$q")
+    [ "$(jq -r .status <<<"$answer")" = success ] || die "dashboard query refused by Prometheus: $q: $answer"
+    [ "$kind" = data ] || break
+    [ "$(jq '.data.result | length' <<<"$answer")" -gt 0 ] && break
+    sleep 0.5
+  done
+  if [ "$kind" = data ]; then
+    [ "$(jq '.data.result | length' <<<"$answer")" -gt 0 ] || die "dashboard query answers no data: $q"
+    answered=$((answered + 1))
+  fi
+  parsed=$((parsed + 1))
 done <"$work/queries.txt"
-ok "all $count dashboard queries run on Prometheus without error"
+ok "all $parsed dashboard queries run on Prometheus; the $answered over exposed series answer data"
 echo "observability: all checks passed"
