@@ -77,9 +77,13 @@ prometheus_port=$(free_port)
 while [ "$prometheus_port" = "$service_port" ]; do prometheus_port=$(free_port); done
 metrics_token="scrape-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
 printf '%s' "$metrics_token" >"$work/metrics-token"
-unset DATABASE_URL LEDGER_CONFIG
+# Only the settings below: nothing inherited from the caller's environment (CI sets
+# DATABASE_URL for the PostgreSQL tests).
+while read -r name; do unset "$name"; done < <(compgen -e | grep '^LEDGER_')
+unset DATABASE_URL
 export LEDGER_MODE=production
-export LEDGER_JWT_SECRET="scrape-test-secret-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+jwt_secret="scrape-test-secret-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+export LEDGER_JWT_SECRET="$jwt_secret"
 export LEDGER_METRICS_TOKEN="$metrics_token"
 export LEDGER_DATA_DIR="$work/data"
 export LEDGER_BIND="127.0.0.1:$service_port"
