@@ -4,25 +4,26 @@
 #
 #   1. promtool check rules / test rules on every rule file in docs/observability/rules;
 #   2. the service (production mode, SQLite in a temp dir, a metrics token) on a free
-#      loopback port: a brand registered, 16 of its 20 AI generations recorded, a check,
-#      a refusal;
+#      loopback port: a brand registered, 16 of its 20 AI generations and 13 of its 10
+#      3D renders recorded, a check, a refusal;
 #   3. promtool check metrics on its /metrics, and no brand label outside the per-brand
 #      gauges;
 #   4. the dashboard and rules name only series the service exposes or
 #      docs/observability.md lists as to come (tests/observability/check_references.py);
 #   5. prometheus on another free loopback port, scraping /metrics every second with the
 #      bearer token and loading the rule files, until its HTTP API answers 80 for
-#      luneo_quota_usage_percentage{brand="acme",metric="ai_generations"}; then every
-#      dashboard query runs there without error.
+#      luneo_quota_usage_percentage{brand="acme",metric="ai_generations"} (and 130 for
+#      renders_3d); then every dashboard query runs there, with data where it can.
 #
 # Builds nothing: LEDGER_BIN is the service binary (default
 # ${CARGO_TARGET_DIR:-target}/debug/usage-ledger). Needs promtool and prometheus (Debian's
 # prometheus package), curl, jq and python3. Called by .ci/run.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-root=$(pwd)
-
-LEDGER_BIN="${LEDGER_BIN:-${CARGO_TARGET_DIR:-target}/debug/usage-ledger}"
+root=$(cd "$(dirname "$0")/../.." && pwd)
+# Relative paths are the caller's, as cargo takes CARGO_TARGET_DIR.
+LEDGER_BIN="${LEDGER_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug/usage-ledger}"
+case "$LEDGER_BIN" in /*) ;; *) LEDGER_BIN="$PWD/$LEDGER_BIN" ;; esac
+cd "$root"
 # How long Prometheus gets to scrape and answer the expected value.
 wait_seconds_max=30
 
@@ -30,7 +31,6 @@ for tool in promtool prometheus curl jq python3; do
   command -v "$tool" >/dev/null 2>&1 || { echo "scrape.sh needs $tool" >&2; exit 1; }
 done
 [ -x "$LEDGER_BIN" ] || { echo "no service binary at $LEDGER_BIN (build it, or set LEDGER_BIN)" >&2; exit 1; }
-LEDGER_BIN=$(cd "$(dirname "$LEDGER_BIN")" && pwd)/$(basename "$LEDGER_BIN")
 
 work=$(mktemp -d)
 service_pid=""
@@ -108,13 +108,15 @@ call() { # method path json-body
 }
 call PUT brands/acme '{"plan":"starter"}' || die "register acme"
 call POST record '{"brandId":"acme","metric":"ai_generations","value":16}' || die "record 16 AI generations"
+# 13 of starter's 10 3D renders (a charge metric): 130 %, the gauge is not capped at 100.
+call POST record '{"brandId":"acme","metric":"renders_3d","value":13}' || die "record 13 3D renders"
 # A check that consumes nothing, so the check counters and histogram have series.
 call POST check-quota '{"brandId":"acme","metric":"ai_generations","requestedAmount":1}' || die "check-quota"
 # A refusal, so the refusals counter has a series: starter blocks team_members above 3.
 status=$(curl -s -o /dev/null -w '%{http_code}' -X PUT "$api/brands/acme/gauges/team_members" \
   -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' -d '{"level":5}')
 [ "$status" = 409 ] || die "setting team_members to 5 above starter's block limit of 3 answered $status, not 409"
-ok "acme registered on starter, 16 of 20 ai_generations recorded, one check, one refusal"
+ok "acme registered on starter, 16 of 20 ai_generations and 13 of 10 renders_3d recorded, one check, one refusal"
 
 # 3. The exposition: promtool's lint, and brands only on the per-brand gauges.
 status=$(curl -s -o /dev/null -w '%{http_code}' "$base/metrics")
@@ -190,6 +192,10 @@ done
 [ -n "$value" ] || die "Prometheus had no $expected_query after ${wait_seconds_max}s"
 [ "$value" = 80 ] || die "Prometheus answers $value for $expected_query, not 80 (16 of 20)"
 ok "Prometheus on $prom scraped with the bearer token and answers $expected_query = $value"
+over_query='luneo_quota_usage_percentage{brand="acme",metric="renders_3d"}'
+over=$(query "$over_query" | jq -r '.data.result[0].value[1] // empty')
+[ "$over" = 130 ] || die "Prometheus answers '$over' for $over_query, not 130 (13 of 10, not capped)"
+ok "and $over_query = $over (overage shows, no cap at 100)"
 
 health=$(curl -sS "$prom/api/v1/targets" | jq -r '.data.activeTargets[0].health')
 [ "$health" = up ] || die "the scrape target is $health"
