@@ -15,6 +15,7 @@
 //! | `http.close_timeout_ms` | `LEDGER_HTTP_CLOSE_TIMEOUT_MS` | | 600,000 |
 //! | `http.connections_max` | `LEDGER_HTTP_CONNECTIONS_MAX` | | 10,000 |
 //! | `http.drain_deadline_ms` | `LEDGER_HTTP_DRAIN_DEADLINE_MS` | | 10,000 |
+//! | `http.requests_per_second_per_credential` | `LEDGER_HTTP_REQUESTS_PER_SECOND_PER_CREDENTIAL` | | 5,000 (0: none) |
 //! | `auth.mode` | `LEDGER_MODE` | `--mode` | `development` |
 //! | `auth.jwt_algorithm` | `LEDGER_JWT_ALGORITHM` | `--jwt-algorithm` | `HS256` |
 //! | `auth.jwt_secret` | `LEDGER_JWT_SECRET` | (none: argv is visible to every user) | dev: `<data_dir>/jwt-secret` |
@@ -88,6 +89,10 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("LEDGER_HTTP_CLOSE_TIMEOUT_MS", "http.close_timeout_ms"),
     ("LEDGER_HTTP_CONNECTIONS_MAX", "http.connections_max"),
     ("LEDGER_HTTP_DRAIN_DEADLINE_MS", "http.drain_deadline_ms"),
+    (
+        "LEDGER_HTTP_REQUESTS_PER_SECOND_PER_CREDENTIAL",
+        "http.requests_per_second_per_credential",
+    ),
     ("LEDGER_MODE", "auth.mode"),
     ("LEDGER_JWT_ALGORITHM", "auth.jwt_algorithm"),
     ("LEDGER_JWT_SECRET", "auth.jwt_secret"),
@@ -221,6 +226,10 @@ pub struct HttpConfig {
     /// At shutdown, the time requests in flight get to finish before their
     /// connections are cut (Kubernetes waits 30 s before SIGKILL by default).
     pub drain_deadline_ms: u64,
+    /// Requests a credential may make per second (bursts of twice that); 0: no limit.
+    /// 5,000 is far above any one integration's real rate (the busiest platform service
+    /// meters in batches), and keeps one leaked key from taking every core.
+    pub requests_per_second_per_credential: u32,
 }
 
 /// Bounds of the `[http]` durations: below 1 ms nothing completes, above an hour a
@@ -242,6 +251,7 @@ impl Default for HttpConfig {
             close_timeout_ms: 600_000,
             connections_max: 10_000,
             drain_deadline_ms: 10_000,
+            requests_per_second_per_credential: 5_000,
         }
     }
 }
@@ -711,7 +721,7 @@ impl fmt::Display for Settings {
         write!(
             f,
             "{} bind={} body_bytes_max={} header_read_timeout_ms={} request_timeout_ms={} \
-             close_timeout_ms={} connections_max={} drain_deadline_ms={} mode={} jwt_algorithm={} jwt_secret={} \
+             close_timeout_ms={} connections_max={} drain_deadline_ms={} requests_per_second_per_credential={} mode={} jwt_algorithm={} jwt_secret={} \
              jwt_public_key_path={} jwt_private_key_path={} issuer={} audience={} token_ttl={} \
              late_usage_grace_hours={} engine: queue_commands_max={} batch_commands_max={} \
              batch_linger_us={} cache_streams_max={} idempotency_cache_max={} writer_shards={} \
@@ -725,6 +735,7 @@ impl fmt::Display for Settings {
             self.http.close_timeout_ms,
             self.http.connections_max,
             self.http.drain_deadline_ms,
+            self.http.requests_per_second_per_credential,
             a.mode,
             a.jwt_algorithm.0,
             if a.jwt_secret.is_some() {

@@ -180,6 +180,8 @@ impl Application {
             metrics,
             metrics_token: settings.metrics.token.clone(),
             brand_series_max: settings.metrics.brand_series_max,
+            rates: crate::http::rate::CredentialRates::new(http.requests_per_second_per_credential)
+                .map(Arc::new),
         };
         let limits = crate::http::server::Limits {
             header_read_timeout: ms(http.header_read_timeout_ms),

@@ -197,6 +197,8 @@ service_env() {
     "LEDGER_JWT_SECRET=$jwt_secret"
     "LEDGER_DATA_DIR=$work/data"
     "LEDGER_BIND=127.0.0.1:0"
+    # One token drives every scenario: the per-credential rate limit would measure itself.
+    "LEDGER_HTTP_REQUESTS_PER_SECOND_PER_CREDENTIAL=0"
     "RUST_LOG=info"
     "NO_COLOR=1"
   )

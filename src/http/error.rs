@@ -69,6 +69,9 @@ pub enum ApiError {
         detail: String,
         retry_after_s: Option<u32>,
     },
+    /// 429: this credential's request rate is spent; `Retry-After` says when to come back.
+    #[error("{detail}")]
+    TooManyRequests { detail: String, retry_after_s: u64 },
     /// 500: a defect or a corrupt log. Logged with its cause, answered opaquely.
     #[error("internal error")]
     Internal(String),
@@ -102,6 +105,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -123,6 +127,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
             ApiError::Invalid { kind, .. } => kind,
             ApiError::Unavailable { .. } => "unavailable",
+            ApiError::TooManyRequests { .. } => "rate-limited",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -193,6 +198,9 @@ impl IntoResponse for ApiError {
                 ..
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*s));
+            }
+            ApiError::TooManyRequests { retry_after_s, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
             }
             _ => {}
         }

@@ -76,6 +76,9 @@ impl FromRequestParts<AppState> for Caller {
         let authorization = header_str(&parts.headers, header::AUTHORIZATION.as_str())?;
         let api_key = header_str(&parts.headers, "x-api-key")?;
         let principal = state.auth.authenticate(authorization, api_key).await?;
+        if let Some(rates) = &state.rates {
+            rates.check(&principal.subject)?;
+        }
         Ok(Caller(principal))
     }
 }

@@ -15,6 +15,7 @@
 //! - `whatif`: what-if answers: top-up simulation, plan comparison, projections, estimate, bill.
 //! - `openapi`: the OpenAPI document generated from the handlers.
 //! - `metrics`: `GET /metrics` (Prometheus text) and the middleware counting requests.
+//! - [`rate`]: per-credential request rate limits (429).
 //! - [`server`]: the connection loop: header and idle timeouts, the connection cap, the drain.
 
 pub mod error;
@@ -29,6 +30,7 @@ mod metrics;
 mod openapi;
 mod periods;
 mod plans;
+pub mod rate;
 mod reads;
 mod reservations;
 mod usage;
@@ -72,6 +74,8 @@ pub struct AppState {
     pub metrics_token: Option<crate::secret::Secret>,
     /// Brands shown in per-brand gauges at most.
     pub brand_series_max: usize,
+    /// Per-credential request rates; `None`: unlimited.
+    pub rates: Option<std::sync::Arc<rate::CredentialRates>>,
 }
 
 pub fn router(state: AppState) -> Router {

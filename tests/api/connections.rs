@@ -114,3 +114,35 @@ async fn a_connection_beyond_the_cap_gets_a_503_problem_not_a_hang() {
     }
     assert!(served, "no slot came back after a connection closed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_past_its_rate_gets_429_with_retry_after_and_others_do_not() {
+    // At 5 requests a second (bursts of 10), a token's 11th request in a row is a 429
+    // problem with Retry-After; another credential is not slowed by it, and the first
+    // is served again once its budget refills.
+    let db = TestDb::sqlite();
+    let mut settings = test_settings(&db);
+    settings.http.requests_per_second_per_credential = 5;
+    let app = spawn_app_with(&settings).await;
+    let mut statuses = Vec::new();
+    for _ in 0..11 {
+        statuses.push(app.get("projector", &app.admin).await.status.as_u16());
+    }
+    assert_eq!(&statuses[..10], &[200; 10], "{statuses:?}");
+    let limited = app.get("projector", &app.admin).await;
+    limited.assert_problem(429, "rate-limited");
+    assert_eq!(limited.headers["retry-after"], "1");
+    let other = another_admin(&app);
+    assert_eq!(app.get("projector", &other).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(app.get("projector", &app.admin).await.status, 200);
+}
+
+/// An admin token of another subject than the harness's admin.
+fn another_admin(app: &TestApp) -> String {
+    let ttl = usage_ledger::auth::jwt::TokenTtl::default();
+    app.auth
+        .jwt()
+        .mint(usage_ledger::auth::Role::Admin, &[], "another-admin", ttl)
+        .expect("mint")
+}
