@@ -23,6 +23,8 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 # Relative paths are the caller's, as cargo takes CARGO_TARGET_DIR.
 LEDGER_BIN="${LEDGER_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug/usage-ledger}"
 case "$LEDGER_BIN" in /*) ;; *) LEDGER_BIN="$PWD/$LEDGER_BIN" ;; esac
+# Kept apart: every LEDGER_* variable is cleared before the service starts.
+service_bin="$LEDGER_BIN"
 cd "$root"
 # How long Prometheus gets to scrape and answer the expected value.
 wait_seconds_max=30
@@ -30,7 +32,7 @@ wait_seconds_max=30
 for tool in promtool prometheus curl jq python3; do
   command -v "$tool" >/dev/null 2>&1 || { echo "scrape.sh needs $tool" >&2; exit 1; }
 done
-[ -x "$LEDGER_BIN" ] || { echo "no service binary at $LEDGER_BIN (build it, or set LEDGER_BIN)" >&2; exit 1; }
+[ -x "$service_bin" ] || { echo "no service binary at $service_bin (build it, or set LEDGER_BIN)" >&2; exit 1; }
 
 work=$(mktemp -d)
 service_pid=""
@@ -90,7 +92,7 @@ export LEDGER_BIND="127.0.0.1:$service_port"
 base="http://127.0.0.1:$service_port"
 api="$base/api/v1/usage-billing"
 
-(cd "$work" && exec "$LEDGER_BIN" serve >"$work/service.out" 2>"$work/service.err") &
+(cd "$work" && exec "$service_bin" serve >"$work/service.out" 2>"$work/service.err") &
 service_pid=$!
 for _ in $(seq 1 100); do
   curl -sf "$base/readyz" >/dev/null 2>&1 && break
@@ -100,7 +102,7 @@ done
 curl -sf "$base/readyz" >/dev/null || die "the service is not ready on $base"
 ok "service ready on $base (production mode, SQLite in a temp dir)"
 
-admin=$(cd "$work" && "$LEDGER_BIN" token --role admin)
+admin=$(cd "$work" && "$service_bin" token --role admin)
 call() { # method path json-body
   curl -sS --fail-with-body -X "$1" "$api/$2" -H "Authorization: Bearer $admin" \
     -H 'Content-Type: application/json' -d "$3" >>"$work/answers.out"
