@@ -210,24 +210,20 @@ pub(crate) async fn commit(
     ApiPath(id): ApiPath<ReservationId>,
     body: Option<ApiJson<CommitBody>>,
 ) -> Result<Json<Committed>, ApiError> {
-    caller.meter(&id.brand)?;
     let body = body.map(|ApiJson(b)| b).unwrap_or_default();
-    let key = one_key(idempotency_header(&headers)?, body.idempotency_key)?;
-    let metadata = metadata_for(&caller, body.metadata)?;
-    let outcome = s
-        .ledger
-        .engine
-        .execute(PeriodRequest {
-            brand: id.brand.clone(),
-            period: Some(id.period),
-            command: PeriodCommand::CommitHold {
-                hold: id.number,
-                amount: body.amount,
-            },
-            idempotency_key: key,
-            metadata,
-        })
-        .await?;
+    let command = PeriodCommand::CommitHold {
+        hold: id.number,
+        amount: body.amount,
+    };
+    let outcome = on_hold(
+        &s,
+        &caller,
+        &headers,
+        &id,
+        (body.idempotency_key, body.metadata),
+        command,
+    )
+    .await?;
     match first_event(&outcome, "a commit")? {
         LedgerEvent::UsageRecorded {
             quantity,
@@ -286,21 +282,17 @@ pub(crate) async fn void(
     ApiPath(id): ApiPath<ReservationId>,
     body: Option<ApiJson<VoidBody>>,
 ) -> Result<Json<Voided>, ApiError> {
-    caller.meter(&id.brand)?;
     let body = body.map(|ApiJson(b)| b).unwrap_or_default();
-    let key = one_key(idempotency_header(&headers)?, body.idempotency_key)?;
-    let metadata = metadata_for(&caller, body.metadata)?;
-    let outcome = s
-        .ledger
-        .engine
-        .execute(PeriodRequest {
-            brand: id.brand.clone(),
-            period: Some(id.period),
-            command: PeriodCommand::VoidHold { hold: id.number },
-            idempotency_key: key,
-            metadata,
-        })
-        .await?;
+    let command = PeriodCommand::VoidHold { hold: id.number };
+    let outcome = on_hold(
+        &s,
+        &caller,
+        &headers,
+        &id,
+        (body.idempotency_key, body.metadata),
+        command,
+    )
+    .await?;
     match first_event(&outcome, "a void")? {
         LedgerEvent::HoldReleased {
             metric,
@@ -326,6 +318,33 @@ pub(crate) async fn void(
         }
         other => Err(unexpected("a void", other)),
     }
+}
+
+/// Run a commit or void of the hold `id` for `caller`, with the request's key and
+/// metadata.
+async fn on_hold(
+    s: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    id: &ReservationId,
+    (key, metadata): (Option<IdempotencyKey>, BTreeMap<String, String>),
+    command: PeriodCommand,
+) -> Result<Outcome, ApiError> {
+    caller.meter(&id.brand)?;
+    let key = one_key(idempotency_header(headers)?, key)?;
+    let metadata = metadata_for(caller, metadata)?;
+    let outcome = s
+        .ledger
+        .engine
+        .execute(PeriodRequest {
+            brand: id.brand.clone(),
+            period: Some(id.period),
+            command,
+            idempotency_key: key,
+            metadata,
+        })
+        .await?;
+    Ok(outcome)
 }
 
 fn id_of(outcome: &Outcome, number: u64) -> ReservationId {
