@@ -122,6 +122,14 @@ pub(crate) fn group_streams(
 }
 
 /// Decode a row of `brand_id, period, sequence, models` (models as text).
+/// `(aggregate_id, payload)` of each row of a hold scan (`EventLog::recent_holds`).
+pub(crate) fn hold_rows(rows: &[impl Columns]) -> Result<Vec<(String, String)>, StoreError> {
+    rows.iter()
+        .map(|r| Ok((r.text(0)?, r.text(1)?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(StoreError::from)
+}
+
 pub(crate) fn model_row(row: &impl Columns) -> Result<ModelRow, sqlx::Error> {
     Ok(ModelRow {
         brand_id: row.text(0)?,

@@ -5,7 +5,9 @@ use async_trait::async_trait;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::SqliteLog;
-use crate::store::rows::{group_streams, keyed_event, snapshot_row, stored_event, stored_events};
+use crate::store::rows::{
+    group_streams, hold_rows, keyed_event, snapshot_row, stored_event, stored_events,
+};
 use crate::store::{
     EventLog, KeyedEvent, LoadedStream, NewEvent, NewSnapshot, StoreError, StoredEvent,
 };
@@ -258,7 +260,7 @@ impl EventLog for SqliteLog {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        hold_rows(&rows)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
