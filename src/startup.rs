@@ -170,7 +170,7 @@ impl Application {
             .map_err(|source| StartupError::Bind { addr, source })?;
         let http = &settings.http;
         let ms = std::time::Duration::from_millis;
-        let state = AppState {
+        let state = AppState::new(crate::http::Shared {
             ledger,
             auth,
             body_bytes_max: http.body_bytes_max,
@@ -182,7 +182,7 @@ impl Application {
             brand_series_max: settings.metrics.brand_series_max,
             rates: crate::http::rate::CredentialRates::new(http.requests_per_second_per_credential)
                 .map(Arc::new),
-        };
+        });
         let limits = crate::http::server::Limits {
             header_read_timeout: ms(http.header_read_timeout_ms),
             connections_max: crate::http::server::fit_connections(http.connections_max),

@@ -68,18 +68,22 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 /// Count and time every request by its route template (never the raw path: ids in
 /// paths would make one series per brand).
-pub(crate) async fn count(State(s): State<AppState>, req: Request, next: Next) -> Response {
+pub(crate) async fn count(
+    State(metrics): State<std::sync::Arc<crate::metrics::Metrics>>,
+    req: Request,
+    next: Next,
+) -> Response {
     // A shared string: cloning it copies no text.
     let matched = req.extensions().get::<MatchedPath>().cloned();
     let route = matched.as_ref().map_or("unmatched", |p| p.as_str());
     let method = req.method().clone();
     let started = Instant::now();
     let res = next.run(req).await;
-    s.metrics
+    metrics
         .http_seconds
         .with_label_values(&[route, method.as_str()])
         .observe(started.elapsed().as_secs_f64());
-    s.metrics
+    metrics
         .http_requests
         .with_label_values(&[route, method.as_str(), res.status().as_str()])
         .inc();
