@@ -164,6 +164,7 @@ impl Application {
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let ledger = ledger_counting(settings, clock, Some(metrics.engine.clone())).await?;
         let auth = Authenticator::new(jwt, ledger.stores.keys.clone());
+        auth.follow_revocations().await?;
         let addr = settings.http.bind;
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -2,9 +2,10 @@
 //! one query per [`API_KEY_CACHE_AGE_MAX`], not one per request.
 //!
 //! Revocation through this wrapper clears the cache, so it takes effect at once in this
-//! process. A key revoked by another process is honoured here after at most
-//! [`API_KEY_CACHE_AGE_MAX`]. Only keys found active are cached: an unknown key always
-//! asks the store.
+//! process. A key revoked by another process clears it too where the store announces
+//! revocations (PostgreSQL's NOTIFY, see [`CachedKeys::follow`]); elsewhere it is
+//! honoured here after at most [`API_KEY_CACHE_AGE_MAX`]. Only keys found active are
+//! cached: an unknown key always asks the store.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -48,6 +49,32 @@ impl CachedKeys {
         }
     }
 
+    /// Forget every cached key.
+    fn clear(&self) {
+        let mut state = self.state();
+        state.generation += 1;
+        state.entries.clear();
+    }
+
+    /// Clear the cache on every revocation the store announces, for as long as the
+    /// cache lives.
+    pub async fn follow(self: &Arc<Self>) -> Result<(), StoreError> {
+        let Some(signal) = self.inner.watch_revocations().await? else {
+            return Ok(());
+        };
+        let cache = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                signal.notified().await;
+                match cache.upgrade() {
+                    Some(c) => c.clear(),
+                    None => return,
+                }
+            }
+        });
+        Ok(())
+    }
+
     /// The lock is never held across an await or a panic-prone call, so a poisoned lock
     /// still guards a consistent cache.
     fn state(&self) -> MutexGuard<'_, CacheState> {
@@ -72,9 +99,7 @@ impl ApiKeyStore for CachedKeys {
     async fn revoke(&self, brand: &BrandId, id: Uuid) -> Result<bool, StoreError> {
         let revoked = self.inner.revoke(brand, id).await;
         // Cleared whatever the outcome: after a failure we cannot tell what was written.
-        let mut state = self.state();
-        state.generation += 1;
-        state.entries.clear();
+        self.clear();
         revoked
     }
 

@@ -106,6 +106,7 @@ struct Inner {
     jwt: Jwt,
     /// The key store behind the lookup cache: revocations made through it clear the cache.
     keys: Arc<dyn ApiKeyStore>,
+    cache: Arc<key_cache::CachedKeys>,
 }
 
 impl Authenticator {
@@ -113,10 +114,17 @@ impl Authenticator {
     /// and [`Authenticator::keys`] hands out the cached one, so that admin revocations
     /// through it take effect at once.
     pub fn new(jwt: Jwt, keys: Arc<dyn ApiKeyStore>) -> Self {
-        let keys: Arc<dyn ApiKeyStore> = Arc::new(key_cache::CachedKeys::new(keys));
+        let cache = Arc::new(key_cache::CachedKeys::new(keys));
+        let keys: Arc<dyn ApiKeyStore> = cache.clone();
         Self {
-            inner: Arc::new(Inner { jwt, keys }),
+            inner: Arc::new(Inner { jwt, keys, cache }),
         }
+    }
+
+    /// Clear the key cache whenever any process revokes a key, where the store can say
+    /// so (PostgreSQL); the service calls it once at start.
+    pub async fn follow_revocations(&self) -> Result<(), crate::store::StoreError> {
+        self.inner.cache.follow().await
     }
 
     /// The API key store for the admin routes (create, list, revoke).

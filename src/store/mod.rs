@@ -343,4 +343,10 @@ pub trait ApiKeyStore: Send + Sync + 'static {
         &self,
         secret_sha256: &str,
     ) -> Result<Option<ApiKeyInfo>, StoreError>;
+
+    /// A signal notified when any process revokes a key, where the store can tell
+    /// (PostgreSQL's NOTIFY); `None` where it cannot, and caches then age out instead.
+    async fn watch_revocations(&self) -> Result<Option<Arc<tokio::sync::Notify>>, StoreError> {
+        Ok(None)
+    }
 }

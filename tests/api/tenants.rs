@@ -266,3 +266,58 @@ on_both_stores!(
     the_api_keys_of_an_unregistered_brand_are_a_404_to_read_as_to_create,
     the_api_keys_of_an_unregistered_brand_are_a_404_to_read_as_to_create
 );
+
+/// PostgreSQL only: its NOTIFY is how one instance hears of another's revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_on_one_instance_is_refused_by_the_other_at_once() {
+    // Two instances on one database: the second has the key in its cache (it just
+    // served it) when the first revokes it; the second refuses it within a second,
+    // not after its cache's 30 s.
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let first = spawn_app(&db).await;
+    let second = spawn_app(&db).await;
+    first.register("acme", "starter").await;
+    let created = first
+        .post(
+            "brands/acme/api-keys",
+            &first.admin,
+            json!({ "label": "worker" }),
+        )
+        .await;
+    let key = created.body["key"].as_str().unwrap().to_owned();
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let record = |app: &TestApp| {
+        let req = app
+            .client
+            .post(format!("{}{}/record", app.base, crate::helpers::PREFIX))
+            .header("X-Api-Key", &key)
+            .json(&json!({ "brandId": "acme", "metric": "api_calls" }));
+        async move { crate::helpers::answer(req.send().await.unwrap()).await }
+    };
+    assert_eq!(record(&second).await.status, 201);
+    let revoked = first
+        .call(
+            Method::DELETE,
+            &format!("brands/acme/api-keys/{id}"),
+            Some(&first.admin),
+            None,
+        )
+        .await;
+    assert!(revoked.status.is_success(), "{:#}", revoked.body);
+    let started = std::time::Instant::now();
+    loop {
+        let a = record(&second).await;
+        if a.status == 401 {
+            break;
+        }
+        assert_eq!(a.status, 201, "{:#}", a.body);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "the other instance still accepts the revoked key"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    db.cleanup().await;
+}

@@ -22,8 +22,15 @@ SELECT $1, $2, $3, $4, $5, $6
  WHERE (SELECT count(*) FROM api_keys WHERE brand_id = $2 AND revoked_at IS NULL) < $7";
 const LIST: &str = "SELECT id, brand_id, label, created_at, created_by, revoked_at
   FROM api_keys WHERE brand_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2";
-const REVOKE: &str = "UPDATE api_keys SET revoked_at = $3
- WHERE id = $1 AND brand_id = $2 AND revoked_at IS NULL";
+/// The revocation and its notice in one statement: the notice is delivered when the
+/// revocation commits, to every process listening (their key caches).
+const REVOKE: &str = "WITH revoked AS (
+    UPDATE api_keys SET revoked_at = $3
+     WHERE id = $1 AND brand_id = $2 AND revoked_at IS NULL
+ RETURNING id)
+ SELECT pg_notify('ledger_api_key_revocations', id::text) FROM revoked";
+/// The channel of revocation notices.
+pub const REVOCATIONS_CHANNEL: &str = "ledger_api_key_revocations";
 const FIND: &str = "SELECT id, brand_id, label, created_at, created_by, revoked_at
   FROM api_keys WHERE secret_sha256 = $1 AND revoked_at IS NULL";
 
@@ -74,9 +81,33 @@ impl ApiKeyStore for PostgresLog {
             .bind(id)
             .bind(brand.as_str())
             .bind(key_time_now())
-            .execute(self.pool())
+            .fetch_all(self.pool())
             .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(done.len() == 1)
+    }
+
+    async fn watch_revocations(
+        &self,
+    ) -> Result<Option<std::sync::Arc<tokio::sync::Notify>>, StoreError> {
+        let signal = std::sync::Arc::new(tokio::sync::Notify::new());
+        let mut listener = sqlx::postgres::PgListener::connect_with(self.pool()).await?;
+        listener.listen(REVOCATIONS_CHANNEL).await?;
+        let forward = signal.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(_) => forward.notify_one(),
+                    Err(sqlx::Error::PoolClosed) => return,
+                    // A notice may have been missed while reconnecting: clear anyway.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "revocation listener: reconnecting");
+                        forward.notify_one();
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(Some(signal))
     }
 
     async fn find_active_by_hash(
