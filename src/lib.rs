@@ -11,6 +11,7 @@
 //! - [`secret`]: a string kept out of `Debug` and `Display`.
 //! - [`config`]: service configuration: flags, environment, file, defaults.
 //! - [`ledger`]: the application layer: use cases and queries every adapter calls.
+//! - [`stripe`]: Stripe's protocols: webhook signatures (`Stripe-Signature`).
 //! - [`startup`]: the composition root: store, engine, consumers and router wired once.
 //! - [`http`]: the axum router; the only module that speaks HTTP.
 //! - [`cli`]: operator commands on the ledger (`brands`, `reset`) as library code.
@@ -26,4 +27,5 @@ pub mod metrics;
 pub mod secret;
 pub mod startup;
 pub mod store;
+pub mod stripe;
 pub mod tail;
