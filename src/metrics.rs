@@ -61,6 +61,7 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_seconds: HistogramVec,
     queued: IntGauge,
+    queue_capacity: IntGauge,
     usage_percentage: GaugeVec,
     remaining_units: IntGaugeVec,
     overage_units: IntGaugeVec,
@@ -170,6 +171,12 @@ impl Metrics {
                 &[],
             )
             .with_label_values(&[] as &[&str]),
+            queue_capacity: gauge(
+                "ledger_engine_queue_capacity_commands",
+                "Commands the writers' queues hold at most (engine.queue_commands_max).",
+                &[],
+            )
+            .with_label_values(&[] as &[&str]),
             usage_percentage: float_gauge(
                 &registry,
                 "luneo_quota_usage_percentage",
@@ -222,6 +229,7 @@ impl Metrics {
     /// The text exposition, with the sampled gauges set from what the scrape read.
     pub fn render(&self, sampled: Sampled) -> String {
         self.queued.set(sampled.queued as i64);
+        self.queue_capacity.set(sampled.queue_capacity as i64);
         self.set_brands(&sampled.brands, sampled.brands_untracked);
         for (consumer, lag_p99_ms, events) in sampled.consumers {
             self.lag_seconds
@@ -242,6 +250,7 @@ impl Metrics {
 /// What a scrape reads from the running parts.
 pub struct Sampled {
     pub queued: usize,
+    pub queue_capacity: usize,
     /// (consumer name, p99 lag in ms, events taken in).
     pub consumers: Vec<(&'static str, u64, u64)>,
     /// The per-brand series: the most recently active brand-periods of the current

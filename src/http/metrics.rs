@@ -27,6 +27,7 @@ pub(crate) async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Re
     let (brands, brands_untracked) = s.ledger.projector.recent(period, s.brand_series_max);
     let sampled = Sampled {
         queued: s.ledger.engine.queued(),
+        queue_capacity: s.ledger.engine.config().queue_commands_max,
         consumers: vec![("read_models", status.lag_ms.p99, status.events_projected)],
         brands,
         brands_untracked,
