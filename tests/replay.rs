@@ -19,7 +19,9 @@ use common::{engine_on, manual_clock, Backend, TestDb};
 
 const CATCH_UP: Duration = Duration::from_secs(10);
 
-/// A workload, projected: the stored models are up to date.
+/// A workload, projected: the stored models are up to date. The replay commands then
+/// run on a store of their own, as the operator's process does: the aborted consumer's
+/// connections (an abort may cut one mid-transaction) stay with the process that had them.
 async fn projected(db: &TestDb, commands: usize) -> Arc<dyn ProjectionStore> {
     let (log, store) = db.stores().await;
     let engine = engine_on(log, manual_clock(), Default::default());
@@ -27,7 +29,8 @@ async fn projected(db: &TestDb, commands: usize) -> Arc<dyn ProjectionStore> {
     workload(&engine, 5, commands).await;
     assert!(projector.persist(CATCH_UP).await);
     projector.abort();
-    store
+    let (_, fresh) = db.stores().await;
+    fresh
 }
 
 /// Change one figure of one stored row, as someone with database access might.
