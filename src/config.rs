@@ -36,6 +36,14 @@
 //! | `read_models.cache_periods_max` | `LEDGER_READ_MODELS_CACHE_PERIODS_MAX` | | 100,000 |
 //! | `read_models.flush_interval_ms` | `LEDGER_READ_MODELS_FLUSH_INTERVAL_MS` | | 1,000 |
 //! | `read_models.flush_rows_max` | `LEDGER_READ_MODELS_FLUSH_ROWS_MAX` | | 10,000 |
+//! | `stripe.secret_key` | `LEDGER_STRIPE_SECRET_KEY` | (none, as secrets) | unset: no checkout |
+//! | `stripe.webhook_secret` | `LEDGER_STRIPE_WEBHOOK_SECRET` | (none) | unset: webhook answers 503 |
+//! | `stripe.webhook_secret_previous` | `LEDGER_STRIPE_WEBHOOK_SECRET_PREVIOUS` | (none) | unset |
+//! | `stripe.api_base` | `LEDGER_STRIPE_API_BASE` | | `https://api.stripe.com` |
+//! | `stripe.redirect_origins` | `LEDGER_STRIPE_REDIRECT_ORIGINS` | | unset: no redirect URL accepted |
+//! | `stripe.success_url` | `LEDGER_STRIPE_SUCCESS_URL` | | unset: the caller must give one |
+//! | `stripe.cancel_url` | `LEDGER_STRIPE_CANCEL_URL` | | unset: the caller must give one |
+//! | `stripe.checkout_ttl_minutes` | `LEDGER_STRIPE_CHECKOUT_TTL_MINUTES` | | 60 |
 //!
 //! An environment variable set to the empty string counts as unset.
 
@@ -128,6 +136,20 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "engine.idempotency_cache_max",
     ),
     ("LEDGER_ENGINE_WRITER_SHARDS", "engine.writer_shards"),
+    ("LEDGER_STRIPE_SECRET_KEY", "stripe.secret_key"),
+    ("LEDGER_STRIPE_WEBHOOK_SECRET", "stripe.webhook_secret"),
+    (
+        "LEDGER_STRIPE_WEBHOOK_SECRET_PREVIOUS",
+        "stripe.webhook_secret_previous",
+    ),
+    ("LEDGER_STRIPE_API_BASE", "stripe.api_base"),
+    ("LEDGER_STRIPE_REDIRECT_ORIGINS", "stripe.redirect_origins"),
+    ("LEDGER_STRIPE_SUCCESS_URL", "stripe.success_url"),
+    ("LEDGER_STRIPE_CANCEL_URL", "stripe.cancel_url"),
+    (
+        "LEDGER_STRIPE_CHECKOUT_TTL_MINUTES",
+        "stripe.checkout_ttl_minutes",
+    ),
     (
         "LEDGER_READ_MODELS_CACHE_PERIODS_MAX",
         "read_models.cache_periods_max",
@@ -514,6 +536,86 @@ pub struct Settings {
     pub engine: EngineSettings,
     pub read_models: ReadModelsSettings,
     pub metrics: MetricsConfig,
+    pub stripe: StripeConfig,
+}
+
+/// Stripe Checkout top-ups and their webhook (`docs/stripe.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StripeConfig {
+    /// The secret API key (`sk_live_…`, `sk_test_…`). Unset: checkouts answer 503.
+    pub secret_key: Option<Secret>,
+    /// The webhook endpoint's signing secret (`whsec_…`). Unset: deliveries answer 503,
+    /// so Stripe keeps them until it is set.
+    pub webhook_secret: Option<Secret>,
+    /// The secret being rotated out, accepted beside the current one.
+    pub webhook_secret_previous: Option<Secret>,
+    /// Stripe's API, or a server speaking its protocol.
+    pub api_base: String,
+    /// Origins (`https://app.example.com`) the success and cancel URLs may point to,
+    /// comma-separated: a checkout never sends a payer to a page of a caller's choosing.
+    pub redirect_origins: String,
+    /// Where Stripe sends the payer after paying, when the caller names no URL.
+    pub success_url: Option<String>,
+    /// Where Stripe sends a payer who gives up, when the caller names no URL.
+    pub cancel_url: Option<String>,
+    /// How long a checkout takes a payment (Stripe accepts 30 minutes to 24 hours).
+    pub checkout_ttl_minutes: u32,
+}
+
+/// Stripe's own bounds on a Checkout Session's `expires_at`, from its creation.
+pub const CHECKOUT_TTL_MINUTES_MIN: u32 = 30;
+pub const CHECKOUT_TTL_MINUTES_MAX: u32 = 24 * 60;
+
+impl Default for StripeConfig {
+    fn default() -> Self {
+        Self {
+            secret_key: None,
+            webhook_secret: None,
+            webhook_secret_previous: None,
+            api_base: "https://api.stripe.com".to_owned(),
+            redirect_origins: String::new(),
+            success_url: None,
+            cancel_url: None,
+            checkout_ttl_minutes: 60,
+        }
+    }
+}
+
+impl StripeConfig {
+    /// The redirect origins, one per comma-separated entry.
+    pub fn origins(&self) -> Vec<String> {
+        self.redirect_origins
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect()
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if !(CHECKOUT_TTL_MINUTES_MIN..=CHECKOUT_TTL_MINUTES_MAX)
+            .contains(&self.checkout_ttl_minutes)
+        {
+            return Err(ConfigError::Bad(format!(
+                "stripe.checkout_ttl_minutes must be {CHECKOUT_TTL_MINUTES_MIN} to {CHECKOUT_TTL_MINUTES_MAX}"
+            )));
+        }
+        if !(self.api_base.starts_with("https://") || self.api_base.starts_with("http://")) {
+            return Err(ConfigError::Bad(
+                "stripe.api_base must be an http(s) URL".to_owned(),
+            ));
+        }
+        for origin in self.origins() {
+            if !(origin.starts_with("https://") || origin.starts_with("http://"))
+                || origin["https://".len().min(origin.len())..].contains('/')
+            {
+                return Err(ConfigError::Bad(format!(
+                    "stripe.redirect_origins: {origin} is not an origin (scheme://host[:port])"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `GET /metrics`.
@@ -661,6 +763,7 @@ impl Settings {
             )));
         }
         self.engine.check()?;
+        self.stripe.check()?;
         self.read_models.check()
     }
 }
@@ -710,6 +813,13 @@ impl fmt::Debug for StoreConfig {
     }
 }
 
+fn set_or_unset(set: bool) -> &'static str {
+    match set {
+        true => "set",
+        false => "unset",
+    }
+}
+
 fn or_unset(v: Option<impl fmt::Display>) -> String {
     v.map_or_else(|| "unset".to_owned(), |v| v.to_string())
 }
@@ -726,7 +836,7 @@ impl fmt::Display for Settings {
              late_usage_grace_hours={} engine: queue_commands_max={} batch_commands_max={} \
              batch_linger_us={} cache_streams_max={} idempotency_cache_max={} writer_shards={} \
              read_models: cache_periods_max={} flush_interval_ms={} flush_rows_max={} \
-             metrics_token={}",
+             metrics_token={} stripe: secret_key={} webhook_secret={} api_base={} redirect_origins={}",
             self.store,
             self.http.bind,
             self.http.body_bytes_max,
@@ -763,6 +873,10 @@ impl fmt::Display for Settings {
             } else {
                 "unset"
             },
+            set_or_unset(self.stripe.secret_key.is_some()),
+            set_or_unset(self.stripe.webhook_secret.is_some()),
+            self.stripe.api_base,
+            or_unset((!self.stripe.redirect_origins.is_empty()).then_some(&self.stripe.redirect_origins)),
         )
     }
 }

@@ -13,13 +13,16 @@ use usage_ledger::cli::brands::{self, BrandsArgs};
 use usage_ledger::cli::cli_actor;
 use usage_ledger::cli::replay::{self, ReplayCommand};
 use usage_ledger::cli::reset::{self, ResetArgs};
+use usage_ledger::cli::stripe::{self, StripeArgs};
 use usage_ledger::clock::SystemClock;
 use usage_ledger::config::{
     AuthArgs, ConfigArgs, ServeArgs, Settings, Sources, DEV_ADMIN_TOKEN_TTL,
 };
 use usage_ledger::engine::Engine;
 use usage_ledger::http::API_PREFIX;
-use usage_ledger::startup::{load_catalog, open_engine, open_stores, Application, Stores};
+use usage_ledger::startup::{
+    load_catalog, open_engine, open_ledger, open_stores, Application, Stores,
+};
 
 #[derive(Parser)]
 #[command(
@@ -53,6 +56,16 @@ enum Command {
     /// Auditors: rebuild or verify the read models, replay a period as of a point,
     /// export the log with a hash chain and verify such an export.
     Replay(ReplayCmd),
+    /// Stripe top-ups: reconcile the payments whose webhook never arrived.
+    Stripe(StripeCmd),
+}
+
+#[derive(Args)]
+struct StripeCmd {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(flatten)]
+    args: StripeArgs,
 }
 
 #[derive(Args)]
@@ -240,6 +253,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let log = stores.log.as_ref();
             reset::run(&engine, log, &cmd.args, &mut std::io::stdout()).await?;
             engine.drain().await;
+            Ok(())
+        }
+        Some(Command::Stripe(cmd)) => {
+            let ledger = open_ledger(&cmd.config.resolve()?, Arc::new(SystemClock)).await?;
+            stripe::run(&ledger, &cmd.args, &mut std::io::stdout()).await?;
+            ledger.engine.drain().await;
+            ledger.projector.stop().await;
             Ok(())
         }
     }

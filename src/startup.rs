@@ -145,6 +145,9 @@ async fn ledger_counting(
         engine,
         stores,
         projector,
+        payments: Arc::new(crate::ledger::topups::Payments::from_config(
+            &settings.stripe,
+        )),
     })
 }
 

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::PlanDefinition;
 use crate::ids::{BrandId, PeriodKey, PlanId};
+use crate::topup::{TopUpBook, TopUpCommand, TopUpError, TopUpEvent};
 
 /// When a plan change takes effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +37,8 @@ pub enum BrandCommand {
         at: DateTime<Utc>,
         effective: Option<Effective>,
     },
+    /// A step of a purchased top-up's life (see [`crate::topup`]).
+    TopUp(TopUpCommand),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +62,7 @@ pub enum BrandEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         effective_from: Option<PeriodKey>,
     },
+    TopUp(TopUpEvent),
 }
 
 pub const BRAND_EVENT_VERSION: &str = "1";
@@ -77,6 +81,17 @@ impl BrandEvent {
         match self {
             BrandEvent::BrandRegistered { .. } => "BrandRegistered",
             BrandEvent::PlanChanged { .. } => "PlanChanged",
+            BrandEvent::TopUp(TopUpEvent::Opened { .. }) => "TopUpOpened",
+            BrandEvent::TopUp(TopUpEvent::Paid { .. }) => "TopUpPaid",
+            BrandEvent::TopUp(TopUpEvent::Failed { .. }) => "TopUpFailed",
+        }
+    }
+
+    /// When the event happened.
+    pub fn at(&self) -> DateTime<Utc> {
+        match self {
+            BrandEvent::BrandRegistered { at, .. } | BrandEvent::PlanChanged { at, .. } => *at,
+            BrandEvent::TopUp(e) => e.at(),
         }
     }
 }
@@ -85,6 +100,8 @@ impl BrandEvent {
 pub enum BrandError {
     #[error("command for brand {got} sent to the stream of brand {stream}")]
     WrongBrand { stream: BrandId, got: BrandId },
+    #[error(transparent)]
+    TopUp(#[from] TopUpError),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +117,9 @@ pub struct BrandAggregate {
     /// A plan change that takes effect at the start of a later period.
     #[serde(default)]
     pub scheduled: Option<(PeriodKey, PlanDefinition)>,
+    /// Purchased top-ups, pending and remembered.
+    #[serde(default)]
+    pub topups: TopUpBook,
     pub version: u64,
 }
 
@@ -186,6 +206,7 @@ impl BrandAggregate {
                     Some(from) => self.scheduled = Some((*from, plan.clone())),
                 }
             }
+            BrandEvent::TopUp(e) => self.topups.fold(e),
         }
     }
 
@@ -206,6 +227,12 @@ impl BrandAggregate {
             Some((from, plan)) if *from <= period => Some(plan),
             _ => self.plan.as_ref(),
         }
+    }
+
+    /// The order a top-up step concerns, and the events it takes (none for a repeat).
+    pub fn decide_topup(&self, step: &TopUpCommand) -> Result<(u64, Vec<BrandEvent>), TopUpError> {
+        let (number, events) = self.topups.decide(step)?;
+        Ok((number, events.into_iter().map(BrandEvent::TopUp).collect()))
     }
 
     pub fn is_registered(&self) -> bool {
@@ -241,13 +268,16 @@ impl BrandAggregate {
     }
 
     pub fn decide(&self, command: &BrandCommand) -> Result<Vec<BrandEvent>, BrandError> {
-        let BrandCommand::SetPlan {
-            brand_id,
-            plan,
-            actor,
-            at,
-            effective,
-        } = command;
+        let (brand_id, plan, actor, at, effective) = match command {
+            BrandCommand::SetPlan {
+                brand_id,
+                plan,
+                actor,
+                at,
+                effective,
+            } => (brand_id, plan, actor, at, effective),
+            BrandCommand::TopUp(step) => return Ok(self.decide_topup(step)?.1),
+        };
         if let Some(stream) = &self.brand_id {
             if stream != brand_id {
                 return Err(BrandError::WrongBrand {

@@ -9,7 +9,8 @@
 //! - [`hold`]: holds of quota for long jobs (reserve, commit or void, expiry) and their limits.
 //! - [`reset`]: the quota reset planner: a period's state and a target in, the
 //!   compensating commands and the operator's report out.
-//! - [`brand`]: the brand registry aggregate: which plan a brand is on.
+//! - [`brand`]: the brand registry aggregate: which plan a brand is on, its top-up orders.
+//! - [`topup`]: purchased top-ups: pending from the checkout, then paid once or failed.
 //! - [`timestamp`]: event timestamps written straight into their JSON.
 
 pub mod brand;
@@ -20,6 +21,7 @@ pub mod money;
 pub mod period;
 pub mod reset;
 pub mod timestamp;
+pub mod topup;
 
 pub use brand::{
     BeforeRegistration, BrandAggregate, BrandCommand, BrandError, BrandEvent, Effective,

@@ -7,10 +7,12 @@
 //! - [`brands`]: `brands set` registers a brand on a plan or changes it; `brands show`.
 //! - [`reset`]: `reset`, the runbook's quota reset done with compensating events.
 //! - [`replay`]: `replay rebuild|verify|as-of|export|verify-export`, for auditors.
+//! - [`stripe`]: `stripe reconcile`, the payments whose webhook never arrived.
 
 pub mod brands;
 pub mod replay;
 pub mod reset;
+pub mod stripe;
 
 /// Actor names are stored in every event a command appends; a login name longer than
 /// this is a misconfigured environment, not a person.

@@ -9,6 +9,7 @@
 
 pub mod holds;
 mod probe;
+mod topups;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use chrono::{DateTime, Duration, Utc};
 use cqrs_es::Aggregate;
 use ledger_aggregates::catalog::Catalog;
 use ledger_aggregates::period::LedgerRules;
+use ledger_aggregates::topup::{TopUpCommand, TopUpError, TopUpOrder};
 use ledger_aggregates::{
     BeforeRegistration, BrandAggregate, BrandError, BrandId, Effective, IdempotencyKey,
     LedgerError, LedgerEvent, MetricKey, PeriodCommand, PeriodKey, PlanId, QuotaDecision,
@@ -223,6 +225,18 @@ pub struct PlanChange {
     pub effective_from: Option<PeriodKey>,
 }
 
+/// What a step of a top-up order did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopUpChange {
+    pub brand: BrandId,
+    /// The order after the step.
+    pub order: TopUpOrder,
+    /// False for a repeat: the order already stood so.
+    pub changed: bool,
+    /// The credit appended to a period when this step paid the order.
+    pub credited: Option<Outcome>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("the ledger is overloaded; retry shortly")]
@@ -259,6 +273,12 @@ pub enum EngineError {
     /// Shared: one failed append fails every command of its batch.
     #[error(transparent)]
     Store(Arc<StoreError>),
+}
+
+impl From<TopUpError> for EngineError {
+    fn from(e: TopUpError) -> Self {
+        EngineError::Brand(e.into())
+    }
 }
 
 impl From<StoreError> for EngineError {
@@ -309,6 +329,13 @@ pub(crate) enum Job {
         brand: BrandId,
         logged: u64,
         reply: Reply<Option<BrandAggregate>>,
+    },
+    TopUp {
+        brand: BrandId,
+        step: TopUpCommand,
+        /// The registry's version in the log when the step was asked.
+        logged: u64,
+        reply: Reply<TopUpChange>,
     },
 }
 

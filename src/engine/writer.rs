@@ -14,14 +14,18 @@ use ledger_aggregates::ids::period_stream_id;
 use ledger_aggregates::period::{
     PeriodCommand, PeriodOpening, Severity, UsageVia, LEDGER_EVENT_VERSION,
 };
+use ledger_aggregates::topup::{TopUpCommand, TopUpEvent, TopUpId};
 use ledger_aggregates::{
     BrandAggregate, BrandEvent, BrandId, LedgerEvent, MetricKey, OveragePolicy, PeriodKey,
-    PlanDefinition, PlanId, QuotaDecision, UsagePeriodAggregate,
+    PlanDefinition, PlanId, Quantity, QuotaDecision, UsagePeriodAggregate,
 };
 use lru::LruCache;
 use tokio::sync::mpsc;
 
-use super::{Committed, EngineConfig, EngineError, Job, Outcome, PeriodRequest, PlanChange};
+use super::{
+    Committed, EngineConfig, EngineError, Job, Metadata, Outcome, PeriodRequest, PlanChange,
+    TopUpChange,
+};
 use crate::clock::Clock;
 use crate::store::{EventLog, LoadedStream, NewEvent, NewSnapshot, StoreError};
 use crate::tail::watermark::Watermarks;
@@ -39,6 +43,7 @@ enum Answer {
     Plan(Result<PlanChange, EngineError>),
     ReadPeriod(Option<UsagePeriodAggregate>),
     ReadBrand(Option<BrandAggregate>),
+    TopUp(Result<TopUpChange, EngineError>),
 }
 
 /// What a batch will append, and the keys to remember once it is committed.
@@ -462,6 +467,12 @@ impl Writer {
                     let period = PeriodKey::containing(now);
                     Some((period, period_stream_id(brand, period)))
                 }
+                // A paid top-up is credited to its period in the same append.
+                Job::TopUp {
+                    brand,
+                    step: TopUpCommand::Settle { period, .. },
+                    ..
+                } => Some((*period, period_stream_id(brand, *period))),
                 _ => None,
             })
             .collect();
@@ -514,6 +525,14 @@ impl Writer {
                         .filter(|a| a.version > 0)
                         .cloned(),
                 ),
+                (Job::TopUp { brand, step, .. }, target) => Answer::TopUp(self.decide_topup(
+                    brand,
+                    step,
+                    target.as_ref().map(|(p, id)| (*p, id.as_str())),
+                    now,
+                    (&carried, &known),
+                    staged,
+                )),
             });
         }
         Ok(answers)
@@ -545,6 +564,12 @@ impl Writer {
                 None,
             ],
             Job::ReadBrand { brand, .. } => [Some((BRAND, Cow::Borrowed(brand.as_str()))), None],
+            Job::TopUp { brand, .. } => [
+                Some((BRAND, Cow::Borrowed(brand.as_str()))),
+                target
+                    .as_ref()
+                    .map(|(_, id)| (PERIOD, Cow::Borrowed(id.as_str()))),
+            ],
         }
     }
 
@@ -596,6 +621,7 @@ impl Writer {
         for (job, target) in batch.iter().zip(targets) {
             let logged = |t: &str| match job {
                 Job::ReadPeriod { logged, .. } | Job::ReadBrand { logged, .. } => *logged,
+                Job::TopUp { logged, .. } if t == BRAND => *logged,
                 Job::Period {
                     logged: Some([brand, period]),
                     ..
@@ -905,7 +931,7 @@ impl Writer {
         })?;
         let effective_from = events.iter().find_map(|e| match e {
             BrandEvent::PlanChanged { effective_from, .. } => *effective_from,
-            BrandEvent::BrandRegistered { .. } => None,
+            _ => None,
         });
         let every = self.cfg.snapshot_every_events;
         staged.stage(
@@ -970,6 +996,80 @@ impl Writer {
             changed: !events.is_empty(),
             applied_to,
             effective_from,
+        })
+    }
+
+    /// A step of a top-up order, decided by the brand's registry. The payment of an
+    /// order also credits its period: both streams are appended in the same commit, so
+    /// an order is never paid without its credit nor credited twice.
+    fn decide_topup(
+        &mut self,
+        brand: &BrandId,
+        step: &TopUpCommand,
+        target: Option<(PeriodKey, &str)>,
+        now: DateTime<Utc>,
+        (carried, known): (&Carried, &Known),
+        staged: &mut Staged,
+    ) -> Result<TopUpChange, EngineError> {
+        let agg = self
+            .brands
+            .peek(brand.as_str())
+            .filter(|b| b.is_registered())
+            .ok_or_else(|| EngineError::BrandNotRegistered(brand.clone()))?;
+        let (number, events) = agg.decide_topup(step)?;
+        let credit = match (events.first(), target) {
+            (Some(BrandEvent::TopUp(TopUpEvent::Paid { .. })), Some(target)) => {
+                let order = agg.topups.get(number).expect("a paid order is known");
+                Some(PeriodRequest {
+                    brand: brand.clone(),
+                    period: Some(target.0),
+                    command: PeriodCommand::ApplyTopUp {
+                        metric: order.metric.clone(),
+                        units: Quantity::new(order.units).expect("checked when the order opened"),
+                        price: order.price,
+                        reference: TopUpId {
+                            brand: brand.clone(),
+                            number,
+                        }
+                        .to_string(),
+                        actor: order.actor.clone(),
+                    },
+                    idempotency_key: None,
+                    metadata: Metadata::default(),
+                })
+            }
+            _ => None,
+        };
+        let credited = match (credit, target) {
+            (Some(req), Some(target)) => {
+                Some(self.decide_period(&req, "", target, now, (carried, known), staged)?)
+            }
+            _ => None,
+        };
+        let every = self.cfg.snapshot_every_events;
+        let agg = self
+            .brands
+            .get_mut(brand.as_str())
+            .expect("loaded before deciding");
+        staged.stage(
+            brand.as_str(),
+            agg.version + 1,
+            &events,
+            None,
+            EMPTY_METADATA,
+            every,
+        );
+        events.iter().for_each(|e| agg.fold(e));
+        let order = agg
+            .topups
+            .get(number)
+            .cloned()
+            .expect("the order a step concerns is known");
+        Ok(TopUpChange {
+            brand: brand.clone(),
+            order,
+            changed: !events.is_empty(),
+            credited,
         })
     }
 
@@ -1148,6 +1248,7 @@ fn reply_all(jobs: impl Iterator<Item = Job>, answers: Result<Vec<Answer>, Engin
                     (Job::ReadBrand { reply, .. }, Answer::ReadBrand(r)) => {
                         reply.send(Ok(r)).map_err(drop)
                     }
+                    (Job::TopUp { reply, .. }, Answer::TopUp(r)) => reply.send(r).map_err(drop),
                     _ => unreachable!("answers are built in job order, one per job"),
                 };
             }
@@ -1161,6 +1262,7 @@ fn reply_all(jobs: impl Iterator<Item = Job>, answers: Result<Vec<Answer>, Engin
                     Job::SetPlan { reply, .. } => reply.send(Err(err)).map_err(drop),
                     Job::ReadPeriod { reply, .. } => reply.send(Err(err)).map_err(drop),
                     Job::ReadBrand { reply, .. } => reply.send(Err(err)).map_err(drop),
+                    Job::TopUp { reply, .. } => reply.send(Err(err)).map_err(drop),
                 };
             }
         }

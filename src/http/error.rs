@@ -5,12 +5,15 @@
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use ledger_aggregates::{LedgerError, QuotaDecision};
+use ledger_aggregates::topup::TopUpError;
+use ledger_aggregates::{BrandError, LedgerError, QuotaDecision};
 use serde::Serialize;
 
 use super::views::DecisionView;
 use crate::auth::AuthError;
 use crate::engine::EngineError;
+use crate::ledger::topups::TopUpFailure;
+use crate::stripe::client::StripeError;
 
 /// The `type` of our problems: a stable URN per kind, so clients can branch on it
 /// without parsing prose.
@@ -63,6 +66,9 @@ pub enum ApiError {
     /// range, unknown metric or plan, idempotency key reused with another payload).
     #[error("{detail}")]
     Invalid { kind: &'static str, detail: String },
+    /// 502: a service the ledger calls (Stripe) refused what the ledger sent it.
+    #[error("{0}")]
+    BadGateway(String),
     /// 503: overloaded (retry shortly) or the store is unreachable.
     #[error("{detail}")]
     Unavailable {
@@ -104,6 +110,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -126,6 +133,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload-too-large",
             ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
             ApiError::Invalid { kind, .. } => kind,
+            ApiError::BadGateway(_) => "payment-provider-refused",
             ApiError::Unavailable { .. } => "unavailable",
             ApiError::TooManyRequests { .. } => "rate-limited",
             ApiError::Internal(_) => "internal",
@@ -240,6 +248,19 @@ impl From<EngineError> for ApiError {
             },
             EngineError::KeyReuse(_) => ApiError::invalid("idempotency-key-reused", e.to_string()),
             EngineError::Ledger(l) => l.into(),
+            EngineError::Brand(BrandError::TopUp(t)) => {
+                let detail = t.to_string();
+                match t {
+                    TopUpError::Unknown(_) => ApiError::NotFound(detail),
+                    TopUpError::TooManyPending | TopUpError::TooManyUnfinished => {
+                        ApiError::PeriodState {
+                            kind: "too-many-topups",
+                            detail,
+                        }
+                    }
+                    TopUpError::KeyReuse(_) => ApiError::invalid("idempotency-key-reused", detail),
+                }
+            }
             EngineError::Brand(b) => ApiError::Internal(b.to_string()),
             EngineError::Store(s) => match s.as_ref() {
                 StoreError::Unavailable(_) => ApiError::Unavailable {
@@ -252,6 +273,31 @@ impl From<EngineError> for ApiError {
                     ApiError::Internal(s.to_string())
                 }
             },
+        }
+    }
+}
+
+impl From<TopUpFailure> for ApiError {
+    fn from(e: TopUpFailure) -> Self {
+        let detail = e.to_string();
+        match e {
+            TopUpFailure::NotConfigured(_) => ApiError::Unavailable {
+                detail,
+                retry_after_s: None,
+            },
+            TopUpFailure::NotCharged { .. } => ApiError::invalid("not-for-sale", detail),
+            TopUpFailure::NotInPlan { .. } => ApiError::invalid("metric-not-in-plan", detail),
+            TopUpFailure::BelowMinimum { .. } | TopUpFailure::AboveMaximum { .. } => {
+                ApiError::invalid("amount-out-of-range", detail)
+            }
+            TopUpFailure::Redirect { .. } => ApiError::invalid("redirect-not-allowed", detail),
+            TopUpFailure::Stripe(StripeError::Refused { .. }) => ApiError::BadGateway(detail),
+            TopUpFailure::Stripe(StripeError::Unavailable(_)) => ApiError::Unavailable {
+                detail,
+                retry_after_s: Some(5),
+            },
+            TopUpFailure::Query(q) => q.into(),
+            TopUpFailure::Engine(en) => en.into(),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - `finance`: a period's overage lines (charges, adjustments) and totals, JSON or CSV.
 //! - `api_keys`: per-brand API keys.
 //! - `plans`: the catalog.
+//! - `topups`: top-ups bought through Stripe Checkout, Stripe's webhook, the history.
 //! - `whatif`: what-if answers: top-up simulation, plan comparison, projections, estimate, bill.
 //! - `openapi`: the OpenAPI document generated from the handlers.
 //! - `metrics`: `GET /metrics` (Prometheus text) and the middleware counting requests.
@@ -33,6 +34,7 @@ mod plans;
 pub mod rate;
 mod reads;
 mod reservations;
+mod topups;
 mod usage;
 mod whatif;
 
@@ -112,6 +114,7 @@ pub fn router(state: AppState) -> Router {
         .merge(finance::router())
         .merge(api_keys::router())
         .merge(whatif::router())
+        .merge(topups::router())
         // A layer applies to the routes registered before it: the close, which freezes
         // every brand's invoice in one request, gets its own longer bound.
         .layer(from_fn_with_state(request, bounded))

@@ -8,7 +8,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    admin, api_keys, error, finance, periods, plans, reads, reservations, usage, views, whatif,
+    admin, api_keys, error, finance, periods, plans, reads, reservations, topups, usage, views,
+    whatif,
 };
 
 /// Where the document is served (outside the `usage-billing` prefix, like the original's
@@ -30,6 +31,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         api_keys::create, api_keys::list, api_keys::revoke,
         plans::list_plans, plans::get_plan,
         whatif::simulate, whatif::compare_plans, whatif::projections, whatif::estimate, whatif::current_bill,
+        topups::checkout, topups::stripe_webhook, topups::history,
     ),
     components(schemas(
         error::Problem, views::MetricView, views::AlertView, views::CostView, views::DecisionView, views::PolicyView,
@@ -47,6 +49,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         whatif::SimulateBody, whatif::SimulationAnswer, whatif::PlanComparisonView, whatif::RecommendedPlanView,
         whatif::CompareAnswer, whatif::VelocityView, whatif::ProjectionAnswer, whatif::EstimateBody,
         whatif::EstimateAnswer, whatif::BillLineView, whatif::BillAnswer,
+        topups::CheckoutBody, topups::CheckoutAnswer, topups::WebhookAnswer, topups::TopUpEntry, topups::TopUpHistoryAnswer,
     )),
     modifiers(&Security),
     tags(
@@ -55,6 +58,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         (name = "admin", description = "Brands, plans, credit grants, API keys and period close (admin)"),
         (name = "plans", description = "The plan catalog (public)"),
         (name = "finance", description = "Overage lines and totals per period, JSON or CSV (admin)"),
+        (name = "payments", description = "Top-ups bought through Stripe Checkout, Stripe's webhook, the top-up history (admin, brand; the webhook: Stripe's signature)"),
         (name = "what-if", description = "Top-up simulation, plan comparison, projections, estimates and the current bill, on the effective limits (admin, brand)"),
     )
 )]

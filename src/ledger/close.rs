@@ -136,11 +136,7 @@ impl Ledger {
                 let event: BrandEvent = serde_json::from_str(&stored.payload).map_err(|e| {
                     QueryError::Corrupt(format!("registry event {brand}#{}: {e}", stored.sequence))
                 })?;
-                let at = match &event {
-                    BrandEvent::BrandRegistered { at, .. } | BrandEvent::PlanChanged { at, .. } => {
-                        *at
-                    }
-                };
+                let at = event.at();
                 if at >= end {
                     return Ok(registry.plan_for(period).cloned());
                 }

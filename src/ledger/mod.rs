@@ -7,12 +7,14 @@
 //! - [`summary`]: a brand-period's summary and current usage, from the read models.
 //! - [`history`]: usage changes and the audit trail, read from the log.
 //! - [`close`]: closing an ended period, every brand's invoice frozen.
+//! - [`topups`]: top-ups bought through Stripe Checkout, their payments, their history.
 //! - [`whatif`]: what-if queries (simulate, compare, project, estimate, bill) on the
 //!   current period's figures.
 
 pub mod close;
 pub mod history;
 pub mod summary;
+pub mod topups;
 pub mod whatif;
 
 use ledger_aggregates::PeriodKey;
@@ -55,6 +57,8 @@ pub struct Ledger {
     pub engine: Engine,
     pub stores: Stores,
     pub projector: Projector,
+    /// Stripe, as configured (absent keys: checkouts and webhooks answer 503).
+    pub payments: std::sync::Arc<topups::Payments>,
 }
 
 impl Ledger {

@@ -3,5 +3,9 @@
 //! # Layout
 //! - [`signature`]: the `Stripe-Signature` header of webhook deliveries, verified as
 //!   Stripe specifies (timestamped HMAC-SHA256, several secrets during a rotation).
+//! - [`event`]: the parts of Stripe events and Checkout Sessions the ledger reads.
+//! - [`client`]: the calls to Stripe's API: create a Checkout Session, list events.
 
+pub mod client;
+pub mod event;
 pub mod signature;

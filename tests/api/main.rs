@@ -17,5 +17,6 @@ mod reads;
 mod reservations;
 mod rules;
 mod sealed;
+mod stripe;
 mod tenants;
 mod whatif;
