@@ -11,6 +11,7 @@ use usage_ledger::auth::keys::{verifier, KeySource};
 use usage_ledger::auth::{Authenticator, Role, TokenTtl};
 use usage_ledger::cli::brands::{self, BrandsArgs};
 use usage_ledger::cli::cli_actor;
+use usage_ledger::cli::pricing::{self, PricingArgs};
 use usage_ledger::cli::replay::{self, ReplayCommand};
 use usage_ledger::cli::reset::{self, ResetArgs};
 use usage_ledger::cli::stripe::{self, StripeArgs};
@@ -58,6 +59,16 @@ enum Command {
     Replay(ReplayCmd),
     /// Stripe top-ups: reconcile the payments whose webhook never arrived.
     Stripe(StripeCmd),
+    /// The catalog's prices against Stripe's Prices.
+    Pricing(PricingCmd),
+}
+
+#[derive(Args)]
+struct PricingCmd {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(flatten)]
+    args: PricingArgs,
 }
 
 #[derive(Args)]
@@ -260,6 +271,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             stripe::run(&ledger, &cmd.args, &mut std::io::stdout()).await?;
             ledger.engine.drain().await;
             ledger.projector.stop().await;
+            Ok(())
+        }
+        Some(Command::Pricing(cmd)) => {
+            let settings = cmd.config.resolve()?;
+            let catalog = load_catalog(&settings.store)?;
+            let s = &settings.stripe;
+            let client = s
+                .secret_key
+                .clone()
+                .map(|key| usage_ledger::stripe::client::StripeClient::new(&s.api_base, key));
+            pricing::run(&catalog, client.as_ref(), &cmd.args, &mut std::io::stdout()).await?;
             Ok(())
         }
     }

@@ -527,3 +527,74 @@ fn the_runbook_flags_parse_with_the_originals_spellings_and_our_defaults() {
     };
     assert!(matches!(b.command, BrandsCommand::Set { .. }));
 }
+
+/// The fixture CI checks: the embedded catalog's prices as Stripe holds them.
+const STRIPE_PRICES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/stripe-prices.json"
+);
+
+async fn pricing_cmd(
+    path: std::path::PathBuf,
+) -> (Result<(), usage_ledger::cli::pricing::PricingError>, String) {
+    use usage_ledger::cli::pricing::{self, PricingArgs, PricingCommand};
+    let args = PricingArgs {
+        command: PricingCommand::Verify { prices: Some(path) },
+    };
+    let mut out = Vec::new();
+    let catalog = ledger_aggregates::Catalog::default_catalog();
+    let res = pricing::run(&catalog, None, &args, &mut out).await;
+    (res, String::from_utf8(out).unwrap())
+}
+
+#[tokio::test]
+async fn pricing_verify_passes_on_the_fixture_and_names_every_mismatch_of_a_changed_one() {
+    let (res, out) = pricing_cmd(STRIPE_PRICES.into()).await;
+    assert!(res.is_ok(), "{out}");
+    assert_eq!(
+        out,
+        "28 prices read, catalog 2025-11-16.1: 0 mismatch(es)\n"
+    );
+    // A rate changed in Stripe, a base price deleted, a price for no plan of ours.
+    let mut list: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(STRIPE_PRICES).unwrap()).unwrap();
+    let data = list["data"].as_array_mut().unwrap();
+    for p in data.iter_mut() {
+        if p["lookup_key"] == "starter_renders_3d_overage" {
+            p["unit_amount_decimal"] = "90".into();
+            p["unit_amount"] = 90.into();
+        }
+    }
+    data.retain(|p| p["lookup_key"] != "professional_base");
+    data.push(serde_json::json!({"id": "price_gold", "lookup_key": "gold_base", "currency": "eur", "unit_amount": 1, "active": true}));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("prices.json");
+    std::fs::write(&path, list.to_string()).unwrap();
+    let (res, out) = pricing_cmd(path).await;
+    assert!(
+        matches!(
+            res,
+            Err(usage_ledger::cli::pricing::PricingError::Mismatches(3))
+        ),
+        "{res:?}: {out}"
+    );
+    assert!(
+        out.contains("starter/renders_3d overage: catalog 100 cents, Stripe price_fixture_"),
+        "{out}"
+    );
+    assert!(
+        out.contains("professional base: no active Stripe price with lookup key professional_base"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "Stripe price_gold (gold_base): no such plan or charged metric in the catalog"
+        ),
+        "{out}"
+    );
+    let (res, _) = pricing_cmd(dir.path().join("absent.json")).await;
+    assert!(matches!(
+        res,
+        Err(usage_ledger::cli::pricing::PricingError::File { .. })
+    ));
+}

@@ -8,8 +8,10 @@
 //! - [`reset`]: `reset`, the runbook's quota reset done with compensating events.
 //! - [`replay`]: `replay rebuild|verify|as-of|export|verify-export`, for auditors.
 //! - [`stripe`]: `stripe reconcile`, the payments whose webhook never arrived.
+//! - [`pricing`]: `pricing verify`, the catalog's prices against Stripe's.
 
 pub mod brands;
+pub mod pricing;
 pub mod replay;
 pub mod reset;
 pub mod stripe;

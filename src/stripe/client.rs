@@ -13,8 +13,10 @@ use crate::secret::Secret;
 /// One call to Stripe, connection included: its own API answers in well under a
 /// second; a caller waiting on a checkout should hear of an outage, not hang.
 pub const STRIPE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Events per page of `GET /v1/events`: Stripe's maximum.
-pub const EVENTS_PAGE_ITEMS: u32 = 100;
+/// Items per page of Stripe's lists (`GET /v1/events`, `GET /v1/prices`): its maximum.
+pub const PAGE_ITEMS: u32 = 100;
+/// Pages of prices read at most: 10,000 prices is far beyond any catalog's.
+pub const PRICE_PAGES_MAX: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StripeError {
@@ -147,7 +149,7 @@ impl StripeClient {
         let mut query: Vec<(&str, String)> =
             types.iter().map(|t| ("types[]", t.to_string())).collect();
         query.push(("created[gte]", created_gte.to_string()));
-        query.push(("limit", EVENTS_PAGE_ITEMS.to_string()));
+        query.push(("limit", PAGE_ITEMS.to_string()));
         if let Some(after) = starting_after {
             query.push(("starting_after", after.to_owned()));
         }
@@ -159,6 +161,42 @@ impl StripeClient {
             .send()
             .await;
         answer(res).await
+    }
+}
+
+impl StripeClient {
+    /// Every active Price of the account (`GET /v1/prices`, paged).
+    pub async fn active_prices(&self) -> Result<Vec<super::pricing::Price>, StripeError> {
+        #[derive(Deserialize)]
+        struct Page {
+            data: Vec<super::pricing::Price>,
+            has_more: bool,
+        }
+        let mut prices = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..PRICE_PAGES_MAX {
+            let mut query = vec![
+                ("active", "true".to_owned()),
+                ("limit", PAGE_ITEMS.to_string()),
+            ];
+            if let Some(a) = &after {
+                query.push(("starting_after", a.clone()));
+            }
+            let res = self
+                .http
+                .get(format!("{}/v1/prices", self.base))
+                .bearer_auth(self.key.expose())
+                .query(&query)
+                .send()
+                .await;
+            let page: Page = answer(res).await?;
+            after = page.data.last().map(|p| p.id.clone());
+            prices.extend(page.data);
+            if !page.has_more || after.is_none() {
+                break;
+            }
+        }
+        Ok(prices)
     }
 }
 

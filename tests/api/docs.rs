@@ -58,6 +58,9 @@ async fn the_openapi_document_lists_every_route(db: &TestDb) {
         ("get", format!("{p}/projections/{{brandId}}")),
         ("post", format!("{p}/estimate")),
         ("get", format!("{p}/bill/current/{{brandId}}")),
+        ("post", format!("{p}/topups/checkout")),
+        ("post", format!("{p}/webhooks/stripe")),
+        ("get", format!("{p}/topups/history")),
     ];
     for (method, path) in &expected {
         assert!(

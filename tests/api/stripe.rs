@@ -142,11 +142,46 @@ async fn list_events(
     Json(json!({"object": "list", "data": page, "has_more": has_more}))
 }
 
+/// `GET /v1/prices`: the fixture's prices in pages of 10 (fewer than Stripe's `limit`,
+/// so the client's paging is exercised), for the configured key only.
+async fn list_prices(
+    State(fake): State<Fake>,
+    headers: HeaderMap,
+    Query(q): Query<Vec<(String, String)>>,
+) -> axum::response::Response {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+    if auth != Some(&format!("Bearer {SECRET_KEY}")) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": {"message": "bad key"}})),
+        )
+            .into_response();
+    }
+    fake.lock()
+        .unwrap()
+        .listings
+        .push(q.iter().cloned().collect());
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/stripe-prices.json"
+    );
+    let list: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let all = list["data"].as_array().unwrap();
+    let start = match q.iter().find(|(k, _)| k == "starting_after") {
+        Some((_, id)) => all.iter().position(|p| p["id"] == id.as_str()).unwrap() + 1,
+        None => 0,
+    };
+    let page: Vec<Value> = all.iter().skip(start).take(10).cloned().collect();
+    let has_more = all.len() > start + page.len();
+    Json(json!({"object": "list", "data": page, "has_more": has_more})).into_response()
+}
+
 async fn start_fake_stripe() -> (String, Fake) {
     let fake = Fake::default();
     let app = Router::new()
         .route("/v1/checkout/sessions", post(create_session))
         .route("/v1/events", get(list_events))
+        .route("/v1/prices", get(list_prices))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -906,3 +941,33 @@ on_both_stores!(
     not_configured,
     without_stripe_configured_checkouts_and_webhooks_answer_503
 );
+
+#[tokio::test]
+async fn pricing_verify_reads_every_page_of_stripes_prices() {
+    use usage_ledger::cli::pricing::{self, PricingArgs, PricingCommand};
+    use usage_ledger::stripe::client::StripeClient;
+    let (base, fake) = start_fake_stripe().await;
+    let args = PricingArgs {
+        command: PricingCommand::Verify { prices: None },
+    };
+    let catalog = ledger_aggregates::Catalog::default_catalog();
+    let client = StripeClient::new(&base, Secret::new(SECRET_KEY));
+    let mut out = Vec::new();
+    let res = pricing::run(&catalog, Some(&client), &args, &mut out).await;
+    let out = String::from_utf8(out).unwrap();
+    assert!(res.is_ok(), "{res:?}: {out}");
+    assert!(out.starts_with("28 prices read"), "{out}");
+    {
+        let seen = fake.lock().unwrap();
+        assert_eq!(seen.listings.len(), 3, "28 prices in pages of 10");
+        assert_eq!(seen.listings[0]["active"], "true");
+        assert_eq!(seen.listings[2]["starting_after"], "price_fixture_020");
+    }
+    // A wrong key is Stripe's refusal, not a pass.
+    let wrong = StripeClient::new(&base, Secret::new("sk_test_wrong"));
+    let res = pricing::run(&catalog, Some(&wrong), &args, &mut Vec::new()).await;
+    assert!(
+        matches!(res, Err(pricing::PricingError::Stripe(_))),
+        "{res:?}"
+    );
+}
