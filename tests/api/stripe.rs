@@ -490,6 +490,12 @@ async fn deliveries_not_signed_by_stripe_now_are_refused_and_credit_nothing(db: 
     assert_eq!(history(&app, "2026-11").await[0]["status"], "pending");
     assert_eq!(renders(&app, "2026-11").await["limit"], 10);
 
+    // A body over the limit is refused before its signature is computed.
+    let huge = vec![b' '; 1024 * 1024 + 1];
+    let sig = format!("t={now},v1={}", sign(WEBHOOK_SECRET, now, &huge));
+    deliver_raw(&app, &huge, Some(sig))
+        .await
+        .assert_problem(413, "payload-too-large");
     // Signed with the secret being rotated out: genuine.
     let sig = format!("t={now},v1={}", sign(OLD_WEBHOOK_SECRET, now, &body));
     let a = deliver_raw(&app, &body, Some(sig.clone())).await;
@@ -601,6 +607,7 @@ async fn a_payment_after_midnight_on_the_first_credits_the_new_period(db: &TestD
         .set(Utc.with_ymd_and_hms(2026, 11, 30, 23, 50, 0).unwrap());
     let late = buy_renders(&app, 5).await;
     let early = buy_renders(&app, 3).await;
+    let after_close = buy_renders(&app, 1).await;
     app.clock
         .set(Utc.with_ymd_and_hms(2026, 12, 1, 0, 10, 0).unwrap());
     // Paid at 00:05 on the 1st: December's.
@@ -647,15 +654,39 @@ async fn a_payment_after_midnight_on_the_first_credits_the_new_period(db: &TestD
         "{:#}",
         a.body
     );
-    assert_eq!(renders(&app, "2026-12").await["limit"], 15);
+    // Paid on the 30th too, but delivered once November is closed: its invoice is
+    // frozen, so the units go to the open period.
+    let close = app
+        .post("periods/2026-11/close", &app.admin, json!({}))
+        .await;
+    assert_eq!(close.status, 201, "{:#}", close.body);
+    let paid_nov = Utc
+        .with_ymd_and_hms(2026, 11, 30, 23, 58, 0)
+        .unwrap()
+        .timestamp();
+    let closed = event(
+        "evt_closed",
+        "checkout.session.completed",
+        paid_nov,
+        &after_close,
+        None,
+    );
+    let a = deliver(&app, &closed).await;
+    assert_eq!(
+        (&a.body["effect"], &a.body["period"]),
+        (&json!("credited"), &json!("2026-12")),
+        "{:#}",
+        a.body
+    );
+    assert_eq!(renders(&app, "2026-12").await["limit"], 16);
     assert_eq!(renders(&app, "2026-11").await["limit"], 13);
     let dec = history(&app, "2026-12").await;
+    let listed: Vec<&Value> = dec.iter().map(|e| &e["topupId"]).collect();
     assert_eq!(
-        dec.len(),
-        1,
-        "December lists the order credited to it: {dec:#?}"
+        listed,
+        [&json!("acme:topup:1"), &json!("acme:topup:3")],
+        "{dec:#?}"
     );
-    assert_eq!(dec[0]["topupId"], "acme:topup:1");
 }
 on_both_stores!(
     payment_after_midnight,
