@@ -217,6 +217,27 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_delivery_is_what_is_sent() {
+        // Proves the webhook example of docs/alerts.md: its headers and its body.
+        let now: DateTime<Utc> = "2026-11-20T10:15:30Z".parse().unwrap();
+        let s = signed(&critical(), "acme:2026-11:42:hook-1", now, &[Secret::new(DOC_SECRET)]).unwrap();
+        assert_eq!(
+            s.headers,
+            [
+                ("webhook-id", "acme:2026-11:42:hook-1".to_owned()),
+                ("webhook-timestamp", "1795169730".to_owned()),
+                ("webhook-signature", "v1,3H5RDWz/f4nbb4hNqSGRgBAOp2CIVcMs74B+G0FMfOc=".to_owned()),
+            ]
+        );
+        let body = String::from_utf8(s.body).unwrap();
+        // The line of docs/alerts.md, byte for byte.
+        assert_eq!(
+            body,
+            r#"{"type":"quota.threshold_crossed","timestamp":"2026-11-20T10:15:00Z","data":{"id":"acme:2026-11:42","kind":"threshold_crossed","brandId":"acme","planId":"starter","planName":"Starter","period":"2026-11","metric":"ai_generations","unit":"génération","current":900,"limit":1000,"remaining":100,"overage":0,"overageCostCents":0,"percentage":90.0,"threshold":90,"severity":"critical","refused":null,"units":null,"priceCents":null,"reason":null,"at":"2026-11-20T10:15:00Z","dashboardUrl":"https://app.example.com/brands/acme/usage"}}"#
+        );
+    }
+
+    #[test]
     fn a_secret_is_whsec_then_base64_of_24_to_64_bytes() {
         // Proves the settings code can refuse a secret before any delivery uses it.
         let key = parse_webhook_secret(DOC_SECRET).unwrap();
