@@ -40,8 +40,8 @@ impl Receiver {
     async fn start(status: u16, delay: Duration) -> Self {
         let got = Arc::new(Mutex::new(Vec::new()));
         let record = got.clone();
-        let app = axum::Router::new().fallback(
-            move |method: Method, headers: HeaderMap, body: Bytes| {
+        let app =
+            axum::Router::new().fallback(move |method: Method, headers: HeaderMap, body: Bytes| {
                 let record = record.clone();
                 async move {
                     record.lock().unwrap().push(Received {
@@ -52,8 +52,7 @@ impl Receiver {
                     tokio::time::sleep(delay).await;
                     (StatusCode::from_u16(status).unwrap(), "receiver says hello")
                 }
-            },
-        );
+            });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -162,7 +161,12 @@ async fn zapier_receives_exactly_the_original_fields_plus_kind_and_notice_id() {
         .await;
     assert!(attempt.delivered, "{attempt:?}");
     let json = zapier.only().json();
-    let mut keys: Vec<&str> = json.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    let mut keys: Vec<&str> = json
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
     keys.sort_unstable();
     assert_eq!(
         keys,
@@ -216,12 +220,18 @@ async fn a_webhook_is_signed_as_standard_webhooks_verifies_it() {
     assert_eq!(attempt.status, Some(204));
     let got = hook.only();
     assert_eq!(got.headers["webhook-id"], DELIVERY);
-    assert_eq!(got.headers["webhook-timestamp"], now.timestamp().to_string());
+    assert_eq!(
+        got.headers["webhook-timestamp"],
+        now.timestamp().to_string()
+    );
     let signature = got.headers["webhook-signature"].to_str().unwrap();
     assert!(signature.starts_with("v1,"), "{signature}");
     assert_eq!(signature.split(' ').count(), 1);
     verify(&got, SECRET).expect("Svix's verifier accepts the delivery");
-    assert!(verify(&got, NEXT_SECRET).is_err(), "another secret does not verify");
+    assert!(
+        verify(&got, NEXT_SECRET).is_err(),
+        "another secret does not verify"
+    );
 
     let json = got.json();
     assert_eq!(json["type"], "quota.threshold_crossed");
@@ -272,7 +282,11 @@ async fn during_a_rotation_either_secret_verifies_the_delivery() {
     assert!(verify(&got, stranger).is_err());
     // A body changed in transit no longer verifies.
     let mut tampered = got.clone();
-    tampered.body = Bytes::from(String::from_utf8(got.body.to_vec()).unwrap().replace("900", "901"));
+    tampered.body = Bytes::from(
+        String::from_utf8(got.body.to_vec())
+            .unwrap()
+            .replace("900", "901"),
+    );
     assert!(verify(&tampered, SECRET).is_err());
 }
 
@@ -289,7 +303,10 @@ async fn a_receiver_answering_500_is_not_delivered() {
     assert!(!attempt.delivered);
     assert_eq!(attempt.status, Some(500));
     let error = attempt.error.unwrap();
-    assert!(error.contains("500") && error.contains("receiver says hello"), "{error}");
+    assert!(
+        error.contains("500") && error.contains("receiver says hello"),
+        "{error}"
+    );
     assert!(error.chars().count() <= usage_ledger::notify::channel::ATTEMPT_ERROR_CHARS_MAX + 1);
 }
 
@@ -330,7 +347,11 @@ async fn a_receiver_slower_than_the_timeout_is_given_up_on() {
     assert!(!attempt.delivered);
     assert_eq!(attempt.status, None);
     assert!(attempt.error.is_some());
-    assert!(attempt.duration < Duration::from_secs(3), "{:?}", attempt.duration);
+    assert!(
+        attempt.duration < Duration::from_secs(3),
+        "{:?}",
+        attempt.duration
+    );
     assert_eq!(slow.got.lock().unwrap().len(), 1, "the request did arrive");
 }
 
@@ -430,7 +451,10 @@ async fn an_email_reaches_a_real_smtp_server_with_both_parts_and_the_notice_id()
     );
     assert_eq!(record["from"], "Alertes <alertes@ledger.example>");
     assert_eq!(record["to"], "ops@acme.example, cto@acme.example");
-    assert_eq!(record["subject"], "[Quota CRITICAL] Starter · ai_generations");
+    assert_eq!(
+        record["subject"],
+        "[Quota CRITICAL] Starter · ai_generations"
+    );
     // The "·" is not ASCII: on the wire the subject is an RFC 2047 encoded word.
     let raw_subject = record["raw_subject"].as_str().unwrap();
     assert!(raw_subject.contains("=?utf-8?"), "{raw_subject}");

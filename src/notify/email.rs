@@ -158,7 +158,9 @@ pub fn message(
     if to.is_empty() || to.len() > EMAIL_RECIPIENTS_MAX {
         return Err(EmailError::RecipientCount(to.len()));
     }
-    let from: Mailbox = from.parse().map_err(|_| EmailError::From(from.to_owned()))?;
+    let from: Mailbox = from
+        .parse()
+        .map_err(|_| EmailError::From(from.to_owned()))?;
     // A Message-ID's left part takes few characters (RFC 5322 dot-atom), a delivery id
     // any: its digest is stable across retries and always valid.
     let digest = hex::encode(&Sha256::digest(delivery_id.as_bytes())[..16]);
@@ -209,7 +211,8 @@ pub(crate) async fn send(
     now: DateTime<Utc>,
     to: &[String],
 ) -> Outcome {
-    let built = message(&s.from, to, n, delivery_id, now).and_then(|m| Ok((m, transport(s, timeout)?)));
+    let built =
+        message(&s.from, to, n, delivery_id, now).and_then(|m| Ok((m, transport(s, timeout)?)));
     let (message, transport) = match built {
         Ok(b) => b,
         Err(e) => return Outcome::failed(None, e),

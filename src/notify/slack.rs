@@ -53,7 +53,12 @@ pub fn message(notice: &Notice) -> Value {
 
 /// "Quota critique · Starter · ai_generations".
 pub fn headline(notice: &Notice) -> String {
-    format!("{} · {} · {}", notice.title(), notice.plan_name, notice.metric)
+    format!(
+        "{} · {} · {}",
+        notice.title(),
+        notice.plan_name,
+        notice.metric
+    )
 }
 
 /// The section's two-column fields: plan, metric, the bar, limit, remaining, overage,
@@ -63,7 +68,10 @@ fn fields(n: &Notice) -> Vec<Value> {
         field("Plan", &escape(&n.plan_name)),
         field("Métrique", &escape(&n.metric)),
         field("Utilisation", &format!("`{}`", usage_bar(n.percentage))),
-        field("Limite", &format!("{} {}", count_text(n.limit), escape(&n.unit))),
+        field(
+            "Limite",
+            &format!("{} {}", count_text(n.limit), escape(&n.unit)),
+        ),
         field("Restant", &count_text(n.remaining)),
         field(
             "Dépassement",
@@ -76,7 +84,10 @@ fn fields(n: &Notice) -> Vec<Value> {
         }
         NoticeKind::TopUpApplied | NoticeKind::TopUpFailed => {
             fields.push(field("Unités", &n.units.unwrap_or_default().to_string()));
-            fields.push(field("Prix", &amount_text(n.price_cents.unwrap_or_default())));
+            fields.push(field(
+                "Prix",
+                &amount_text(n.price_cents.unwrap_or_default()),
+            ));
         }
         NoticeKind::ThresholdCrossed | NoticeKind::ThresholdResolved => {}
     }
@@ -138,7 +149,10 @@ mod tests {
             .unwrap()
             .contains("&lt;!channel&gt; &amp; co"));
         n.plan_name = "x".repeat(400);
-        let h = message(&n)["blocks"][0]["text"]["text"].as_str().unwrap().to_owned();
+        let h = message(&n)["blocks"][0]["text"]["text"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         assert_eq!(h.chars().count(), HEADER_CHARS_MAX);
         assert!(message(&critical())["blocks"].as_array().unwrap().len() == 4);
     }

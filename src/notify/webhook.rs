@@ -48,7 +48,9 @@ pub enum SigningError {
     Secret(#[from] WebhookSecretError),
     /// The spec forbids a `.` in the id (it delimits the signed content); a header
     /// takes visible ASCII only.
-    #[error("the delivery id must be 1 to {DELIVERY_ID_CHARS_MAX} visible ASCII characters without `.`")]
+    #[error(
+        "the delivery id must be 1 to {DELIVERY_ID_CHARS_MAX} visible ASCII characters without `.`"
+    )]
     DeliveryId,
 }
 
@@ -95,7 +97,9 @@ pub fn signed(
         return Err(SigningError::SecretCount(secrets.len()));
     }
     let id_ok = (1..=DELIVERY_ID_CHARS_MAX).contains(&delivery_id.len())
-        && delivery_id.bytes().all(|b| b.is_ascii_graphic() && b != b'.');
+        && delivery_id
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'.');
     if !id_ok {
         return Err(SigningError::DeliveryId);
     }
@@ -220,13 +224,22 @@ mod tests {
     fn the_documented_delivery_is_what_is_sent() {
         // Proves the webhook example of docs/alerts.md: its headers and its body.
         let now: DateTime<Utc> = "2026-11-20T10:15:30Z".parse().unwrap();
-        let s = signed(&critical(), "acme:2026-11:42:hook-1", now, &[Secret::new(DOC_SECRET)]).unwrap();
+        let s = signed(
+            &critical(),
+            "acme:2026-11:42:hook-1",
+            now,
+            &[Secret::new(DOC_SECRET)],
+        )
+        .unwrap();
         assert_eq!(
             s.headers,
             [
                 ("webhook-id", "acme:2026-11:42:hook-1".to_owned()),
                 ("webhook-timestamp", "1795169730".to_owned()),
-                ("webhook-signature", "v1,3H5RDWz/f4nbb4hNqSGRgBAOp2CIVcMs74B+G0FMfOc=".to_owned()),
+                (
+                    "webhook-signature",
+                    "v1,3H5RDWz/f4nbb4hNqSGRgBAOp2CIVcMs74B+G0FMfOc=".to_owned()
+                ),
             ]
         );
         let body = String::from_utf8(s.body).unwrap();
@@ -254,7 +267,10 @@ mod tests {
             parse_webhook_secret("whsec_c2hvcnQ="),
             Err(WebhookSecretError::Length(5))
         );
-        assert_eq!(parse_webhook_secret("whsec_"), Err(WebhookSecretError::Length(0)));
+        assert_eq!(
+            parse_webhook_secret("whsec_"),
+            Err(WebhookSecretError::Length(0))
+        );
     }
 
     #[test]
@@ -264,7 +280,14 @@ mod tests {
         let other = format!("whsec_{}", BASE64.encode([7u8; 32]));
         let secrets = [Secret::new(DOC_SECRET), Secret::new(other.clone())];
         let s = signed(&critical(), "acme-2026-11-42-slack", now, &secrets).unwrap();
-        let header = |name: &str| s.headers.iter().find(|(n, _)| *n == name).unwrap().1.clone();
+        let header = |name: &str| {
+            s.headers
+                .iter()
+                .find(|(n, _)| *n == name)
+                .unwrap()
+                .1
+                .clone()
+        };
         assert_eq!(header("webhook-id"), "acme-2026-11-42-slack");
         assert_eq!(header("webhook-timestamp"), now.timestamp().to_string());
         let expected = [DOC_SECRET, other.as_str()]
@@ -285,15 +308,24 @@ mod tests {
         let now = Utc::now();
         let n = critical();
         let good = Secret::new(DOC_SECRET);
-        assert_eq!(signed(&n, "d1", now, &[]).unwrap_err(), SigningError::SecretCount(0));
+        assert_eq!(
+            signed(&n, "d1", now, &[]).unwrap_err(),
+            SigningError::SecretCount(0)
+        );
         let three = [good.clone(), good.clone(), good.clone()];
-        assert_eq!(signed(&n, "d1", now, &three).unwrap_err(), SigningError::SecretCount(3));
+        assert_eq!(
+            signed(&n, "d1", now, &three).unwrap_err(),
+            SigningError::SecretCount(3)
+        );
         assert_eq!(
             signed(&n, "d1", now, &[Secret::new("nope")]).unwrap_err(),
             SigningError::Secret(WebhookSecretError::MissingPrefix)
         );
         for id in ["", "a.b", "a b"] {
-            assert_eq!(signed(&n, id, now, &[good.clone()]).unwrap_err(), SigningError::DeliveryId);
+            assert_eq!(
+                signed(&n, id, now, std::slice::from_ref(&good)).unwrap_err(),
+                SigningError::DeliveryId
+            );
         }
     }
 }
