@@ -12,6 +12,8 @@
 //! - [`config`]: service configuration: flags, environment, file, defaults.
 //! - [`ledger`]: the application layer: use cases and queries every adapter calls.
 //! - [`stripe`]: Stripe's protocols: webhook signatures (`Stripe-Signature`).
+//! - [`notify`]: notices out: one threshold, refusal or top-up notice formatted for Slack,
+//!   Zapier, a Standard Webhooks endpoint or an e-mail, and delivered in one attempt.
 //! - [`startup`]: the composition root: store, engine, consumers and router wired once.
 //! - [`http`]: the axum router; the only module that speaks HTTP.
 //! - [`cli`]: operator commands on the ledger (`brands`, `reset`) as library code.
@@ -24,6 +26,7 @@ pub mod engine;
 pub mod http;
 pub mod ledger;
 pub mod metrics;
+pub mod notify;
 pub mod secret;
 pub mod startup;
 pub mod store;
