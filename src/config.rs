@@ -44,6 +44,15 @@
 //! | `stripe.success_url` | `LEDGER_STRIPE_SUCCESS_URL` | | unset: the caller must give one |
 //! | `stripe.cancel_url` | `LEDGER_STRIPE_CANCEL_URL` | | unset: the caller must give one |
 //! | `stripe.checkout_ttl_minutes` | `LEDGER_STRIPE_CHECKOUT_TTL_MINUTES` | | 60 |
+//! | `notify.allow_http` | `LEDGER_NOTIFY_ALLOW_HTTP` | | false: receivers are https |
+//! | `notify.allow_private_addresses` | `LEDGER_NOTIFY_ALLOW_PRIVATE_ADDRESSES` | | false |
+//! | `notify.dashboard_url` | `LEDGER_NOTIFY_DASHBOARD_URL` | | unset: notices carry no link |
+//! | `notify.smtp_host` | `LEDGER_NOTIFY_SMTP_HOST` | | unset: no e-mail |
+//! | `notify.smtp_port` | `LEDGER_NOTIFY_SMTP_PORT` | | 587 |
+//! | `notify.smtp_tls` | `LEDGER_NOTIFY_SMTP_TLS` | | `starttls` (`tls`, `none`) |
+//! | `notify.smtp_from` | `LEDGER_NOTIFY_SMTP_FROM` | | `alertes@localhost` |
+//! | `notify.smtp_username` | `LEDGER_NOTIFY_SMTP_USERNAME` | | unset |
+//! | `notify.smtp_password` | `LEDGER_NOTIFY_SMTP_PASSWORD` | (none, as secrets) | unset |
 //!
 //! An environment variable set to the empty string counts as unset.
 
@@ -150,6 +159,18 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "LEDGER_STRIPE_CHECKOUT_TTL_MINUTES",
         "stripe.checkout_ttl_minutes",
     ),
+    ("LEDGER_NOTIFY_ALLOW_HTTP", "notify.allow_http"),
+    (
+        "LEDGER_NOTIFY_ALLOW_PRIVATE_ADDRESSES",
+        "notify.allow_private_addresses",
+    ),
+    ("LEDGER_NOTIFY_DASHBOARD_URL", "notify.dashboard_url"),
+    ("LEDGER_NOTIFY_SMTP_HOST", "notify.smtp_host"),
+    ("LEDGER_NOTIFY_SMTP_PORT", "notify.smtp_port"),
+    ("LEDGER_NOTIFY_SMTP_TLS", "notify.smtp_tls"),
+    ("LEDGER_NOTIFY_SMTP_FROM", "notify.smtp_from"),
+    ("LEDGER_NOTIFY_SMTP_USERNAME", "notify.smtp_username"),
+    ("LEDGER_NOTIFY_SMTP_PASSWORD", "notify.smtp_password"),
     (
         "LEDGER_READ_MODELS_CACHE_PERIODS_MAX",
         "read_models.cache_periods_max",
@@ -537,6 +558,78 @@ pub struct Settings {
     pub read_models: ReadModelsSettings,
     pub metrics: MetricsConfig,
     pub stripe: StripeConfig,
+    pub notify: NotifyConfig,
+}
+
+/// Notices out: which receivers brands may configure, the SMTP relay (`docs/alerts.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Accept `http://` receivers (development, tests); production wants https.
+    pub allow_http: bool,
+    /// Accept loopback, private and link-local receivers; off, so a brand cannot make
+    /// the service call into its own network.
+    pub allow_private_addresses: bool,
+    /// A link to a brand's dashboard page in every notice, `{brand}` replaced.
+    pub dashboard_url: Option<String>,
+    pub smtp_host: Option<String>,
+    pub smtp_port: u16,
+    /// `starttls`, `tls` (SMTPS) or `none` (a relay on loopback only).
+    pub smtp_tls: String,
+    pub smtp_from: String,
+    pub smtp_username: Option<String>,
+    pub smtp_password: Option<Secret>,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            allow_http: false,
+            allow_private_addresses: false,
+            dashboard_url: None,
+            smtp_host: None,
+            smtp_port: 587,
+            smtp_tls: "starttls".to_owned(),
+            smtp_from: "alertes@localhost".to_owned(),
+            smtp_username: None,
+            smtp_password: None,
+        }
+    }
+}
+
+impl NotifyConfig {
+    /// The SMTP relay, when one is configured.
+    pub fn smtp(&self) -> Result<Option<crate::notify::SmtpSettings>, ConfigError> {
+        use crate::notify::SmtpTls;
+        let Some(host) = &self.smtp_host else {
+            return Ok(None);
+        };
+        let tls = match self.smtp_tls.as_str() {
+            "starttls" => SmtpTls::StartTls,
+            "tls" => SmtpTls::Tls,
+            "none" => SmtpTls::None,
+            other => {
+                return Err(ConfigError::Bad(format!(
+                    "notify.smtp_tls must be starttls, tls or none, not {other}"
+                )))
+            }
+        };
+        Ok(Some(crate::notify::SmtpSettings {
+            host: host.clone(),
+            port: self.smtp_port,
+            from: self.smtp_from.clone(),
+            username: self.smtp_username.clone(),
+            password: self.smtp_password.clone(),
+            tls,
+        }))
+    }
+
+    pub fn url_rules(&self) -> crate::notify::settings::UrlRules {
+        crate::notify::settings::UrlRules {
+            allow_http: self.allow_http,
+            allow_private: self.allow_private_addresses,
+        }
+    }
 }
 
 /// Stripe Checkout top-ups and their webhook (`docs/stripe.md`).
@@ -764,6 +857,7 @@ impl Settings {
         }
         self.engine.check()?;
         self.stripe.check()?;
+        self.notify.smtp()?;
         self.read_models.check()
     }
 }

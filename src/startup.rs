@@ -22,7 +22,9 @@ use crate::config::{Settings, StoreConfig};
 use crate::engine::Engine;
 use crate::http::{router, AppState};
 use crate::ledger::Ledger;
-use crate::store::{ApiKeyStore, EventLog, PostgresLog, ProjectionStore, SqliteLog, StoreError};
+use crate::store::{
+    ApiKeyStore, EventLog, OutboxStore, PostgresLog, ProjectionStore, SqliteLog, StoreError,
+};
 use crate::tail::projector::Projector;
 use crate::tail::TailError;
 
@@ -42,6 +44,8 @@ pub enum StartupError {
     },
     #[error("plan catalog {path}: {detail}")]
     Catalog { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -56,6 +60,8 @@ pub struct Stores {
     pub keys: Arc<dyn ApiKeyStore>,
     /// The same database object as `log`: its consumers wake on `log`'s appends.
     pub projections: Arc<dyn ProjectionStore>,
+    /// Notices to deliver and webhook secrets, in the same database.
+    pub outbox: Arc<dyn OutboxStore>,
 }
 
 /// Open (and migrate) the configured store.
@@ -66,6 +72,7 @@ pub async fn open_stores(config: &StoreConfig) -> Result<Stores, StoreError> {
             Stores {
                 log: db.clone(),
                 keys: db.clone(),
+                outbox: db.clone(),
                 projections: db,
             }
         }
@@ -74,6 +81,7 @@ pub async fn open_stores(config: &StoreConfig) -> Result<Stores, StoreError> {
             Stores {
                 log: db.clone(),
                 keys: db.clone(),
+                outbox: db.clone(),
                 projections: db,
             }
         }
@@ -155,6 +163,7 @@ async fn ledger_counting(
 pub struct Application {
     listener: tokio::net::TcpListener,
     state: AppState,
+    notices: crate::notify::Notices,
     key_source: KeySource,
     limits: crate::http::server::Limits,
 }
@@ -168,6 +177,7 @@ impl Application {
         let ledger = ledger_counting(settings, clock, Some(metrics.engine.clone())).await?;
         let auth = Authenticator::new(jwt, ledger.stores.keys.clone());
         auth.follow_revocations().await?;
+        let notices = crate::notify::Notices::start(&ledger, &settings.notify).await?;
         let addr = settings.http.bind;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -186,6 +196,8 @@ impl Application {
             brand_series_max: settings.metrics.brand_series_max,
             rates: crate::http::rate::CredentialRates::new(http.requests_per_second_per_credential)
                 .map(Arc::new),
+            url_rules: settings.notify.url_rules(),
+            dispatch: notices.dispatcher.wake.clone(),
         });
         let limits = crate::http::server::Limits {
             header_read_timeout: ms(http.header_read_timeout_ms),
@@ -195,6 +207,7 @@ impl Application {
         Ok(Self {
             listener,
             state,
+            notices,
             key_source,
             limits,
         })
@@ -231,6 +244,7 @@ impl Application {
             listener,
             state,
             limits,
+            notices,
             ..
         } = self;
         let ledger = state.ledger.clone();
@@ -242,6 +256,7 @@ impl Application {
         crate::http::server::serve(listener, router(state), limits, shutdown).await;
         ledger.engine.drain().await;
         ledger.projector.stop().await;
+        notices.stop().await;
         Ok(())
     }
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::PlanDefinition;
 use crate::ids::{BrandId, PeriodKey, PlanId};
+use crate::notifications::{NotificationSettings, SettingsError};
 use crate::topup::{TopUpBook, TopUpCommand, TopUpError, TopUpEvent};
 
 /// When a plan change takes effect.
@@ -39,6 +40,12 @@ pub enum BrandCommand {
     },
     /// A step of a purchased top-up's life (see [`crate::topup`]).
     TopUp(TopUpCommand),
+    /// Replace where the brand's notices go. The same settings again change nothing.
+    SetNotifications {
+        settings: NotificationSettings,
+        actor: String,
+        at: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +70,12 @@ pub enum BrandEvent {
         effective_from: Option<PeriodKey>,
     },
     TopUp(TopUpEvent),
+    NotificationsSet {
+        settings: NotificationSettings,
+        actor: String,
+        #[serde(serialize_with = "crate::timestamp::serialize")]
+        at: DateTime<Utc>,
+    },
 }
 
 pub const BRAND_EVENT_VERSION: &str = "1";
@@ -84,13 +97,16 @@ impl BrandEvent {
             BrandEvent::TopUp(TopUpEvent::Opened { .. }) => "TopUpOpened",
             BrandEvent::TopUp(TopUpEvent::Paid { .. }) => "TopUpPaid",
             BrandEvent::TopUp(TopUpEvent::Failed { .. }) => "TopUpFailed",
+            BrandEvent::NotificationsSet { .. } => "NotificationsSet",
         }
     }
 
     /// When the event happened.
     pub fn at(&self) -> DateTime<Utc> {
         match self {
-            BrandEvent::BrandRegistered { at, .. } | BrandEvent::PlanChanged { at, .. } => *at,
+            BrandEvent::BrandRegistered { at, .. }
+            | BrandEvent::PlanChanged { at, .. }
+            | BrandEvent::NotificationsSet { at, .. } => *at,
             BrandEvent::TopUp(e) => e.at(),
         }
     }
@@ -102,6 +118,8 @@ pub enum BrandError {
     WrongBrand { stream: BrandId, got: BrandId },
     #[error(transparent)]
     TopUp(#[from] TopUpError),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +138,9 @@ pub struct BrandAggregate {
     /// Purchased top-ups, pending and remembered.
     #[serde(default)]
     pub topups: TopUpBook,
+    /// Where its notices go.
+    #[serde(default)]
+    pub notifications: NotificationSettings,
     pub version: u64,
 }
 
@@ -207,6 +228,9 @@ impl BrandAggregate {
                 }
             }
             BrandEvent::TopUp(e) => self.topups.fold(e),
+            BrandEvent::NotificationsSet { settings, .. } => {
+                self.notifications = settings.clone()
+            }
         }
     }
 
@@ -277,6 +301,21 @@ impl BrandAggregate {
                 effective,
             } => (brand_id, plan, actor, at, effective),
             BrandCommand::TopUp(step) => return Ok(self.decide_topup(step)?.1),
+            BrandCommand::SetNotifications {
+                settings,
+                actor,
+                at,
+            } => {
+                settings.check()?;
+                if *settings == self.notifications {
+                    return Ok(Vec::new());
+                }
+                return Ok(vec![BrandEvent::NotificationsSet {
+                    settings: settings.clone(),
+                    actor: actor.clone(),
+                    at: *at,
+                }]);
+            }
         };
         if let Some(stream) = &self.brand_id {
             if stream != brand_id {

@@ -10,6 +10,7 @@
 //! - [`reset`]: the quota reset planner: a period's state and a target in, the
 //!   compensating commands and the operator's report out.
 //! - [`brand`]: the brand registry aggregate: which plan a brand is on, its top-up orders.
+//! - [`notifications`]: where a brand's notices go, and which kinds each endpoint wants.
 //! - [`topup`]: purchased top-ups: pending from the checkout, then paid once or failed.
 //! - [`timestamp`]: event timestamps written straight into their JSON.
 
@@ -18,6 +19,7 @@ pub mod catalog;
 pub mod hold;
 pub mod ids;
 pub mod money;
+pub mod notifications;
 pub mod period;
 pub mod reset;
 pub mod timestamp;

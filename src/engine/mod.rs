@@ -19,6 +19,7 @@ use chrono::{DateTime, Duration, Utc};
 use cqrs_es::Aggregate;
 use ledger_aggregates::catalog::Catalog;
 use ledger_aggregates::period::LedgerRules;
+use ledger_aggregates::notifications::NotificationSettings;
 use ledger_aggregates::topup::{TopUpCommand, TopUpError, TopUpOrder};
 use ledger_aggregates::{
     BeforeRegistration, BrandAggregate, BrandError, BrandId, Effective, IdempotencyKey,
@@ -336,6 +337,14 @@ pub(crate) enum Job {
         /// The registry's version in the log when the step was asked.
         logged: u64,
         reply: Reply<TopUpChange>,
+    },
+    /// Replace a brand's notification settings; answers whether they changed.
+    SetNotifications {
+        brand: BrandId,
+        settings: NotificationSettings,
+        actor: String,
+        logged: u64,
+        reply: Reply<bool>,
     },
 }
 

@@ -1,8 +1,10 @@
-//! Top-up orders through the engine: opened before the checkout is created at the
-//! payment provider, then paid (credited in the same commit) or failed.
+//! Registry steps other than plan changes: top-up orders (opened before the checkout
+//! is created at the payment provider, then paid, credited in the same commit, or
+//! failed) and notification settings.
 
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
+use ledger_aggregates::notifications::NotificationSettings;
 use ledger_aggregates::topup::{PaymentRef, TopUpCommand};
 use ledger_aggregates::{BrandAggregate, BrandId, LedgerError, PeriodKey};
 
@@ -24,6 +26,28 @@ impl Engine {
         self.submit(&brand.clone(), |reply| Job::TopUp {
             brand,
             step,
+            logged,
+            reply,
+        })
+        .await
+    }
+
+    /// Replace `brand`'s notification settings (already checked by the caller for what
+    /// only an adapter can check, such as addresses). `false`: they were already so.
+    pub async fn set_notifications(
+        &self,
+        brand: BrandId,
+        settings: NotificationSettings,
+        actor: String,
+    ) -> Result<bool, EngineError> {
+        let logged = self
+            .log
+            .stream_version(BrandAggregate::TYPE, brand.as_str())
+            .await?;
+        self.submit(&brand.clone(), |reply| Job::SetNotifications {
+            brand,
+            settings,
+            actor,
             logged,
             reply,
         })

@@ -44,6 +44,7 @@ enum Answer {
     ReadPeriod(Option<UsagePeriodAggregate>),
     ReadBrand(Option<BrandAggregate>),
     TopUp(Result<TopUpChange, EngineError>),
+    Notifications(Result<bool, EngineError>),
 }
 
 /// What a batch will append, and the keys to remember once it is committed.
@@ -525,6 +526,15 @@ impl Writer {
                         .filter(|a| a.version > 0)
                         .cloned(),
                 ),
+                (
+                    Job::SetNotifications {
+                        brand,
+                        settings,
+                        actor,
+                        ..
+                    },
+                    _,
+                ) => Answer::Notifications(self.decide_settings(brand, settings, actor, now, staged)),
                 (Job::TopUp { brand, step, .. }, target) => Answer::TopUp(self.decide_topup(
                     brand,
                     step,
@@ -564,6 +574,9 @@ impl Writer {
                 None,
             ],
             Job::ReadBrand { brand, .. } => [Some((BRAND, Cow::Borrowed(brand.as_str()))), None],
+            Job::SetNotifications { brand, .. } => {
+                [Some((BRAND, Cow::Borrowed(brand.as_str()))), None]
+            }
             Job::TopUp { brand, .. } => [
                 Some((BRAND, Cow::Borrowed(brand.as_str()))),
                 target
@@ -621,7 +634,9 @@ impl Writer {
         for (job, target) in batch.iter().zip(targets) {
             let logged = |t: &str| match job {
                 Job::ReadPeriod { logged, .. } | Job::ReadBrand { logged, .. } => *logged,
-                Job::TopUp { logged, .. } if t == BRAND => *logged,
+                Job::TopUp { logged, .. } | Job::SetNotifications { logged, .. } if t == BRAND => {
+                    *logged
+                }
                 Job::Period {
                     logged: Some([brand, period]),
                     ..
@@ -1073,6 +1088,37 @@ impl Writer {
         })
     }
 
+    fn decide_settings(
+        &mut self,
+        brand: &BrandId,
+        settings: &ledger_aggregates::notifications::NotificationSettings,
+        actor: &str,
+        now: DateTime<Utc>,
+        staged: &mut Staged,
+    ) -> Result<bool, EngineError> {
+        let every = self.cfg.snapshot_every_events;
+        let agg = self
+            .brands
+            .get_mut(brand.as_str())
+            .filter(|b| b.is_registered())
+            .ok_or_else(|| EngineError::BrandNotRegistered(brand.clone()))?;
+        let events = agg.decide(&BrandCommand::SetNotifications {
+            settings: settings.clone(),
+            actor: actor.to_owned(),
+            at: now,
+        })?;
+        staged.stage(
+            brand.as_str(),
+            agg.version + 1,
+            &events,
+            None,
+            EMPTY_METADATA,
+            every,
+        );
+        events.iter().for_each(|e| agg.fold(e));
+        Ok(!events.is_empty())
+    }
+
     /// Snapshot the streams due for one, as they stand with every staged event folded.
     fn stage_snapshots(&mut self, staged: &mut Staged) {
         for (t, id) in std::mem::take(&mut staged.snapshot_due) {
@@ -1249,6 +1295,9 @@ fn reply_all(jobs: impl Iterator<Item = Job>, answers: Result<Vec<Answer>, Engin
                         reply.send(Ok(r)).map_err(drop)
                     }
                     (Job::TopUp { reply, .. }, Answer::TopUp(r)) => reply.send(r).map_err(drop),
+                    (Job::SetNotifications { reply, .. }, Answer::Notifications(r)) => {
+                        reply.send(r).map_err(drop)
+                    }
                     _ => unreachable!("answers are built in job order, one per job"),
                 };
             }
@@ -1263,6 +1312,7 @@ fn reply_all(jobs: impl Iterator<Item = Job>, answers: Result<Vec<Answer>, Engin
                     Job::ReadPeriod { reply, .. } => reply.send(Err(err)).map_err(drop),
                     Job::ReadBrand { reply, .. } => reply.send(Err(err)).map_err(drop),
                     Job::TopUp { reply, .. } => reply.send(Err(err)).map_err(drop),
+                    Job::SetNotifications { reply, .. } => reply.send(Err(err)).map_err(drop),
                 };
             }
         }

@@ -261,6 +261,9 @@ impl From<EngineError> for ApiError {
                     TopUpError::KeyReuse(_) => ApiError::invalid("idempotency-key-reused", detail),
                 }
             }
+            EngineError::Brand(BrandError::Settings(s)) => {
+                ApiError::invalid("invalid-notifications", s.to_string())
+            }
             EngineError::Brand(b) => ApiError::Internal(b.to_string()),
             EngineError::Store(s) => match s.as_ref() {
                 StoreError::Unavailable(_) => ApiError::Unavailable {

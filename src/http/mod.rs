@@ -12,6 +12,7 @@
 //! - `finance`: a period's overage lines (charges, adjustments) and totals, JSON or CSV.
 //! - `api_keys`: per-brand API keys.
 //! - `plans`: the catalog.
+//! - `notifications`: where a brand's notices go; the deliveries and their attempts.
 //! - `topups`: top-ups bought through Stripe Checkout, Stripe's webhook, the history.
 //! - `whatif`: what-if answers: top-up simulation, plan comparison, projections, estimate, bill.
 //! - `openapi`: the OpenAPI document generated from the handlers.
@@ -28,6 +29,7 @@ mod admin;
 mod api_keys;
 mod finance;
 mod metrics;
+mod notifications;
 mod openapi;
 mod periods;
 mod plans;
@@ -96,6 +98,10 @@ pub struct Shared {
     pub brand_series_max: usize,
     /// Per-credential request rates; `None`: unlimited.
     pub rates: Option<std::sync::Arc<rate::CredentialRates>>,
+    /// Which receivers brands may configure for their notices.
+    pub url_rules: crate::notify::settings::UrlRules,
+    /// Wakes the notices' dispatcher (a dead letter revived).
+    pub dispatch: std::sync::Arc<tokio::sync::Notify>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -115,6 +121,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api_keys::router())
         .merge(whatif::router())
         .merge(topups::router())
+        .merge(notifications::router())
         // A layer applies to the routes registered before it: the close, which freezes
         // every brand's invoice in one request, gets its own longer bound.
         .layer(from_fn_with_state(request, bounded))

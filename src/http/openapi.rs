@@ -8,8 +8,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    admin, api_keys, error, finance, periods, plans, reads, reservations, topups, usage, views,
-    whatif,
+    admin, api_keys, error, finance, notifications, periods, plans, reads, reservations, topups,
+    usage, views, whatif,
 };
 
 /// Where the document is served (outside the `usage-billing` prefix, like the original's
@@ -32,6 +32,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         plans::list_plans, plans::get_plan,
         whatif::simulate, whatif::compare_plans, whatif::projections, whatif::estimate, whatif::current_bill,
         topups::checkout, topups::stripe_webhook, topups::history,
+        notifications::put_settings, notifications::get_settings, notifications::deliveries, notifications::retry,
     ),
     components(schemas(
         error::Problem, views::MetricView, views::AlertView, views::CostView, views::DecisionView, views::PolicyView,
@@ -50,6 +51,8 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         whatif::CompareAnswer, whatif::VelocityView, whatif::ProjectionAnswer, whatif::EstimateBody,
         whatif::EstimateAnswer, whatif::BillLineView, whatif::BillAnswer,
         topups::CheckoutBody, topups::CheckoutAnswer, topups::WebhookAnswer, topups::TopUpEntry, topups::TopUpHistoryAnswer,
+        notifications::EndpointBody, notifications::SettingsBody, notifications::EndpointView, notifications::SettingsAnswer,
+        notifications::AttemptView, notifications::DeliveryView, notifications::DeliveriesAnswer,
     )),
     modifiers(&Security),
     tags(
@@ -58,6 +61,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         (name = "admin", description = "Brands, plans, credit grants, API keys and period close (admin)"),
         (name = "plans", description = "The plan catalog (public)"),
         (name = "finance", description = "Overage lines and totals per period, JSON or CSV (admin)"),
+        (name = "alerts", description = "Where a brand's notices go (Slack, Zapier, signed webhooks, e-mail) and every delivery with its attempts (admin, brand)"),
         (name = "payments", description = "Top-ups bought through Stripe Checkout, Stripe's webhook, the top-up history (admin, brand; the webhook: Stripe's signature)"),
         (name = "what-if", description = "Top-up simulation, plan comparison, projections, estimates and the current bill, on the effective limits (admin, brand)"),
     )

@@ -4,16 +4,8 @@
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
-/// What a notice is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NoticeKind {
-    ThresholdCrossed,
-    ThresholdResolved,
-    QuotaRefused,
-    TopUpApplied,
-    TopUpFailed,
-}
+/// What a notice is about: the domain's kinds, which a brand's settings choose from.
+pub use ledger_aggregates::notifications::NoticeKind;
 
 /// One notice, whatever the channel: built from events of the log by the delivery consumer.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -60,19 +52,6 @@ pub struct Notice {
 /// Cells of the text usage bar: one per ten percent, so 100 % fills it exactly.
 pub const BAR_CELLS: u32 = 10;
 
-impl NoticeKind {
-    /// The `type` of a Standard Webhooks body: hierarchical, full-stop delimited, as the
-    /// spec recommends.
-    pub fn event_type(self) -> &'static str {
-        match self {
-            Self::ThresholdCrossed => "quota.threshold_crossed",
-            Self::ThresholdResolved => "quota.threshold_resolved",
-            Self::QuotaRefused => "quota.refused",
-            Self::TopUpApplied => "topup.applied",
-            Self::TopUpFailed => "topup.failed",
-        }
-    }
-}
 
 impl Notice {
     pub fn is_critical(&self) -> bool {

@@ -165,7 +165,7 @@ pub struct Data<'a> {
 pub fn payload(n: &Notice) -> Payload<'_> {
     let at = n.at.to_rfc3339_opts(SecondsFormat::Secs, true);
     Payload {
-        kind: n.kind.event_type(),
+        kind: event_type(n.kind),
         timestamp: at.clone(),
         data: Data {
             id: &n.id,
@@ -197,6 +197,19 @@ pub fn payload(n: &Notice) -> Payload<'_> {
 /// The minified JSON posted, byte for byte the content signed.
 pub fn body(notice: &Notice) -> Vec<u8> {
     serde_json::to_vec(&payload(notice)).expect("a struct of plain fields serializes")
+}
+
+
+/// The `type` of a Standard Webhooks body: hierarchical, full-stop delimited, as the
+/// spec recommends.
+pub fn event_type(kind: NoticeKind) -> &'static str {
+    match kind {
+        NoticeKind::ThresholdCrossed => "quota.threshold_crossed",
+        NoticeKind::ThresholdResolved => "quota.threshold_resolved",
+        NoticeKind::QuotaRefused => "quota.refused",
+        NoticeKind::TopUpApplied => "topup.applied",
+        NoticeKind::TopUpFailed => "topup.failed",
+    }
 }
 
 #[cfg(test)]

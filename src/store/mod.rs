@@ -350,3 +350,121 @@ pub trait ApiKeyStore: Send + Sync + 'static {
         Ok(None)
     }
 }
+
+// --- The outbox of notices --------------------------------------------------------------
+//
+// Tables `deliveries`, `delivery_attempts` and `webhook_secrets`, migration 0005. The
+// notices consumer enqueues deliveries with its checkpoint in one transaction; the
+// dispatcher claims due ones for a lease, attempts them and records each attempt.
+
+/// The checkpoint of the consumer that turns events into notices (migration 0005).
+pub const NOTICES_CONSUMER: &str = "notices";
+
+/// Where a delivery stands.
+pub const DELIVERY_PENDING: &str = "pending";
+pub const DELIVERY_DELIVERED: &str = "delivered";
+pub const DELIVERY_DEAD: &str = "dead";
+
+/// A delivery to enqueue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    pub id: String,
+    pub notice_id: String,
+    pub brand_id: String,
+    pub endpoint: String,
+    pub kind: String,
+    /// The notice as JSON text.
+    pub notice: String,
+    pub next_attempt_at: DateTime<Utc>,
+}
+
+/// A delivery as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeliveryRow {
+    pub id: String,
+    pub notice_id: String,
+    pub brand_id: String,
+    pub endpoint: String,
+    pub kind: String,
+    pub notice: String,
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One attempt of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttemptRow {
+    pub number: i64,
+    pub at: DateTime<Utc>,
+    pub status_code: Option<i64>,
+    pub error: Option<String>,
+    pub duration_ms: i64,
+}
+
+/// What an attempt leaves a delivery in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterAttempt {
+    Delivered,
+    /// Tried again at this time.
+    RetryAt(DateTime<Utc>),
+    Dead,
+}
+
+#[async_trait]
+pub trait OutboxStore: Send + Sync + 'static {
+    /// Insert `deliveries` (an id already present is left as it is) and move consumer
+    /// `name` from `from` to `to`, in one transaction. `false` (nothing written) when
+    /// the checkpoint is no longer `from`.
+    async fn enqueue(
+        &self,
+        name: &str,
+        from: LogPosition,
+        to: LogPosition,
+        deliveries: &[NewDelivery],
+    ) -> Result<bool, StoreError>;
+
+    /// Pending deliveries due at `now`, oldest first, at most `limit`, each pushed to
+    /// `lease_until` so no other dispatcher takes it meanwhile; a dispatcher that dies
+    /// with it leaves it due again when the lease ends.
+    async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>, StoreError>;
+
+    /// Record attempt `attempt` of delivery `id` and what it leaves the delivery in.
+    async fn record_attempt(
+        &self,
+        id: &str,
+        attempt: &AttemptRow,
+        after: AfterAttempt,
+    ) -> Result<(), StoreError>;
+
+    /// Deliveries, newest first, with their attempts, at most `limit`.
+    async fn deliveries(
+        &self,
+        brand_id: Option<&str>,
+        status: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<(DeliveryRow, Vec<AttemptRow>)>, StoreError>;
+
+    /// Give a claimed delivery back, due at `at`, without an attempt (its endpoint is
+    /// busy): the lease ends early.
+    async fn reschedule(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Put a dead delivery back to pending, due at `now`. `false`: no dead delivery `id`.
+    async fn revive(&self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// The secrets of a brand's webhook endpoints.
+    async fn webhook_secrets(&self, brand_id: &str) -> Result<Vec<(String, Vec<String>)>, StoreError>;
+
+    /// Replace every webhook secret of a brand by `secrets` (endpoint, secrets).
+    async fn set_webhook_secrets(
+        &self,
+        brand_id: &str,
+        secrets: &[(String, Vec<String>)],
+    ) -> Result<(), StoreError>;
+}

@@ -16,9 +16,11 @@
 //! # Layout
 //! - this file: the [`Consumer`] trait, the loop and its [`Tail`] handle.
 //! - [`projector`]: the read models' consumer, serving them from a bounded memory.
+//! - [`notices`]: the notices consumer, filling the outbox of deliveries.
 //! - [`rows`]: read-model rows as stored, to and from `PeriodModels`.
 //! - [`watermark`]: what this process acknowledged per stream, so reads wait only for that.
 
+pub mod notices;
 pub mod projector;
 pub mod rows;
 pub mod watermark;
@@ -55,6 +57,10 @@ pub enum TailError {
     Decode(#[from] ledger_projections::DecodeError),
     #[error(transparent)]
     Row(#[from] RowError),
+    /// A consumer that asks the engine (the notices', for a brand's settings) met its
+    /// failure: the store down, the engine overloaded.
+    #[error("the engine could not answer: {0}")]
+    Engine(String),
     /// The log was read with a hole: sequences `expected..got` of a stream were never
     /// delivered. Never committed: what a consumer keeps stays a replay of the log.
     #[error("stream {stream}: expected sequence {expected}, read {got}")]

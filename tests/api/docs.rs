@@ -61,6 +61,10 @@ async fn the_openapi_document_lists_every_route(db: &TestDb) {
         ("post", format!("{p}/topups/checkout")),
         ("post", format!("{p}/webhooks/stripe")),
         ("get", format!("{p}/topups/history")),
+        ("put", format!("{p}/brands/{{brandId}}/notifications")),
+        ("get", format!("{p}/brands/{{brandId}}/notifications")),
+        ("get", format!("{p}/alerts/deliveries")),
+        ("post", format!("{p}/alerts/deliveries/{{id}}/retry")),
     ];
     for (method, path) in &expected {
         assert!(

@@ -8,9 +8,12 @@
 //! - [`projection`]: the [`ProjectionStore`](super::ProjectionStore): the log in commit
 //!   order below the horizon of open transactions, the read models, LISTEN/NOTIFY.
 //! - [`api_keys`]: the [`ApiKeyStore`](super::ApiKeyStore).
+//! - [`outbox`]: the [`OutboxStore`](super::OutboxStore): notices to deliver, their
+//!   attempts, webhook secrets.
 
 pub mod api_keys;
 pub mod log;
+pub mod outbox;
 pub mod projection;
 
 use std::time::{Duration, Instant};

@@ -58,7 +58,7 @@ horizon AS (
 );
 
 /// Name the transaction a read-model writer's, before its first write.
-async fn as_read_model_writer(tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
+pub(crate) async fn as_read_model_writer(tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
     sqlx::query(&format!(
         "SET LOCAL application_name = '{READ_MODEL_WRITER}'"
     ))

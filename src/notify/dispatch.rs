@@ -1,0 +1,275 @@
+//! The dispatcher: claims due deliveries from the outbox for a lease, makes one attempt
+//! each through the [`Sender`], and records it: delivered, retried later with
+//! exponential backoff and jitter, or dead after [`ATTEMPTS_MAX`]. Each endpoint has a
+//! few attempts in flight at most, so one slow receiver never delays the others; a
+//! process that dies mid-attempt leaves the delivery due again when its lease ends.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ledger_aggregates::notifications::ChannelKind;
+use ledger_aggregates::BrandId;
+use tokio::sync::{watch, Notify};
+
+use super::{Endpoint, Notice, Sender};
+use crate::engine::Engine;
+use crate::secret::Secret;
+use crate::store::{AfterAttempt, AttemptRow, DeliveryRow, OutboxStore};
+
+/// Attempts before a delivery is dead-lettered: with the backoff below, a receiver
+/// down for two to four hours still gets it.
+pub const ATTEMPTS_MAX: i64 = 15;
+/// The first retry's delay; each later one doubles it.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(2);
+/// No retry waits longer than this.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(3600);
+/// Attempts in flight per endpoint at most.
+pub const ENDPOINT_IN_FLIGHT_MAX: usize = 4;
+/// Attempts in flight in the whole process at most.
+pub const IN_FLIGHT_MAX: usize = 64;
+/// Deliveries claimed per pass at most.
+pub const CLAIM_BATCH_MAX: i64 = 64;
+/// A claim holds a delivery this long: longer than an attempt, so a live dispatcher
+/// finishes first, short enough that a dead one's deliveries come back soon.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(60);
+/// A pass without a wake-up: retries come due, other instances enqueue.
+pub const DISPATCH_POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// A busy endpoint's delivery is given back for this long.
+pub const BUSY_ENDPOINT_DELAY: Duration = Duration::from_secs(1);
+
+/// The wait before attempt `attempts + 1`, with "equal jitter": half the exponential
+/// delay, plus a random part up to the other half, so receivers coming back are not hit
+/// by every sender at once.
+pub fn backoff(attempts: i64, random: f64) -> Duration {
+    let exp = BACKOFF_BASE
+        .saturating_mul(1u32 << attempts.clamp(0, 20) as u32)
+        .min(BACKOFF_MAX);
+    let half = exp / 2;
+    half + half.mul_f64(random.clamp(0.0, 1.0))
+}
+
+fn random_unit() -> f64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the OS random source answers");
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A running dispatcher.
+#[derive(Clone)]
+pub struct Dispatcher {
+    pub wake: Arc<Notify>,
+    stopping: watch::Sender<bool>,
+    task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+struct Inner {
+    outbox: Arc<dyn OutboxStore>,
+    engine: Engine,
+    sender: Sender,
+    in_flight: Mutex<HashSet<String>>,
+    per_endpoint: Mutex<HashMap<(String, String), usize>>,
+}
+
+impl Dispatcher {
+    pub fn start(outbox: Arc<dyn OutboxStore>, engine: Engine, sender: Sender) -> Self {
+        let wake = Arc::new(Notify::new());
+        let (stopping, mut stop) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            outbox,
+            engine,
+            sender,
+            in_flight: Mutex::default(),
+            per_endpoint: Mutex::default(),
+        });
+        let woken = wake.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                if *stop.borrow() {
+                    break;
+                }
+                let claimed = match inner.pass().await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "dispatching notices failed; retrying");
+                        0
+                    }
+                };
+                if claimed == 0 {
+                    tokio::select! {
+                        _ = woken.notified() => {}
+                        _ = tokio::time::sleep(DISPATCH_POLL_INTERVAL) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+            }
+        });
+        Self {
+            wake,
+            stopping,
+            task: Arc::new(Mutex::new(Some(task))),
+        }
+    }
+
+    /// Stop claiming; attempts in flight finish on their own (their deliveries' leases
+    /// bring back any that does not).
+    pub async fn stop(&self) {
+        let _ = self.stopping.send(true);
+        let task = self.task.lock().expect("not poisoned").take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Inner {
+    /// Claim what is due and start an attempt for each; answers how many it claimed.
+    async fn pass(self: &Arc<Self>) -> Result<usize, crate::store::StoreError> {
+        let free = IN_FLIGHT_MAX.saturating_sub(self.in_flight.lock().expect("not poisoned").len());
+        if free == 0 {
+            return Ok(0);
+        }
+        let now = self.engine.now();
+        let lease = now + chrono::Duration::from_std(CLAIM_LEASE).expect("a minute fits");
+        let claimed = self
+            .outbox
+            .claim_due(now, lease, CLAIM_BATCH_MAX.min(free as i64))
+            .await?;
+        let n = claimed.len();
+        for d in claimed {
+            let key = (d.brand_id.clone(), d.endpoint.clone());
+            {
+                let mut in_flight = self.in_flight.lock().expect("not poisoned");
+                if in_flight.contains(&d.id) {
+                    continue;
+                }
+                let mut busy = self.per_endpoint.lock().expect("not poisoned");
+                let count = busy.entry(key.clone()).or_default();
+                if *count >= ENDPOINT_IN_FLIGHT_MAX {
+                    let later = now + chrono::Duration::from_std(BUSY_ENDPOINT_DELAY).expect("fits");
+                    let outbox = self.outbox.clone();
+                    tokio::spawn(async move {
+                        let _ = outbox.reschedule(&d.id, later).await;
+                    });
+                    continue;
+                }
+                *count += 1;
+                in_flight.insert(d.id.clone());
+            }
+            let me = self.clone();
+            tokio::spawn(async move {
+                let id = d.id.clone();
+                if let Err(e) = me.attempt(d).await {
+                    tracing::warn!(delivery = %id, error = %e, "recording a delivery attempt failed");
+                }
+                me.in_flight.lock().expect("not poisoned").remove(&id);
+                if let Some(c) = me.per_endpoint.lock().expect("not poisoned").get_mut(&key) {
+                    *c = c.saturating_sub(1);
+                }
+            });
+        }
+        Ok(n)
+    }
+
+    async fn attempt(&self, d: DeliveryRow) -> Result<(), crate::store::StoreError> {
+        let number = d.attempts + 1;
+        let now = self.engine.now();
+        let (status_code, error, duration, delivered) = match self.endpoint(&d).await {
+            Ok((endpoint, notice)) => {
+                let a = self.sender.attempt(&endpoint, &notice, &d.id, now).await;
+                (a.status, a.error, a.duration, a.delivered)
+            }
+            Err(why) => (None, Some(why), Duration::ZERO, false),
+        };
+        // A revived dead letter starts a new round of attempts; numbers keep counting.
+        let after = match (delivered, number % ATTEMPTS_MAX == 0) {
+            (true, _) => AfterAttempt::Delivered,
+            (false, true) => AfterAttempt::Dead,
+            (false, false) => AfterAttempt::RetryAt(
+                now + chrono::Duration::from_std(backoff((number - 1) % ATTEMPTS_MAX, random_unit()))
+                    .expect("an hour fits"),
+            ),
+        };
+        let attempt = AttemptRow {
+            number,
+            at: now,
+            status_code: status_code.map(i64::from),
+            error,
+            duration_ms: duration.as_millis() as i64,
+        };
+        self.outbox.record_attempt(&d.id, &attempt, after).await
+    }
+
+    /// Where delivery `d` goes now, from the brand's settings as they stand (a removed
+    /// endpoint is an error of the attempt), and its notice.
+    async fn endpoint(&self, d: &DeliveryRow) -> Result<(Endpoint, Notice), String> {
+        let notice: Notice =
+            serde_json::from_str(&d.notice).map_err(|e| format!("unreadable notice: {e}"))?;
+        let brand = BrandId::parse(&d.brand_id).map_err(|e| e.to_string())?;
+        let registry = self
+            .engine
+            .brand_state(brand)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the brand is not registered")?;
+        let setting = registry
+            .notifications
+            .endpoints
+            .iter()
+            .find(|e| e.id == d.endpoint)
+            .ok_or_else(|| format!("endpoint {} was removed from the brand's settings", d.endpoint))?;
+        let url = || setting.url.clone().unwrap_or_default();
+        let endpoint = match setting.channel {
+            ChannelKind::Slack => Endpoint::Slack { url: url() },
+            ChannelKind::Zapier => Endpoint::Zapier { url: url() },
+            ChannelKind::Email => Endpoint::Email {
+                to: setting.to.clone(),
+            },
+            ChannelKind::Webhook => {
+                let secrets = self
+                    .outbox
+                    .webhook_secrets(&d.brand_id)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .find(|(e, _)| *e == d.endpoint)
+                    .map(|(_, s)| s.into_iter().map(Secret::new).collect())
+                    .ok_or("the webhook's secrets are missing")?;
+                Endpoint::Webhook { url: url(), secrets }
+            }
+        };
+        Ok((endpoint, notice))
+    }
+}
+
+/// When a delivery's next attempt is, for a reader: `None` once it is finished.
+pub fn next_attempt(d: &DeliveryRow) -> Option<DateTime<Utc>> {
+    (d.status == crate::store::DELIVERY_PENDING).then_some(d.next_attempt_at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_stops_at_its_ceiling() {
+        assert_eq!(backoff(0, 0.0), Duration::from_secs(1));
+        assert_eq!(backoff(0, 1.0), Duration::from_secs(2));
+        assert_eq!(backoff(3, 0.0), Duration::from_secs(8));
+        assert_eq!(backoff(3, 1.0), Duration::from_secs(16));
+        assert_eq!(backoff(30, 1.0), BACKOFF_MAX);
+        assert_eq!(backoff(30, 0.0), BACKOFF_MAX / 2);
+        // The attempts span hours, not days.
+        let total: Duration = (0..ATTEMPTS_MAX - 1).map(|n| backoff(n, 1.0)).sum();
+        assert!(total > Duration::from_secs(3 * 3600) && total < Duration::from_secs(5 * 3600), "{total:?}");
+    }
+
+    #[test]
+    fn random_units_stay_in_the_unit_interval() {
+        for _ in 0..1000 {
+            let r = random_unit();
+            assert!((0.0..1.0).contains(&r));
+        }
+    }
+}
