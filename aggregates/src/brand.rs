@@ -228,9 +228,7 @@ impl BrandAggregate {
                 }
             }
             BrandEvent::TopUp(e) => self.topups.fold(e),
-            BrandEvent::NotificationsSet { settings, .. } => {
-                self.notifications = settings.clone()
-            }
+            BrandEvent::NotificationsSet { settings, .. } => self.notifications = settings.clone(),
         }
     }
 

@@ -18,9 +18,7 @@ pub const ENDPOINT_ID_CHARS_MAX: usize = 32;
 pub const WEBHOOK_SECRETS_MAX: usize = 2;
 
 /// What a notice is about.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NoticeKind {
     ThresholdCrossed,
@@ -88,7 +86,9 @@ pub struct NotificationSettings {
 impl NotificationSettings {
     /// The endpoints that want notices of `kind`.
     pub fn wanting(&self, kind: NoticeKind) -> impl Iterator<Item = &EndpointSetting> {
-        self.endpoints.iter().filter(move |e| e.kinds.contains(&kind))
+        self.endpoints
+            .iter()
+            .filter(move |e| e.kinds.contains(&kind))
     }
 }
 
@@ -130,7 +130,9 @@ impl NotificationSettings {
                 })
             };
             match (e.channel, e.url.is_some(), e.to.len()) {
-                (ChannelKind::Email, _, 0) => return bad("an e-mail endpoint needs recipients (to)"),
+                (ChannelKind::Email, _, 0) => {
+                    return bad("an e-mail endpoint needs recipients (to)")
+                }
                 (ChannelKind::Email, true, _) => return bad("an e-mail endpoint takes no url"),
                 (ChannelKind::Email, _, n) if n > EMAIL_RECIPIENTS_MAX => {
                     return bad("too many recipients")
@@ -198,14 +200,30 @@ mod tests {
             with(&|s| s.endpoints.push(endpoint("ops", ChannelKind::Zapier))),
             Err(SettingsError::DuplicateId("ops".into()))
         );
-        assert!(matches!(with(&|s| s.endpoints[0].id = "Ops!".into()), Err(SettingsError::BadId(_))));
-        assert!(matches!(with(&|s| s.endpoints[2].secret_fingerprints.clear()), Err(SettingsError::Endpoint { .. })));
-        assert!(matches!(with(&|s| s.endpoints[3].to.clear()), Err(SettingsError::Endpoint { .. })));
-        assert!(matches!(with(&|s| s.endpoints[0].url = None), Err(SettingsError::Endpoint { .. })));
-        assert!(matches!(with(&|s| s.endpoints[1].kinds.clear()), Err(SettingsError::Endpoint { .. })));
+        assert!(matches!(
+            with(&|s| s.endpoints[0].id = "Ops!".into()),
+            Err(SettingsError::BadId(_))
+        ));
+        assert!(matches!(
+            with(&|s| s.endpoints[2].secret_fingerprints.clear()),
+            Err(SettingsError::Endpoint { .. })
+        ));
+        assert!(matches!(
+            with(&|s| s.endpoints[3].to.clear()),
+            Err(SettingsError::Endpoint { .. })
+        ));
+        assert!(matches!(
+            with(&|s| s.endpoints[0].url = None),
+            Err(SettingsError::Endpoint { .. })
+        ));
+        assert!(matches!(
+            with(&|s| s.endpoints[1].kinds.clear()),
+            Err(SettingsError::Endpoint { .. })
+        ));
         let many = with(&|s| {
             for n in 0..ENDPOINTS_PER_BRAND_MAX {
-                s.endpoints.push(endpoint(&format!("w{n}"), ChannelKind::Slack));
+                s.endpoints
+                    .push(endpoint(&format!("w{n}"), ChannelKind::Slack));
             }
         });
         assert_eq!(many, Err(SettingsError::TooManyEndpoints));

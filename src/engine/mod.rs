@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::Aggregate;
 use ledger_aggregates::catalog::Catalog;
-use ledger_aggregates::period::LedgerRules;
 use ledger_aggregates::notifications::NotificationSettings;
+use ledger_aggregates::period::LedgerRules;
 use ledger_aggregates::topup::{TopUpCommand, TopUpError, TopUpOrder};
 use ledger_aggregates::{
     BeforeRegistration, BrandAggregate, BrandError, BrandId, Effective, IdempotencyKey,

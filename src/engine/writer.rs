@@ -534,7 +534,9 @@ impl Writer {
                         ..
                     },
                     _,
-                ) => Answer::Notifications(self.decide_settings(brand, settings, actor, now, staged)),
+                ) => {
+                    Answer::Notifications(self.decide_settings(brand, settings, actor, now, staged))
+                }
                 (Job::TopUp { brand, step, .. }, target) => Answer::TopUp(self.decide_topup(
                     brand,
                     step,

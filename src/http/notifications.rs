@@ -144,7 +144,12 @@ pub(crate) async fn put_settings(
             format!("endpoint {}: {reason}", crate::engine::echo(id)),
         )
     };
-    let existing = s.ledger.stores.outbox.webhook_secrets(brand.as_str()).await?;
+    let existing = s
+        .ledger
+        .stores
+        .outbox
+        .webhook_secrets(brand.as_str())
+        .await?;
     let mut secrets: Vec<(String, Vec<String>)> = Vec::new();
     let mut endpoints = Vec::with_capacity(body.endpoints.len());
     if body.endpoints.len() > ledger_aggregates::notifications::ENDPOINTS_PER_BRAND_MAX {
@@ -161,13 +166,22 @@ pub(crate) async fn put_settings(
             check_url(url, s.url_rules).map_err(|r| bad(&e.id, format!("url {r}")))?;
         }
         if let Some(to) = e.to.iter().find(|a| !valid_email(a)) {
-            return Err(bad(&e.id, format!("{} is not an e-mail address", crate::engine::echo(to))));
+            return Err(bad(
+                &e.id,
+                format!("{} is not an e-mail address", crate::engine::echo(to)),
+            ));
         }
-        let kept = existing.iter().find(|(id, _)| *id == e.id).map(|(_, s)| s.clone());
+        let kept = existing
+            .iter()
+            .find(|(id, _)| *id == e.id)
+            .map(|(_, s)| s.clone());
         let own = match (e.channel, e.secrets, kept) {
             (ChannelKind::Webhook, Some(given), _) => {
                 if given.is_empty() || given.len() > WEBHOOK_SECRETS_MAX {
-                    return Err(bad(&e.id, format!("give 1 to {WEBHOOK_SECRETS_MAX} secrets")));
+                    return Err(bad(
+                        &e.id,
+                        format!("give 1 to {WEBHOOK_SECRETS_MAX} secrets"),
+                    ));
                 }
                 for secret in &given {
                     parse_webhook_secret(secret).map_err(|r| bad(&e.id, format!("secret: {r}")))?;
@@ -190,7 +204,9 @@ pub(crate) async fn put_settings(
             channel: e.channel,
             url: e.url,
             to: e.to,
-            kinds: e.kinds.unwrap_or_else(|| NoticeKind::ALL.into_iter().collect()),
+            kinds: e
+                .kinds
+                .unwrap_or_else(|| NoticeKind::ALL.into_iter().collect()),
             secret_fingerprints: fingerprints,
         });
     }
@@ -315,7 +331,11 @@ pub(crate) async fn deliveries(
         .ledger
         .stores
         .outbox
-        .deliveries(q.brand_id.as_ref().map(BrandId::as_str), q.status.as_deref(), limit.into())
+        .deliveries(
+            q.brand_id.as_ref().map(BrandId::as_str),
+            q.status.as_deref(),
+            limit.into(),
+        )
         .await?;
     Ok(Json(DeliveriesAnswer {
         deliveries: rows
@@ -356,7 +376,13 @@ pub(crate) async fn retry(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     caller.admin()?;
-    if !s.ledger.stores.outbox.revive(&id, s.ledger.engine.now()).await? {
+    if !s
+        .ledger
+        .stores
+        .outbox
+        .revive(&id, s.ledger.engine.now())
+        .await?
+    {
         return Err(ApiError::not_found(format!(
             "no dead-lettered delivery {}",
             crate::engine::echo(&id)

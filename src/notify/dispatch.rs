@@ -147,7 +147,8 @@ impl Inner {
                 let mut busy = self.per_endpoint.lock().expect("not poisoned");
                 let count = busy.entry(key.clone()).or_default();
                 if *count >= ENDPOINT_IN_FLIGHT_MAX {
-                    let later = now + chrono::Duration::from_std(BUSY_ENDPOINT_DELAY).expect("fits");
+                    let later =
+                        now + chrono::Duration::from_std(BUSY_ENDPOINT_DELAY).expect("fits");
                     let outbox = self.outbox.clone();
                     tokio::spawn(async move {
                         let _ = outbox.reschedule(&d.id, later).await;
@@ -187,8 +188,11 @@ impl Inner {
             (true, _) => AfterAttempt::Delivered,
             (false, true) => AfterAttempt::Dead,
             (false, false) => AfterAttempt::RetryAt(
-                now + chrono::Duration::from_std(backoff((number - 1) % ATTEMPTS_MAX, random_unit()))
-                    .expect("an hour fits"),
+                now + chrono::Duration::from_std(backoff(
+                    (number - 1) % ATTEMPTS_MAX,
+                    random_unit(),
+                ))
+                .expect("an hour fits"),
             ),
         };
         let attempt = AttemptRow {
@@ -218,7 +222,12 @@ impl Inner {
             .endpoints
             .iter()
             .find(|e| e.id == d.endpoint)
-            .ok_or_else(|| format!("endpoint {} was removed from the brand's settings", d.endpoint))?;
+            .ok_or_else(|| {
+                format!(
+                    "endpoint {} was removed from the brand's settings",
+                    d.endpoint
+                )
+            })?;
         let url = || setting.url.clone().unwrap_or_default();
         let endpoint = match setting.channel {
             ChannelKind::Slack => Endpoint::Slack { url: url() },
@@ -236,7 +245,10 @@ impl Inner {
                     .find(|(e, _)| *e == d.endpoint)
                     .map(|(_, s)| s.into_iter().map(Secret::new).collect())
                     .ok_or("the webhook's secrets are missing")?;
-                Endpoint::Webhook { url: url(), secrets }
+                Endpoint::Webhook {
+                    url: url(),
+                    secrets,
+                }
             }
         };
         Ok((endpoint, notice))
@@ -262,7 +274,10 @@ mod tests {
         assert_eq!(backoff(30, 0.0), BACKOFF_MAX / 2);
         // The attempts span hours, not days.
         let total: Duration = (0..ATTEMPTS_MAX - 1).map(|n| backoff(n, 1.0)).sum();
-        assert!(total > Duration::from_secs(3 * 3600) && total < Duration::from_secs(5 * 3600), "{total:?}");
+        assert!(
+            total > Duration::from_secs(3 * 3600) && total < Duration::from_secs(5 * 3600),
+            "{total:?}"
+        );
     }
 
     #[test]

@@ -52,7 +52,6 @@ pub struct Notice {
 /// Cells of the text usage bar: one per ten percent, so 100 % fills it exactly.
 pub const BAR_CELLS: u32 = 10;
 
-
 impl Notice {
     pub fn is_critical(&self) -> bool {
         self.severity == "critical"

@@ -20,7 +20,9 @@ pub struct UrlRules {
 /// Why `url` may not receive notices, if it may not.
 pub fn check_url(url: &str, rules: UrlRules) -> Result<(), String> {
     if url.chars().count() > ENDPOINT_URL_CHARS_MAX {
-        return Err(format!("is longer than {ENDPOINT_URL_CHARS_MAX} characters"));
+        return Err(format!(
+            "is longer than {ENDPOINT_URL_CHARS_MAX} characters"
+        ));
     }
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("is not a URL: {e}"))?;
     match parsed.scheme() {
@@ -85,7 +87,10 @@ mod tests {
     #[test]
     fn only_public_https_receivers_pass_by_default() {
         let strict = UrlRules::default();
-        assert_eq!(check_url("https://hooks.slack.com/services/T0/B0/x", strict), Ok(()));
+        assert_eq!(
+            check_url("https://hooks.slack.com/services/T0/B0/x", strict),
+            Ok(())
+        );
         assert_eq!(check_url("https://8.8.8.8/hook", strict), Ok(()));
         for bad in [
             "http://hooks.example.com/x",

@@ -199,7 +199,6 @@ pub fn body(notice: &Notice) -> Vec<u8> {
     serde_json::to_vec(&payload(notice)).expect("a struct of plain fields serializes")
 }
 
-
 /// The `type` of a Standard Webhooks body: hierarchical, full-stop delimited, as the
 /// spec recommends.
 pub fn event_type(kind: NoticeKind) -> &'static str {

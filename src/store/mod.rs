@@ -459,7 +459,10 @@ pub trait OutboxStore: Send + Sync + 'static {
     async fn revive(&self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
 
     /// The secrets of a brand's webhook endpoints.
-    async fn webhook_secrets(&self, brand_id: &str) -> Result<Vec<(String, Vec<String>)>, StoreError>;
+    async fn webhook_secrets(
+        &self,
+        brand_id: &str,
+    ) -> Result<Vec<(String, Vec<String>)>, StoreError>;
 
     /// Replace every webhook secret of a brand by `secrets` (endpoint, secrets).
     async fn set_webhook_secrets(

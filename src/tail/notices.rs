@@ -217,10 +217,7 @@ impl NoticeConsumer {
                 brand,
                 event:
                     BrandEvent::TopUp(TopUpEvent::Failed {
-                        number,
-                        reason,
-                        at,
-                        ..
+                        number, reason, at, ..
                     }),
             } => {
                 let order = registry.topups.get(*number)?;
@@ -316,20 +313,29 @@ impl Consumer for NoticeConsumer {
         from: LogPosition,
         records: &[LogRecord],
     ) -> Result<LogPosition, TailError> {
-        let last = records.last().expect("the loop hands over non-empty batches").at;
+        let last = records
+            .last()
+            .expect("the loop hands over non-empty batches")
+            .at;
         let mut registries: HashMap<BrandId, Option<BrandAggregate>> = HashMap::new();
         let mut deliveries = Vec::new();
         let now = self.engine.now();
         for record in records {
             if !matches!(
                 record.event_type.as_str(),
-                "ThresholdCrossed" | "ThresholdResolved" | "UsageDenied" | "TopUpApplied" | "TopUpFailed"
+                "ThresholdCrossed"
+                    | "ThresholdResolved"
+                    | "UsageDenied"
+                    | "TopUpApplied"
+                    | "TopUpFailed"
             ) {
                 continue;
             }
             let event = record.decode()?.event;
             let brand = match &event {
-                StreamEvent::Period { brand, .. } | StreamEvent::Brand { brand, .. } => brand.clone(),
+                StreamEvent::Period { brand, .. } | StreamEvent::Brand { brand, .. } => {
+                    brand.clone()
+                }
             };
             if !registries.contains_key(&brand) {
                 let registry = self
@@ -349,7 +355,11 @@ impl Consumer for NoticeConsumer {
                 deliveries.extend(deliveries_of(&notice, &registry.notifications, now));
             }
         }
-        if !self.outbox.enqueue(NOTICES_CONSUMER, from, last, &deliveries).await? {
+        if !self
+            .outbox
+            .enqueue(NOTICES_CONSUMER, from, last, &deliveries)
+            .await?
+        {
             // Another instance's consumer went further: carry on from where it stands.
             self.position = self.projections.checkpoint(NOTICES_CONSUMER).await?;
             return Ok(self.position);

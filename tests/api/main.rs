@@ -4,6 +4,7 @@
 mod common;
 mod helpers;
 
+mod alerts;
 mod bad_input;
 mod connections;
 mod docs;

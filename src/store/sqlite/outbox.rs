@@ -216,7 +216,10 @@ impl OutboxStore for SqliteLog {
         Ok(n == 1)
     }
 
-    async fn webhook_secrets(&self, brand_id: &str) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+    async fn webhook_secrets(
+        &self,
+        brand_id: &str,
+    ) -> Result<Vec<(String, Vec<String>)>, StoreError> {
         let rows = sqlx::query("SELECT endpoint, secrets FROM webhook_secrets WHERE brand_id = ?1")
             .bind(brand_id)
             .fetch_all(self.pool())
@@ -224,8 +227,9 @@ impl OutboxStore for SqliteLog {
         rows.iter()
             .map(|r| {
                 let secrets: String = r.try_get(1)?;
-                let secrets = serde_json::from_str(&secrets)
-                    .map_err(|e| StoreError::Corrupt(format!("webhook secrets of {brand_id}: {e}")))?;
+                let secrets = serde_json::from_str(&secrets).map_err(|e| {
+                    StoreError::Corrupt(format!("webhook secrets of {brand_id}: {e}"))
+                })?;
                 Ok((r.try_get(0)?, secrets))
             })
             .collect()
@@ -242,12 +246,14 @@ impl OutboxStore for SqliteLog {
             .execute(&mut *tx)
             .await?;
         for (endpoint, list) in secrets {
-            sqlx::query("INSERT INTO webhook_secrets (brand_id, endpoint, secrets) VALUES (?1, ?2, ?3)")
-                .bind(brand_id)
-                .bind(endpoint)
-                .bind(serde_json::to_string(list).expect("strings serialize"))
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO webhook_secrets (brand_id, endpoint, secrets) VALUES (?1, ?2, ?3)",
+            )
+            .bind(brand_id)
+            .bind(endpoint)
+            .bind(serde_json::to_string(list).expect("strings serialize"))
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
