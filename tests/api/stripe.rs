@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use chrono::{Duration, TimeZone, Utc};
 use hmac::{Hmac, Mac};
+use ledger_aggregates::PeriodKey;
 use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -1001,4 +1002,177 @@ async fn pricing_verify_reads_every_page_of_stripes_prices() {
         matches!(res, Err(pricing::PricingError::Stripe(_))),
         "{res:?}"
     );
+}
+
+/// The real binary on SQLite with Stripe pointed at the fake, on `port`.
+fn ledger_process(dir: &std::path::Path, port: u16, stripe: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_usage-ledger"));
+    c.env("LEDGER_MODE", "production")
+        .env("LEDGER_JWT_SECRET", "kill-test-secret-0123456789abcdef01")
+        .env("LEDGER_DATA_DIR", dir)
+        .env("LEDGER_BIND", format!("127.0.0.1:{port}"))
+        .env("LEDGER_STRIPE_SECRET_KEY", SECRET_KEY)
+        .env("LEDGER_STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET)
+        .env("LEDGER_STRIPE_API_BASE", stripe)
+        .env("LEDGER_STRIPE_REDIRECT_ORIGINS", ORIGIN)
+        .env("LEDGER_STRIPE_SUCCESS_URL", SUCCESS)
+        .env("LEDGER_STRIPE_CANCEL_URL", CANCEL)
+        .env_remove("DATABASE_URL")
+        .env_remove("LEDGER_CONFIG")
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    c
+}
+
+async fn serving(mut c: std::process::Command, port: u16) -> std::process::Child {
+    let mut child = c.arg("serve").spawn().expect("the binary starts");
+    for _ in 0..300 {
+        let up = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await;
+        if up.is_ok_and(|r| r.status() == 200) {
+            return child;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the service did not come up on port {port}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_killed_while_a_payment_arrives_credits_it_once_after_stripes_retry() {
+    let (stripe, _fake) = start_fake_stripe().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let token = {
+        let out = ledger_process(dir.path(), port, &stripe)
+            .args(["token", "--role", "admin"])
+            .stdout(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let api = format!("http://127.0.0.1:{port}/api/v1/usage-billing");
+    let client = reqwest::Client::new();
+    let mut child = serving(ledger_process(dir.path(), port, &stripe), port).await;
+    let put = client
+        .put(format!("{api}/brands/acme"))
+        .bearer_auth(&token)
+        .json(&json!({ "plan": "starter" }))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success());
+    // Four orders, each paid while the process is killed at a different moment of the
+    // deliveries (before, during, after them), then Stripe's retry after a restart.
+    let cycles = [0u64, 3, 8, 40];
+    for (n, kill_after_ms) in cycles.iter().enumerate() {
+        let bought: Value = client
+            .post(format!("{api}/topups/checkout"))
+            .bearer_auth(&token)
+            .json(&json!({ "brandId": "acme", "metric": "renders_3d", "units": 5 }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            bought["topupId"],
+            format!("acme:topup:{}", n + 1),
+            "{bought:#}"
+        );
+        let paid = event(
+            &format!("evt_kill_{n}"),
+            "checkout.session.completed",
+            Utc::now().timestamp(),
+            &bought,
+            None,
+        );
+        let body = serde_json::to_vec(&paid).unwrap();
+        let sign_now = || {
+            let t = Utc::now().timestamp();
+            format!("t={t},v1={}", sign(WEBHOOK_SECRET, t, &body))
+        };
+        let url = format!("{api}/webhooks/stripe");
+        let storm: Vec<_> = (0..20)
+            .map(|_| {
+                let (client, url, body, sig) =
+                    (client.clone(), url.clone(), body.clone(), sign_now());
+                tokio::spawn(async move {
+                    let _ = client
+                        .post(url)
+                        .header("stripe-signature", sig)
+                        .body(body)
+                        .send()
+                        .await;
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(*kill_after_ms)).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        for s in storm {
+            s.await.unwrap();
+        }
+        child = serving(ledger_process(dir.path(), port, &stripe), port).await;
+        let retry = client
+            .post(&url)
+            .header("stripe-signature", sign_now())
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(retry.status(), 200);
+        let effect: Value = retry.json().await.unwrap();
+        assert!(
+            ["credited", "unchanged"].contains(&effect["effect"].as_str().unwrap()),
+            "{effect:#}"
+        );
+    }
+    let period = PeriodKey::containing(Utc::now());
+    let events: Value = client
+        .get(format!(
+            "{api}/brands/acme/periods/{period}/events?limit=1000"
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let credits: Vec<&Value> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "TopUpApplied")
+        .collect();
+    assert_eq!(
+        credits.len(),
+        cycles.len(),
+        "one credit per order: {credits:#?}"
+    );
+    let history: Value = client
+        .get(format!("{api}/topups/history?brandId=acme"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paid = history["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["status"] == "paid")
+        .count();
+    assert_eq!(paid, cycles.len(), "{history:#}");
+    child.kill().unwrap();
+    let _ = child.wait();
 }
