@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use ledger_projections::LogPosition;
 use sqlx::Row;
 
-use super::projection::as_read_model_writer;
+use super::projection::{as_read_model_writer, move_checkpoint};
 use super::PostgresLog;
 use crate::store::{
     AfterAttempt, AttemptRow, DeliveryRow, NewDelivery, OutboxStore, StoreError, DELIVERY_DEAD,
@@ -43,20 +43,7 @@ impl OutboxStore for PostgresLog {
         let mut tx = self.pool().begin().await?;
         // Writes no event: the log's horizon passes over it, as over read-model writes.
         as_read_model_writer(&mut tx).await?;
-        let moved = sqlx::query(
-            "UPDATE projector_checkpoints
-                SET transaction_id = $2::text::xid8, position = $3, updated_at = now()
-              WHERE name = $1 AND transaction_id = $4::text::xid8 AND position = $5",
-        )
-        .bind(name)
-        .bind(to.transaction.to_string())
-        .bind(to.position)
-        .bind(from.transaction.to_string())
-        .bind(from.position)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if moved == 0 {
+        if !move_checkpoint(&mut tx, name, from, to).await? {
             return Ok(false);
         }
         if !deliveries.is_empty() {

@@ -57,6 +57,30 @@ horizon AS (
         (SELECT pg_snapshot_xmax(s) FROM snapshot)) AS xid)"
 );
 
+/// Move consumer `name`'s checkpoint from `from` to `to` inside `tx`: `false` when it
+/// no longer stands at `from` (another consumer or a rebuild moved it).
+pub(crate) async fn move_checkpoint(
+    tx: &mut sqlx::PgConnection,
+    name: &str,
+    from: LogPosition,
+    to: LogPosition,
+) -> Result<bool, StoreError> {
+    let moved = sqlx::query(
+        "UPDATE projector_checkpoints
+            SET transaction_id = $2::text::xid8, position = $3, updated_at = now()
+          WHERE name = $1 AND transaction_id = $4::text::xid8 AND position = $5",
+    )
+    .bind(name)
+    .bind(to.transaction.to_string())
+    .bind(to.position)
+    .bind(from.transaction.to_string())
+    .bind(from.position)
+    .execute(tx)
+    .await?
+    .rows_affected();
+    Ok(moved == 1)
+}
+
 /// Name the transaction a read-model writer's, before its first write.
 pub(crate) async fn as_read_model_writer(tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
     sqlx::query(&format!(
@@ -238,20 +262,7 @@ impl ProjectionStore for PostgresLog {
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool().begin().await?;
         as_read_model_writer(&mut tx).await?;
-        let moved = sqlx::query(
-            "UPDATE projector_checkpoints
-                SET transaction_id = $2::text::xid8, position = $3, updated_at = now()
-              WHERE name = $1 AND transaction_id = $4::text::xid8 AND position = $5",
-        )
-        .bind(name)
-        .bind(to.transaction.to_string())
-        .bind(to.position)
-        .bind(from.transaction.to_string())
-        .bind(from.position)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if moved == 0 {
+        if !move_checkpoint(&mut tx, name, from, to).await? {
             return Ok(false);
         }
         upsert_models(&mut tx, rows).await?;

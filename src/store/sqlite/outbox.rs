@@ -7,6 +7,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use ledger_projections::LogPosition;
 use sqlx::Row;
 
+use super::projection::move_checkpoint;
 use super::SqliteLog;
 use crate::store::{
     AfterAttempt, AttemptRow, DeliveryRow, NewDelivery, OutboxStore, StoreError, DELIVERY_DEAD,
@@ -52,18 +53,7 @@ impl OutboxStore for SqliteLog {
         deliveries: &[NewDelivery],
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let moved = sqlx::query(
-            "UPDATE projector_checkpoints
-                SET position = ?2, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-              WHERE name = ?1 AND position = ?3",
-        )
-        .bind(name)
-        .bind(to.position)
-        .bind(from.position)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if moved == 0 {
+        if !move_checkpoint(&mut tx, name, from, to).await? {
             return Ok(false);
         }
         for d in deliveries {

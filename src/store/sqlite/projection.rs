@@ -42,6 +42,28 @@ async fn checkpoint_of(conn: &mut SqliteConnection, name: &str) -> Result<LogPos
     Ok(LogPosition::new(0, position.unwrap_or(0)))
 }
 
+/// Move consumer `name`'s checkpoint from `from` to `to` inside `tx`: `false` when it
+/// no longer stands at `from`.
+pub(crate) async fn move_checkpoint(
+    tx: &mut SqliteConnection,
+    name: &str,
+    from: LogPosition,
+    to: LogPosition,
+) -> Result<bool, StoreError> {
+    let moved = sqlx::query(
+        "UPDATE projector_checkpoints
+            SET position = ?2, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+          WHERE name = ?1 AND position = ?3",
+    )
+    .bind(name)
+    .bind(to.position)
+    .bind(from.position)
+    .execute(tx)
+    .await?
+    .rows_affected();
+    Ok(moved == 1)
+}
+
 async fn upsert_models(tx: &mut SqliteConnection, rows: &[ModelRow]) -> Result<(), StoreError> {
     for chunk in rows.chunks(KEYS_PER_QUERY_MAX) {
         let mut qb: QueryBuilder<Sqlite> =
@@ -163,18 +185,7 @@ impl ProjectionStore for SqliteLog {
         rows: &[ModelRow],
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let moved = sqlx::query(
-            "UPDATE projector_checkpoints
-                SET position = ?2, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-              WHERE name = ?1 AND position = ?3",
-        )
-        .bind(name)
-        .bind(to.position)
-        .bind(from.position)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if moved == 0 {
+        if !move_checkpoint(&mut tx, name, from, to).await? {
             return Ok(false);
         }
         upsert_models(&mut tx, rows).await?;
