@@ -53,6 +53,7 @@
 //! | `notify.smtp_from` | `LEDGER_NOTIFY_SMTP_FROM` | | `alertes@localhost` |
 //! | `notify.smtp_username` | `LEDGER_NOTIFY_SMTP_USERNAME` | | unset |
 //! | `notify.smtp_password` | `LEDGER_NOTIFY_SMTP_PASSWORD` | (none, as secrets) | unset |
+//! | `notify.claim_lease_seconds` | `LEDGER_NOTIFY_CLAIM_LEASE_SECONDS` | | 60 |
 //!
 //! An environment variable set to the empty string counts as unset.
 
@@ -171,6 +172,10 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("LEDGER_NOTIFY_SMTP_FROM", "notify.smtp_from"),
     ("LEDGER_NOTIFY_SMTP_USERNAME", "notify.smtp_username"),
     ("LEDGER_NOTIFY_SMTP_PASSWORD", "notify.smtp_password"),
+    (
+        "LEDGER_NOTIFY_CLAIM_LEASE_SECONDS",
+        "notify.claim_lease_seconds",
+    ),
     (
         "LEDGER_READ_MODELS_CACHE_PERIODS_MAX",
         "read_models.cache_periods_max",
@@ -579,7 +584,15 @@ pub struct NotifyConfig {
     pub smtp_from: String,
     pub smtp_username: Option<String>,
     pub smtp_password: Option<Secret>,
+    /// How long a dispatcher holds a delivery it claimed: a process that dies holding
+    /// one leaves it due again after this. Longer than an attempt (10 s), or a slow
+    /// attempt may be made twice.
+    pub claim_lease_seconds: u64,
 }
+
+/// The longest claim lease the configuration accepts: a dead dispatcher's deliveries
+/// wait at most this long.
+pub const CLAIM_LEASE_SECONDS_MAX: u64 = 3_600;
 
 impl Default for NotifyConfig {
     fn default() -> Self {
@@ -593,6 +606,7 @@ impl Default for NotifyConfig {
             smtp_from: "alertes@localhost".to_owned(),
             smtp_username: None,
             smtp_password: None,
+            claim_lease_seconds: crate::notify::dispatch::CLAIM_LEASE.as_secs(),
         }
     }
 }
@@ -858,6 +872,11 @@ impl Settings {
         self.engine.check()?;
         self.stripe.check()?;
         self.notify.smtp()?;
+        if !(1..=CLAIM_LEASE_SECONDS_MAX).contains(&self.notify.claim_lease_seconds) {
+            return Err(ConfigError::Bad(format!(
+                "notify.claim_lease_seconds must be 1 to {CLAIM_LEASE_SECONDS_MAX}"
+            )));
+        }
         self.read_models.check()
     }
 }

@@ -31,13 +31,12 @@ pub const ENDPOINT_IN_FLIGHT_MAX: usize = 4;
 pub const IN_FLIGHT_MAX: usize = 64;
 /// Deliveries claimed per pass at most.
 pub const CLAIM_BATCH_MAX: i64 = 64;
-/// A claim holds a delivery this long: longer than an attempt, so a live dispatcher
-/// finishes first, short enough that a dead one's deliveries come back soon.
+/// A claim holds a delivery this long by default (`notify.claim_lease_seconds`): longer
+/// than an attempt, so a live dispatcher finishes first, short enough that a dead one's
+/// deliveries come back soon.
 pub const CLAIM_LEASE: Duration = Duration::from_secs(60);
 /// A pass without a wake-up: retries come due, other instances enqueue.
 pub const DISPATCH_POLL_INTERVAL: Duration = Duration::from_millis(200);
-/// A busy endpoint's delivery is given back for this long.
-pub const BUSY_ENDPOINT_DELAY: Duration = Duration::from_secs(1);
 
 /// The wait before attempt `attempts + 1`, with "equal jitter": half the exponential
 /// delay, plus a random part up to the other half, so receivers coming back are not hit
@@ -68,18 +67,28 @@ struct Inner {
     outbox: Arc<dyn OutboxStore>,
     engine: Engine,
     sender: Sender,
+    lease: Duration,
+    /// The dispatcher's own wake-up, rung when an attempt ends.
+    wake: Arc<Notify>,
     in_flight: Mutex<HashSet<String>>,
     per_endpoint: Mutex<HashMap<(String, String), usize>>,
 }
 
 impl Dispatcher {
-    pub fn start(outbox: Arc<dyn OutboxStore>, engine: Engine, sender: Sender) -> Self {
+    pub fn start(
+        outbox: Arc<dyn OutboxStore>,
+        engine: Engine,
+        sender: Sender,
+        lease: Duration,
+    ) -> Self {
         let wake = Arc::new(Notify::new());
         let (stopping, mut stop) = watch::channel(false);
         let inner = Arc::new(Inner {
             outbox,
             engine,
             sender,
+            lease,
+            wake: wake.clone(),
             in_flight: Mutex::default(),
             per_endpoint: Mutex::default(),
         });
@@ -131,32 +140,41 @@ impl Inner {
             return Ok(0);
         }
         let now = self.engine.now();
-        let lease = now + chrono::Duration::from_std(CLAIM_LEASE).expect("a minute fits");
+        let lease = now + chrono::Duration::from_std(self.lease).expect("an hour fits");
+        // Endpoints with as many attempts in flight as they may are not claimed from.
+        let busy: Vec<(String, String)> = self
+            .per_endpoint
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .filter(|(_, n)| **n >= ENDPOINT_IN_FLIGHT_MAX)
+            .map(|(k, _)| k.clone())
+            .collect();
         let claimed = self
             .outbox
-            .claim_due(now, lease, CLAIM_BATCH_MAX.min(free as i64))
+            .claim_due(now, lease, CLAIM_BATCH_MAX.min(free as i64), &busy)
             .await?;
         let n = claimed.len();
         for d in claimed {
             let key = (d.brand_id.clone(), d.endpoint.clone());
-            {
+            let taken = {
                 let mut in_flight = self.in_flight.lock().expect("not poisoned");
-                if in_flight.contains(&d.id) {
-                    continue;
+                let mut per_endpoint = self.per_endpoint.lock().expect("not poisoned");
+                let count = per_endpoint.entry(key.clone()).or_default();
+                match in_flight.contains(&d.id) || *count >= ENDPOINT_IN_FLIGHT_MAX {
+                    true => false,
+                    false => {
+                        *count += 1;
+                        in_flight.insert(d.id.clone());
+                        true
+                    }
                 }
-                let mut busy = self.per_endpoint.lock().expect("not poisoned");
-                let count = busy.entry(key.clone()).or_default();
-                if *count >= ENDPOINT_IN_FLIGHT_MAX {
-                    let later =
-                        now + chrono::Duration::from_std(BUSY_ENDPOINT_DELAY).expect("fits");
-                    let outbox = self.outbox.clone();
-                    tokio::spawn(async move {
-                        let _ = outbox.reschedule(&d.id, later).await;
-                    });
-                    continue;
-                }
-                *count += 1;
-                in_flight.insert(d.id.clone());
+            };
+            if !taken {
+                // One claim can hold more of an endpoint's deliveries than it may
+                // attempt at once: the rest are due again, and wait for a free slot.
+                self.outbox.release(&d.id, now).await?;
+                continue;
             }
             let me = self.clone();
             tokio::spawn(async move {
@@ -165,9 +183,17 @@ impl Inner {
                     tracing::warn!(delivery = %id, error = %e, "recording a delivery attempt failed");
                 }
                 me.in_flight.lock().expect("not poisoned").remove(&id);
-                if let Some(c) = me.per_endpoint.lock().expect("not poisoned").get_mut(&key) {
-                    *c = c.saturating_sub(1);
+                {
+                    let mut per_endpoint = me.per_endpoint.lock().expect("not poisoned");
+                    if let Some(c) = per_endpoint.get_mut(&key) {
+                        *c = c.saturating_sub(1);
+                        if *c == 0 {
+                            per_endpoint.remove(&key);
+                        }
+                    }
                 }
+                // A slot is free: what waited for it may be claimed now.
+                me.wake.notify_one();
             });
         }
         Ok(n)

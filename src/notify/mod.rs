@@ -45,6 +45,7 @@ impl Notices {
             stores.outbox.clone(),
             ledger.engine.clone(),
             Sender::new(config.smtp()?),
+            std::time::Duration::from_secs(config.claim_lease_seconds),
         );
         let consumer = crate::tail::notices::NoticeConsumer::new(
             stores.projections.clone(),

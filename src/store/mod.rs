@@ -403,6 +403,12 @@ pub struct AttemptRow {
     pub duration_ms: i64,
 }
 
+/// An endpoint's key in a claim's exclusion list: brand and endpoint ids never hold
+/// the unit separator.
+pub fn endpoint_key(brand_id: &str, endpoint: &str) -> String {
+    format!("{brand_id}\u{1f}{endpoint}")
+}
+
 /// What an attempt leaves a delivery in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterAttempt {
@@ -425,14 +431,16 @@ pub trait OutboxStore: Send + Sync + 'static {
         deliveries: &[NewDelivery],
     ) -> Result<bool, StoreError>;
 
-    /// Pending deliveries due at `now`, oldest first, at most `limit`, each pushed to
-    /// `lease_until` so no other dispatcher takes it meanwhile; a dispatcher that dies
-    /// with it leaves it due again when the lease ends.
+    /// Pending deliveries due at `now`, oldest first, at most `limit`, none of the
+    /// `busy` endpoints (`brand_id`, `endpoint`), each pushed to `lease_until` so no
+    /// other dispatcher takes it meanwhile; a dispatcher that dies with it leaves it due
+    /// again when the lease ends.
     async fn claim_due(
         &self,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
         limit: i64,
+        busy: &[(String, String)],
     ) -> Result<Vec<DeliveryRow>, StoreError>;
 
     /// Record attempt `attempt` of delivery `id` and what it leaves the delivery in.
@@ -451,9 +459,9 @@ pub trait OutboxStore: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<(DeliveryRow, Vec<AttemptRow>)>, StoreError>;
 
-    /// Give a claimed delivery back, due at `at`, without an attempt (its endpoint is
-    /// busy): the lease ends early.
-    async fn reschedule(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Give a claimed delivery back without an attempt, due at `at`: its endpoint had
+    /// as many attempts in flight as it may.
+    async fn release(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
 
     /// Put a dead delivery back to pending, due at `now`. `false`: no dead delivery `id`.
     async fn revive(&self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;

@@ -42,6 +42,10 @@ async fn receive(
         .lock()
         .unwrap()
         .push((uri.path().to_owned(), headers, body));
+    // A receiver that takes its time: every request under /slow waits two seconds.
+    if uri.path().starts_with("/slow") {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     let mut script = r.script.lock().unwrap();
     match script.is_empty() {
         true => StatusCode::OK,
@@ -467,3 +471,303 @@ on_both_stores!(
     forged_settings,
     settings_that_would_reach_inside_or_nowhere_are_refused
 );
+
+async fn a_slow_receiver_does_not_delay_the_others(db: &TestDb) {
+    let (base, rx) = Receiver::start(Vec::new()).await;
+    let app = spawn_app_with(&notify_settings(db)).await;
+    for b in ["slowpoke", "brisk"] {
+        app.register(b, "starter").await;
+    }
+    let slow =
+        json!({ "endpoints": [{ "id": "ops", "channel": "slack", "url": format!("{base}/slow") }]});
+    let fast =
+        json!({ "endpoints": [{ "id": "ops", "channel": "slack", "url": format!("{base}/fast") }]});
+    assert_eq!(
+        app.put("brands/slowpoke/notifications", &app.admin, slow)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        app.put("brands/brisk/notifications", &app.admin, fast)
+            .await
+            .status,
+        200
+    );
+    // Ten notices for the slow receiver (two seconds each, four at a time at most)...
+    record(&app, "slowpoke", 9).await; // 50, 75, 90 %
+    let grant =
+        json!({ "brandId": "slowpoke", "metric": "renders_3d", "units": 100, "reason": "more" });
+    assert_eq!(
+        app.post("topups/grant", &app.admin, grant).await.status,
+        201
+    ); // 3 resolved, 1 top-up
+    record(&app, "slowpoke", 91).await; // 50, 75, 90 % of 110 again
+    rx.wait_for("/slow", 4).await;
+    // ...then one for the fast one, answered while the slow ones still queue.
+    let started = std::time::Instant::now();
+    record(&app, "brisk", 5).await;
+    assert_eq!(rx.wait_for("/fast", 1).await.len(), 1);
+    let waited = started.elapsed();
+    let slow_seen = rx.on("/slow").len();
+    assert!(
+        waited < Duration::from_millis(1500),
+        "the fast receiver waited {waited:?}"
+    );
+    assert!(
+        slow_seen < 10,
+        "the slow receiver had not taken everything yet ({slow_seen})"
+    );
+    // Everything reaches the slow receiver in the end, four at a time.
+    assert_eq!(rx.wait_for("/slow", 10).await.len(), 10);
+}
+on_both_stores!(slow_receiver, a_slow_receiver_does_not_delay_the_others);
+
+async fn an_email_endpoint_gets_the_notice_through_the_smtp_relay(db: &TestDb) {
+    let Some((port, dir, _sink)) = smtp_sink().await else {
+        return;
+    };
+    let mut settings = notify_settings(db);
+    settings.notify.smtp_host = Some("127.0.0.1".into());
+    settings.notify.smtp_port = port;
+    settings.notify.smtp_tls = "none".into();
+    settings.notify.smtp_from = "Alertes <alertes@ledger.example>".into();
+    let app = spawn_app_with(&settings).await;
+    app.register("acme", "starter").await;
+    let mail =
+        json!({ "endpoints": [{ "id": "mail", "channel": "email", "to": ["ops@acme.example"] }]});
+    assert_eq!(
+        app.put("brands/acme/notifications", &app.admin, mail)
+            .await
+            .status,
+        200
+    );
+    record(&app, "acme", 9).await; // 50, 75 (warning) and 90 % (critical)
+    let path = dir.path().join("0003.json");
+    for _ in 0..200 {
+        if path.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut subjects = Vec::new();
+    let mut notice_ids = Vec::new();
+    for n in 1..=3 {
+        let text = std::fs::read_to_string(dir.path().join(format!("{n:04}.json"))).unwrap();
+        let m: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(m["rcpt_tos"], json!(["ops@acme.example"]));
+        assert!(m["text"].as_str().unwrap().contains("renders_3d"), "{m:#}");
+        assert!(m["html"].is_string(), "{m:#}");
+        subjects.push(m["subject"].as_str().unwrap().to_owned());
+        notice_ids.push(m["x_notice_id"].as_str().unwrap().to_owned());
+    }
+    subjects.sort();
+    assert_eq!(
+        subjects,
+        [
+            "[Quota CRITICAL] Starter · renders_3d",
+            "[Quota WARNING] Starter · renders_3d",
+            "[Quota WARNING] Starter · renders_3d"
+        ]
+    );
+    let listed = deliveries(&app, "brandId=acme").await;
+    for id in &notice_ids {
+        assert!(
+            listed.iter().any(|d| d["id"] == id.as_str()),
+            "{id} not in {listed:#?}"
+        );
+    }
+}
+on_both_stores!(
+    email_delivery,
+    an_email_endpoint_gets_the_notice_through_the_smtp_relay
+);
+
+/// aiosmtpd on a free port saving each message as JSON (`tests/notify/smtp_sink.py`):
+/// its port, its directory and the process. `None` (the test skips) without aiosmtpd,
+/// except under CI, which installs it.
+async fn smtp_sink() -> Option<(u16, tempfile::TempDir, tokio::process::Child)> {
+    use tokio::io::AsyncBufReadExt;
+    let python = ["python3", "/usr/bin/python3"].into_iter().find(|p| {
+        std::process::Command::new(p)
+            .args(["-c", "import aiosmtpd"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    let Some(python) = python else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI needs python3-aiosmtpd"
+        );
+        eprintln!("skipped: python3 -c 'import aiosmtpd' fails (apt-get install python3-aiosmtpd)");
+        return None;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/notify/smtp_sink.py");
+    let mut sink = tokio::process::Command::new(python)
+        .arg(script)
+        .arg(port.to_string())
+        .arg(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(sink.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("the SMTP sink starts")
+        .unwrap();
+    assert_eq!(ready.as_deref(), Some("ready"));
+    Some((port, dir, sink))
+}
+
+async fn a_replay_of_the_log_sends_nothing(db: &TestDb) {
+    let (base, rx) = Receiver::start(Vec::new()).await;
+    let app = spawn_app_with(&notify_settings(db)).await;
+    app.register("acme", "starter").await;
+    let slack = json!({ "endpoints": [{ "id": "ops", "channel": "slack", "url": format!("{base}/slack") }]});
+    assert_eq!(
+        app.put("brands/acme/notifications", &app.admin, slack)
+            .await
+            .status,
+        200
+    );
+    record(&app, "acme", 9).await;
+    assert_eq!(rx.wait_for("/slack", 3).await.len(), 3);
+    let (_, store) = db.stores().await;
+    let mut out = Vec::new();
+    usage_ledger::cli::replay::rebuild(store, &mut out)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(rx.on("/slack").len(), 3, "the rebuild sent something");
+    assert_eq!(deliveries(&app, "brandId=acme").await.len(), 3);
+}
+on_both_stores!(replay_silent, a_replay_of_the_log_sends_nothing);
+
+/// The real binary on SQLite with notices to loopback receivers and a short claim lease.
+fn notifying_process(dir: &std::path::Path, port: u16) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_usage-ledger"));
+    c.env("LEDGER_MODE", "production")
+        .env("LEDGER_JWT_SECRET", "alerts-kill-secret-0123456789abcdef01")
+        .env("LEDGER_DATA_DIR", dir)
+        .env("LEDGER_BIND", format!("127.0.0.1:{port}"))
+        .env("LEDGER_NOTIFY_ALLOW_HTTP", "true")
+        .env("LEDGER_NOTIFY_ALLOW_PRIVATE_ADDRESSES", "true")
+        .env("LEDGER_NOTIFY_CLAIM_LEASE_SECONDS", "2")
+        .env_remove("DATABASE_URL")
+        .env_remove("LEDGER_CONFIG")
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    c
+}
+
+async fn serving(mut c: std::process::Command, port: u16) -> std::process::Child {
+    let mut child = c.arg("serve").spawn().expect("the binary starts");
+    for _ in 0..300 {
+        let up = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await;
+        if up.is_ok_and(|r| r.status() == 200) {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the service did not come up on port {port}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_killed_mid_attempt_sends_the_notice_again_after_a_restart() {
+    let (base, rx) = Receiver::start(Vec::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let token = {
+        let out = notifying_process(dir.path(), port)
+            .args(["token", "--role", "admin"])
+            .stdout(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let api = format!("http://127.0.0.1:{port}/api/v1/usage-billing");
+    let client = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str, body: Value| {
+        client
+            .request(method, format!("{api}/{path}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    let mut child = serving(notifying_process(dir.path(), port), port).await;
+    let r = call(
+        reqwest::Method::PUT,
+        "brands/acme",
+        json!({ "plan": "starter" }),
+    )
+    .await
+    .unwrap();
+    assert!(r.status().is_success());
+    // The receiver takes two seconds to answer: the process dies while it does.
+    let hook = json!({ "endpoints": [
+        { "id": "erp", "channel": "webhook", "url": format!("{base}/slow-hook"), "secrets": [SECRET] },
+    ]});
+    let r = call(reqwest::Method::PUT, "brands/acme/notifications", hook)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = call(
+        reqwest::Method::POST,
+        "record",
+        json!({ "brandId": "acme", "metric": "renders_3d", "value": 5 }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(rx.wait_for("/slow-hook", 1).await.len(), 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Restarted, the lease of the claim ends and the delivery is attempted again.
+    let mut child = serving(notifying_process(dir.path(), port), port).await;
+    let got = rx.wait_for("/slow-hook", 2).await;
+    assert_eq!(got.len(), 2, "sent again after the restart");
+    let ids: std::collections::BTreeSet<&str> = got
+        .iter()
+        .map(|(_, h, _)| h["webhook-id"].to_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1, "under the same delivery id");
+    let mut status = Value::Null;
+    for _ in 0..100 {
+        let listed: Value = client
+            .get(format!("{api}/alerts/deliveries?brandId=acme"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        status = listed["deliveries"][0]["status"].clone();
+        if status == "delivered" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "delivered");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(rx.on("/slow-hook").len(), 2, "nothing more once delivered");
+    child.kill().unwrap();
+    let _ = child.wait();
+}

@@ -9,8 +9,8 @@ use sqlx::Row;
 use super::projection::{as_read_model_writer, move_checkpoint};
 use super::PostgresLog;
 use crate::store::{
-    AfterAttempt, AttemptRow, DeliveryRow, NewDelivery, OutboxStore, StoreError, DELIVERY_DEAD,
-    DELIVERY_DELIVERED, DELIVERY_PENDING,
+    endpoint_key, AfterAttempt, AttemptRow, DeliveryRow, NewDelivery, OutboxStore, StoreError,
+    DELIVERY_DEAD, DELIVERY_DELIVERED, DELIVERY_PENDING,
 };
 
 const DELIVERY_COLUMNS: &str = "id, notice_id, brand_id, endpoint, kind, notice::text, status,
@@ -78,11 +78,14 @@ impl OutboxStore for PostgresLog {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
         limit: i64,
+        busy: &[(String, String)],
     ) -> Result<Vec<DeliveryRow>, StoreError> {
+        let busy: Vec<String> = busy.iter().map(|(b, e)| endpoint_key(b, e)).collect();
         let rows = sqlx::query(&format!(
             "UPDATE deliveries SET next_attempt_at = $2, updated_at = now()
               WHERE id IN (SELECT id FROM deliveries
                             WHERE status = $4 AND next_attempt_at <= $1
+                              AND brand_id || chr(31) || endpoint <> ALL($5)
                             ORDER BY next_attempt_at LIMIT $3
                             FOR UPDATE SKIP LOCKED)
               RETURNING {DELIVERY_COLUMNS}"
@@ -91,6 +94,7 @@ impl OutboxStore for PostgresLog {
         .bind(lease_until)
         .bind(limit)
         .bind(DELIVERY_PENDING)
+        .bind(&busy)
         .fetch_all(self.pool())
         .await?;
         let mut out: Vec<DeliveryRow> = rows.iter().map(delivery).collect::<Result<_, _>>()?;
@@ -181,7 +185,7 @@ impl OutboxStore for PostgresLog {
         Ok(out)
     }
 
-    async fn reschedule(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn release(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
         sqlx::query("UPDATE deliveries SET next_attempt_at = $2 WHERE id = $1 AND status = $3")
             .bind(id)
             .bind(at)

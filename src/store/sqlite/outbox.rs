@@ -10,8 +10,8 @@ use sqlx::Row;
 use super::projection::move_checkpoint;
 use super::SqliteLog;
 use crate::store::{
-    AfterAttempt, AttemptRow, DeliveryRow, NewDelivery, OutboxStore, StoreError, DELIVERY_DEAD,
-    DELIVERY_DELIVERED, DELIVERY_PENDING,
+    endpoint_key, AfterAttempt, AttemptRow, DeliveryRow, NewDelivery, OutboxStore, StoreError,
+    DELIVERY_DEAD, DELIVERY_DELIVERED, DELIVERY_PENDING,
 };
 
 const DELIVERY_COLUMNS: &str = "id, notice_id, brand_id, endpoint, kind, notice, status,
@@ -82,11 +82,16 @@ impl OutboxStore for SqliteLog {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
         limit: i64,
+        busy: &[(String, String)],
     ) -> Result<Vec<DeliveryRow>, StoreError> {
+        // The busy endpoints as a JSON array, so the statement keeps one shape.
+        let busy: Vec<String> = busy.iter().map(|(b, e)| endpoint_key(b, e)).collect();
         let rows = sqlx::query(&format!(
             "UPDATE deliveries SET next_attempt_at = ?2
               WHERE id IN (SELECT id FROM deliveries
                             WHERE status = ?4 AND next_attempt_at <= ?1
+                              AND brand_id || char(31) || endpoint
+                                  NOT IN (SELECT value FROM json_each(?5))
                             ORDER BY next_attempt_at LIMIT ?3)
               RETURNING {DELIVERY_COLUMNS}"
         ))
@@ -94,6 +99,7 @@ impl OutboxStore for SqliteLog {
         .bind(text(lease_until))
         .bind(limit)
         .bind(DELIVERY_PENDING)
+        .bind(serde_json::to_string(&busy).expect("strings serialize"))
         .fetch_all(self.pool())
         .await?;
         let mut out: Vec<DeliveryRow> = rows.iter().map(delivery).collect::<Result<_, _>>()?;
@@ -182,7 +188,7 @@ impl OutboxStore for SqliteLog {
         Ok(out)
     }
 
-    async fn reschedule(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn release(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
         sqlx::query("UPDATE deliveries SET next_attempt_at = ?2 WHERE id = ?1 AND status = ?3")
             .bind(id)
             .bind(text(at))
