@@ -32,6 +32,8 @@
 //! - [`baseline`]: cqrs-es + postgres-es, one `execute` per command.
 //! - [`engine`]: the ledger engine (and projector), wired in [`engine::wire_ledger`].
 //! - [`projection`]: projector lag and replay rates over the log an engine run wrote.
+//! - [`notices`]: threshold notices under full ingest: commit-to-delivery latency and
+//!   the pipeline's cost to the engine's rate (`--systems notices` only).
 //! - [`db`]: fresh databases, event counts, temporary directories.
 //! - [`report`]: the tables and the ratios to the baseline and the ceiling.
 
@@ -39,6 +41,7 @@ mod baseline;
 mod db;
 mod drive;
 mod engine;
+mod notices;
 mod projection;
 mod raw;
 mod report;
@@ -107,6 +110,7 @@ pub(crate) struct Args {
     pub(crate) scenarios: Vec<String>,
     /// Only these systems (`raw`, `baseline`, `engine`, `projection`: the engine with
     /// the projector beside it, then replays of the log it wrote); all when absent.
+    /// `notices` (never part of "all") measures threshold notices under full ingest.
     #[arg(long, value_delimiter = ',')]
     pub(crate) systems: Vec<String>,
     /// Also run the engine on SQLite (a file in a temporary directory).
@@ -238,6 +242,9 @@ async fn run(args: &Args, server: &mut Server) -> Result<Vec<Measured>, BoxError
             }
         }
         results.extend(series.into_iter().map(median_round));
+    }
+    if args.systems.iter().any(|s| s == "notices") {
+        notices::notices_run(server, args).await?;
     }
     Ok(results)
 }
