@@ -178,6 +178,7 @@ pub(crate) async fn notices_run(server: &mut Server, args: &Args) -> Result<(), 
     let without = load(&ledger, &brands, args).await?;
     ledger.engine.drain().await;
     ledger.projector.stop().await;
+    ledger.stores.projections.close().await;
     server.drop_last().await;
 
     let arrivals: Arrivals = Arc::default();
@@ -227,6 +228,7 @@ pub(crate) async fn notices_run(server: &mut Server, args: &Args) -> Result<(), 
     notices.stop().await;
     ledger.engine.drain().await;
     ledger.projector.stop().await;
+    ledger.stores.projections.close().await;
     server.drop_last().await;
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     println!();

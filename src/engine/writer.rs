@@ -27,7 +27,7 @@ use super::{
     TopUpChange,
 };
 use crate::clock::Clock;
-use crate::store::{EventLog, LoadedStream, NewEvent, NewSnapshot, StoreError};
+use crate::store::{rebuild, EventLog, NewEvent, NewSnapshot, StoreError};
 use crate::tail::watermark::Watermarks;
 
 const PERIOD: &str = UsagePeriodAggregate::TYPE;
@@ -1260,26 +1260,6 @@ fn payload_json(event: &impl serde::Serialize) -> String {
     let mut buf = Vec::with_capacity(PAYLOAD_BYTES_TYPICAL);
     serde_json::to_writer(&mut buf, event).expect("events always serialize");
     String::from_utf8(buf).expect("serde_json writes UTF-8")
-}
-
-/// Rebuild an aggregate from its snapshot and later events.
-fn rebuild<A: Aggregate>(stream: &LoadedStream) -> Result<A, StoreError> {
-    let corrupt = |what: &str, e: serde_json::Error| {
-        StoreError::Corrupt(format!(
-            "{} {}: {what}: {e}",
-            stream.aggregate_type, stream.aggregate_id
-        ))
-    };
-    let mut agg: A = match &stream.snapshot {
-        Some((_, payload)) => serde_json::from_str(payload).map_err(|e| corrupt("snapshot", e))?,
-        None => A::default(),
-    };
-    for e in &stream.events {
-        let event: A::Event = serde_json::from_str(&e.payload)
-            .map_err(|err| corrupt(&format!("event #{}", e.sequence), err))?;
-        agg.apply(event);
-    }
-    Ok(agg)
 }
 
 fn reply_all(jobs: impl Iterator<Item = Job>, answers: Result<Vec<Answer>, EngineError>) {

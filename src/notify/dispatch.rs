@@ -16,7 +16,7 @@ use tokio::sync::{watch, Notify};
 use super::{Endpoint, Notice, Sender};
 use crate::engine::Engine;
 use crate::secret::Secret;
-use crate::store::{AfterAttempt, AttemptRow, DeliveryRow, OutboxStore};
+use crate::store::{load_registries, AfterAttempt, AttemptRow, DeliveryRow, EventLog, OutboxStore};
 
 /// Attempts before a delivery is dead-lettered: with the backoff below, a receiver
 /// down for two to four hours still gets it.
@@ -65,6 +65,9 @@ pub struct Dispatcher {
 
 struct Inner {
     outbox: Arc<dyn OutboxStore>,
+    /// Where a brand's settings are read at each attempt: the log, not the engine's queue.
+    log: Arc<dyn EventLog>,
+    /// The clock.
     engine: Engine,
     sender: Sender,
     lease: Duration,
@@ -77,6 +80,7 @@ struct Inner {
 impl Dispatcher {
     pub fn start(
         outbox: Arc<dyn OutboxStore>,
+        log: Arc<dyn EventLog>,
         engine: Engine,
         sender: Sender,
         lease: Duration,
@@ -85,6 +89,7 @@ impl Dispatcher {
         let (stopping, mut stop) = watch::channel(false);
         let inner = Arc::new(Inner {
             outbox,
+            log,
             engine,
             sender,
             lease,
@@ -237,11 +242,12 @@ impl Inner {
         let notice: Notice =
             serde_json::from_str(&d.notice).map_err(|e| format!("unreadable notice: {e}"))?;
         let brand = BrandId::parse(&d.brand_id).map_err(|e| e.to_string())?;
-        let registry = self
-            .engine
-            .brand_state(brand)
+        let registry = load_registries(self.log.as_ref(), &[brand])
             .await
             .map_err(|e| e.to_string())?
+            .pop()
+            .map(|(_, r)| r)
+            .filter(|r| r.is_registered())
             .ok_or("the brand is not registered")?;
         let setting = registry
             .notifications

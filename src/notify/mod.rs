@@ -43,12 +43,14 @@ impl Notices {
         let stores = &ledger.stores;
         let dispatcher = dispatch::Dispatcher::start(
             stores.outbox.clone(),
+            stores.log.clone(),
             ledger.engine.clone(),
             Sender::new(config.smtp()?),
             std::time::Duration::from_secs(config.claim_lease_seconds),
         );
         let consumer = crate::tail::notices::NoticeConsumer::new(
             stores.projections.clone(),
+            stores.log.clone(),
             stores.outbox.clone(),
             ledger.engine.clone(),
             dispatcher.wake.clone(),

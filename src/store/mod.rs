@@ -351,6 +351,49 @@ pub trait ApiKeyStore: Send + Sync + 'static {
     }
 }
 
+/// Rebuild an aggregate from its snapshot and later events.
+pub fn rebuild<A: cqrs_es::Aggregate>(stream: &LoadedStream) -> Result<A, StoreError> {
+    let corrupt = |what: &str, e: serde_json::Error| {
+        StoreError::Corrupt(format!(
+            "{} {}: {what}: {e}",
+            stream.aggregate_type, stream.aggregate_id
+        ))
+    };
+    let mut agg: A = match &stream.snapshot {
+        Some((_, payload)) => serde_json::from_str(payload).map_err(|e| corrupt("snapshot", e))?,
+        None => A::default(),
+    };
+    for e in &stream.events {
+        let event: A::Event = serde_json::from_str(&e.payload)
+            .map_err(|err| corrupt(&format!("event #{}", e.sequence), err))?;
+        agg.apply(event);
+    }
+    Ok(agg)
+}
+
+/// The registries of `brands` as committed, read from the log (not through the engine's
+/// queue: a consumer reading them must not wait behind the writes it follows).
+pub async fn load_registries(
+    log: &dyn EventLog,
+    brands: &[BrandId],
+) -> Result<Vec<(BrandId, ledger_aggregates::BrandAggregate)>, StoreError> {
+    use cqrs_es::Aggregate;
+    if brands.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<(&'static str, String)> = brands
+        .iter()
+        .map(|b| (ledger_aggregates::BrandAggregate::TYPE, b.to_string()))
+        .collect();
+    let mut out = Vec::with_capacity(brands.len());
+    for stream in log.load_streams(&keys).await? {
+        let brand = BrandId::parse(&stream.aggregate_id)
+            .map_err(|e| StoreError::Corrupt(format!("registry {}: {e}", stream.aggregate_id)))?;
+        out.push((brand, rebuild(&stream)?));
+    }
+    Ok(out)
+}
+
 // --- The outbox of notices --------------------------------------------------------------
 //
 // Tables `deliveries`, `delivery_attempts` and `webhook_secrets`, migration 0005. The

@@ -26,7 +26,9 @@ use tokio::sync::Notify;
 use super::{Consumer, TailError};
 use crate::engine::Engine;
 use crate::notify::Notice;
-use crate::store::{NewDelivery, OutboxStore, ProjectionStore, NOTICES_CONSUMER};
+use crate::store::{
+    load_registries, EventLog, NewDelivery, OutboxStore, ProjectionStore, NOTICES_CONSUMER,
+};
 
 /// The delivery id of `notice_id` to `endpoint`: stable, so every attempt and every
 /// re-enqueue carries the same one, and free of the characters Standard Webhooks
@@ -38,6 +40,8 @@ pub fn delivery_id(notice_id: &str, endpoint: &str) -> String {
 
 pub struct NoticeConsumer {
     pub projections: Arc<dyn ProjectionStore>,
+    /// Brands' registries (settings, plans, orders) are read from the log directly.
+    pub log: Arc<dyn EventLog>,
     pub outbox: Arc<dyn OutboxStore>,
     pub engine: Engine,
     pub catalog: Arc<Catalog>,
@@ -51,6 +55,7 @@ pub struct NoticeConsumer {
 impl NoticeConsumer {
     pub fn new(
         projections: Arc<dyn ProjectionStore>,
+        log: Arc<dyn EventLog>,
         outbox: Arc<dyn OutboxStore>,
         engine: Engine,
         dispatcher: Arc<Notify>,
@@ -59,6 +64,7 @@ impl NoticeConsumer {
         let catalog = Arc::new(engine.catalog().clone());
         Self {
             projections,
+            log,
             outbox,
             engine,
             catalog,
@@ -317,41 +323,44 @@ impl Consumer for NoticeConsumer {
             .last()
             .expect("the loop hands over non-empty batches")
             .at;
-        let mut registries: HashMap<BrandId, Option<BrandAggregate>> = HashMap::new();
+        const NOTIFYING: [&str; 5] = [
+            "ThresholdCrossed",
+            "ThresholdResolved",
+            "UsageDenied",
+            "TopUpApplied",
+            "TopUpFailed",
+        ];
+        let mut events = Vec::new();
+        for record in records {
+            if NOTIFYING.contains(&record.event_type.as_str()) {
+                let event = record.decode()?.event;
+                let brand = match &event {
+                    StreamEvent::Period { brand, .. } | StreamEvent::Brand { brand, .. } => {
+                        brand.clone()
+                    }
+                };
+                events.push((record, brand, event));
+            }
+        }
+        // Every registry the batch needs, in one read of the log.
+        let mut brands: Vec<BrandId> = events.iter().map(|(_, b, _)| b.clone()).collect();
+        brands.sort();
+        brands.dedup();
+        let registries: HashMap<BrandId, BrandAggregate> =
+            load_registries(self.log.as_ref(), &brands)
+                .await?
+                .into_iter()
+                .collect();
         let mut deliveries = Vec::new();
         let now = self.engine.now();
-        for record in records {
-            if !matches!(
-                record.event_type.as_str(),
-                "ThresholdCrossed"
-                    | "ThresholdResolved"
-                    | "UsageDenied"
-                    | "TopUpApplied"
-                    | "TopUpFailed"
-            ) {
-                continue;
-            }
-            let event = record.decode()?.event;
-            let brand = match &event {
-                StreamEvent::Period { brand, .. } | StreamEvent::Brand { brand, .. } => {
-                    brand.clone()
-                }
-            };
-            if !registries.contains_key(&brand) {
-                let registry = self
-                    .engine
-                    .brand_state(brand.clone())
-                    .await
-                    .map_err(|e| TailError::Engine(e.to_string()))?;
-                registries.insert(brand.clone(), registry);
-            }
-            let Some(Some(registry)) = registries.get(&brand) else {
+        for (record, brand, event) in &events {
+            let Some(registry) = registries.get(brand).filter(|r| r.is_registered()) else {
                 continue;
             };
             if registry.notifications.endpoints.is_empty() {
                 continue;
             }
-            if let Some(notice) = self.notice_of(record, &event, registry) {
+            if let Some(notice) = self.notice_of(record, event, registry) {
                 deliveries.extend(deliveries_of(&notice, &registry.notifications, now));
             }
         }
