@@ -148,7 +148,7 @@ pub(crate) async fn put_settings(
         .ledger
         .stores
         .outbox
-        .webhook_secrets(brand.as_str())
+        .webhook_secrets(&[brand.to_string()])
         .await?;
     let mut secrets: Vec<(String, Vec<String>)> = Vec::new();
     let mut endpoints = Vec::with_capacity(body.endpoints.len());
@@ -173,8 +173,8 @@ pub(crate) async fn put_settings(
         }
         let kept = existing
             .iter()
-            .find(|(id, _)| *id == e.id)
-            .map(|(_, s)| s.clone());
+            .find(|(_, id, _)| *id == e.id)
+            .map(|(_, _, s)| s.clone());
         let own = match (e.channel, e.secrets, kept) {
             (ChannelKind::Webhook, Some(given), _) => {
                 if given.is_empty() || given.len() > WEBHOOK_SECRETS_MAX {

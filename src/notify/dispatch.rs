@@ -160,12 +160,13 @@ impl Inner {
             .claim_due(now, lease, CLAIM_BATCH_MAX.min(free as i64), &busy)
             .await?;
         let n = claimed.len();
+        let mut taken = Vec::with_capacity(n);
         for d in claimed {
             let key = (d.brand_id.clone(), d.endpoint.clone());
-            let taken = {
+            let free_slot = {
                 let mut in_flight = self.in_flight.lock().expect("not poisoned");
                 let mut per_endpoint = self.per_endpoint.lock().expect("not poisoned");
-                let count = per_endpoint.entry(key.clone()).or_default();
+                let count = per_endpoint.entry(key).or_default();
                 match in_flight.contains(&d.id) || *count >= ENDPOINT_IN_FLIGHT_MAX {
                     true => false,
                     false => {
@@ -175,16 +176,21 @@ impl Inner {
                     }
                 }
             };
-            if !taken {
+            match free_slot {
+                true => taken.push(d),
                 // One claim can hold more of an endpoint's deliveries than it may
                 // attempt at once: the rest are due again, and wait for a free slot.
-                self.outbox.release(&d.id, now).await?;
-                continue;
+                false => self.outbox.release(&d.id, now).await?,
             }
+        }
+        // The brands' settings and secrets as they stand, read once for the claim.
+        let resolved = self.endpoints(&taken).await;
+        for (d, target) in taken.into_iter().zip(resolved) {
             let me = self.clone();
             tokio::spawn(async move {
                 let id = d.id.clone();
-                if let Err(e) = me.attempt(d).await {
+                let key = (d.brand_id.clone(), d.endpoint.clone());
+                if let Err(e) = me.attempt(d, target).await {
                     tracing::warn!(delivery = %id, error = %e, "recording a delivery attempt failed");
                 }
                 me.in_flight.lock().expect("not poisoned").remove(&id);
@@ -204,10 +210,14 @@ impl Inner {
         Ok(n)
     }
 
-    async fn attempt(&self, d: DeliveryRow) -> Result<(), crate::store::StoreError> {
+    async fn attempt(
+        &self,
+        d: DeliveryRow,
+        target: Result<(Endpoint, Notice), String>,
+    ) -> Result<(), crate::store::StoreError> {
         let number = d.attempts + 1;
         let now = self.engine.now();
-        let (status_code, error, duration, delivered) = match self.endpoint(&d).await {
+        let (status_code, error, duration, delivered) = match target {
             Ok((endpoint, notice)) => {
                 let a = self.sender.attempt(&endpoint, &notice, &d.id, now).await;
                 (a.status, a.error, a.duration, a.delivered)
@@ -236,54 +246,72 @@ impl Inner {
         self.outbox.record_attempt(&d.id, &attempt, after).await
     }
 
-    /// Where delivery `d` goes now, from the brand's settings as they stand (a removed
-    /// endpoint is an error of the attempt), and its notice.
-    async fn endpoint(&self, d: &DeliveryRow) -> Result<(Endpoint, Notice), String> {
-        let notice: Notice =
-            serde_json::from_str(&d.notice).map_err(|e| format!("unreadable notice: {e}"))?;
-        let brand = BrandId::parse(&d.brand_id).map_err(|e| e.to_string())?;
-        let registry = load_registries(self.log.as_ref(), &[brand])
-            .await
-            .map_err(|e| e.to_string())?
-            .pop()
-            .map(|(_, r)| r)
-            .filter(|r| r.is_registered())
-            .ok_or("the brand is not registered")?;
-        let setting = registry
-            .notifications
-            .endpoints
+    /// Where each delivery goes now, from its brand's settings as they stand (a removed
+    /// endpoint is an error of its attempt), with its notice: one read of the brands'
+    /// registries and one of their webhook secrets for the whole claim.
+    async fn endpoints(&self, claimed: &[DeliveryRow]) -> Vec<Result<(Endpoint, Notice), String>> {
+        let mut brands: Vec<BrandId> = claimed
             .iter()
-            .find(|e| e.id == d.endpoint)
-            .ok_or_else(|| {
-                format!(
-                    "endpoint {} was removed from the brand's settings",
-                    d.endpoint
-                )
-            })?;
-        let url = || setting.url.clone().unwrap_or_default();
-        let endpoint = match setting.channel {
-            ChannelKind::Slack => Endpoint::Slack { url: url() },
-            ChannelKind::Zapier => Endpoint::Zapier { url: url() },
-            ChannelKind::Email => Endpoint::Email {
-                to: setting.to.clone(),
-            },
-            ChannelKind::Webhook => {
-                let secrets = self
-                    .outbox
-                    .webhook_secrets(&d.brand_id)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .into_iter()
-                    .find(|(e, _)| *e == d.endpoint)
-                    .map(|(_, s)| s.into_iter().map(Secret::new).collect())
-                    .ok_or("the webhook's secrets are missing")?;
-                Endpoint::Webhook {
-                    url: url(),
-                    secrets,
-                }
+            .filter_map(|d| BrandId::parse(&d.brand_id).ok())
+            .collect();
+        brands.sort();
+        brands.dedup();
+        let ids: Vec<String> = brands.iter().map(|b| b.to_string()).collect();
+        let (registries, secrets) = match (
+            load_registries(self.log.as_ref(), &brands).await,
+            self.outbox.webhook_secrets(&ids).await,
+        ) {
+            (Ok(r), Ok(s)) => (r, s),
+            (Err(e), _) | (_, Err(e)) => {
+                return claimed.iter().map(|_| Err(e.to_string())).collect();
             }
         };
-        Ok((endpoint, notice))
+        let registries: HashMap<String, _> = registries
+            .into_iter()
+            .map(|(b, r)| (b.to_string(), r))
+            .collect();
+        claimed
+            .iter()
+            .map(|d| {
+                let notice: Notice = serde_json::from_str(&d.notice)
+                    .map_err(|e| format!("unreadable notice: {e}"))?;
+                let registry = registries
+                    .get(&d.brand_id)
+                    .filter(|r| r.is_registered())
+                    .ok_or("the brand is not registered")?;
+                let setting = registry
+                    .notifications
+                    .endpoints
+                    .iter()
+                    .find(|e| e.id == d.endpoint)
+                    .ok_or_else(|| {
+                        format!(
+                            "endpoint {} was removed from the brand's settings",
+                            d.endpoint
+                        )
+                    })?;
+                let url = || setting.url.clone().unwrap_or_default();
+                let endpoint = match setting.channel {
+                    ChannelKind::Slack => Endpoint::Slack { url: url() },
+                    ChannelKind::Zapier => Endpoint::Zapier { url: url() },
+                    ChannelKind::Email => Endpoint::Email {
+                        to: setting.to.clone(),
+                    },
+                    ChannelKind::Webhook => {
+                        let own = secrets
+                            .iter()
+                            .find(|(b, e, _)| *b == d.brand_id && *e == d.endpoint)
+                            .map(|(_, _, s)| s.iter().cloned().map(Secret::new).collect())
+                            .ok_or("the webhook's secrets are missing")?;
+                        Endpoint::Webhook {
+                            url: url(),
+                            secrets: own,
+                        }
+                    }
+                };
+                Ok((endpoint, notice))
+            })
+            .collect()
     }
 }
 

@@ -509,11 +509,11 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// Put a dead delivery back to pending, due at `now`. `false`: no dead delivery `id`.
     async fn revive(&self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
 
-    /// The secrets of a brand's webhook endpoints.
+    /// The secrets of these brands' webhook endpoints: (brand, endpoint, secrets).
     async fn webhook_secrets(
         &self,
-        brand_id: &str,
-    ) -> Result<Vec<(String, Vec<String>)>, StoreError>;
+        brand_ids: &[String],
+    ) -> Result<Vec<(String, String, Vec<String>)>, StoreError>;
 
     /// Replace every webhook secret of a brand by `secrets` (endpoint, secrets).
     async fn set_webhook_secrets(

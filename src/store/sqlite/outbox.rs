@@ -214,19 +214,22 @@ impl OutboxStore for SqliteLog {
 
     async fn webhook_secrets(
         &self,
-        brand_id: &str,
-    ) -> Result<Vec<(String, Vec<String>)>, StoreError> {
-        let rows = sqlx::query("SELECT endpoint, secrets FROM webhook_secrets WHERE brand_id = ?1")
-            .bind(brand_id)
-            .fetch_all(self.pool())
-            .await?;
+        brand_ids: &[String],
+    ) -> Result<Vec<(String, String, Vec<String>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT brand_id, endpoint, secrets FROM webhook_secrets
+              WHERE brand_id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(serde_json::to_string(brand_ids).expect("strings serialize"))
+        .fetch_all(self.pool())
+        .await?;
         rows.iter()
             .map(|r| {
-                let secrets: String = r.try_get(1)?;
-                let secrets = serde_json::from_str(&secrets).map_err(|e| {
-                    StoreError::Corrupt(format!("webhook secrets of {brand_id}: {e}"))
-                })?;
-                Ok((r.try_get(0)?, secrets))
+                let brand: String = r.try_get(0)?;
+                let secrets: String = r.try_get(2)?;
+                let secrets = serde_json::from_str(&secrets)
+                    .map_err(|e| StoreError::Corrupt(format!("webhook secrets of {brand}: {e}")))?;
+                Ok((brand, r.try_get(1)?, secrets))
             })
             .collect()
     }
