@@ -7,7 +7,7 @@
 //! Following the log (not the engine's answers) means only committed changes are sent,
 //! and that every instance sees every instance's writes.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,7 +17,9 @@ use ledger_aggregates::{BrandId, PeriodKey};
 use ledger_projections::{LogPosition, LogRecord};
 
 use super::{Consumer, TailError, TAIL_BATCH_EVENTS_MAX};
-use crate::ledger::Ledger;
+use super::projector::CATCH_UP_WAIT_MAX;
+use crate::ledger::summary::AsOfSummary;
+use crate::ledger::{Ledger, QueryError};
 use crate::live::{Hub, Update};
 use crate::store::{ProjectionStore, READ_MODELS_PROJECTOR};
 
@@ -30,13 +32,35 @@ pub struct LiveConsumer {
     pub hub: Arc<Hub>,
 }
 
-/// The brand-periods a batch touched, each once, in a stable order.
-pub fn touched(records: &[LogRecord]) -> BTreeSet<(BrandId, PeriodKey)> {
-    records
-        .iter()
-        .filter(|r| r.aggregate_type == USAGE_PERIOD_TYPE)
-        .filter_map(|r| parse_period_stream_id(&r.aggregate_id).ok())
-        .collect()
+/// The brand-periods a batch touched, each once with the last sequence it read.
+pub fn touched(records: &[LogRecord]) -> BTreeMap<(BrandId, PeriodKey), u64> {
+    let mut touched = BTreeMap::new();
+    for r in records.iter().filter(|r| r.aggregate_type == USAGE_PERIOD_TYPE) {
+        if let Ok(key) = parse_period_stream_id(&r.aggregate_id) {
+            let seen = touched.entry(key).or_insert(0);
+            *seen = (*seen).max(u64::try_from(r.sequence).unwrap_or(0));
+        }
+    }
+    touched
+}
+
+impl LiveConsumer {
+    /// The summary of a brand-period holding at least sequence `seen`: the read models
+    /// may not have folded what this consumer read yet (a write is acknowledged to
+    /// readers after its commit), so they are caught up once when they lag.
+    async fn summary_after(
+        &self,
+        brand: &BrandId,
+        period: PeriodKey,
+        seen: u64,
+    ) -> Result<AsOfSummary, QueryError> {
+        let summary = self.ledger.summary_sequenced(brand.clone(), period).await?;
+        if summary.sequence >= seen {
+            return Ok(summary);
+        }
+        self.ledger.projector.catch_up(CATCH_UP_WAIT_MAX).await;
+        self.ledger.summary_sequenced(brand.clone(), period).await
+    }
 }
 
 #[async_trait]
@@ -74,8 +98,8 @@ impl Consumer for LiveConsumer {
             .expect("the loop hands over non-empty batches")
             .at;
         let mut updates = Vec::new();
-        for (brand, period) in touched(records) {
-            match self.ledger.summary_sequenced(brand.clone(), period).await {
+        for ((brand, period), seen) in touched(records) {
+            match self.summary_after(&brand, period, seen).await {
                 Ok(s) => updates.push(Arc::new(Update::new(s.summary, s.sequence))),
                 // A live message missed is summed up by the next one or a reconnection's
                 // snapshot: never a reason to hold the feed back.
