@@ -18,7 +18,9 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::Router;
 use chrono::{DateTime, Utc};
-use ledger_aggregates::notifications::{ChannelKind, EndpointSetting, NoticeKind, NotificationSettings};
+use ledger_aggregates::notifications::{
+    ChannelKind, EndpointSetting, NoticeKind, NotificationSettings,
+};
 use ledger_aggregates::{BrandId, MetricKey, PeriodCommand, PlanId};
 use sqlx::Row;
 use usage_ledger::clock::SystemClock;
@@ -49,7 +51,11 @@ async fn receive(State(arrivals): State<Arrivals>, body: Bytes) -> &'static str 
     let at = Utc::now();
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
         if let Some(id) = v["data"]["id"].as_str() {
-            arrivals.lock().expect("not poisoned").entry(id.to_owned()).or_insert(at);
+            arrivals
+                .lock()
+                .expect("not poisoned")
+                .entry(id.to_owned())
+                .or_insert(at);
         }
     }
     "ok"
@@ -100,12 +106,23 @@ async fn load(ledger: &Ledger, brands: &Arc<Vec<BrandId>>, args: &Args) -> Resul
     Ok(run.ops as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn register(ledger: &Ledger, brands: &Arc<Vec<BrandId>>, hook: Option<&str>, args: &Args) -> Result<(), BoxError> {
+async fn register(
+    ledger: &Ledger,
+    brands: &Arc<Vec<BrandId>>,
+    hook: Option<&str>,
+    args: &Args,
+) -> Result<(), BoxError> {
     let plan = PlanId::parse(NOTICES_PLAN)?;
     let (engine, list) = (ledger.engine.clone(), brands.clone());
     let registered = drive(list.len(), args.submitters, None, move |b| {
         let (engine, brand, plan) = (engine.clone(), list[b].clone(), plan.clone());
-        async move { engine.set_plan(brand, plan, ACTOR.into()).await.map(|_| 0).map_err(|e| e.to_string()) }
+        async move {
+            engine
+                .set_plan(brand, plan, ACTOR.into())
+                .await
+                .map(|_| 0)
+                .map_err(|e| e.to_string())
+        }
     })
     .await;
     setup_ok("notices: registering brands", &registered)?;
@@ -116,7 +133,10 @@ async fn register(ledger: &Ledger, brands: &Arc<Vec<BrandId>>, hook: Option<&str
         ledger
             .stores
             .outbox
-            .set_webhook_secrets(brand.as_str(), &[("hook".to_owned(), vec![SECRET.to_owned()])])
+            .set_webhook_secrets(
+                brand.as_str(),
+                &[("hook".to_owned(), vec![SECRET.to_owned()])],
+            )
             .await?;
     }
     let settings = NotificationSettings {
@@ -161,7 +181,9 @@ pub(crate) async fn notices_run(server: &mut Server, args: &Args) -> Result<(), 
     server.drop_last().await;
 
     let arrivals: Arrivals = Arc::default();
-    let receiver = Router::new().route("/hook", post(receive)).with_state(arrivals.clone());
+    let receiver = Router::new()
+        .route("/hook", post(receive))
+        .with_state(arrivals.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let hook = format!("http://{}/hook", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, receiver).await });
@@ -173,7 +195,9 @@ pub(crate) async fn notices_run(server: &mut Server, args: &Args) -> Result<(), 
     let with = load(&ledger, &brands, args).await?;
     let expected = brands.len() * CROSSINGS_PER_BRAND;
     let waited = Instant::now();
-    while arrivals.lock().expect("not poisoned").len() < expected && waited.elapsed() < DRAIN_WAIT_MAX {
+    while arrivals.lock().expect("not poisoned").len() < expected
+        && waited.elapsed() < DRAIN_WAIT_MAX
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Each crossing's commit, by the database's clock (the transaction's start).
@@ -192,7 +216,10 @@ pub(crate) async fn notices_run(server: &mut Server, args: &Args) -> Result<(), 
         let committed: DateTime<Utc> = row.try_get(2)?;
         if let Some(arrived) = got.get(&format!("{id}#{seq}")) {
             matched += 1;
-            let us = (*arrived - committed).num_microseconds().unwrap_or(i64::MAX).max(1);
+            let us = (*arrived - committed)
+                .num_microseconds()
+                .unwrap_or(i64::MAX)
+                .max(1);
             latency.saturating_record(us as u64);
         }
     }
@@ -211,8 +238,15 @@ pub(crate) async fn notices_run(server: &mut Server, args: &Args) -> Result<(), 
     );
     println!("| run | commands/s | / without notices |");
     println!("| --- | ---: | ---: |");
-    println!("| without notices (ceiling) | {} | 100 % |", thousands(without));
-    println!("| with notices | {} | {:.0} % |", thousands(with), 100.0 * with / without);
+    println!(
+        "| without notices (ceiling) | {} | 100 % |",
+        thousands(without)
+    );
+    println!(
+        "| with notices | {} | {:.0} % |",
+        thousands(with),
+        100.0 * with / without
+    );
     println!();
     println!(
         "crossings committed {}, first attempts received {}, of them matched {}",
