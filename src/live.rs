@@ -127,7 +127,10 @@ pub fn pressure_of(summary: &PeriodSummary) -> Decimal {
         .iter()
         .filter_map(|m| {
             let limit = m.totals.effective_limit?;
-            Some(ledger_aggregates::period::percentage(m.totals.current, limit))
+            Some(ledger_aggregates::period::percentage(
+                m.totals.current,
+                limit,
+            ))
         })
         .max()
         .unwrap_or(Decimal::ZERO)
@@ -143,7 +146,11 @@ pub async fn pressed(
     max: usize,
 ) -> Result<Vec<BrandId>, crate::ledger::QueryError> {
     let mut found: HashMap<BrandId, Decimal> = HashMap::new();
-    let rows = ledger.stores.projections.models_in_period(&period.to_string()).await?;
+    let rows = ledger
+        .stores
+        .projections
+        .models_in_period(&period.to_string())
+        .await?;
     for row in &rows {
         let (brand, _, models) = crate::tail::rows::models_from_row(row)
             .map_err(|e| crate::ledger::QueryError::Corrupt(e.to_string()))?;
@@ -164,8 +171,8 @@ pub async fn pressed(
 fn models_pressure(models: &ledger_projections::PeriodModels) -> Decimal {
     models
         .quotas
-        .iter()
-        .filter_map(|(_, q)| {
+        .values()
+        .filter_map(|q| {
             let limit = q.effective_limit?;
             Some(ledger_aggregates::period::percentage(q.current, limit))
         })
@@ -294,7 +301,11 @@ impl Hub {
         match &scope {
             Scope::Brands(brands) => {
                 for b in brands {
-                    routes.by_brand.entry(b.clone()).or_default().insert(id, sub());
+                    routes
+                        .by_brand
+                        .entry(b.clone())
+                        .or_default()
+                        .insert(id, sub());
                 }
             }
             Scope::Pressure(threshold) => {

@@ -165,13 +165,13 @@ pub(crate) async fn live(
     ApiQuery(q): ApiQuery<LiveQuery>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let refused = || ApiError::Unauthenticated(AuthError::Invalid(TicketError::Invalid.to_string()));
+    let refused =
+        || ApiError::Unauthenticated(AuthError::Invalid(TicketError::Invalid.to_string()));
     let Some(ticket) = q.ticket else {
         return Err(refused());
     };
-    let upgrade = upgrade.map_err(|e| {
-        ApiError::BadRequest(format!("this route upgrades to a WebSocket: {e}"))
-    })?;
+    let upgrade = upgrade
+        .map_err(|e| ApiError::BadRequest(format!("this route upgrades to a WebSocket: {e}")))?;
     let Some(slot) = s.live.reserve_connection() else {
         return Err(ApiError::Unavailable {
             detail: "too many live connections on this instance".to_owned(),
@@ -273,14 +273,17 @@ impl Connection {
         let period = ledger.period_or_now(None);
         let brands = match self.sub.scope() {
             Scope::Brands(brands) => brands.clone(),
-            Scope::Pressure(threshold) => {
-                crate::live::pressed(ledger, period, *threshold, LIVE_PRESSURE_SNAPSHOT_BRANDS_MAX)
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "no pressure snapshot");
-                        Vec::new()
-                    })
-            }
+            Scope::Pressure(threshold) => crate::live::pressed(
+                ledger,
+                period,
+                *threshold,
+                LIVE_PRESSURE_SNAPSHOT_BRANDS_MAX,
+            )
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "no pressure snapshot");
+                Vec::new()
+            }),
         };
         for brand in brands {
             let summary = match ledger.summary_sequenced(brand.clone(), period).await {
@@ -297,7 +300,11 @@ impl Connection {
             let update = Arc::new(Update::new(summary.summary, summary.sequence));
             self.send(&update).await?;
         }
-        self.s.live.metrics.last_snapshot.set(Utc::now().timestamp());
+        self.s
+            .live
+            .metrics
+            .last_snapshot
+            .set(Utc::now().timestamp());
         Ok(())
     }
 
@@ -338,7 +345,11 @@ impl Connection {
     /// blocked ends the connection.
     async fn send(&mut self, update: &Arc<Update>) -> Result<(), End> {
         let key = (update.brand().clone(), update.period());
-        if self.sent.get(&key).is_some_and(|&seq| seq >= update.sequence) {
+        if self
+            .sent
+            .get(&key)
+            .is_some_and(|&seq| seq >= update.sequence)
+        {
             return Ok(());
         }
         let text = update.text(|u| render(&self.s, u));
@@ -356,6 +367,9 @@ impl Connection {
 }
 
 fn too_slow() -> End {
-    const _: () = assert!(LIVE_BUFFER_MESSAGES == 64, "the close reason names the buffer");
+    const _: () = assert!(
+        LIVE_BUFFER_MESSAGES == 64,
+        "the close reason names the buffer"
+    );
     End::Close(CLOSE_TOO_SLOW, "fell behind: more than 64 messages waiting")
 }

@@ -8,8 +8,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    admin, api_keys, error, finance, live, notifications, periods, plans, reads, reservations, topups,
-    usage, views, whatif,
+    admin, api_keys, error, finance, live, notifications, periods, plans, reads, reservations,
+    topups, usage, views, whatif,
 };
 
 /// Where the document is served (outside the `usage-billing` prefix, like the original's

@@ -16,8 +16,8 @@ use ledger_aggregates::period::USAGE_PERIOD_TYPE;
 use ledger_aggregates::{BrandId, PeriodKey};
 use ledger_projections::{LogPosition, LogRecord};
 
-use super::{Consumer, TailError, TAIL_BATCH_EVENTS_MAX};
 use super::projector::CATCH_UP_WAIT_MAX;
+use super::{Consumer, TailError, TAIL_BATCH_EVENTS_MAX};
 use crate::ledger::summary::AsOfSummary;
 use crate::ledger::{Ledger, QueryError};
 use crate::live::{Hub, Update};
@@ -35,7 +35,10 @@ pub struct LiveConsumer {
 /// The brand-periods a batch touched, each once with the last sequence it read.
 pub fn touched(records: &[LogRecord]) -> BTreeMap<(BrandId, PeriodKey), u64> {
     let mut touched = BTreeMap::new();
-    for r in records.iter().filter(|r| r.aggregate_type == USAGE_PERIOD_TYPE) {
+    for r in records
+        .iter()
+        .filter(|r| r.aggregate_type == USAGE_PERIOD_TYPE)
+    {
         if let Ok(key) = parse_period_stream_id(&r.aggregate_id) {
             let seen = touched.entry(key).or_insert(0);
             *seen = (*seen).max(u64::try_from(r.sequence).unwrap_or(0));

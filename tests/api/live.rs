@@ -127,7 +127,10 @@ async fn a_brand_sees_its_own_changes_live_and_no_other(db: &TestDb) {
     assert_eq!(snapshot["plan"], summary.body["plan"]);
 
     record(&app, "globex").await;
-    assert!(next(&mut ws, QUIET).await.is_none(), "another brand's change");
+    assert!(
+        next(&mut ws, QUIET).await.is_none(),
+        "another brand's change"
+    );
 
     let mut latencies = Vec::new();
     for n in 1..=200u64 {
@@ -146,7 +149,10 @@ async fn a_brand_sees_its_own_changes_live_and_no_other(db: &TestDb) {
         assert_eq!(api_calls(&message), n);
     }
     record(&app, "globex").await;
-    assert!(next(&mut ws, QUIET).await.is_none(), "another brand's change");
+    assert!(
+        next(&mut ws, QUIET).await.is_none(),
+        "another brand's change"
+    );
 
     latencies.sort();
     let (p50, p99) = (quantile(&latencies, 0.5), quantile(&latencies, 0.99));
@@ -296,7 +302,10 @@ async fn a_slow_reader_is_dropped_and_the_others_keep_receiving(db: &TestDb) {
             break;
         }
     }
-    assert!(failures(&app).await >= 1, "no slow client dropped after {recorded}");
+    assert!(
+        failures(&app).await >= 1,
+        "no slow client dropped after {recorded}"
+    );
     // The fast client saw every change: its last message holds the last record.
     let last = reader.await.unwrap();
     assert_eq!(last, recorded, "the other client kept receiving");
@@ -323,4 +332,41 @@ async fn a_slow_reader_is_dropped_and_the_others_keep_receiving(db: &TestDb) {
 on_both_stores!(
     a_slow_reader_is_dropped_and_the_others_keep_receiving,
     a_slow_reader_is_dropped_and_the_others_keep_receiving
+);
+
+async fn record_renders(app: &TestApp, brand: &str, value: u64) {
+    let r = app
+        .post(
+            "record",
+            &app.admin,
+            json!({ "brandId": brand, "metric": "renders_3d", "value": value }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:#}", r.body);
+}
+
+// An admin's "Quotas en tension" feed: the brands at or above the threshold on connect,
+// then a brand that rises to it, and not the brands below it.
+async fn a_pressure_feed_shows_the_brands_above_its_threshold(db: &TestDb) {
+    let app = spawn_app(db).await;
+    for b in ["acme", "globex", "initech"] {
+        app.register(b, "starter").await;
+    }
+    record_renders(&app, "acme", 8).await; // 80 % of 10
+    record_renders(&app, "globex", 2).await; // 20 %
+    let t = ticket_for(&app, &app.admin, json!({ "pressure": 75 })).await;
+    let mut ws = connect(&app, &t, None).await;
+    let snapshot = next(&mut ws, SOON).await.expect("the pressed brand");
+    assert_eq!(snapshot["brandId"], "acme");
+    assert!(next(&mut ws, QUIET).await.is_none(), "only acme is above 75 %");
+
+    record_renders(&app, "initech", 1).await; // 10 %: not shown
+    assert!(next(&mut ws, QUIET).await.is_none(), "initech stays below");
+    record_renders(&app, "globex", 6).await; // 80 %
+    let risen = next(&mut ws, SOON).await.expect("globex rose above 75 %");
+    assert_eq!(risen["brandId"], "globex");
+}
+on_both_stores!(
+    a_pressure_feed_shows_the_brands_above_its_threshold,
+    a_pressure_feed_shows_the_brands_above_its_threshold
 );
