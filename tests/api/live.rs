@@ -358,7 +358,10 @@ async fn a_pressure_feed_shows_the_brands_above_its_threshold(db: &TestDb) {
     let mut ws = connect(&app, &t, None).await;
     let snapshot = next(&mut ws, SOON).await.expect("the pressed brand");
     assert_eq!(snapshot["brandId"], "acme");
-    assert!(next(&mut ws, QUIET).await.is_none(), "only acme is above 75 %");
+    assert!(
+        next(&mut ws, QUIET).await.is_none(),
+        "only acme is above 75 %"
+    );
 
     record_renders(&app, "initech", 1).await; // 10 %: not shown
     assert!(next(&mut ws, QUIET).await.is_none(), "initech stays below");
