@@ -14,6 +14,7 @@
 //! - [`stripe`]: Stripe's protocols: webhook signatures (`Stripe-Signature`).
 //! - [`notify`]: notices out: one threshold, refusal or top-up notice formatted for Slack,
 //!   Zapier, a Standard Webhooks endpoint or an e-mail, and delivered in one attempt.
+//! - [`live`]: the live feed's tickets and the hub fanning committed summaries out to connections.
 //! - [`startup`]: the composition root: store, engine, consumers and router wired once.
 //! - [`http`]: the axum router; the only module that speaks HTTP.
 //! - [`cli`]: operator commands on the ledger (`brands`, `reset`) as library code.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod engine;
 pub mod http;
 pub mod ledger;
+pub mod live;
 pub mod metrics;
 pub mod notify;
 pub mod secret;

@@ -50,10 +50,69 @@ pub struct EngineMetrics {
     pub alerts: IntCounterVec,
 }
 
+/// Live feed fan-out latency buckets (seconds): handing a batch's updates to every
+/// connection's buffer is microseconds when healthy.
+pub const BROADCAST_DURATION_BUCKETS: &[f64] = &[
+    0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5,
+];
+
+/// The live feed's metrics (the seed's `luneo_observability_ws_*` names).
+#[derive(Debug, Clone)]
+pub struct LiveMetrics {
+    pub active_connections: IntGauge,
+    /// When the last summary was handed to the connections, unix seconds.
+    pub last_snapshot: IntGauge,
+    pub broadcast_seconds: prometheus::Histogram,
+    /// Slow clients dropped and messages that could not be sent.
+    pub broadcast_failures: IntCounter,
+}
+
+impl LiveMetrics {
+    fn registered(registry: &Registry) -> Self {
+        let live = Self::unregistered();
+        for c in [
+            Box::new(live.active_connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(live.last_snapshot.clone()),
+            Box::new(live.broadcast_seconds.clone()),
+            Box::new(live.broadcast_failures.clone()),
+        ] {
+            registry.register(c).expect("registered once");
+        }
+        live
+    }
+
+    /// The same metrics in no registry (unit tests).
+    pub fn unregistered() -> Self {
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
+        let opts = HistogramOpts::new(
+            "luneo_observability_ws_broadcast_duration_seconds",
+            "Time to hand one batch's live updates to every connection's buffer.",
+        )
+        .buckets(BROADCAST_DURATION_BUCKETS.to_vec());
+        Self {
+            active_connections: gauge(
+                "luneo_observability_ws_active_connections",
+                "Open live feed connections.",
+            ),
+            last_snapshot: gauge(
+                "luneo_observability_ws_last_snapshot_timestamp",
+                "When the live feed last pushed a summary, unix seconds.",
+            ),
+            broadcast_seconds: prometheus::Histogram::with_opts(opts).expect("valid metric"),
+            broadcast_failures: IntCounter::new(
+                "luneo_observability_ws_broadcast_failures_total",
+                "Live feed clients dropped for falling behind, and messages that could not be sent.",
+            )
+            .expect("valid metric"),
+        }
+    }
+}
+
 /// Everything the service exposes.
 pub struct Metrics {
     registry: Registry,
     pub engine: Arc<EngineMetrics>,
+    pub live: Arc<LiveMetrics>,
     /// `luneo_quota_checks_total{plan,metric,source,outcome}`: one per check.
     pub checks: IntCounterVec,
     /// `luneo_quota_check_duration_seconds{plan,metric,source,outcome}`.
@@ -143,6 +202,7 @@ impl Metrics {
         };
         Self {
             engine: Arc::new(engine),
+            live: Arc::new(LiveMetrics::registered(&registry)),
             checks: counter(
                 "luneo_quota_checks_total",
                 "Quota checks answered, one per check (not per unit).",

@@ -164,6 +164,7 @@ pub struct Application {
     listener: tokio::net::TcpListener,
     state: AppState,
     notices: crate::notify::Notices,
+    live: crate::tail::live::Live,
     key_source: KeySource,
     limits: crate::http::server::Limits,
 }
@@ -178,6 +179,7 @@ impl Application {
         let auth = Authenticator::new(jwt, ledger.stores.keys.clone());
         auth.follow_revocations().await?;
         let notices = crate::notify::Notices::start(&ledger, &settings.notify).await?;
+        let live = crate::tail::live::Live::start(&ledger, metrics.live.clone()).await?;
         let addr = settings.http.bind;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -198,6 +200,7 @@ impl Application {
                 .map(Arc::new),
             url_rules: settings.notify.url_rules(),
             dispatch: notices.dispatcher.wake.clone(),
+            live: live.hub.clone(),
         });
         let limits = crate::http::server::Limits {
             header_read_timeout: ms(http.header_read_timeout_ms),
@@ -208,6 +211,7 @@ impl Application {
             listener,
             state,
             notices,
+            live,
             key_source,
             limits,
         })
@@ -245,6 +249,7 @@ impl Application {
             state,
             limits,
             notices,
+            live,
             ..
         } = self;
         let ledger = state.ledger.clone();
@@ -257,6 +262,7 @@ impl Application {
         ledger.engine.drain().await;
         ledger.projector.stop().await;
         notices.stop().await;
+        live.stop().await;
         Ok(())
     }
 }

@@ -13,6 +13,7 @@
 //! - `api_keys`: per-brand API keys.
 //! - `plans`: the catalog.
 //! - `notifications`: where a brand's notices go; the deliveries and their attempts.
+//! - `live`: the live feed: tickets, and the WebSocket of committed summaries.
 //! - `topups`: top-ups bought through Stripe Checkout, Stripe's webhook, the history.
 //! - `whatif`: what-if answers: top-up simulation, plan comparison, projections, estimate, bill.
 //! - `openapi`: the OpenAPI document generated from the handlers.
@@ -28,6 +29,7 @@ pub mod views;
 mod admin;
 mod api_keys;
 mod finance;
+mod live;
 mod metrics;
 mod notifications;
 mod openapi;
@@ -102,6 +104,8 @@ pub struct Shared {
     pub url_rules: crate::notify::settings::UrlRules,
     /// Wakes the notices' dispatcher (a dead letter revived).
     pub dispatch: std::sync::Arc<tokio::sync::Notify>,
+    /// The live feed's tickets and connections, fed by its log consumer.
+    pub live: std::sync::Arc<crate::live::Hub>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -122,6 +126,7 @@ pub fn router(state: AppState) -> Router {
         .merge(whatif::router())
         .merge(topups::router())
         .merge(notifications::router())
+        .merge(live::router())
         // A layer applies to the routes registered before it: the close, which freezes
         // every brand's invoice in one request, gets its own longer bound.
         .layer(from_fn_with_state(request, bounded))

@@ -8,8 +8,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    admin, api_keys, error, finance, notifications, periods, plans, reads, reservations, topups,
-    usage, views, whatif,
+    admin, api_keys, error, finance, live, notifications, periods, plans, reads, reservations,
+    topups, usage, views, whatif,
 };
 
 /// Where the document is served (outside the `usage-billing` prefix, like the original's
@@ -33,6 +33,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         whatif::simulate, whatif::compare_plans, whatif::projections, whatif::estimate, whatif::current_bill,
         topups::checkout, topups::stripe_webhook, topups::history,
         notifications::put_settings, notifications::get_settings, notifications::deliveries, notifications::retry,
+        live::ticket, live::live,
     ),
     components(schemas(
         error::Problem, views::MetricView, views::AlertView, views::CostView, views::DecisionView, views::PolicyView,
@@ -53,6 +54,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         topups::CheckoutBody, topups::CheckoutAnswer, topups::WebhookAnswer, topups::TopUpEntry, topups::TopUpHistoryAnswer,
         notifications::EndpointBody, notifications::SettingsBody, notifications::EndpointView, notifications::SettingsAnswer,
         notifications::AttemptView, notifications::DeliveryView, notifications::DeliveriesAnswer,
+        live::TicketBody, live::TicketAnswer, live::LiveMessage,
     )),
     modifiers(&Security),
     tags(
@@ -63,6 +65,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         (name = "finance", description = "Overage lines and totals per period, JSON or CSV (admin)"),
         (name = "alerts", description = "Where a brand's notices go (Slack, Zapier, signed webhooks, e-mail) and every delivery with its attempts (admin, brand)"),
         (name = "payments", description = "Top-ups bought through Stripe Checkout, Stripe's webhook, the top-up history (admin, brand; the webhook: Stripe's signature)"),
+        (name = "live", description = "The live feed: a single-use ticket, then a WebSocket of committed summaries (admin, brand)"),
         (name = "what-if", description = "Top-up simulation, plan comparison, projections, estimates and the current bill, on the effective limits (admin, brand)"),
     )
 )]

@@ -133,8 +133,8 @@ pub(crate) async fn summary(
     Ok(summary_answer(s, summary))
 }
 
-/// The wire shape of a summary.
-fn summary_answer(s: &AppState, summary: PeriodSummary) -> SummaryAnswer {
+/// The wire shape of a summary (also the live feed's `summary`).
+pub(crate) fn summary_answer(s: &AppState, summary: PeriodSummary) -> SummaryAnswer {
     let catalog = s.ledger.engine.catalog();
     let PeriodSummary {
         brand,

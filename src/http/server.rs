@@ -11,11 +11,10 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 /// How long a connection beyond the cap waits for another to close before it is
 /// refused: enough to ride out a burst, short enough that the client hears at once.
@@ -79,7 +78,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.connections_max));
-    let graceful = GracefulShutdown::new();
+    // Each connection's task holds a receiver: the drain waits until all are dropped.
+    // (hyper-util's `GracefulShutdown` does not watch connections that may upgrade.)
+    let (draining, _) = watch::channel(false);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
@@ -103,18 +104,32 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        // Upgrades: the live feed's WebSockets (`http::live`); an upgraded connection
+        // leaves this loop (and its slot) once handed over.
+        let conn = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let mut drain = draining.subscribe();
         tokio::spawn(async move {
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                _ = drain.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
             // Errors here are the client's (a reset, a header timeout): nothing to answer.
-            if let Err(e) = conn.await {
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(slot);
         });
     }
     drop(listener);
-    let open = graceful.count();
-    if tokio::time::timeout(limits.drain_deadline, graceful.shutdown())
+    let open = draining.receiver_count();
+    draining.send_replace(true);
+    if tokio::time::timeout(limits.drain_deadline, draining.closed())
         .await
         .is_err()
     {

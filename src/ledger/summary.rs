@@ -78,7 +78,8 @@ pub struct PeriodSummary {
     pub alerts: Vec<AlertSummary>,
 }
 
-/// A summary replayed as of a point of its stream.
+/// A summary with the point of its stream it stands at (replayed as of a cutoff, or
+/// served from the read models).
 #[derive(Debug, Clone)]
 pub struct AsOfSummary {
     pub summary: PeriodSummary,
@@ -102,6 +103,22 @@ impl Ledger {
         let models = self.projector.period(&brand, period).await?;
         let (plan, registered_at) = self.plan_of(&brand, period, models.as_deref()).await?;
         Ok(self.summarize(brand, period, (plan, registered_at), models.as_deref()))
+    }
+
+    /// [`Ledger::summary`] with the last sequence of the stream it holds (0: the period
+    /// had no event yet), so a live client can tell whether it missed anything.
+    pub async fn summary_sequenced(
+        &self,
+        brand: BrandId,
+        period: PeriodKey,
+    ) -> Result<AsOfSummary, QueryError> {
+        let models = self.projector.period(&brand, period).await?;
+        let basis = self.plan_of(&brand, period, models.as_deref()).await?;
+        let sequence = models.as_ref().map_or(0, |m| m.sequence);
+        Ok(AsOfSummary {
+            summary: self.summarize(brand, period, basis, models.as_deref()),
+            sequence,
+        })
     }
 
     /// Usage per metric: the plan's metrics at 0 unless used, and every metric used.

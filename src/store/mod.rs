@@ -197,6 +197,33 @@ pub trait EventLog: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
+/// This process's commits, heard by every consumer that watches them: each watcher has
+/// a `Notify` of its own (which keeps a permit while its consumer is busy), so one commit
+/// wakes every consumer rather than whichever happened to wait first.
+#[derive(Debug, Default)]
+pub struct CommitSignal {
+    watchers: std::sync::Mutex<Vec<std::sync::Weak<Notify>>>,
+}
+
+impl CommitSignal {
+    /// A new watcher, woken by every later commit.
+    pub fn watch(&self) -> Arc<Notify> {
+        let notify = Arc::new(Notify::new());
+        let mut watchers = self.watchers.lock().expect("watchers lock");
+        watchers.retain(|w| w.strong_count() > 0);
+        watchers.push(Arc::downgrade(&notify));
+        notify
+    }
+
+    /// Wake every watcher.
+    pub fn notify(&self) {
+        let watchers = self.watchers.lock().expect("watchers lock");
+        for notify in watchers.iter().filter_map(std::sync::Weak::upgrade) {
+            notify.notify_one();
+        }
+    }
+}
+
 // --- The read models and their checkpoint -----------------------------------------------
 //
 // What the projector and the replay need from a store: the log in global commit order,

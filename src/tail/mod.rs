@@ -17,9 +17,11 @@
 //! - this file: the [`Consumer`] trait, the loop and its [`Tail`] handle.
 //! - [`projector`]: the read models' consumer, serving them from a bounded memory.
 //! - [`notices`]: the notices consumer, filling the outbox of deliveries.
+//! - [`live`]: the live feed's consumer, handing committed summaries to the hub.
 //! - [`rows`]: read-model rows as stored, to and from `PeriodModels`.
 //! - [`watermark`]: what this process acknowledged per stream, so reads wait only for that.
 
+pub mod live;
 pub mod notices;
 pub mod projector;
 pub mod rows;

@@ -65,6 +65,8 @@ async fn the_openapi_document_lists_every_route(db: &TestDb) {
         ("get", format!("{p}/brands/{{brandId}}/notifications")),
         ("get", format!("{p}/alerts/deliveries")),
         ("post", format!("{p}/alerts/deliveries/{{id}}/retry")),
+        ("post", format!("{p}/live/tickets")),
+        ("get", format!("{p}/live")),
     ];
     for (method, path) in &expected {
         assert!(

@@ -10,6 +10,7 @@ mod connections;
 mod docs;
 mod finance;
 mod freshness;
+mod live;
 mod metering;
 mod metrics;
 mod outage;

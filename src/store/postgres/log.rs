@@ -217,7 +217,7 @@ impl EventLog for PostgresLog {
             self.keep_appender(conn);
         }
         done?;
-        self.commits.notify_one();
+        self.commits.notify();
         self.appended(events.len());
         Ok(())
     }

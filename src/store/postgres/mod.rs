@@ -47,7 +47,7 @@ pub struct PostgresLog {
     /// statement: normally two (the writer's and the prober's), `writer_shards + 1` at most.
     appenders: std::sync::Mutex<Vec<(PgConnection, Instant)>>,
     /// Notified after each append of this process commits (see `ProjectionStore`).
-    commits: std::sync::Arc<tokio::sync::Notify>,
+    commits: std::sync::Arc<crate::store::CommitSignal>,
     /// When the tables' statistics are refreshed.
     stats: std::sync::Arc<super::stats::StatsDue>,
 }
@@ -121,8 +121,9 @@ impl PostgresLog {
     }
 
     /// The signal this process's committed appends notify.
+    /// A watcher of this process's commits, of its own.
     pub fn commit_signal(&self) -> std::sync::Arc<tokio::sync::Notify> {
-        std::sync::Arc::clone(&self.commits)
+        self.commits.watch()
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -163,7 +163,7 @@ impl EventLog for SqliteLog {
             .map_err(StoreError::from_write)?;
         }
         tx.commit().await.map_err(StoreError::from_write)?;
-        self.commits.notify_one();
+        self.commits.notify();
         self.appended(events.len());
         Ok(())
     }

@@ -35,7 +35,7 @@ pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SqliteLog {
     pool: SqlitePool,
     /// Notified after each append of this process commits (see `ProjectionStore`).
-    commits: std::sync::Arc<tokio::sync::Notify>,
+    commits: std::sync::Arc<crate::store::CommitSignal>,
     /// When the tables' statistics are refreshed.
     stats: std::sync::Arc<super::stats::StatsDue>,
 }
@@ -95,8 +95,9 @@ impl SqliteLog {
     }
 
     /// The signal this process's committed appends notify.
+    /// A watcher of this process's commits, of its own.
     pub fn commit_signal(&self) -> std::sync::Arc<tokio::sync::Notify> {
-        std::sync::Arc::clone(&self.commits)
+        self.commits.watch()
     }
 
     pub fn pool(&self) -> &SqlitePool {
