@@ -108,11 +108,25 @@ impl LiveMetrics {
     }
 }
 
+/// The channels notices go out on: the labels of the delivery series, each created at
+/// 0 at start so a first dead letter counts as an increase.
+pub const DELIVERY_CHANNELS: [&str; 4] = ["slack", "zapier", "webhook", "email"];
+
+/// Notices delivered, failed and dead-lettered, by channel.
+#[derive(Debug, Clone)]
+pub struct DeliveryMetrics {
+    /// `ledger_delivery_attempts_total{channel,outcome}`: `delivered` or `failed`.
+    pub attempts: IntCounterVec,
+    /// `ledger_delivery_dead_letters_total{channel}`: deliveries that ran out of attempts.
+    pub dead_letters: IntCounterVec,
+}
+
 /// Everything the service exposes.
 pub struct Metrics {
     registry: Registry,
     pub engine: Arc<EngineMetrics>,
     pub live: Arc<LiveMetrics>,
+    pub deliveries: Arc<DeliveryMetrics>,
     /// `luneo_quota_checks_total{plan,metric,source,outcome}`: one per check.
     pub checks: IntCounterVec,
     /// `luneo_quota_check_duration_seconds{plan,metric,source,outcome}`.
@@ -200,9 +214,28 @@ impl Metrics {
                 &["plan", "metric", "severity", "overage_policy"],
             ),
         };
+        let deliveries = DeliveryMetrics {
+            attempts: counter(
+                "ledger_delivery_attempts_total",
+                "Attempts to deliver a notice, by channel and outcome.",
+                &["channel", "outcome"],
+            ),
+            dead_letters: counter(
+                "ledger_delivery_dead_letters_total",
+                "Notice deliveries that ran out of attempts, by channel.",
+                &["channel"],
+            ),
+        };
+        for channel in DELIVERY_CHANNELS {
+            deliveries.dead_letters.with_label_values(&[channel]);
+            for outcome in ["delivered", "failed"] {
+                deliveries.attempts.with_label_values(&[channel, outcome]);
+            }
+        }
         Self {
             engine: Arc::new(engine),
             live: Arc::new(LiveMetrics::registered(&registry)),
+            deliveries: Arc::new(deliveries),
             checks: counter(
                 "luneo_quota_checks_total",
                 "Quota checks answered, one per check (not per unit).",

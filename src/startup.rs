@@ -178,7 +178,12 @@ impl Application {
         let ledger = ledger_counting(settings, clock, Some(metrics.engine.clone())).await?;
         let auth = Authenticator::new(jwt, ledger.stores.keys.clone());
         auth.follow_revocations().await?;
-        let notices = crate::notify::Notices::start(&ledger, &settings.notify).await?;
+        let notices = crate::notify::Notices::start(
+            &ledger,
+            &settings.notify,
+            Some(metrics.deliveries.clone()),
+        )
+        .await?;
         let live = crate::tail::live::Live::start(&ledger, metrics.live.clone()).await?;
         let addr = settings.http.bind;
         let listener = tokio::net::TcpListener::bind(addr)

@@ -191,7 +191,7 @@ pub(crate) async fn notices_run(server: &mut Server, args: &Args) -> Result<(), 
     let url = server.fresh().await?;
     let settings = settings(&url);
     let ledger = open_ledger(&settings, Arc::new(SystemClock)).await?;
-    let notices = Notices::start(&ledger, &settings.notify).await?;
+    let notices = Notices::start(&ledger, &settings.notify, None).await?;
     register(&ledger, &brands, Some(&hook), args).await?;
     let with = load(&ledger, &brands, args).await?;
     let expected = brands.len() * CROSSINGS_PER_BRAND;

@@ -15,6 +15,7 @@ use tokio::sync::{watch, Notify};
 
 use super::{Endpoint, Notice, Sender};
 use crate::engine::Engine;
+use crate::metrics::DeliveryMetrics;
 use crate::secret::Secret;
 use crate::store::{load_registries, AfterAttempt, AttemptRow, DeliveryRow, EventLog, OutboxStore};
 
@@ -71,6 +72,7 @@ struct Inner {
     engine: Engine,
     sender: Sender,
     lease: Duration,
+    metrics: Option<Arc<DeliveryMetrics>>,
     /// The dispatcher's own wake-up, rung when an attempt ends.
     wake: Arc<Notify>,
     in_flight: Mutex<HashSet<String>>,
@@ -84,6 +86,7 @@ impl Dispatcher {
         engine: Engine,
         sender: Sender,
         lease: Duration,
+        metrics: Option<Arc<DeliveryMetrics>>,
     ) -> Self {
         let wake = Arc::new(Notify::new());
         let (stopping, mut stop) = watch::channel(false);
@@ -93,6 +96,7 @@ impl Dispatcher {
             engine,
             sender,
             lease,
+            metrics,
             wake: wake.clone(),
             in_flight: Mutex::default(),
             per_endpoint: Mutex::default(),
@@ -217,6 +221,14 @@ impl Inner {
     ) -> Result<(), crate::store::StoreError> {
         let number = d.attempts + 1;
         let now = self.engine.now();
+        let channel = match &target {
+            Ok((Endpoint::Slack { .. }, _)) => Some("slack"),
+            Ok((Endpoint::Zapier { .. }, _)) => Some("zapier"),
+            Ok((Endpoint::Webhook { .. }, _)) => Some("webhook"),
+            Ok((Endpoint::Email { .. }, _)) => Some("email"),
+            // A removed endpoint or missing secrets: no channel to count it under.
+            Err(_) => None,
+        };
         let (status_code, error, duration, delivered) = match target {
             Ok((endpoint, notice)) => {
                 let a = self.sender.attempt(&endpoint, &notice, &d.id, now).await;
@@ -236,6 +248,13 @@ impl Inner {
                 .expect("an hour fits"),
             ),
         };
+        if let (Some(m), Some(channel)) = (&self.metrics, channel) {
+            let outcome = if delivered { "delivered" } else { "failed" };
+            m.attempts.with_label_values(&[channel, outcome]).inc();
+            if after == AfterAttempt::Dead {
+                m.dead_letters.with_label_values(&[channel]).inc();
+            }
+        }
         let attempt = AttemptRow {
             number,
             at: now,

@@ -39,6 +39,7 @@ impl Notices {
     pub async fn start(
         ledger: &crate::ledger::Ledger,
         config: &crate::config::NotifyConfig,
+        metrics: Option<std::sync::Arc<crate::metrics::DeliveryMetrics>>,
     ) -> Result<Self, crate::startup::StartupError> {
         let stores = &ledger.stores;
         let dispatcher = dispatch::Dispatcher::start(
@@ -47,6 +48,7 @@ impl Notices {
             ledger.engine.clone(),
             Sender::new(config.smtp()?),
             std::time::Duration::from_secs(config.claim_lease_seconds),
+            metrics,
         );
         let consumer = crate::tail::notices::NoticeConsumer::new(
             stores.projections.clone(),

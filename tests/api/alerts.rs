@@ -355,6 +355,26 @@ async fn a_dead_letter_is_sent_again_on_request(db: &TestDb) {
     assert_eq!(dead.len(), 1, "dead after {attempts} attempts");
     assert_eq!(dead[0]["attempts"].as_array().unwrap().len(), attempts);
     assert_eq!(rx.on("/slack").len(), attempts);
+    // Counted for Prometheus: every failed attempt, and the dead letter once.
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .bearer_auth(&app.admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        format!(
+            "ledger_delivery_attempts_total{{channel=\"slack\",outcome=\"failed\"}} {attempts}"
+        ),
+        "ledger_delivery_dead_letters_total{channel=\"slack\"} 1".to_owned(),
+        "ledger_delivery_dead_letters_total{channel=\"webhook\"} 0".to_owned(),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} not in /metrics");
+    }
     // The receiver is fixed; support sends the dead letter again.
     rx.script.lock().unwrap().clear();
     let id = dead[0]["id"].as_str().unwrap().to_owned();

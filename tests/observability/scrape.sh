@@ -145,8 +145,8 @@ awk '/^# TYPE /{print $3}' "$work/metrics.txt" | sort -u >"$work/exposed.txt"
   sed -n '/^<!-- metrics-to-come -->$/,/^<!-- \/metrics-to-come -->$/p' docs/observability.md |
     grep -o '`\(luneo\|ledger\)_[a-z0-9_]*' | tr -d '`'
 } | sort -u >"$work/known.txt"
-grep -q '^ledger_delivery_dead_letters_total$' "$work/known.txt" ||
-  die "docs/observability.md lists no metrics to come between its metrics-to-come markers"
+grep -q '^<!-- metrics-to-come -->$' docs/observability.md ||
+  die "docs/observability.md has lost its metrics-to-come markers"
 python3 tests/observability/check_references.py "$work/known.txt" \
   docs/observability/grafana/quotas-dashboard.json "${rules[@]}" \
   --queries "$work/queries.txt" --exposed "$work/exposed.txt" ||
