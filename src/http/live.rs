@@ -32,6 +32,12 @@ use crate::live::{
     LIVE_PRESSURE_SNAPSHOT_BRANDS_MAX, LIVE_TICKET_BRANDS_MAX,
 };
 
+/// What a connection reads into at once: clients send pongs and close frames only.
+pub const LIVE_READ_BUFFER_BYTES: usize = 4 * 1024;
+/// What a connection writes before flushing: one summary message is a few KiB.
+pub const LIVE_WRITE_BUFFER_BYTES: usize = 16 * 1024;
+/// The largest message a client may send: it sends nothing but control frames.
+pub const LIVE_CLIENT_MESSAGE_BYTES_MAX: usize = 4 * 1024;
 /// How long a closing frame may take to go out to a client that stopped reading.
 pub const LIVE_CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// WebSocket close code of a client dropped for falling behind (RFC 6455 §7.4.1: 1008,
@@ -188,6 +194,13 @@ pub(crate) async fn live(
         ));
     }
     tracing::debug!(subject = %grant.subject, scope = ?grant.scope, "live feed opened");
+    // A client only answers pings: small buffers keep an idle connection cheap (the
+    // defaults reserve 128 KiB to read each).
+    let upgrade = upgrade
+        .read_buffer_size(LIVE_READ_BUFFER_BYTES)
+        .write_buffer_size(LIVE_WRITE_BUFFER_BYTES)
+        .max_message_size(LIVE_CLIENT_MESSAGE_BYTES_MAX)
+        .max_frame_size(LIVE_CLIENT_MESSAGE_BYTES_MAX);
     Ok(upgrade.on_upgrade(move |socket| async move {
         let sub = s.live.subscribe(slot, grant.scope);
         Connection::new(s, socket, sub).serve(q.resume).await;

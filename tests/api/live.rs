@@ -373,3 +373,86 @@ on_both_stores!(
     a_pressure_feed_shows_the_brands_above_its_threshold,
     a_pressure_feed_shows_the_brands_above_its_threshold
 );
+
+/// The resident memory of this process, in KiB (Linux).
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("Linux /proc");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}
+
+/// Idle connections a process holds within this much memory, server and clients alike
+/// (both sides live in the test's process): 64 KiB per connection pair.
+const IDLE_CONNECTION_PAIR_KIB_MAX: u64 = 64;
+
+// 1,000 idle live connections stay open, get their snapshot, and cost under the stated
+// bound; an update still reaches one of them.
+async fn a_thousand_idle_connections_hold_within_their_memory_bound(db: &TestDb) {
+    let app = spawn_app(db).await;
+    app.register("acme", "starter").await;
+    record(&app, "acme").await;
+    let own = app.token(Role::Brand, &["acme"]);
+    let mut tickets = Vec::with_capacity(1_000);
+    for _ in 0..1_000 {
+        tickets.push(ticket_for(&app, &own, json!({})).await);
+    }
+    let before = rss_kib();
+    let mut clients = Vec::with_capacity(1_000);
+    // The clients with small buffers too: both sides live in this process.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024);
+    for t in &tickets {
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
+            live_url(&app, t, None),
+            Some(config),
+            false,
+        )
+        .await
+        .expect("the live feed upgrades");
+        assert!(
+            next(&mut ws, SOON).await.is_some(),
+            "each connection gets its snapshot"
+        );
+        clients.push(ws);
+    }
+    let grown = rss_kib().saturating_sub(before);
+    eprintln!(
+        "1,000 idle live connections: +{} KiB resident ({} KiB a connection, server and client)",
+        grown,
+        grown / 1_000
+    );
+    assert!(
+        grown < 1_000 * IDLE_CONNECTION_PAIR_KIB_MAX,
+        "1,000 connections took {grown} KiB"
+    );
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .bearer_auth(&app.admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "luneo_observability_ws_active_connections 1000"),
+        "the gauge counts them"
+    );
+    record(&app, "acme").await;
+    let last = clients.last_mut().unwrap();
+    assert!(
+        next(last, SOON).await.is_some(),
+        "an update reaches the last one"
+    );
+}
+on_both_stores!(
+    idle_connections,
+    a_thousand_idle_connections_hold_within_their_memory_bound
+);

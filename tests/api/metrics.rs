@@ -213,3 +213,93 @@ on_both_stores!(
     per_brand_series_are_bounded_to_the_most_recently_active,
     per_brand_series_are_bounded_to_the_most_recently_active
 );
+
+// After a random workload over several brands and metrics, every per-brand gauge says
+// what the summary says: the usage percentage, the units remaining, the overage.
+async fn per_brand_gauges_equal_the_summaries_after_a_random_workload(db: &TestDb) {
+    let app = crate::helpers::spawn_app(db).await;
+    let brands = ["acme", "globex", "initech"];
+    let metrics = [
+        "renders_3d",
+        "ai_generations",
+        "api_calls",
+        "designs_created",
+    ];
+    for b in brands {
+        app.register(b, "starter").await;
+    }
+    // A fixed linear congruential sequence: random enough, the same every run.
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = |n: u64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % n
+    };
+    for _ in 0..120 {
+        let brand = brands[next(brands.len() as u64) as usize];
+        let metric = metrics[next(metrics.len() as u64) as usize];
+        let value = 1 + next(4);
+        let r = app
+            .post(
+                "record",
+                &app.admin,
+                json!({ "brandId": brand, "metric": metric, "value": value }),
+            )
+            .await;
+        assert!(r.status.is_success(), "{:#}", r.body);
+    }
+    // The summaries first: a read waits for the read models to hold every write
+    // acknowledged before it, and the gauges are sampled from those models.
+    let mut summaries = Vec::new();
+    for b in brands {
+        let s = app.get(&format!("summary/{b}"), &app.admin).await;
+        assert_eq!(s.status, 200);
+        summaries.push((b, s.body));
+    }
+    let text = scrape(&app, &app.admin).await;
+    let mut compared = 0;
+    for (b, s) in &summaries {
+        for m in s["summary"]["metrics"].as_array().unwrap() {
+            let metric = m["type"].as_str().unwrap();
+            if m["current"] == 0 || m["limit"].is_null() {
+                continue;
+            }
+            // Label pairs come out sorted by name.
+            let labels = format!("{{brand=\"{b}\",metric=\"{metric}\",plan=\"starter\"}}");
+            let limit = m["limit"].as_u64().unwrap();
+            let current = m["current"].as_u64().unwrap();
+            // The summary's percentage stops at 100 (the original's shape); the gauge
+            // does not, so overage shows: both are current over the effective limit.
+            let pct = value(&text, &format!("luneo_quota_usage_percentage{labels}"));
+            let exact = current as f64 * 100.0 / limit as f64;
+            assert!((pct - exact).abs() < 0.01, "{b}/{metric}: {pct} vs {m:#}");
+            let shown = m["percentage"].as_f64().unwrap();
+            assert!(
+                (shown - exact.min(100.0)).abs() < 0.01,
+                "{b}/{metric}: {m:#}"
+            );
+            let remaining = value(&text, &format!("luneo_quota_remaining_units{labels}"));
+            assert_eq!(
+                remaining as u64,
+                limit.saturating_sub(current),
+                "{b}/{metric}"
+            );
+            let overage = value(&text, &format!("luneo_quota_overage_units{labels}"));
+            assert_eq!(
+                overage as u64,
+                m["overage"].as_u64().unwrap(),
+                "{b}/{metric}"
+            );
+            compared += 1;
+        }
+    }
+    assert!(
+        compared >= 8,
+        "the workload touched {compared} brand-metrics"
+    );
+}
+on_both_stores!(
+    gauges_equal_summaries,
+    per_brand_gauges_equal_the_summaries_after_a_random_workload
+);
