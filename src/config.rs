@@ -54,6 +54,9 @@
 //! | `notify.smtp_username` | `LEDGER_NOTIFY_SMTP_USERNAME` | | unset |
 //! | `notify.smtp_password` | `LEDGER_NOTIFY_SMTP_PASSWORD` | (none, as secrets) | unset |
 //! | `notify.claim_lease_seconds` | `LEDGER_NOTIFY_CLAIM_LEASE_SECONDS` | | 60 |
+//! | `log.format` | `LEDGER_LOG_FORMAT` | | `text` (`json`: one JSON object a line) |
+//! | `sentry.dsn` | `LEDGER_SENTRY_DSN` | (none, as secrets) | unset: nothing is reported |
+//! | `sentry.environment` | `LEDGER_SENTRY_ENVIRONMENT` | | `auth.mode` |
 //!
 //! An environment variable set to the empty string counts as unset.
 
@@ -176,6 +179,9 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "LEDGER_NOTIFY_CLAIM_LEASE_SECONDS",
         "notify.claim_lease_seconds",
     ),
+    ("LEDGER_LOG_FORMAT", "log.format"),
+    ("LEDGER_SENTRY_DSN", "sentry.dsn"),
+    ("LEDGER_SENTRY_ENVIRONMENT", "sentry.environment"),
     (
         "LEDGER_READ_MODELS_CACHE_PERIODS_MAX",
         "read_models.cache_periods_max",
@@ -564,6 +570,56 @@ pub struct Settings {
     pub metrics: MetricsConfig,
     pub stripe: StripeConfig,
     pub notify: NotifyConfig,
+    pub log: LogConfig,
+    pub sentry: SentryConfig,
+}
+
+/// How log lines are written to stderr (`docs/operations.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines: a terminal, `journalctl`.
+    #[default]
+    Text,
+    /// One JSON object a line, span fields included: a log shipper.
+    Json,
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+/// The `[log]` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// Error reports to Sentry (the `[sentry]` section); without a DSN nothing is sent.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SentryConfig {
+    /// The project's DSN (`https://key@host/project`): its key lets anyone post events.
+    pub dsn: Option<Secret>,
+    /// The environment events are filed under; unset: the `auth.mode`.
+    pub environment: Option<String>,
+}
+
+impl SentryConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        match &self.dsn {
+            Some(dsn) if dsn.expose().parse::<sentry::types::Dsn>().is_err() => Err(
+                ConfigError::Bad("sentry.dsn is not a DSN (https://key@host/project)".to_owned()),
+            ),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Notices out: which receivers brands may configure, the SMTP relay (`docs/alerts.md`).
@@ -828,6 +884,14 @@ fn insert(dict: &mut Dict, path: &str, value: Value) {
 }
 
 impl Settings {
+    /// The environment Sentry files events under: the configured one, else the mode.
+    pub fn sentry_environment(&self) -> String {
+        self.sentry
+            .environment
+            .clone()
+            .unwrap_or_else(|| self.auth.mode.to_string())
+    }
+
     /// Resolve the layers: defaults, then the file, then the environment, then flags.
     pub fn resolve(sources: &Sources) -> Result<Self, ConfigError> {
         let mut figment = Figment::new();
@@ -877,6 +941,7 @@ impl Settings {
                 "notify.claim_lease_seconds must be 1 to {CLAIM_LEASE_SECONDS_MAX}"
             )));
         }
+        self.sentry.check()?;
         self.read_models.check()
     }
 }
@@ -949,7 +1014,8 @@ impl fmt::Display for Settings {
              late_usage_grace_hours={} engine: queue_commands_max={} batch_commands_max={} \
              batch_linger_us={} cache_streams_max={} idempotency_cache_max={} writer_shards={} \
              read_models: cache_periods_max={} flush_interval_ms={} flush_rows_max={} \
-             metrics_token={} stripe: secret_key={} webhook_secret={} api_base={} redirect_origins={}",
+             metrics_token={} stripe: secret_key={} webhook_secret={} api_base={} redirect_origins={} \
+             log_format={} sentry: dsn={} environment={}",
             self.store,
             self.http.bind,
             self.http.body_bytes_max,
@@ -990,6 +1056,9 @@ impl fmt::Display for Settings {
             set_or_unset(self.stripe.webhook_secret.is_some()),
             self.stripe.api_base,
             or_unset((!self.stripe.redirect_origins.is_empty()).then_some(&self.stripe.redirect_origins)),
+            self.log.format,
+            set_or_unset(self.sentry.dsn.is_some()),
+            self.sentry_environment(),
         )
     }
 }
