@@ -1386,6 +1386,37 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn log_format_and_sentry_are_configurable_and_a_bad_dsn_is_refused() {
+        // Proves the defaults (text logs, no Sentry, environment = mode), the environment
+        // variables, and that a DSN that does not parse stops the start rather than
+        // silently reporting nothing.
+        let s = Settings::resolve(&Sources::default()).unwrap();
+        assert_eq!(s.log.format, LogFormat::Text);
+        assert!(s.sentry.dsn.is_none());
+        assert_eq!(s.sentry_environment(), "development");
+        let resolve = |pairs: &[(&str, &str)]| {
+            Settings::resolve(&Sources {
+                env: env(pairs),
+                ..Sources::default()
+            })
+        };
+        let s = resolve(&[
+            ("LEDGER_LOG_FORMAT", "json"),
+            ("LEDGER_MODE", "production"),
+            ("LEDGER_JWT_SECRET", "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t"),
+        ])
+        .unwrap();
+        assert_eq!(s.log.format, LogFormat::Json);
+        assert_eq!(s.sentry_environment(), "production", "the mode by default");
+        let s = resolve(&[("LEDGER_SENTRY_ENVIRONMENT", "staging")]).unwrap();
+        assert_eq!(s.sentry_environment(), "staging");
+        let e = resolve(&[("LEDGER_LOG_FORMAT", "xml")]).unwrap_err().to_string();
+        assert!(e.contains("LEDGER_LOG_FORMAT"), "{e}");
+        let e = resolve(&[("LEDGER_SENTRY_DSN", "not a dsn")]).unwrap_err().to_string();
+        assert!(e.contains("sentry.dsn"), "{e}");
+    }
+
+    #[test]
     fn a_named_config_file_that_does_not_exist_is_an_error() {
         // Proves `LEDGER_CONFIG` pointing nowhere is reported, not silently skipped.
         let sources = Sources {
@@ -1405,6 +1436,7 @@ pub(crate) mod tests {
             env: env(&[
                 ("LEDGER_JWT_SECRET", "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t"),
                 ("DATABASE_URL", "postgres://ledger:pa55word@db:5432/ledger"),
+                ("LEDGER_SENTRY_DSN", "https://k3y5ecret@sentry.example.com/7"),
             ]),
             ..Sources::default()
         })
@@ -1416,7 +1448,9 @@ pub(crate) mod tests {
         for printed in [format!("{s}"), format!("{s:?}"), format!("{s:#?}")] {
             assert!(!printed.contains("s3cr3t"), "{printed}");
             assert!(!printed.contains("pa55word"), "{printed}");
+            assert!(!printed.contains("k3y5ecret"), "{printed}");
         }
         assert!(format!("{s}").contains("jwt_secret=set"));
+        assert!(format!("{s}").contains("sentry: dsn=set"));
     }
 }
