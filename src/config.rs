@@ -1410,9 +1410,13 @@ pub(crate) mod tests {
         assert_eq!(s.sentry_environment(), "production", "the mode by default");
         let s = resolve(&[("LEDGER_SENTRY_ENVIRONMENT", "staging")]).unwrap();
         assert_eq!(s.sentry_environment(), "staging");
-        let e = resolve(&[("LEDGER_LOG_FORMAT", "xml")]).unwrap_err().to_string();
+        let e = resolve(&[("LEDGER_LOG_FORMAT", "xml")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("LEDGER_LOG_FORMAT"), "{e}");
-        let e = resolve(&[("LEDGER_SENTRY_DSN", "not a dsn")]).unwrap_err().to_string();
+        let e = resolve(&[("LEDGER_SENTRY_DSN", "not a dsn")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sentry.dsn"), "{e}");
     }
 
@@ -1436,7 +1440,10 @@ pub(crate) mod tests {
             env: env(&[
                 ("LEDGER_JWT_SECRET", "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t"),
                 ("DATABASE_URL", "postgres://ledger:pa55word@db:5432/ledger"),
-                ("LEDGER_SENTRY_DSN", "https://k3y5ecret@sentry.example.com/7"),
+                (
+                    "LEDGER_SENTRY_DSN",
+                    "https://k3y5ecret@sentry.example.com/7",
+                ),
             ]),
             ..Sources::default()
         })

@@ -63,7 +63,12 @@ async fn json_logs_are_json_lines_and_carry_the_request_id() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
 
     let lines: Vec<serde_json::Value> = stderr
         .lines()

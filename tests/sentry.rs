@@ -24,7 +24,9 @@ async fn collector() -> (u16, Received) {
         move |body: Bytes| {
             let r = r.clone();
             async move {
-                r.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+                r.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&body).into_owned());
                 "{}"
             }
         }
@@ -49,7 +51,9 @@ async fn internal_error_in_a_request() -> serde_json::Value {
     })
     .await;
     assert_eq!(res.status(), 500);
-    let body = axum::body::to_bytes(res.into_body(), 1 << 16).await.unwrap();
+    let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+        .await
+        .unwrap();
     serde_json::from_slice(&body).unwrap()
 }
 
@@ -72,7 +76,9 @@ async fn internal_errors_reach_sentry_with_their_tags_and_nothing_leaves_without
     internal_error_in_a_request().await;
     telemetry::report_live_failures(3);
     // Dropping the guard flushes, blocking: off the runtime, which serves the collector.
-    tokio::task::spawn_blocking(move || drop(guard)).await.unwrap();
+    tokio::task::spawn_blocking(move || drop(guard))
+        .await
+        .unwrap();
 
     let bodies = received.lock().unwrap().clone();
     let internal = bodies

@@ -173,11 +173,7 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<DecisionView>,
     /// The request's `X-Request-Id`, as in the answer header and the logs.
-    #[serde(
-        rename = "requestId",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "requestId", default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
 }
 

@@ -60,7 +60,8 @@ pub(crate) async fn layer(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
-    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), route = %route);
+    let span =
+        tracing::info_span!("request", request_id = %id, method = %req.method(), route = %route);
     let header = HeaderValue::from_str(&id).expect("an accepted or generated id is visible ASCII");
     let context = RequestContext { id, route };
     let answered = async move {

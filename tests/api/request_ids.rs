@@ -43,8 +43,16 @@ async fn without_a_request_id_each_request_gets_its_own() {
     assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
     assert_eq!(first.body["requestId"], id.as_str());
     assert_ne!(id, header_id(&second));
-    let ok = app.client.get(format!("{}/healthz", app.base)).send().await.unwrap();
-    assert!(ok.headers().contains_key("x-request-id"), "success answers carry it too");
+    let ok = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        ok.headers().contains_key("x-request-id"),
+        "success answers carry it too"
+    );
 }
 
 #[tokio::test]
