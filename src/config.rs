@@ -54,6 +54,9 @@
 //! | `notify.smtp_username` | `LEDGER_NOTIFY_SMTP_USERNAME` | | unset |
 //! | `notify.smtp_password` | `LEDGER_NOTIFY_SMTP_PASSWORD` | (none, as secrets) | unset |
 //! | `notify.claim_lease_seconds` | `LEDGER_NOTIFY_CLAIM_LEASE_SECONDS` | | 60 |
+//! | `log.format` | `LEDGER_LOG_FORMAT` | | `text` (`json`: one JSON object a line) |
+//! | `sentry.dsn` | `LEDGER_SENTRY_DSN` | (none, as secrets) | unset: nothing is reported |
+//! | `sentry.environment` | `LEDGER_SENTRY_ENVIRONMENT` | | `auth.mode` |
 //!
 //! An environment variable set to the empty string counts as unset.
 
@@ -176,6 +179,9 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "LEDGER_NOTIFY_CLAIM_LEASE_SECONDS",
         "notify.claim_lease_seconds",
     ),
+    ("LEDGER_LOG_FORMAT", "log.format"),
+    ("LEDGER_SENTRY_DSN", "sentry.dsn"),
+    ("LEDGER_SENTRY_ENVIRONMENT", "sentry.environment"),
     (
         "LEDGER_READ_MODELS_CACHE_PERIODS_MAX",
         "read_models.cache_periods_max",
@@ -564,6 +570,56 @@ pub struct Settings {
     pub metrics: MetricsConfig,
     pub stripe: StripeConfig,
     pub notify: NotifyConfig,
+    pub log: LogConfig,
+    pub sentry: SentryConfig,
+}
+
+/// How log lines are written to stderr (`docs/operations.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines: a terminal, `journalctl`.
+    #[default]
+    Text,
+    /// One JSON object a line, span fields included: a log shipper.
+    Json,
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+/// The `[log]` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// Error reports to Sentry (the `[sentry]` section); without a DSN nothing is sent.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SentryConfig {
+    /// The project's DSN (`https://key@host/project`): its key lets anyone post events.
+    pub dsn: Option<Secret>,
+    /// The environment events are filed under; unset: the `auth.mode`.
+    pub environment: Option<String>,
+}
+
+impl SentryConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        match &self.dsn {
+            Some(dsn) if dsn.expose().parse::<sentry::types::Dsn>().is_err() => Err(
+                ConfigError::Bad("sentry.dsn is not a DSN (https://key@host/project)".to_owned()),
+            ),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Notices out: which receivers brands may configure, the SMTP relay (`docs/alerts.md`).
@@ -828,6 +884,14 @@ fn insert(dict: &mut Dict, path: &str, value: Value) {
 }
 
 impl Settings {
+    /// The environment Sentry files events under: the configured one, else the mode.
+    pub fn sentry_environment(&self) -> String {
+        self.sentry
+            .environment
+            .clone()
+            .unwrap_or_else(|| self.auth.mode.to_string())
+    }
+
     /// Resolve the layers: defaults, then the file, then the environment, then flags.
     pub fn resolve(sources: &Sources) -> Result<Self, ConfigError> {
         let mut figment = Figment::new();
@@ -877,6 +941,7 @@ impl Settings {
                 "notify.claim_lease_seconds must be 1 to {CLAIM_LEASE_SECONDS_MAX}"
             )));
         }
+        self.sentry.check()?;
         self.read_models.check()
     }
 }
@@ -949,7 +1014,8 @@ impl fmt::Display for Settings {
              late_usage_grace_hours={} engine: queue_commands_max={} batch_commands_max={} \
              batch_linger_us={} cache_streams_max={} idempotency_cache_max={} writer_shards={} \
              read_models: cache_periods_max={} flush_interval_ms={} flush_rows_max={} \
-             metrics_token={} stripe: secret_key={} webhook_secret={} api_base={} redirect_origins={}",
+             metrics_token={} stripe: secret_key={} webhook_secret={} api_base={} redirect_origins={} \
+             log_format={} sentry: dsn={} environment={}",
             self.store,
             self.http.bind,
             self.http.body_bytes_max,
@@ -990,6 +1056,9 @@ impl fmt::Display for Settings {
             set_or_unset(self.stripe.webhook_secret.is_some()),
             self.stripe.api_base,
             or_unset((!self.stripe.redirect_origins.is_empty()).then_some(&self.stripe.redirect_origins)),
+            self.log.format,
+            set_or_unset(self.sentry.dsn.is_some()),
+            self.sentry_environment(),
         )
     }
 }
@@ -1317,6 +1386,41 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn log_format_and_sentry_are_configurable_and_a_bad_dsn_is_refused() {
+        // Proves the defaults (text logs, no Sentry, environment = mode), the environment
+        // variables, and that a DSN that does not parse stops the start rather than
+        // silently reporting nothing.
+        let s = Settings::resolve(&Sources::default()).unwrap();
+        assert_eq!(s.log.format, LogFormat::Text);
+        assert!(s.sentry.dsn.is_none());
+        assert_eq!(s.sentry_environment(), "development");
+        let resolve = |pairs: &[(&str, &str)]| {
+            Settings::resolve(&Sources {
+                env: env(pairs),
+                ..Sources::default()
+            })
+        };
+        let s = resolve(&[
+            ("LEDGER_LOG_FORMAT", "json"),
+            ("LEDGER_MODE", "production"),
+            ("LEDGER_JWT_SECRET", "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t"),
+        ])
+        .unwrap();
+        assert_eq!(s.log.format, LogFormat::Json);
+        assert_eq!(s.sentry_environment(), "production", "the mode by default");
+        let s = resolve(&[("LEDGER_SENTRY_ENVIRONMENT", "staging")]).unwrap();
+        assert_eq!(s.sentry_environment(), "staging");
+        let e = resolve(&[("LEDGER_LOG_FORMAT", "xml")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("LEDGER_LOG_FORMAT"), "{e}");
+        let e = resolve(&[("LEDGER_SENTRY_DSN", "not a dsn")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sentry.dsn"), "{e}");
+    }
+
+    #[test]
     fn a_named_config_file_that_does_not_exist_is_an_error() {
         // Proves `LEDGER_CONFIG` pointing nowhere is reported, not silently skipped.
         let sources = Sources {
@@ -1336,6 +1440,10 @@ pub(crate) mod tests {
             env: env(&[
                 ("LEDGER_JWT_SECRET", "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t"),
                 ("DATABASE_URL", "postgres://ledger:pa55word@db:5432/ledger"),
+                (
+                    "LEDGER_SENTRY_DSN",
+                    "https://k3y5ecret@sentry.example.com/7",
+                ),
             ]),
             ..Sources::default()
         })
@@ -1347,7 +1455,9 @@ pub(crate) mod tests {
         for printed in [format!("{s}"), format!("{s:?}"), format!("{s:#?}")] {
             assert!(!printed.contains("s3cr3t"), "{printed}");
             assert!(!printed.contains("pa55word"), "{printed}");
+            assert!(!printed.contains("k3y5ecret"), "{printed}");
         }
         assert!(format!("{s}").contains("jwt_secret=set"));
+        assert!(format!("{s}").contains("sentry: dsn=set"));
     }
 }

@@ -7,6 +7,7 @@
 //! - [`tail`]: following the log: the consumer loop, the read models served from memory.
 //! - [`clock`]: injectable time.
 //! - [`metrics`]: the Prometheus registry of `GET /metrics`.
+//! - [`telemetry`]: the log subscriber (text or JSON) and the Sentry error reports.
 //! - [`auth`]: who is calling: bearer JWTs and per-brand API keys (made, hashed and limited here), resolved to a principal.
 //! - [`secret`]: a string kept out of `Debug` and `Display`.
 //! - [`config`]: service configuration: flags, environment, file, defaults.
@@ -34,3 +35,4 @@ pub mod startup;
 pub mod store;
 pub mod stripe;
 pub mod tail;
+pub mod telemetry;

@@ -8,7 +8,7 @@
 //! memory: a ticket opens a connection only on the instance that issued it.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -43,6 +43,10 @@ pub const LIVE_HEARTBEAT: Duration = Duration::from_secs(15);
 /// Brands a pressure connection's snapshot holds at most on connect: the most pressed
 /// ones of memory and the stored read models; later changes are all pushed.
 pub const LIVE_PRESSURE_SNAPSHOT_BRANDS_MAX: usize = 500;
+
+/// Broadcast failures in a row after which one Sentry event is sent: one slow client is
+/// routine, three with no success between them is a consumer or clients in trouble.
+pub const LIVE_FAILURES_REPORTED_AFTER: u32 = 3;
 
 /// What a connection follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +213,11 @@ pub struct Hub {
     /// Set when the service stops: every connection closes with "going away".
     closing: watch::Sender<bool>,
     pub metrics: Arc<LiveMetrics>,
+    /// Broadcast failures since the last successful hand-over.
+    failures_in_row: AtomicU32,
+    /// Set when `failures_in_row` reached [`LIVE_FAILURES_REPORTED_AFTER`]; reported once
+    /// the routes lock is released.
+    report_due: AtomicBool,
 }
 
 /// A connection's place in the hub: its buffer's receiving end, and the notice of being
@@ -244,6 +253,8 @@ impl Hub {
             connections: AtomicUsize::new(0),
             closing: watch::Sender::new(false),
             metrics,
+            failures_in_row: AtomicU32::new(0),
+            report_due: AtomicBool::new(false),
         })
     }
 
@@ -385,6 +396,9 @@ impl Hub {
             routes.pressure.remove(&id);
         }
         drop(routes);
+        if self.report_due.swap(false, Ordering::Relaxed) {
+            crate::telemetry::report_live_failures(LIVE_FAILURES_REPORTED_AFTER);
+        }
         self.metrics.last_snapshot.set(Utc::now().timestamp());
         self.metrics
             .broadcast_seconds
@@ -394,14 +408,30 @@ impl Hub {
     /// Put `update` in `sub`'s buffer; `false` (and the connection told) when it is full.
     fn offer(&self, sub: &Subscriber, update: &Arc<Update>) -> bool {
         match sub.tx.try_send(update.clone()) {
-            Ok(()) => true,
+            Ok(()) => {
+                // Read first: the common case (no streak) writes nothing shared.
+                if self.failures_in_row.load(Ordering::Relaxed) != 0 {
+                    self.failures_in_row.store(0, Ordering::Relaxed);
+                }
+                true
+            }
             // The connection is going away on its own: nothing to count.
             Err(mpsc::error::TrySendError::Closed(_)) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.metrics.broadcast_failures.inc();
+                self.count_failure();
                 sub.kicked.notify_one();
                 false
             }
+        }
+    }
+
+    /// Count one broadcast failure; the streak's [`LIVE_FAILURES_REPORTED_AFTER`]th
+    /// makes a report due (once per streak).
+    fn count_failure(&self) {
+        let in_row = self.failures_in_row.fetch_add(1, Ordering::Relaxed) + 1;
+        if in_row == LIVE_FAILURES_REPORTED_AFTER {
+            self.report_due.store(true, Ordering::Relaxed);
         }
     }
 
@@ -467,6 +497,25 @@ mod tests {
             hub.redeem(&late.ticket, after).unwrap_err(),
             TicketError::Invalid
         );
+    }
+
+    #[test]
+    fn three_broadcast_failures_in_a_row_make_one_report_due() {
+        // Proves the streak is reported once at the threshold, and a success resets it.
+        let hub = hub();
+        for _ in 1..LIVE_FAILURES_REPORTED_AFTER {
+            hub.count_failure();
+        }
+        assert!(!hub.report_due.load(Ordering::Relaxed));
+        hub.count_failure();
+        assert!(hub.report_due.swap(false, Ordering::Relaxed));
+        hub.count_failure();
+        assert!(!hub.report_due.load(Ordering::Relaxed), "once per streak");
+        hub.failures_in_row.store(0, Ordering::Relaxed);
+        for _ in 0..LIVE_FAILURES_REPORTED_AFTER {
+            hub.count_failure();
+        }
+        assert!(hub.report_due.load(Ordering::Relaxed), "a new streak");
     }
 
     #[test]

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ledger_aggregates::BrandId;
-use tracing_subscriber::EnvFilter;
 use usage_ledger::auth::keys::{verifier, KeySource};
 use usage_ledger::auth::{Authenticator, Role, TokenTtl};
 use usage_ledger::cli::brands::{self, BrandsArgs};
@@ -154,6 +153,8 @@ type Failure = Box<dyn std::error::Error + Send + Sync>;
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let settings = args.resolve()?;
     tracing::info!("configuration: {settings}");
+    // Held until `serve` returns: dropping it flushes the events still queued.
+    let _sentry = usage_ledger::telemetry::init_sentry(&settings);
     let app = Application::build(&settings, Arc::new(SystemClock)).await?;
     tracing::info!(jwt_algorithm = %app.auth().jwt().algorithm(), "starting usage-ledger");
     let addr = app.local_addr();
@@ -331,17 +332,35 @@ async fn cli_engine(config: &ConfigArgs) -> Result<(Engine, Stores), Failure> {
     Ok(open_engine(&settings, Arc::new(SystemClock)).await?)
 }
 
+/// The configuration file the command names, for the log format read before logging.
+fn config_file(cli: &Cli) -> Option<std::path::PathBuf> {
+    let config = match &cli.command {
+        None => &cli.serve.config,
+        Some(Command::Serve(a)) => &a.config,
+        Some(Command::Migrate(c) | Command::Plans(c)) => c,
+        Some(Command::Token(a)) => &a.config,
+        Some(Command::Brands(c)) => &c.config,
+        Some(Command::Reset(c)) => &c.config,
+        Some(Command::Replay(c)) => &c.config,
+        Some(Command::Stripe(c)) => &c.config,
+        Some(Command::Pricing(c)) => &c.config,
+    };
+    config.config.clone()
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Logging starts before the command resolves its settings, so the format is read
+    // from the same file and environment here; settings that do not resolve give text
+    // logs, and the command then reports why they do not.
+    let format = Settings::resolve(&Sources::from_process(config_file(&cli), Vec::new()))
+        .map(|s| s.log.format)
+        .unwrap_or_default();
     // Logs go to stderr, so stdout carries only what a command prints (a token, the
     // catalog) and `TOKEN=$(usage-ledger token --role admin)` works.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
-    match run(Cli::parse()).await {
+    usage_ledger::telemetry::init_logs(format);
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("usage-ledger: {e}");

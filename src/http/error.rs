@@ -156,12 +156,14 @@ impl ApiError {
                 ApiError::QuotaExceeded { decision, .. } => Some(decision.as_ref().into()),
                 _ => None,
             },
+            request_id: super::request_id::current().map(|c| c.id),
         }
     }
 }
 
 /// An RFC 9457 problem document. `decision` is an extension member carried by
-/// `quota-exceeded` so the caller sees the limit it hit.
+/// `quota-exceeded` so the caller sees the limit it hit; `requestId`, one carried by
+/// every answer to a request, names the request in the service's logs.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Problem {
     pub r#type: String,
@@ -170,6 +172,9 @@ pub struct Problem {
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<DecisionView>,
+    /// The request's `X-Request-Id`, as in the answer header and the logs.
+    #[serde(rename = "requestId", default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl ApiError {
@@ -177,7 +182,10 @@ impl ApiError {
     /// (outages). Called for every answer, and for per-item errors reported inside a larger answer.
     pub fn log(&self) {
         match self {
-            ApiError::Internal(cause) => tracing::error!(%cause, "internal error"),
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                crate::telemetry::report_internal(cause, self.status().as_u16());
+            }
             ApiError::Unavailable { detail, .. } => tracing::warn!(%detail, "unavailable"),
             ApiError::Unauthenticated(AuthError::Unavailable(cause)) => {
                 tracing::warn!(%cause, "credential store unavailable")

@@ -18,6 +18,7 @@
 //! - `whatif`: what-if answers: top-up simulation, plan comparison, projections, estimate, bill.
 //! - `openapi`: the OpenAPI document generated from the handlers.
 //! - `metrics`: `GET /metrics` (Prometheus text) and the middleware counting requests.
+//! - [`request_id`]: `X-Request-Id`: taken or made, in the request's span, echoed.
 //! - [`rate`]: per-credential request rate limits (429).
 //! - [`server`]: the connection loop: header and idle timeouts, the connection cap, the drain.
 
@@ -37,6 +38,7 @@ mod periods;
 mod plans;
 pub mod rate;
 mod reads;
+pub mod request_id;
 mod reservations;
 mod topups;
 mod usage;
@@ -44,7 +46,7 @@ mod whatif;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
-use axum::middleware::from_fn_with_state;
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -135,6 +137,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(from_fn_with_state(state.metrics.clone(), metrics::count))
         .layer(DefaultBodyLimit::max(body_bytes_max))
+        // Outermost, so the timeout's and the fallbacks' problems carry the id too.
+        .layer(from_fn(request_id::layer))
         .with_state(state)
 }
 

@@ -88,7 +88,12 @@ async fn the_openapi_document_lists_every_route(db: &TestDb) {
     let schemes = &doc.body["components"]["securitySchemes"];
     assert_eq!(schemes["bearer"]["scheme"], "bearer");
     assert_eq!(schemes["apiKey"]["name"], "X-Api-Key");
-    assert!(doc.body["components"]["schemas"]["Problem"].is_object());
+    let problem = &doc.body["components"]["schemas"]["Problem"];
+    assert!(problem.is_object());
+    assert!(
+        problem["properties"]["requestId"].is_object(),
+        "the problem schema names the requestId member: {problem:#}"
+    );
 }
 on_both_stores!(
     the_openapi_document_lists_every_route,

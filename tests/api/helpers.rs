@@ -184,6 +184,16 @@ impl TestApp {
     }
 }
 
+/// `body` without its `requestId`: two requests' problems differ by their ids alone
+/// when they say the same thing.
+pub fn without_request_id(body: &Value) -> Value {
+    let mut body = body.clone();
+    if let Some(o) = body.as_object_mut() {
+        o.remove("requestId");
+    }
+    body
+}
+
 pub async fn answer(res: reqwest::Response) -> Answer {
     let status = res.status();
     let headers = res.headers().clone();

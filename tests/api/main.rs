@@ -16,6 +16,7 @@ mod metrics;
 mod outage;
 mod periods;
 mod reads;
+mod request_ids;
 mod reservations;
 mod rules;
 mod sealed;
