@@ -206,6 +206,10 @@ impl Application {
             url_rules: settings.notify.url_rules(),
             dispatch: notices.dispatcher.wake.clone(),
             live: live.hub.clone(),
+            consumers: vec![
+                (crate::store::NOTICES_CONSUMER, notices.tail.clone()),
+                (crate::tail::live::LIVE_CONSUMER, live.tail.clone()),
+            ],
         });
         let limits = crate::http::server::Limits {
             header_read_timeout: ms(http.header_read_timeout_ms),

@@ -28,7 +28,12 @@ pub(crate) async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Re
     let sampled = Sampled {
         queued: s.ledger.engine.queued(),
         queue_capacity: s.ledger.engine.config().queue_commands_max,
-        consumers: vec![("read_models", status.lag_ms.p99, status.events_projected)],
+        consumers: std::iter::once(("read_models", status.lag_ms.p99, status.events_projected))
+            .chain(s.consumers.iter().map(|(name, tail)| {
+                let st = tail.status();
+                (*name, st.lag_ms.p99, st.events_projected)
+            }))
+            .collect(),
         brands,
         brands_untracked,
     };

@@ -106,6 +106,8 @@ pub struct Shared {
     pub url_rules: crate::notify::settings::UrlRules,
     /// Wakes the notices' dispatcher (a dead letter revived).
     pub dispatch: std::sync::Arc<tokio::sync::Notify>,
+    /// The log consumers besides the read models', for their lag in `/metrics`.
+    pub consumers: Vec<(&'static str, crate::tail::Tail)>,
     /// The live feed's tickets and connections, fed by its log consumer.
     pub live: std::sync::Arc<crate::live::Hub>,
 }
