@@ -201,3 +201,13 @@ pub(crate) fn new_key_info(key: &NewApiKey) -> ApiKeyInfo {
 pub(crate) fn key_time_now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
+
+/// A webhook's secrets: `brand_id, endpoint, secrets` (a JSON array of strings, as text).
+pub(crate) fn webhook_secrets_row(
+    row: &impl Columns,
+) -> Result<(String, String, Vec<String>), StoreError> {
+    let brand = row.text(0)?;
+    let secrets = serde_json::from_str(&row.text(2)?)
+        .map_err(|e| StoreError::Corrupt(format!("webhook secrets of {brand}: {e}")))?;
+    Ok((brand, row.text(1)?, secrets))
+}

@@ -17,7 +17,7 @@ use usage_ledger::auth::Role;
 use usage_ledger::config::Settings;
 
 use crate::common::TestDb;
-use crate::helpers::{spawn_app_with, test_settings, TestApp};
+use crate::helpers::{serving, spawn_app_with, test_settings, TestApp};
 use crate::on_both_stores;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -712,20 +712,6 @@ fn notifying_process(dir: &std::path::Path, port: u16) -> std::process::Command 
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     c
-}
-
-async fn serving(mut c: std::process::Command, port: u16) -> std::process::Child {
-    let mut child = c.arg("serve").spawn().expect("the binary starts");
-    for _ in 0..300 {
-        let up = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await;
-        if up.is_ok_and(|r| r.status() == 200) {
-            return child;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("the service did not come up on port {port}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

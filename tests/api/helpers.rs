@@ -234,3 +234,19 @@ fn mint_with(jwt: &Jwt, role: Role, brands: &[&str]) -> String {
 pub fn forged_token() -> String {
     mint_with(&jwt("another-secret-0123456789abcdef0"), Role::Admin, &[])
 }
+
+/// Start `command` (the real binary, configured) as `serve` and wait until `/healthz`
+/// answers on `port`.
+pub async fn serving(mut command: std::process::Command, port: u16) -> std::process::Child {
+    let mut child = command.arg("serve").spawn().expect("the binary starts");
+    for _ in 0..300 {
+        let up = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await;
+        if up.is_ok_and(|r| r.status() == 200) {
+            return child;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the service did not come up on port {port}");
+}

@@ -23,7 +23,7 @@ use usage_ledger::config::Settings;
 use usage_ledger::secret::Secret;
 
 use crate::common::TestDb;
-use crate::helpers::{answer, spawn_app_with, test_settings, Answer, TestApp};
+use crate::helpers::{answer, serving, spawn_app_with, test_settings, Answer, TestApp};
 use crate::on_both_stores;
 
 const SECRET_KEY: &str = "sk_test_ledger_0123456789";
@@ -1023,20 +1023,6 @@ fn ledger_process(dir: &std::path::Path, port: u16, stripe: &str) -> std::proces
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     c
-}
-
-async fn serving(mut c: std::process::Command, port: u16) -> std::process::Child {
-    let mut child = c.arg("serve").spawn().expect("the binary starts");
-    for _ in 0..300 {
-        let up = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await;
-        if up.is_ok_and(|r| r.status() == 200) {
-            return child;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("the service did not come up on port {port}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,7 @@ use sqlx::Row;
 
 use super::projection::{as_read_model_writer, move_checkpoint};
 use super::PostgresLog;
+use crate::store::rows::webhook_secrets_row;
 use crate::store::{
     endpoint_key, AfterAttempt, AttemptRow, DeliveryRow, NewDelivery, OutboxStore, StoreError,
     DELIVERY_DEAD, DELIVERY_DELIVERED, DELIVERY_PENDING,
@@ -220,15 +221,7 @@ impl OutboxStore for PostgresLog {
         .bind(brand_ids)
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
-            .map(|r| {
-                let brand: String = r.try_get(0)?;
-                let secrets: String = r.try_get(2)?;
-                let secrets = serde_json::from_str(&secrets)
-                    .map_err(|e| StoreError::Corrupt(format!("webhook secrets of {brand}: {e}")))?;
-                Ok((brand, r.try_get(1)?, secrets))
-            })
-            .collect()
+        rows.iter().map(webhook_secrets_row).collect()
     }
 
     async fn set_webhook_secrets(

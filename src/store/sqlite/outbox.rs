@@ -9,6 +9,7 @@ use sqlx::Row;
 
 use super::projection::move_checkpoint;
 use super::SqliteLog;
+use crate::store::rows::webhook_secrets_row;
 use crate::store::{
     endpoint_key, AfterAttempt, AttemptRow, DeliveryRow, NewDelivery, OutboxStore, StoreError,
     DELIVERY_DEAD, DELIVERY_DELIVERED, DELIVERY_PENDING,
@@ -223,15 +224,7 @@ impl OutboxStore for SqliteLog {
         .bind(serde_json::to_string(brand_ids).expect("strings serialize"))
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
-            .map(|r| {
-                let brand: String = r.try_get(0)?;
-                let secrets: String = r.try_get(2)?;
-                let secrets = serde_json::from_str(&secrets)
-                    .map_err(|e| StoreError::Corrupt(format!("webhook secrets of {brand}: {e}")))?;
-                Ok((brand, r.try_get(1)?, secrets))
-            })
-            .collect()
+        rows.iter().map(webhook_secrets_row).collect()
     }
 
     async fn set_webhook_secrets(
