@@ -951,15 +951,7 @@ impl Writer {
             _ => None,
         });
         let every = self.cfg.snapshot_every_events;
-        staged.stage(
-            brand.as_str(),
-            agg.version + 1,
-            &events,
-            None,
-            EMPTY_METADATA,
-            every,
-        );
-        events.iter().for_each(|e| agg.fold(e));
+        staged.stage_registry(brand, agg, &events, every);
         // The plan in force now takes effect in the brand's open period, in the same
         // commit; a change scheduled for a later period leaves it as it is.
         let plan = agg
@@ -1068,15 +1060,7 @@ impl Writer {
             .brands
             .get_mut(brand.as_str())
             .expect("loaded before deciding");
-        staged.stage(
-            brand.as_str(),
-            agg.version + 1,
-            &events,
-            None,
-            EMPTY_METADATA,
-            every,
-        );
-        events.iter().for_each(|e| agg.fold(e));
+        staged.stage_registry(brand, agg, &events, every);
         let order = agg
             .topups
             .get(number)
@@ -1109,15 +1093,7 @@ impl Writer {
             actor: actor.to_owned(),
             at: now,
         })?;
-        staged.stage(
-            brand.as_str(),
-            agg.version + 1,
-            &events,
-            None,
-            EMPTY_METADATA,
-            every,
-        );
-        events.iter().for_each(|e| agg.fold(e));
+        staged.stage_registry(brand, agg, &events, every);
         Ok(!events.is_empty())
     }
 
@@ -1217,6 +1193,26 @@ impl StreamEvent for BrandEvent {
 }
 
 impl Staged {
+    /// Stage a registry decision's `events` after what `agg` holds, and fold them in:
+    /// the cached registry then includes them, as every later decision of the batch needs.
+    fn stage_registry(
+        &mut self,
+        brand: &BrandId,
+        agg: &mut BrandAggregate,
+        events: &[BrandEvent],
+        every: u64,
+    ) {
+        self.stage(
+            brand.as_str(),
+            agg.version + 1,
+            events,
+            None,
+            EMPTY_METADATA,
+            every,
+        );
+        events.iter().for_each(|e| agg.fold(e));
+    }
+
     /// Stage the events one decision produced for stream `id`, numbered from `first`.
     /// The idempotency key goes on the first event only: one row per key. The stream is
     /// marked touched, and due for a snapshot when a sequence reaches a multiple of `every`.

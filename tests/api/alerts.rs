@@ -17,7 +17,7 @@ use usage_ledger::auth::Role;
 use usage_ledger::config::Settings;
 
 use crate::common::TestDb;
-use crate::helpers::{serving, spawn_app_with, test_settings, TestApp};
+use crate::helpers::{ledger_process, serving, spawn_app_with, test_settings, TestApp};
 use crate::on_both_stores;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -356,16 +356,7 @@ async fn a_dead_letter_is_sent_again_on_request(db: &TestDb) {
     assert_eq!(dead[0]["attempts"].as_array().unwrap().len(), attempts);
     assert_eq!(rx.on("/slack").len(), attempts);
     // Counted for Prometheus: every failed attempt, and the dead letter once.
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .bearer_auth(&app.admin)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.scrape_metrics().await;
     for line in [
         format!(
             "ledger_delivery_attempts_total{{channel=\"slack\",outcome=\"failed\"}} {attempts}"
@@ -698,19 +689,10 @@ on_both_stores!(replay_silent, a_replay_of_the_log_sends_nothing);
 
 /// The real binary on SQLite with notices to loopback receivers and a short claim lease.
 fn notifying_process(dir: &std::path::Path, port: u16) -> std::process::Command {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_usage-ledger"));
-    c.env("LEDGER_MODE", "production")
-        .env("LEDGER_JWT_SECRET", "alerts-kill-secret-0123456789abcdef01")
-        .env("LEDGER_DATA_DIR", dir)
-        .env("LEDGER_BIND", format!("127.0.0.1:{port}"))
-        .env("LEDGER_NOTIFY_ALLOW_HTTP", "true")
+    let mut c = ledger_process(dir, port);
+    c.env("LEDGER_NOTIFY_ALLOW_HTTP", "true")
         .env("LEDGER_NOTIFY_ALLOW_PRIVATE_ADDRESSES", "true")
-        .env("LEDGER_NOTIFY_CLAIM_LEASE_SECONDS", "2")
-        .env_remove("DATABASE_URL")
-        .env_remove("LEDGER_CONFIG")
-        .current_dir(dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        .env("LEDGER_NOTIFY_CLAIM_LEASE_SECONDS", "2");
     c
 }
 

@@ -112,6 +112,19 @@ pub async fn spawn_app_with(settings: &Settings) -> TestApp {
 }
 
 impl TestApp {
+    /// `GET /metrics` as the admin: the Prometheus text.
+    pub async fn scrape_metrics(&self) -> String {
+        let res = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .expect("scrape");
+        assert_eq!(res.status(), 200);
+        res.text().await.expect("a text body")
+    }
+
     pub fn token(&self, role: Role, brands: &[&str]) -> String {
         mint(&self.auth, role, brands)
     }
@@ -233,6 +246,22 @@ fn mint_with(jwt: &Jwt, role: Role, brands: &[&str]) -> String {
 /// An admin token signed with another secret than the app's.
 pub fn forged_token() -> String {
     mint_with(&jwt("another-secret-0123456789abcdef0"), Role::Admin, &[])
+}
+
+/// The real binary in production mode on SQLite in `dir`, listening on `port`, with its
+/// output discarded; a test adds the settings of what it exercises.
+pub fn ledger_process(dir: &std::path::Path, port: u16) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_usage-ledger"));
+    c.env("LEDGER_MODE", "production")
+        .env("LEDGER_JWT_SECRET", "process-test-secret-0123456789abcdef")
+        .env("LEDGER_DATA_DIR", dir)
+        .env("LEDGER_BIND", format!("127.0.0.1:{port}"))
+        .env_remove("DATABASE_URL")
+        .env_remove("LEDGER_CONFIG")
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    c
 }
 
 /// Start `command` (the real binary, configured) as `serve` and wait until `/healthz`

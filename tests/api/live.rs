@@ -429,16 +429,7 @@ async fn a_thousand_idle_connections_hold_within_their_memory_bound(db: &TestDb)
         grown < 1_000 * IDLE_CONNECTION_PAIR_KIB_MAX,
         "1,000 connections took {grown} KiB"
     );
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .bearer_auth(&app.admin)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.scrape_metrics().await;
     assert!(
         metrics
             .lines()

@@ -23,7 +23,9 @@ use usage_ledger::config::Settings;
 use usage_ledger::secret::Secret;
 
 use crate::common::TestDb;
-use crate::helpers::{answer, serving, spawn_app_with, test_settings, Answer, TestApp};
+use crate::helpers::{
+    answer, ledger_process, serving, spawn_app_with, test_settings, Answer, TestApp,
+};
 use crate::on_both_stores;
 
 const SECRET_KEY: &str = "sk_test_ledger_0123456789";
@@ -1005,23 +1007,14 @@ async fn pricing_verify_reads_every_page_of_stripes_prices() {
 }
 
 /// The real binary on SQLite with Stripe pointed at the fake, on `port`.
-fn ledger_process(dir: &std::path::Path, port: u16, stripe: &str) -> std::process::Command {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_usage-ledger"));
-    c.env("LEDGER_MODE", "production")
-        .env("LEDGER_JWT_SECRET", "kill-test-secret-0123456789abcdef01")
-        .env("LEDGER_DATA_DIR", dir)
-        .env("LEDGER_BIND", format!("127.0.0.1:{port}"))
-        .env("LEDGER_STRIPE_SECRET_KEY", SECRET_KEY)
+fn stripe_process(dir: &std::path::Path, port: u16, stripe: &str) -> std::process::Command {
+    let mut c = ledger_process(dir, port);
+    c.env("LEDGER_STRIPE_SECRET_KEY", SECRET_KEY)
         .env("LEDGER_STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET)
         .env("LEDGER_STRIPE_API_BASE", stripe)
         .env("LEDGER_STRIPE_REDIRECT_ORIGINS", ORIGIN)
         .env("LEDGER_STRIPE_SUCCESS_URL", SUCCESS)
-        .env("LEDGER_STRIPE_CANCEL_URL", CANCEL)
-        .env_remove("DATABASE_URL")
-        .env_remove("LEDGER_CONFIG")
-        .current_dir(dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        .env("LEDGER_STRIPE_CANCEL_URL", CANCEL);
     c
 }
 
@@ -1035,7 +1028,7 @@ async fn the_service_killed_while_a_payment_arrives_credits_it_once_after_stripe
         .unwrap()
         .port();
     let token = {
-        let out = ledger_process(dir.path(), port, &stripe)
+        let out = stripe_process(dir.path(), port, &stripe)
             .args(["token", "--role", "admin"])
             .stdout(std::process::Stdio::piped())
             .output()
@@ -1044,7 +1037,7 @@ async fn the_service_killed_while_a_payment_arrives_credits_it_once_after_stripe
     };
     let api = format!("http://127.0.0.1:{port}/api/v1/usage-billing");
     let client = reqwest::Client::new();
-    let mut child = serving(ledger_process(dir.path(), port, &stripe), port).await;
+    let mut child = serving(stripe_process(dir.path(), port, &stripe), port).await;
     let put = client
         .put(format!("{api}/brands/acme"))
         .bearer_auth(&token)
@@ -1105,7 +1098,7 @@ async fn the_service_killed_while_a_payment_arrives_credits_it_once_after_stripe
         for s in storm {
             s.await.unwrap();
         }
-        child = serving(ledger_process(dir.path(), port, &stripe), port).await;
+        child = serving(stripe_process(dir.path(), port, &stripe), port).await;
         let retry = client
             .post(&url)
             .header("stripe-signature", sign_now())
