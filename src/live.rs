@@ -359,6 +359,13 @@ impl Hub {
 
     /// Hand `updates` to every connection that wants them, never waiting: a full
     /// buffer kicks its connection.
+    /// Whether any connection would take an update of `brand`: one following it, or one
+    /// following the brands under pressure. The consumer reads no summary nobody wants.
+    pub fn wants(&self, brand: &BrandId) -> bool {
+        let routes = self.routes.lock().expect("routes lock");
+        !routes.pressure.is_empty() || routes.by_brand.contains_key(brand)
+    }
+
     pub fn publish(&self, updates: Vec<Arc<Update>>) {
         if updates.is_empty() {
             return;

@@ -102,6 +102,9 @@ impl Consumer for LiveConsumer {
             .at;
         let mut updates = Vec::new();
         for ((brand, period), seen) in touched(records) {
+            if !self.hub.wants(&brand) {
+                continue;
+            }
             match self.summary_after(&brand, period, seen).await {
                 Ok(s) => updates.push(Arc::new(Update::new(s.summary, s.sequence))),
                 // A live message missed is summed up by the next one or a reconnection's
