@@ -33,6 +33,8 @@
 //! | `engine.cache_streams_max` | `LEDGER_ENGINE_CACHE_STREAMS_MAX` | | 100,000 |
 //! | `engine.idempotency_cache_max` | `LEDGER_ENGINE_IDEMPOTENCY_CACHE_MAX` | | 100,000 |
 //! | `engine.writer_shards` | `LEDGER_ENGINE_WRITER_SHARDS` | | 1 |
+//! | `engine.refusal_window_seconds` | `LEDGER_ENGINE_REFUSAL_WINDOW_SECONDS` | | 60 (0: every refusal alone) |
+//! | `engine.refusal_windows_max` | `LEDGER_ENGINE_REFUSAL_WINDOWS_MAX` | | 100,000 |
 //! | `read_models.cache_periods_max` | `LEDGER_READ_MODELS_CACHE_PERIODS_MAX` | | 100,000 |
 //! | `read_models.flush_interval_ms` | `LEDGER_READ_MODELS_FLUSH_INTERVAL_MS` | | 1,000 |
 //! | `read_models.flush_rows_max` | `LEDGER_READ_MODELS_FLUSH_ROWS_MAX` | | 10,000 |
@@ -149,6 +151,14 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "engine.idempotency_cache_max",
     ),
     ("LEDGER_ENGINE_WRITER_SHARDS", "engine.writer_shards"),
+    (
+        "LEDGER_ENGINE_REFUSAL_WINDOW_SECONDS",
+        "engine.refusal_window_seconds",
+    ),
+    (
+        "LEDGER_ENGINE_REFUSAL_WINDOWS_MAX",
+        "engine.refusal_windows_max",
+    ),
     ("LEDGER_STRIPE_SECRET_KEY", "stripe.secret_key"),
     ("LEDGER_STRIPE_WEBHOOK_SECRET", "stripe.webhook_secret"),
     (
@@ -410,6 +420,11 @@ pub struct EngineSettings {
     pub idempotency_cache_max: usize,
     /// Writer tasks, brands hashed over them.
     pub writer_shards: usize,
+    /// Repeated refusals of one metric by one way are appended as one event per this
+    /// many seconds; 0 appends each alone.
+    pub refusal_window_seconds: u64,
+    /// Refusal windows kept in memory; past it refusals are appended alone.
+    pub refusal_windows_max: usize,
 }
 
 impl Default for EngineSettings {
@@ -422,6 +437,8 @@ impl Default for EngineSettings {
             cache_streams_max: e.cache_streams_max,
             idempotency_cache_max: e.idempotency_cache_max,
             writer_shards: e.writer_shards,
+            refusal_window_seconds: e.refusal_window.as_secs(),
+            refusal_windows_max: e.refusal_windows_max,
         }
     }
 }
@@ -437,6 +454,9 @@ pub const ENGINE_BATCH_LINGER_US_LIMIT_MAX: u64 = 100_000;
 pub const ENGINE_CACHE_ENTRIES_LIMIT_MAX: usize = 10 * 1024 * 1024;
 /// Writers beyond this only contend for the same cores and connections.
 pub const ENGINE_WRITER_SHARDS_LIMIT_MAX: usize = 64;
+/// The longest refusal window accepted: a day's refusals counted in memory only is a
+/// day a crash could forget.
+pub const ENGINE_REFUSAL_WINDOW_SECONDS_LIMIT_MAX: u64 = 3_600;
 
 impl EngineSettings {
     /// The engine configuration these settings and `rules` give.
@@ -448,6 +468,8 @@ impl EngineSettings {
             cache_streams_max: self.cache_streams_max,
             idempotency_cache_max: self.idempotency_cache_max,
             writer_shards: self.writer_shards,
+            refusal_window: Duration::from_secs(self.refusal_window_seconds),
+            refusal_windows_max: self.refusal_windows_max,
             rules,
             ..EngineConfig::default()
         }
@@ -494,6 +516,18 @@ impl EngineSettings {
             "writer_shards",
             self.writer_shards as u64,
             ENGINE_WRITER_SHARDS_LIMIT_MAX as u64,
+            1,
+        )?;
+        within(
+            "refusal_window_seconds",
+            self.refusal_window_seconds,
+            ENGINE_REFUSAL_WINDOW_SECONDS_LIMIT_MAX,
+            0,
+        )?;
+        within(
+            "refusal_windows_max",
+            self.refusal_windows_max as u64,
+            ENGINE_CACHE_ENTRIES_LIMIT_MAX as u64,
             1,
         )
     }
@@ -1013,6 +1047,7 @@ impl fmt::Display for Settings {
              jwt_public_key_path={} jwt_private_key_path={} issuer={} audience={} token_ttl={} \
              late_usage_grace_hours={} engine: queue_commands_max={} batch_commands_max={} \
              batch_linger_us={} cache_streams_max={} idempotency_cache_max={} writer_shards={} \
+             refusal_window_seconds={} refusal_windows_max={} \
              read_models: cache_periods_max={} flush_interval_ms={} flush_rows_max={} \
              metrics_token={} stripe: secret_key={} webhook_secret={} api_base={} redirect_origins={} \
              log_format={} sentry: dsn={} environment={}",
@@ -1044,6 +1079,8 @@ impl fmt::Display for Settings {
             self.engine.cache_streams_max,
             self.engine.idempotency_cache_max,
             self.engine.writer_shards,
+            self.engine.refusal_window_seconds,
+            self.engine.refusal_windows_max,
             self.read_models.cache_periods_max,
             self.read_models.flush_interval_ms,
             self.read_models.flush_rows_max,

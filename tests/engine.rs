@@ -183,6 +183,108 @@ on_both_stores!(
     refused_commands_write_nothing
 );
 
+/// The refusal events of period stream `id`, and the refusals they count.
+async fn refusals(log: &Arc<dyn usage_ledger::store::EventLog>, id: &str) -> (usize, u64) {
+    let events = log
+        .read_stream("usage_period", id, 0, 1_000_000)
+        .await
+        .unwrap();
+    let counts: Vec<u64> = events
+        .iter()
+        .filter(|e| e.event_type == "UsageDenied")
+        .map(|e| {
+            let p: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
+            p["usage_denied"]["count"].as_u64().unwrap_or(1)
+        })
+        .collect();
+    (counts.len(), counts.iter().sum())
+}
+
+fn consume_keyed(b: &str, m: &str, n: u64, k: &str) -> PeriodRequest {
+    PeriodRequest {
+        idempotency_key: Some(key(k)),
+        ..consume(b, m, n)
+    }
+}
+
+// 10,000 refusals of an exhausted block quota within one window: the log holds the first
+// alone and one event counting the rest once the engine drains, whatever the batching.
+async fn ten_thousand_refusals_append_two_events_that_count_them_all(db: &common::TestDb) {
+    let (e, log) = common::blocking_engine(db).await;
+    e.set_plan(brand("acme"), plan("business"), "test".into())
+        .await
+        .unwrap();
+    e.execute(consume("acme", "renders_3d", 50)).await.unwrap();
+    for _ in 0..20 {
+        let calls = (0..500).map(|_| e.execute(consume("acme", "renders_3d", 1)));
+        for out in futures::future::join_all(calls).await {
+            assert!(out.unwrap().refused());
+        }
+    }
+    assert_eq!(
+        refusals(&log, "acme:2026-11").await,
+        (1, 1),
+        "counted, not appended"
+    );
+    e.drain().await;
+    assert_eq!(refusals(&log, "acme:2026-11").await, (2, 10_000));
+}
+on_both_stores!(
+    ten_thousand_refusals,
+    ten_thousand_refusals_append_two_events_that_count_them_all
+);
+
+// A refusal after its window carries the window's count and opens the next one; a keyed
+// refusal retried is answered again, not counted again.
+async fn a_refusal_after_the_window_carries_its_count(db: &common::TestDb) {
+    let log = db.log().await;
+    let catalog = ledger_aggregates::catalog::Catalog::from_toml(&common::blocking_renders_toml())
+        .expect("the catalog parses");
+    let clock = common::manual_clock();
+    let e = Engine::start(
+        log.clone(),
+        Arc::new(catalog),
+        clock.clone(),
+        EngineConfig::default(),
+    );
+    e.set_plan(brand("acme"), plan("business"), "test".into())
+        .await
+        .unwrap();
+    e.execute(consume("acme", "renders_3d", 50)).await.unwrap();
+    for k in ["a", "b", "b", "c", "c", "c"] {
+        let out = e
+            .execute(consume_keyed("acme", "renders_3d", 1, k))
+            .await
+            .unwrap();
+        assert!(out.refused());
+    }
+    assert_eq!(refusals(&log, "acme:2026-11").await, (1, 1));
+    clock.advance(Duration::seconds(61));
+    e.execute(consume("acme", "renders_3d", 1)).await.unwrap();
+    let events = log
+        .read_stream("usage_period", "acme:2026-11", 0, 1_000)
+        .await
+        .unwrap();
+    let last: serde_json::Value = serde_json::from_str(&events.last().unwrap().payload).unwrap();
+    assert_eq!(
+        last["usage_denied"]["count"], 3,
+        "b, c and this one: {last}"
+    );
+    assert_eq!(
+        last["usage_denied"]["first_at"]
+            .as_str()
+            .map(|t| t.starts_with("2026-11-15T12:00:00")),
+        Some(true),
+        "{last}"
+    );
+    e.drain().await;
+    assert_eq!(refusals(&log, "acme:2026-11").await, (2, 4));
+}
+on_both_stores!(
+    refusal_after_the_window,
+    a_refusal_after_the_window_carries_its_count
+);
+
 async fn consume_concurrently(engines: &[Engine], tasks: usize) -> usize {
     let mut handles = Vec::new();
     for i in 0..tasks {
@@ -220,7 +322,11 @@ async fn sixty_four_consumers_of_a_block_quota_of_fifty_get_exactly_fifty(db: &c
         .await
         .unwrap();
     let count = |t: &str| events.iter().filter(|e| e.event_type == t).count();
-    assert_eq!((count("UsageRecorded"), count("UsageDenied")), (50, 14));
+    assert_eq!(count("UsageRecorded"), 50);
+    e.drain().await;
+    let (events, refused) = refusals(&log, "acme:2026-11").await;
+    assert_eq!(refused, 14, "every refusal is counted once");
+    assert!(events <= 2, "{events} refusal events in one window");
 }
 on_both_stores!(
     sixty_four_consumers,

@@ -47,7 +47,7 @@ impl Default for LedgerRules {
 }
 
 /// How usage reached the ledger: a plain record, or a check-quota with `consume`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UsageVia {
     Record,
@@ -267,6 +267,14 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+fn one() -> u64 {
+    1
+}
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LedgerEvent {
@@ -316,6 +324,14 @@ pub enum LedgerEvent {
         /// Units held for jobs when it was refused: they count against the limit.
         #[serde(default, skip_serializing_if = "is_zero")]
         held: u64,
+        /// Refusals this event stands for. Repeated refusals of one metric by one way are
+        /// counted by the engine and appended as one event (`first_at` to `at`, the other
+        /// fields those of the last); 1, and absent, for a refusal appended alone.
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        count: u64,
+        /// When the first of `count` refusals happened, when there are several.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        first_at: Option<DateTime<Utc>>,
     },
     /// Units set aside for a job until `expires_at` (see [`crate::hold`]).
     QuotaReserved {
@@ -1690,6 +1706,8 @@ impl Ctx<'_> {
             effective_limit: decision.effective_limit.unwrap_or_default(),
             at,
             held: decision.reserved,
+            count: 1,
+            first_at: None,
         }
     }
 

@@ -254,6 +254,8 @@ fn denied(key: &str, requested: u64, via: UsageVia, current: u64, limit: u64) ->
         effective_limit: limit,
         at: now(),
         held: 0,
+        count: 1,
+        first_at: None,
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod holds;
 mod probe;
+mod refusals;
 mod topups;
 mod writer;
 
@@ -69,6 +70,12 @@ pub struct EngineConfig {
     pub gauge_lookback_periods_max: u32,
     /// Usage may be stamped at most this far in the future (callers' clock skew).
     pub future_skew_max: Duration,
+    /// Repeated refusals of one metric by one way on a brand-period are appended as one
+    /// event per window (see `refusals`): a client hammering an exhausted quota grows the
+    /// log by two events a minute, not one per request. Zero appends each alone.
+    pub refusal_window: std::time::Duration,
+    /// Refusal windows kept (about 200 bytes each); past it refusals are appended alone.
+    pub refusal_windows_max: usize,
     pub rules: LedgerRules,
     /// Where the writers count batches, appends, conflicts, refusals and crossings;
     /// `None` (one-shot commands, most tests) counts nothing.
@@ -88,6 +95,8 @@ impl Default for EngineConfig {
             conflict_retries_max: 8,
             gauge_lookback_periods_max: 36,
             future_skew_max: Duration::minutes(5),
+            refusal_window: std::time::Duration::from_secs(60),
+            refusal_windows_max: 100_000,
             rules: LedgerRules::default(),
             metrics: None,
         }
@@ -211,6 +220,21 @@ pub struct Outcome {
     pub decision: Option<QuotaDecision>,
     /// True when an earlier command with the same idempotency key is being answered.
     pub replayed: bool,
+}
+
+impl Outcome {
+    /// True when a `block` quota refused the command, whether its refusal was appended
+    /// alone or counted with others (then `events` is empty).
+    pub fn refused(&self) -> bool {
+        self.decision.as_ref().is_some_and(|d| !d.allowed)
+            || matches!(
+                self.events.first(),
+                Some(Committed {
+                    event: LedgerEvent::UsageDenied { .. },
+                    ..
+                })
+            )
+    }
 }
 
 /// What a plan change did.
@@ -385,6 +409,7 @@ impl Engine {
             queue_commands_max: (config.queue_commands_max / n).max(1),
             cache_streams_max: (config.cache_streams_max / n).max(1),
             idempotency_cache_max: (config.idempotency_cache_max / n).max(1),
+            refusal_windows_max: (config.refusal_windows_max / n).max(1),
             ..config.clone()
         });
         let closing = watch::Sender::new(false);

@@ -22,6 +22,7 @@ use ledger_aggregates::{
 use lru::LruCache;
 use tokio::sync::mpsc;
 
+use super::refusals::{self, Refusals};
 use super::{
     Committed, EngineConfig, EngineError, Job, Metadata, Outcome, PeriodRequest, PlanChange,
     TopUpChange,
@@ -36,6 +37,9 @@ const EMPTY_METADATA: &str = "{}";
 /// Room reserved for one event's JSON: a `UsageRecorded` is ~290 bytes, the largest
 /// common events a little more; a rare larger one grows the buffer once.
 const PAYLOAD_BYTES_TYPICAL: usize = 512;
+/// How often the writer looks for refusal windows that ended: their counts reach the log
+/// at most this long after the window.
+const REFUSAL_TICK_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The answer prepared for one job, sent only after the batch commits.
 enum Answer {
@@ -61,6 +65,8 @@ struct Staged {
     keyed: HashMap<(String, String), (String, Outcome)>,
     /// What the batch counts in the metrics once it commits (only when they are kept).
     tallies: Vec<Tally>,
+    /// What the batch does to the windows of repeated refusals.
+    refusals: refusals::Staged,
 }
 
 /// A fact of a batch the metrics count once it is committed.
@@ -153,6 +159,8 @@ pub(crate) struct Writer {
     pending_keys: HashMap<(String, String), (String, Outcome)>,
     /// Where committed writes are announced to the read models' readers.
     marks: Arc<Watermarks>,
+    /// Repeated refusals counted in memory until they are appended as one event.
+    refusals: Refusals,
 }
 
 impl Writer {
@@ -175,6 +183,7 @@ impl Writer {
             keys: LruCache::new(cap(cfg.idempotency_cache_max)),
             pending_keys: HashMap::new(),
             marks,
+            refusals: Refusals::new(cfg.refusal_window, cfg.refusal_windows_max),
             cfg,
         }
     }
@@ -199,6 +208,15 @@ impl Writer {
         // loop turn registered and cancelled a timer for every job that arrived.
         let timer = tokio::time::sleep_until(tokio::time::Instant::now());
         tokio::pin!(timer);
+        // Counted refusals are appended within a second of their window's end.
+        let counting = !self.cfg.refusal_window.is_zero();
+        let mut tick = tokio::time::interval(
+            self.cfg
+                .refusal_window
+                .clamp(std::time::Duration::from_millis(1), REFUSAL_TICK_MAX),
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut drained_refusals = false;
         loop {
             if inflight.is_none() {
                 // Lingering fills appends; a batch with nothing to append (pure checks,
@@ -207,14 +225,21 @@ impl Writer {
                     || linger.is_none_or(|(expect, until)| {
                         next.jobs.len() >= expect.min(max) || tokio::time::Instant::now() >= until
                     });
-                if !next.jobs.is_empty() && (filled || !open) {
+                let work = !next.jobs.is_empty() || !next.staged.events.is_empty();
+                if !work && !open && !drained_refusals && self.refusals.pending() {
+                    // Once, so that a store that refuses the append does not hold the exit.
+                    drained_refusals = true;
+                    self.flush_refusals(&mut next, true).await;
+                    continue;
+                }
+                if work && (filled || !open) {
                     // The next batch will likely be this size: reserving it up front
                     // saves growing every vector of the batch by doubling.
                     let size = next.jobs.len();
                     inflight =
                         Some(self.launch(std::mem::replace(&mut next, Batch::with_capacity(size))));
                     linger = None;
-                } else if next.jobs.is_empty() && !open {
+                } else if !work && !open {
                     break;
                 }
             }
@@ -234,6 +259,7 @@ impl Writer {
                     }
                 }
                 _ = &mut timer, if lingering => linger = None,
+                _ = tick.tick(), if counting && open => self.flush_refusals(&mut next, false).await,
                 done = async {
                     match inflight.as_mut() {
                         Some((_, append)) => append.await,
@@ -295,6 +321,7 @@ impl Writer {
         let events = std::mem::take(&mut batch.staged.events);
         let snapshots = std::mem::take(&mut batch.staged.snapshots);
         self.pending_keys = std::mem::take(&mut batch.staged.keyed);
+        self.refusals.launching(&batch.staged.refusals);
         let log = self.log.clone();
         let metrics = self.cfg.metrics.clone();
         let commands = batch.jobs.len();
@@ -312,17 +339,20 @@ impl Writer {
 
     /// Answer a batch whose append returned. On failure, the speculative next batch is
     /// discarded with it: both are decided again from the log.
-    async fn finish(&mut self, batch: Batch, done: Result<(), StoreError>, next: &mut Batch) {
+    async fn finish(&mut self, mut batch: Batch, done: Result<(), StoreError>, next: &mut Batch) {
         if done.is_ok() {
             for (k, v) in self.pending_keys.drain() {
                 self.keys.put(k, v);
             }
-            self.acknowledge(&batch.staged);
+            self.acknowledge(&mut batch.staged);
             reply_all(batch.jobs.into_iter(), Ok(batch.answers));
             return;
         }
         self.pending_keys.clear();
-        let next = std::mem::take(next);
+        let mut next = std::mem::take(next);
+        for staged in [&mut batch.staged, &mut next.staged] {
+            self.refusals.restore(std::mem::take(&mut staged.refusals));
+        }
         for (t, id, _) in batch.staged.touched.iter().chain(&next.staged.touched) {
             self.evict(t, id);
         }
@@ -365,10 +395,11 @@ impl Writer {
                 for (t, id, _) in &staged.touched {
                     self.evict(t, id);
                 }
+                self.refusals.restore(std::mem::take(&mut staged.refusals));
             }
             match result {
                 Ok(answers) => {
-                    self.acknowledge(&staged);
+                    self.acknowledge(&mut staged);
                     for (k, v) in staged.keyed {
                         self.keys.put(k, v);
                     }
@@ -387,9 +418,48 @@ impl Writer {
         reply_all(batch.drain(..), answers);
     }
 
+    /// Stage into `next` the refusal counts whose window ended (every one with `all`).
+    /// When a stream cannot be loaded, the counts wait for the next tick.
+    async fn flush_refusals(&mut self, next: &mut Batch, all: bool) {
+        let mut taken = refusals::Staged::default();
+        let due = self.refusals.due(self.clock.now(), all, &mut taken);
+        if due.is_empty() {
+            return;
+        }
+        let mut missing: Vec<(&'static str, String)> = due
+            .iter()
+            .filter(|(id, _)| !self.periods.contains(id))
+            .map(|(id, _)| (PERIOD, id.clone()))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if let Err(e) = self.load(&missing).await {
+            tracing::warn!(error = %e, "refusal counts wait: their streams did not load");
+            self.refusals.restore(taken);
+            return;
+        }
+        let every = self.cfg.snapshot_every_events;
+        for (id, event) in &due {
+            let agg = self.periods.get_mut(id).expect("loaded above");
+            let first = agg.version + 1;
+            next.staged.stage(
+                id,
+                first,
+                std::slice::from_ref(event),
+                None,
+                EMPTY_METADATA,
+                every,
+            );
+            agg.fold(event);
+        }
+        next.staged.refusals.absorb(taken);
+    }
+
     /// Tell readers what a committed batch wrote, before its callers hear of it, and
     /// count it.
-    fn acknowledge(&self, staged: &Staged) {
+    fn acknowledge(&mut self, staged: &mut Staged) {
+        self.refusals
+            .acknowledge(std::mem::take(&mut staged.refusals));
         if let Some(m) = &self.cfg.metrics {
             for t in &staged.tallies {
                 match t {
@@ -859,8 +929,7 @@ impl Writer {
         };
         let first_sequence = agg.version + 1;
         let decision = check_decision(agg, &req.command, now)?;
-        let events = agg.decide(&req.command, now, &self.cfg.rules)?;
-        events.iter().for_each(|e| agg.fold(e));
+        let mut events = agg.decide(&req.command, now, &self.cfg.rules)?;
         if let (Some(_), Some(plan)) = (&self.cfg.metrics, agg.plan()) {
             staged.tally(plan, &events);
         }
@@ -874,15 +943,34 @@ impl Writer {
             d.consumed = matches!(events.first(), Some(LedgerEvent::UsageRecorded { .. }));
             d
         });
+        let mut counted = false;
+        if matches!(events.as_slice(), [LedgerEvent::UsageDenied { .. }]) {
+            let denied = events.pop().expect("matched one event");
+            match self.refusals.decide(id, denied, &mut staged.refusals) {
+                Some(event) => events.push(event),
+                None => counted = true,
+            }
+        }
+        events.iter().for_each(|e| agg.fold(e));
         if events.is_empty() {
-            // Nothing to write: a pure check. A fresh opening copy is dropped.
-            return Ok(Outcome {
+            // Nothing to write: a pure check, or a refusal counted in its window. A fresh
+            // opening copy is dropped.
+            let outcome = Outcome {
                 brand: req.brand.clone(),
                 period,
                 events: Vec::new(),
                 decision,
                 replayed: false,
-            });
+            };
+            // A counted refusal's key is remembered in memory, so a retry is not counted
+            // again.
+            if let (true, Some(key)) = (counted, &req.idempotency_key) {
+                staged.keyed.insert(
+                    (id.to_owned(), key.to_string()),
+                    (fingerprint.to_owned(), outcome.clone()),
+                );
+            }
+            return Ok(outcome);
         }
         let every = self.cfg.snapshot_every_events;
         if let Some((fresh, open_events)) = opening {

@@ -127,6 +127,9 @@ pub(crate) async fn reserve(
             metadata,
         })
         .await?;
+    if outcome.refused() {
+        return Err(refused(&body.metric, outcome.decision));
+    }
     let first = first_event(&outcome, "a hold")?;
     match first {
         LedgerEvent::QuotaReserved {
@@ -153,7 +156,6 @@ pub(crate) async fn reserve(
             };
             Ok((status, Json(reservation)).into_response())
         }
-        LedgerEvent::UsageDenied { .. } => Err(refused(&body.metric, outcome.decision)),
         other => Err(unexpected("a hold", other)),
     }
 }

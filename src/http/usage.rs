@@ -177,6 +177,9 @@ fn recorded(
     metric: &MetricKey,
     metadata: Metadata,
 ) -> Result<Recorded, ApiError> {
+    if outcome.refused() {
+        return Err(refused(metric, outcome.decision));
+    }
     let Some(first) = outcome.events.first() else {
         return Err(ApiError::Internal("a record appended no event".to_owned()));
     };
@@ -211,7 +214,6 @@ fn recorded(
                 alerts: AlertView::from_events(&outcome.events, label_of),
             })
         }
-        LedgerEvent::UsageDenied { .. } => Err(refused(metric, decision)),
         other => Err(ApiError::Internal(format!(
             "a record appended {} first",
             other.event_type_str()
@@ -517,6 +519,9 @@ pub(crate) async fn set_gauge(
             metadata,
         })
         .await?;
+    if outcome.refused() {
+        return Err(refused(&metric, outcome.decision));
+    }
     let Some(first) = outcome.events.first() else {
         return Err(ApiError::Internal(
             "a gauge level appended no event".to_owned(),
@@ -542,7 +547,6 @@ pub(crate) async fn set_gauge(
                 replayed: outcome.replayed,
             }))
         }
-        LedgerEvent::UsageDenied { .. } => Err(refused(&metric, outcome.decision)),
         other => Err(ApiError::Internal(format!(
             "a gauge level appended {} first",
             other.event_type_str()

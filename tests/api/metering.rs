@@ -198,6 +198,41 @@ on_both_stores!(
     a_level_over_a_block_gauge_is_refused_and_the_refusal_is_kept
 );
 
+async fn repeated_refusals_reach_the_audit_trail_as_one_counted_event(db: &TestDb) {
+    // 200 refused seats within a minute: the first refusal is in the audit trail at once,
+    // the other 199 as one event that counts them when the window ends.
+    let app = spawn_app(db).await;
+    app.register("acme", "starter").await;
+    assert_eq!(app.set_gauge("acme", "team_members", 3).await.status, 200);
+    for _ in 0..200 {
+        app.set_gauge("acme", "team_members", 4)
+            .await
+            .assert_problem(409, "quota-exceeded");
+    }
+    let refusals = |events: Vec<serde_json::Value>| -> Vec<u64> {
+        events
+            .iter()
+            .filter(|e| e["type"] == "UsageDenied")
+            .map(|e| e["payload"]["usage_denied"]["count"].as_u64().unwrap_or(1))
+            .collect()
+    };
+    assert_eq!(refusals(app.audit("acme").await), [1]);
+    app.clock.advance(chrono::Duration::seconds(61));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let counts = refusals(app.audit("acme").await);
+        if counts.len() > 1 || std::time::Instant::now() > deadline {
+            assert_eq!(counts, [1, 199], "the window's count is appended once");
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+on_both_stores!(
+    repeated_refusals_are_counted,
+    repeated_refusals_reach_the_audit_trail_as_one_counted_event
+);
+
 async fn a_batch_answers_each_item_and_commits_the_good_ones(db: &TestDb) {
     // One bad item does not sink the batch: each item gets the status and body it would
     // get alone, and only the good ones are in the log.
