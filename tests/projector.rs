@@ -380,3 +380,73 @@ async fn a_read_model_write_in_progress_does_not_hold_the_log_back() {
     pool.close().await;
     db.cleanup().await;
 }
+
+/// An outbox on `db`: the same object as its log, on a new pool.
+async fn outbox(db: &TestDb) -> std::sync::Arc<dyn usage_ledger::store::OutboxStore> {
+    match (db.pg_url(), db.sqlite_path()) {
+        (Some(url), _) => std::sync::Arc::new(
+            usage_ledger::store::PostgresLog::connect(url)
+                .await
+                .expect("connect pg"),
+        ),
+        (None, Some(path)) => std::sync::Arc::new(
+            usage_ledger::store::SqliteLog::open_in(path.parent().expect("a data directory"))
+                .await
+                .expect("open sqlite"),
+        ),
+        (None, None) => unreachable!("a test database is one or the other"),
+    }
+}
+
+// The notices consumer writes its checkpoint with deliveries; a log with nothing to
+// deliver moves it only when the consumer persists (every few seconds, or asked), not
+// once per commit of the ledger.
+async fn the_notices_checkpoint_moves_with_deliveries_not_with_every_commit(db: &TestDb) {
+    use usage_ledger::store::NOTICES_CONSUMER;
+    let (log, store) = db.stores().await;
+    let engine = engine_on(log.clone(), manual_clock(), Default::default());
+    engine
+        .set_plan(
+            id(BrandId::parse, "acme"),
+            id(PlanId::parse, "starter"),
+            "admin".into(),
+        )
+        .await
+        .unwrap();
+    let start = store.checkpoint(NOTICES_CONSUMER).await.unwrap();
+    let consumer = usage_ledger::tail::notices::NoticeConsumer::new(
+        store.clone(),
+        log,
+        outbox(db).await,
+        engine.clone(),
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+        None,
+    );
+    let tail = usage_ledger::tail::Tail::start(store.clone(), consumer)
+        .await
+        .expect("start");
+    for _ in 0..20 {
+        // Crosses 50 %, 75 % and 90 % of starter's 100 renders: notices nobody is sent.
+        let usage = PeriodCommand::RecordUsage {
+            metric: id(MetricKey::parse, "renders_3d"),
+            quantity: Quantity::new(5).unwrap(),
+            occurred_at: None,
+        };
+        engine.execute(request("acme", usage)).await.unwrap();
+    }
+    assert!(tail.catch_up(CATCH_UP).await);
+    let end = tail.status().checkpoint;
+    assert!(end > start, "{:?}", tail.status());
+    assert_eq!(
+        store.checkpoint(NOTICES_CONSUMER).await.unwrap(),
+        start,
+        "no delivery, no write"
+    );
+    assert!(tail.persist(CATCH_UP).await);
+    assert_eq!(store.checkpoint(NOTICES_CONSUMER).await.unwrap(), end);
+    tail.stop().await;
+}
+on_both_stores!(
+    notices_checkpoint,
+    the_notices_checkpoint_moves_with_deliveries_not_with_every_commit
+);

@@ -49,8 +49,18 @@ pub struct NoticeConsumer {
     pub dispatcher: Arc<Notify>,
     /// A link to the brand's dashboard page: `{brand}` is replaced by its id.
     pub dashboard_url: Option<String>,
+    /// Where the consumer stands, and the checkpoint as stored: batches without a
+    /// delivery move only the first, so most commits of the ledger cost this consumer
+    /// no write of its own.
     position: LogPosition,
+    persisted: LogPosition,
+    persisted_at: std::time::Instant,
 }
+
+/// The stored checkpoint trails the consumer by at most this long while the log holds
+/// nothing to deliver: after a crash, at most this much of the log is read again (and
+/// makes no delivery twice: a delivery's id is derived from its notice).
+pub const NOTICES_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl NoticeConsumer {
     pub fn new(
@@ -71,7 +81,30 @@ impl NoticeConsumer {
             dispatcher,
             dashboard_url,
             position: LogPosition::START,
+            persisted: LogPosition::START,
+            persisted_at: std::time::Instant::now(),
         }
+    }
+
+    /// Move the stored checkpoint to `to` with `deliveries`, from where it was stored.
+    /// `false` when another instance's consumer went further: this one then stands
+    /// where that one does.
+    async fn commit(
+        &mut self,
+        to: LogPosition,
+        deliveries: &[NewDelivery],
+    ) -> Result<bool, TailError> {
+        let moved = self
+            .outbox
+            .enqueue(NOTICES_CONSUMER, self.persisted, to, deliveries)
+            .await?;
+        self.position = match moved {
+            true => to,
+            false => self.projections.checkpoint(NOTICES_CONSUMER).await?,
+        };
+        self.persisted = self.position;
+        self.persisted_at = std::time::Instant::now();
+        Ok(moved)
     }
 
     /// The notice an event makes, if any, from the brand's registry as it stands.
@@ -179,6 +212,7 @@ impl NoticeConsumer {
                         current,
                         effective_limit,
                         at,
+                        count,
                         ..
                     } => Some(Notice {
                         id: format!(
@@ -187,7 +221,7 @@ impl NoticeConsumer {
                             at.format("%Y-%m-%dT%H")
                         ),
                         severity: "critical".to_owned(),
-                        refused: Some(1),
+                        refused: Some(*count),
                         ..base(
                             NoticeKind::QuotaRefused,
                             metric,
@@ -311,12 +345,13 @@ impl Consumer for NoticeConsumer {
 
     async fn start(&mut self) -> Result<LogPosition, TailError> {
         self.position = self.projections.checkpoint(NOTICES_CONSUMER).await?;
+        self.persisted = self.position;
         Ok(self.position)
     }
 
     async fn apply(
         &mut self,
-        from: LogPosition,
+        _from: LogPosition,
         records: &[LogRecord],
     ) -> Result<LogPosition, TailError> {
         let last = records
@@ -364,27 +399,28 @@ impl Consumer for NoticeConsumer {
                 deliveries.extend(deliveries_of(&notice, &registry.notifications, now));
             }
         }
-        if !self
-            .outbox
-            .enqueue(NOTICES_CONSUMER, from, last, &deliveries)
-            .await?
-        {
-            // Another instance's consumer went further: carry on from where it stands.
-            self.position = self.projections.checkpoint(NOTICES_CONSUMER).await?;
-            return Ok(self.position);
+        if deliveries.is_empty() {
+            self.position = last;
+            return Ok(last);
         }
-        if !deliveries.is_empty() {
+        if self.commit(last, &deliveries).await? {
             self.dispatcher.notify_one();
         }
-        self.position = last;
-        Ok(last)
+        Ok(self.position)
     }
 
-    async fn caught_up(&mut self, _persist: bool) -> Result<(), TailError> {
+    async fn caught_up(&mut self, persist: bool) -> Result<(), TailError> {
+        let due = persist || self.persisted_at.elapsed() >= NOTICES_CHECKPOINT_INTERVAL;
+        if due && self.position != self.persisted {
+            self.commit(self.position, &[]).await?;
+        }
         Ok(())
     }
 
     async fn stop(&mut self) -> Result<(), TailError> {
+        if self.position != self.persisted {
+            self.commit(self.position, &[]).await?;
+        }
         Ok(())
     }
 }
