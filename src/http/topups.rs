@@ -210,7 +210,8 @@ pub(crate) async fn stripe_webhook(
     let now = s.ledger.engine.now().timestamp();
     signature::verify(header, &body, &secrets, now)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let event: Event = serde_json::from_slice(&body)
+    // Verified over the bytes as sent; read with integers taken as the document states them.
+    let event: Event = serde_json::from_slice(&super::extract::integral_numbers(&body))
         .map_err(|e| ApiError::BadRequest(format!("the body is not a Stripe event: {e}")))?;
     let effect = s.ledger.apply_payment_event(&event).await?;
     tracing::info!(event = %event.id, kind = %event.kind, ?effect, "Stripe event");
