@@ -189,8 +189,10 @@ pub(crate) async fn live(
         .redeem(&ticket, s.ledger.engine.now())
         .map_err(|_| refused())?;
     if q.resume.is_some() && !matches!(&grant.scope, Scope::Brands(b) if b.len() == 1) {
-        return Err(ApiError::BadRequest(
-            "resume applies to a single-brand feed".to_owned(),
+        // A rule of the ticket's scope, which the query alone does not show: 422, not 400.
+        return Err(ApiError::invalid(
+            "invalid-resume",
+            "resume applies to a single-brand feed",
         ));
     }
     tracing::debug!(subject = %grant.subject, scope = ?grant.scope, "live feed opened");

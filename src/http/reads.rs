@@ -99,8 +99,9 @@ pub(crate) async fn own_summary(
     caller: Caller,
     ApiQuery(q): ApiQuery<PeriodQuery>,
 ) -> Result<Json<SummaryAnswer>, ApiError> {
+    // A well-formed request these credentials cannot make: 403, as for a role's route.
     let brand = caller.0.own_brand().cloned().ok_or_else(|| {
-        ApiError::BadRequest(
+        ApiError::Forbidden(
             "these credentials stand for no single brand; use /summary/{brandId}".to_owned(),
         )
     })?;
