@@ -29,15 +29,16 @@ pub const API_KEY_LABEL_CHARS_MAX: usize = 100;
 /// store counts and inserts in one atomic step, so concurrent creations cannot pass it.
 pub const API_KEYS_ACTIVE_PER_BRAND_MAX: i64 = 100;
 
-/// A key label: 1 to [`API_KEY_LABEL_CHARS_MAX`] characters, no control characters
-/// (it is printed in listings and logs), surrounding blanks trimmed.
+/// A key label: 1 to [`API_KEY_LABEL_CHARS_MAX`] characters as sent, not all blank, no
+/// control characters (it is printed in listings and logs), surrounding blanks trimmed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyLabel(String);
 
 impl KeyLabel {
     pub fn parse(raw: &str) -> Result<Self, String> {
         let s = raw.trim();
-        if s.is_empty() || s.chars().count() > API_KEY_LABEL_CHARS_MAX {
+        // The bound is on what was sent, as the OpenAPI document's `maxLength` states it.
+        if s.is_empty() || raw.chars().count() > API_KEY_LABEL_CHARS_MAX {
             return Err(format!(
                 "label must be 1 to {API_KEY_LABEL_CHARS_MAX} characters"
             ));
@@ -151,6 +152,11 @@ mod tests {
         assert_eq!(KeyLabel::parse("  ci  ").unwrap().as_str(), "ci");
         assert!(KeyLabel::parse("   ").is_err());
         assert!(KeyLabel::parse(&"x".repeat(API_KEY_LABEL_CHARS_MAX + 1)).is_err());
+        let padded = format!(" {} ", "x".repeat(API_KEY_LABEL_CHARS_MAX - 1));
+        assert!(
+            KeyLabel::parse(&padded).is_err(),
+            "the bound counts the blanks sent"
+        );
         assert!(KeyLabel::parse("a\nb").is_err());
     }
 }

@@ -14,6 +14,10 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, Problem};
 use super::extract::{idempotency_header, one_key, ApiJson, ApiPath, Caller};
+use super::schema::{
+    BrandIdSchema, EffectiveSchema, GrantReasonSchema, IdempotencyKeySchema, MetricKeySchema,
+    PeriodKeySchema, PlanIdSchema, QuantitySchema,
+};
 use super::views::{event_id, MetricView};
 use super::{AppState, API_PREFIX};
 use crate::engine::{Metadata, PeriodRequest, PlanChange};
@@ -46,38 +50,38 @@ pub(crate) async fn projector_status(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanBody {
-    #[schema(value_type = String, example = "starter")]
+    #[schema(value_type = PlanIdSchema)]
     pub plan: PlanId,
     /// `now` or `next_period`. Absent: an upgrade (a base price at least the current
     /// one's) takes effect now, a downgrade at the next period.
-    #[schema(value_type = Option<String>, example = "now")]
+    #[schema(value_type = Option<EffectiveSchema>)]
     pub effective: Option<Effective>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PlanAnswer {
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
-    #[schema(value_type = String)]
+    #[schema(value_type = PlanIdSchema)]
     pub plan: PlanId,
     /// True when this call registered the brand.
     pub registered: bool,
     /// False when the brand was already on this plan (nothing was appended).
     pub changed: bool,
     /// The open period the new plan took effect in, if any.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<PeriodKeySchema>)]
     pub applied_to: Option<ledger_aggregates::PeriodKey>,
     /// The first period on the new plan when it does not take effect at once (a
     /// downgrade, by default).
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<PeriodKeySchema>)]
     pub effective_from: Option<ledger_aggregates::PeriodKey>,
 }
 
 /// 201 when the brand is new, 200 otherwise. Idempotent: the same plan twice changes
 /// nothing the second time.
 #[utoipa::path(put, path = "/api/v1/usage-billing/brands/{brandId}", tag = "admin",
-    params(("brandId" = String, Path)), request_body = PlanBody,
+    params(("brandId" = BrandIdSchema, Path)), request_body = PlanBody,
     responses((status = 201, body = PlanAnswer, description = "registered"), (status = 200, body = PlanAnswer),
         (status = 403, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
@@ -121,14 +125,16 @@ pub(crate) async fn set_plan(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GrantBody {
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
-    #[schema(value_type = String)]
+    #[schema(value_type = MetricKeySchema)]
     pub metric: MetricKey,
-    #[schema(value_type = u64, minimum = 1)]
+    #[schema(value_type = QuantitySchema)]
     pub units: Quantity,
+    /// Why, for the audit trail: not blank.
+    #[schema(value_type = GrantReasonSchema)]
     pub reason: String,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<IdempotencyKeySchema>)]
     pub idempotency_key: Option<IdempotencyKey>,
 }
 
@@ -137,9 +143,9 @@ pub struct GrantBody {
 pub struct GrantAnswer {
     pub id: String,
     pub sequence: u64,
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
-    #[schema(value_type = String)]
+    #[schema(value_type = PeriodKeySchema)]
     pub period: ledger_aggregates::PeriodKey,
     pub replayed: bool,
     pub state: MetricView,
@@ -150,7 +156,9 @@ pub struct GrantAnswer {
 #[utoipa::path(post, path = "/api/v1/usage-billing/topups/grant", tag = "admin",
     request_body = GrantBody,
     responses((status = 201, body = GrantAnswer), (status = 200, body = GrantAnswer, description = "replayed key"),
-        (status = 403, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")),
+        (status = 403, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json", description = "the brand is not registered, or the credential may not see it"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "the period is closed")),
     security(("bearer" = [])))]
 pub(crate) async fn grant(
     State(s): State<AppState>,
@@ -160,7 +168,8 @@ pub(crate) async fn grant(
 ) -> Result<Response, ApiError> {
     caller.admin()?;
     let reason = body.reason.trim();
-    if reason.is_empty() || reason.chars().count() > GRANT_REASON_CHARS_MAX {
+    // The bound is on what was sent, as the OpenAPI document's `maxLength` states it.
+    if reason.is_empty() || body.reason.chars().count() > GRANT_REASON_CHARS_MAX {
         return Err(ApiError::invalid(
             "invalid-reason",
             format!("reason must be 1 to {GRANT_REASON_CHARS_MAX} characters"),

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::error::{ApiError, Problem};
 use super::extract::{unknown_brand, ApiJson, ApiPath, Caller};
+use super::schema::{BrandIdSchema, KeyLabelSchema};
 use super::{AppState, API_PREFIX};
 use crate::auth::api_keys::{ApiKeyError, CreateApiKey, KeyLabel};
 use crate::store::{ApiKeyInfo, StoreError};
@@ -27,6 +28,7 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
+    #[schema(value_type = KeyLabelSchema)]
     pub label: String,
 }
 
@@ -36,7 +38,7 @@ pub struct CreateBody {
 pub struct CreatedKey {
     pub id: Uuid,
     pub key: String,
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
     pub label: String,
     pub created_at: DateTime<Utc>,
@@ -45,9 +47,11 @@ pub struct CreatedKey {
 /// 201 with the key. The brand must be registered: a key for a typo would authenticate
 /// a caller that can meter nothing.
 #[utoipa::path(post, path = "/api/v1/usage-billing/brands/{brandId}/api-keys", tag = "admin",
-    params(("brandId" = String, Path)), request_body = CreateBody,
+    params(("brandId" = BrandIdSchema, Path)), request_body = CreateBody,
     responses((status = 201, body = CreatedKey, description = "the key, shown this once"),
-        (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")),
+        (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "the brand already holds the most active keys"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "invalid label")),
     security(("bearer" = [])))]
 pub(crate) async fn create(
     State(s): State<AppState>,
@@ -80,7 +84,7 @@ pub(crate) async fn create(
 /// Every key of the brand, revoked ones included, newest first; never a secret or a hash.
 /// An unregistered brand is a 404, as for a creation: it has no key list to read.
 #[utoipa::path(get, path = "/api/v1/usage-billing/brands/{brandId}/api-keys", tag = "admin",
-    params(("brandId" = String, Path)),
+    params(("brandId" = BrandIdSchema, Path)),
     responses((status = 200, body = Vec<Object>, description = "id, brandId, label, createdAt, createdBy, revokedAt"),
         (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
@@ -100,8 +104,9 @@ pub(crate) async fn list(
 /// 204 once revoked; 404 for a key that is unknown, of another brand, or already revoked.
 /// The revocation is effective in this process before the answer is sent.
 #[utoipa::path(delete, path = "/api/v1/usage-billing/brands/{brandId}/api-keys/{keyId}", tag = "admin",
-    params(("brandId" = String, Path), ("keyId" = String, Path)),
-    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")),
+    params(("brandId" = BrandIdSchema, Path), ("keyId" = uuid::Uuid, Path)),
+    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "the credential's role may not use this route")),
     security(("bearer" = [])))]
 pub(crate) async fn revoke(
     State(s): State<AppState>,

@@ -1,6 +1,7 @@
 //! Extractors whose rejections are [`ApiError`]s, so every malformed request is answered
 //! as problem+json, and the [`Caller`] of a request.
 
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, OptionalFromRequest, Request};
 use axum::http::request::Parts;
@@ -13,25 +14,112 @@ use super::AppState;
 use crate::auth::{AuthError, Principal};
 
 /// A JSON body; syntax errors are 400, content errors 422, a wrong content type 415 and
-/// an oversized body 413.
+/// an oversized body 413. Integers written as `190.0` are taken as integers
+/// ([`integral_numbers`]).
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        match <axum::Json<T> as FromRequest<AppState>>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(ApiJson(value)),
-            Err(JsonRejection::BytesRejection(e))
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-            {
-                Err(ApiError::PayloadTooLarge(format!(
+        if !json_content_type(req.headers()) {
+            return Err(JsonRejection::from(
+                axum::extract::rejection::MissingJsonContentType::default(),
+            )
+            .into());
+        }
+        let bytes = match Bytes::from_request(req, state).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::PayloadTooLarge(format!(
                     "the body exceeds {} bytes",
                     state.body_bytes_max
                 )))
             }
-            Err(other) => Err(other.into()),
+            Err(e) => return Err(ApiError::BadRequest(e.body_text())),
+        };
+        let bytes = integral_numbers(&bytes);
+        match axum::Json::<T>::from_bytes(&bytes) {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// `application/json` or a `+json` type, with any parameters, as axum's `Json` takes it.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.split_once('/') {
+        Some(("application", subtype)) => subtype == "json" || subtype.ends_with("+json"),
+        _ => false,
+    }
+}
+
+/// Integers written with a fraction or an exponent (`190.0`, `1e3`), rewritten as plain
+/// integers outside strings, so integer fields take every JSON number that is an
+/// integer, as JSON Schema's `integer` (and the OpenAPI document) says they do. Only
+/// values a double holds exactly (|n| ≤ 2^53) are rewritten; the rest are left to fail.
+pub fn integral_numbers(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    const EXACT_MAX: f64 = 9_007_199_254_740_992.0;
+    let mut out: Option<Vec<u8>> = None;
+    let (mut i, mut in_string, mut escaped) = (0, false, false);
+    while i < body.len() {
+        let b = body[i];
+        if in_string {
+            (in_string, escaped) = match (escaped, b) {
+                (true, _) => (true, false),
+                (false, b'\\') => (true, true),
+                (false, b'"') => (false, false),
+                _ => (true, false),
+            };
+        } else if b == b'"' {
+            in_string = true;
+        } else if b == b'-' || b.is_ascii_digit() {
+            let start = i;
+            while i < body.len()
+                && matches!(body[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+            {
+                i += 1;
+            }
+            let token = &body[start..i];
+            let rewritten = token
+                .iter()
+                .any(|c| matches!(c, b'.' | b'e' | b'E'))
+                .then(|| std::str::from_utf8(token).ok()?.parse::<f64>().ok())
+                .flatten()
+                .filter(|n| n.fract() == 0.0 && n.abs() <= EXACT_MAX)
+                .map(|n| format!("{}", n as i64));
+            match (rewritten, out.as_mut()) {
+                (Some(text), Some(o)) => o.extend_from_slice(text.as_bytes()),
+                (Some(text), None) => {
+                    let mut o = body[..start].to_vec();
+                    o.extend_from_slice(text.as_bytes());
+                    out = Some(o);
+                }
+                (None, Some(o)) => o.extend_from_slice(token),
+                (None, None) => {}
+            }
+            continue;
+        }
+        if let Some(o) = out.as_mut() {
+            o.push(b);
+        }
+        i += 1;
+    }
+    match out {
+        Some(o) => o.into(),
+        None => body.into(),
     }
 }
 

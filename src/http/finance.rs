@@ -31,6 +31,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, Problem};
 use super::extract::{ApiQuery, Caller};
+use super::schema::{BrandIdSchema, MetricKeySchema, PeriodKeySchema, PlanIdSchema};
 use super::{AppState, API_PREFIX};
 
 /// The CSV's header row: one column per field of a JSON line, amounts in cents.
@@ -49,12 +50,13 @@ pub fn router() -> Router<AppState> {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct FinanceQuery {
     /// `YYYY-MM`, required: finance reconciles one period at a time. Optional here
     /// only so that a missing period is answered 422 `period-required` (the engine's
     /// kind for a close without a period), rather than the 400 of a query that does
     /// not parse.
-    #[param(required = true, value_type = String, example = "2026-11")]
+    #[param(required = true, value_type = PeriodKeySchema)]
     pub period: Option<PeriodKey>,
 }
 
@@ -62,9 +64,9 @@ pub struct FinanceQuery {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FinanceLineView {
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
-    #[schema(value_type = String)]
+    #[schema(value_type = MetricKeySchema)]
     pub metric: MetricKey,
     /// `charge`: on the period's invoice (or to be, while open). `adjustment`: the
     /// change since a closed invoice (late usage within the grace, corrections).
@@ -98,10 +100,10 @@ pub struct FinanceTotalsView {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FinanceBrandView {
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
     /// The plan the period is billed on.
-    #[schema(value_type = String)]
+    #[schema(value_type = PlanIdSchema)]
     pub plan_id: PlanId,
     pub base: i64,
     /// Σ of the brand's `charge` lines; once invoiced, the invoice's overage.
@@ -132,7 +134,7 @@ pub struct FinanceBrandTotalsView {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OveragesAnswer {
-    #[schema(value_type = String, example = "2026-11")]
+    #[schema(value_type = PeriodKeySchema)]
     pub period: PeriodKey,
     #[schema(value_type = String, example = "EUR")]
     pub currency: Currency,

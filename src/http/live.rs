@@ -25,6 +25,10 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiQuery, Caller};
 use super::reads::{summary_answer, Summary};
+use super::schema::{
+    BrandIdSchema, ConnectionHeaderSchema, LiveBrandsSchema, PeriodKeySchema, SequenceSchema,
+    UpgradeHeaderSchema, WebSocketKeyHeaderSchema, WebSocketVersionHeaderSchema,
+};
 use super::{AppState, API_PREFIX};
 use crate::auth::{AuthError, Role};
 use crate::live::{
@@ -55,9 +59,10 @@ pub fn router() -> Router<AppState> {
 /// What a ticket opens. A brand credential sends `{}` (its own brand) or its own id.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(max_properties = 1)]
 pub struct TicketBody {
     /// The brands to follow (admins: any; a brand credential: only itself).
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(value_type = Option<LiveBrandsSchema>)]
     pub brands: Option<Vec<BrandId>>,
     /// Admins: follow every brand whose highest metric percentage is at least this.
     pub pressure: Option<u32>,
@@ -152,19 +157,28 @@ async fn scope_of(s: &AppState, caller: &Caller, body: TicketBody) -> Result<Sco
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LiveQuery {
-    /// A ticket from `POST /live/tickets`, single use.
+    /// A ticket from `POST /live/tickets`, single use. Without one the answer is 401.
+    #[param(value_type = String, required = true)]
     pub ticket: Option<String>,
     /// The last `sequence` received, on a single-brand feed: no snapshot is sent on
     /// connect if the brand is still there.
+    #[param(value_type = SequenceSchema, required = false)]
     pub resume: Option<u64>,
 }
 
 /// The live feed: upgrades to a WebSocket of `usage.quota.summary` text messages, a
 /// snapshot of each brand in scope first, then one per brand per committed change.
-#[utoipa::path(get, path = "/api/v1/usage-billing/live", tag = "live", params(LiveQuery),
+#[utoipa::path(get, path = "/api/v1/usage-billing/live", tag = "live",
+    params(LiveQuery,
+        ("Upgrade" = UpgradeHeaderSchema, Header), ("Connection" = ConnectionHeaderSchema, Header),
+        ("Sec-WebSocket-Version" = WebSocketVersionHeaderSchema, Header),
+        ("Sec-WebSocket-Key" = WebSocketKeyHeaderSchema, Header)),
     responses((status = 101, description = "Switching to the WebSocket protocol"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "not a WebSocket upgrade, or a malformed query"),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "no ticket, or one that is unknown, used or expired"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "resume on a feed of several brands"),
         (status = 503, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn live(
     State(s): State<AppState>,
@@ -189,8 +203,10 @@ pub(crate) async fn live(
         .redeem(&ticket, s.ledger.engine.now())
         .map_err(|_| refused())?;
     if q.resume.is_some() && !matches!(&grant.scope, Scope::Brands(b) if b.len() == 1) {
-        return Err(ApiError::BadRequest(
-            "resume applies to a single-brand feed".to_owned(),
+        // A rule of the ticket's scope, which the query alone does not show: 422, not 400.
+        return Err(ApiError::invalid(
+            "invalid-resume",
+            "resume applies to a single-brand feed",
         ));
     }
     tracing::debug!(subject = %grant.subject, scope = ?grant.scope, "live feed opened");
@@ -214,9 +230,9 @@ pub struct LiveMessage {
     /// Always `usage.quota.summary`.
     #[serde(rename = "type")]
     pub kind: &'static str,
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
-    #[schema(value_type = String, example = "2026-11")]
+    #[schema(value_type = PeriodKeySchema)]
     pub period: PeriodKey,
     #[schema(value_type = Object)]
     pub plan: PlanDefinition,

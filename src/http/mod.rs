@@ -17,6 +17,7 @@
 //! - `topups`: top-ups bought through Stripe Checkout, Stripe's webhook, the history.
 //! - `whatif`: what-if answers: top-up simulation, plan comparison, projections, estimate, bill.
 //! - `openapi`: the OpenAPI document generated from the handlers.
+//! - `schema`: the document's schemas of the domain's newtypes and named limits.
 //! - `metrics`: `GET /metrics` (Prometheus text) and the middleware counting requests.
 //! - [`request_id`]: `X-Request-Id`: taken or made, in the request's span, echoed.
 //! - [`rate`]: per-credential request rate limits (429).
@@ -40,6 +41,7 @@ pub mod rate;
 mod reads;
 pub mod request_id;
 mod reservations;
+mod schema;
 mod topups;
 mod usage;
 mod whatif;

@@ -19,6 +19,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use super::schema::{
+    BrandIdSchema, ChannelSchema, DeliveriesLimitSchema, DeliveryStatusSchema, EndpointIdSchema,
+    EndpointsSchema, NoticeKindsSchema, RecipientsSchema, WebhookSecretsSchema,
+};
 use super::{AppState, API_PREFIX};
 use crate::notify::settings::check_url;
 use crate::notify::{parse_webhook_secret, valid_email};
@@ -45,28 +49,31 @@ pub fn router() -> Router<AppState> {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointBody {
     /// The brand's name for it: 1 to 32 of a-z, 0-9, `-`, `_`.
-    #[schema(example = "ops-slack")]
+    #[schema(value_type = EndpointIdSchema)]
     pub id: String,
     /// `slack`, `zapier`, `webhook` or `email`.
-    #[schema(value_type = String, example = "slack")]
+    #[schema(value_type = ChannelSchema)]
     pub channel: ChannelKind,
     /// Slack, Zapier, webhooks: where to POST (https, a public host).
     pub url: Option<String>,
     /// E-mail: the recipients.
     #[serde(default)]
+    #[schema(value_type = RecipientsSchema)]
     pub to: Vec<String>,
     /// Which notices: `threshold_crossed`, `threshold_resolved`, `quota_refused`,
-    /// `topup_applied`, `topup_failed`; all when absent.
-    #[schema(value_type = Option<Vec<String>>)]
+    /// `top_up_applied`, `top_up_failed`; all when absent.
+    #[schema(value_type = Option<NoticeKindsSchema>)]
     pub kinds: Option<BTreeSet<NoticeKind>>,
     /// Webhooks: one `whsec_<base64>` secret, two during a rotation. Absent on an
     /// endpoint that already has secrets: they are kept.
+    #[schema(value_type = Option<WebhookSecretsSchema>)]
     pub secrets: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SettingsBody {
+    #[schema(value_type = EndpointsSchema)]
     pub endpoints: Vec<EndpointBody>,
 }
 
@@ -88,7 +95,7 @@ pub struct EndpointView {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SettingsAnswer {
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
     pub endpoints: Vec<EndpointView>,
     /// False when the settings were already so.
@@ -125,11 +132,12 @@ fn fingerprint(secret: &str) -> String {
 /// that is not. Settings are an event of the brand's registry; webhook secrets are kept
 /// by the store and answered only as fingerprints.
 #[utoipa::path(put, path = "/api/v1/usage-billing/brands/{brandId}/notifications", tag = "alerts",
-    params(("brandId" = String, Path)),
+    params(("brandId" = BrandIdSchema, Path)),
     request_body = SettingsBody,
     responses((status = 200, body = SettingsAnswer),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json", description = "a private or non-https URL, a bad address or secret, too many endpoints")),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "a private or non-https URL, a bad address or secret, too many endpoints"),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "the credential's role may not use this route")),
     security(("bearer" = []), ("apiKey" = [])))]
 pub(crate) async fn put_settings(
     State(s): State<AppState>,
@@ -233,9 +241,10 @@ pub(crate) async fn put_settings(
 
 /// Where the brand's notices go (secrets as fingerprints).
 #[utoipa::path(get, path = "/api/v1/usage-billing/brands/{brandId}/notifications", tag = "alerts",
-    params(("brandId" = String, Path)),
+    params(("brandId" = BrandIdSchema, Path)),
     responses((status = 200, body = SettingsAnswer),
-        (status = 404, body = Problem, content_type = "application/problem+json")),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "the credential's role may not use this route")),
     security(("bearer" = []), ("apiKey" = [])))]
 pub(crate) async fn get_settings(
     State(s): State<AppState>,
@@ -255,13 +264,16 @@ pub(crate) async fn get_settings(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeliveriesQuery {
     /// Required for a brand's own credential; an admin may list every brand's.
-    #[param(value_type = Option<String>)]
+    #[param(value_type = BrandIdSchema, required = false)]
     pub brand_id: Option<BrandId>,
     /// `pending`, `delivered` or `dead`.
+    #[param(value_type = DeliveryStatusSchema, required = false)]
     pub status: Option<String>,
     /// 1 to 500 (default 100).
+    #[param(value_type = DeliveriesLimitSchema, required = false)]
     pub limit: Option<u32>,
 }
 
@@ -301,7 +313,9 @@ pub struct DeliveriesAnswer {
 #[utoipa::path(get, path = "/api/v1/usage-billing/alerts/deliveries", tag = "alerts",
     params(DeliveriesQuery),
     responses((status = 200, body = DeliveriesAnswer),
-        (status = 422, body = Problem, content_type = "application/problem+json")),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "the credential's role may not use this route"),
+        (status = 404, body = Problem, content_type = "application/problem+json", description = "the brand is not registered, or the credential may not see it")),
     security(("bearer" = []), ("apiKey" = [])))]
 pub(crate) async fn deliveries(
     State(s): State<AppState>,
@@ -368,7 +382,8 @@ pub(crate) async fn deliveries(
 #[utoipa::path(post, path = "/api/v1/usage-billing/alerts/deliveries/{id}/retry", tag = "alerts",
     params(("id" = String, Path)),
     responses((status = 202, description = "due again now"),
-        (status = 404, body = Problem, content_type = "application/problem+json", description = "no dead-lettered delivery with this id")),
+        (status = 404, body = Problem, content_type = "application/problem+json", description = "no dead-lettered delivery with this id"),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "the credential's role may not use this route")),
     security(("bearer" = [])))]
 pub(crate) async fn retry(
     State(s): State<AppState>,

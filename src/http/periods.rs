@@ -17,6 +17,7 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, Problem};
 use super::extract::{ApiPath, Caller};
+use super::schema::{BrandIdSchema, MetricKeySchema, PeriodKeySchema, PlanIdSchema};
 use super::views::CostView;
 use super::{AppState, API_PREFIX};
 use crate::ledger::close::{BrandClosing, Closing};
@@ -34,7 +35,7 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InvoiceLineView {
-    #[schema(value_type = String)]
+    #[schema(value_type = MetricKeySchema)]
     pub metric: MetricKey,
     pub billable_units: u64,
     /// Plan limit plus the period's top-ups.
@@ -52,9 +53,9 @@ pub struct InvoiceLineView {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InvoiceView {
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
-    #[schema(value_type = String)]
+    #[schema(value_type = PlanIdSchema)]
     pub plan_id: PlanId,
     #[schema(value_type = String, example = "EUR")]
     pub currency: Currency,
@@ -73,7 +74,7 @@ pub struct InvoiceView {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BaseLineView {
-    #[schema(value_type = String)]
+    #[schema(value_type = PlanIdSchema)]
     pub plan_id: PlanId,
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
@@ -128,7 +129,7 @@ pub struct CloseFailure {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CloseAnswer {
-    #[schema(value_type = String, example = "2026-10")]
+    #[schema(value_type = PeriodKeySchema)]
     pub period: PeriodKey,
     /// Invoices frozen by this call.
     pub closed: Vec<InvoiceView>,
@@ -151,7 +152,7 @@ pub struct CloseAnswer {
 /// answered with 503 if every failure is the store being unavailable, else 500: the
 /// brands listed as closed stay closed, and a retry finishes the rest.
 #[utoipa::path(post, path = "/api/v1/usage-billing/periods/{period}/close", tag = "admin",
-    params(("period" = String, Path, description = "`YYYY-MM`, a period that has ended")),
+    params(("period" = PeriodKeySchema, Path, description = "`YYYY-MM`, a period that has ended")),
     responses(
         (status = 201, body = CloseAnswer, description = "at least one invoice frozen by this call"),
         (status = 200, body = CloseAnswer, description = "nothing appended: every brand already closed or skipped"),

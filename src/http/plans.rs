@@ -7,6 +7,7 @@ use ledger_aggregates::{PlanDefinition, PlanId};
 
 use super::error::{ApiError, Problem};
 use super::extract::ApiPath;
+use super::schema::PlanIdSchema;
 use super::{AppState, API_PREFIX};
 
 pub fn router() -> Router<AppState> {
@@ -24,7 +25,7 @@ pub(crate) async fn list_plans(State(s): State<AppState>) -> Json<Vec<PlanDefini
 
 /// An unknown plan is a 404, never the original's silent fallback to `starter`.
 #[utoipa::path(get, path = "/api/v1/usage-billing/plans/{plan}", tag = "plans",
-    params(("plan" = String, Path)),
+    params(("plan" = PlanIdSchema, Path)),
     responses((status = 200, body = Object), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn get_plan(
     State(s): State<AppState>,

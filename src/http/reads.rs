@@ -16,6 +16,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, Problem};
 use super::extract::{ApiPath, ApiQuery, Caller};
+use super::schema::{
+    BrandIdSchema, MetricKeySchema, PageLimitSchema, PeriodKeySchema, SequenceSchema,
+};
 use super::views::{alert_message, event_id, unit_of, AlertView, CostView, MetricView};
 use super::{AppState, API_PREFIX};
 use crate::ledger::summary::PeriodSummary;
@@ -51,9 +54,10 @@ pub fn router() -> Router<AppState> {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PeriodQuery {
     /// `YYYY-MM`; the current period when absent.
-    #[param(value_type = Option<String>, example = "2026-11")]
+    #[param(value_type = PeriodKeySchema, required = false)]
     pub period: Option<PeriodKey>,
 }
 
@@ -68,7 +72,7 @@ pub struct SummaryAnswer {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
     pub period: PeriodView,
     pub metrics: Vec<MetricView>,
@@ -81,7 +85,7 @@ pub struct Summary {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PeriodView {
-    #[schema(value_type = String, example = "2026-11")]
+    #[schema(value_type = PeriodKeySchema)]
     pub key: PeriodKey,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
@@ -92,15 +96,18 @@ pub struct PeriodView {
 
 /// The summary of the brand the credentials stand for.
 #[utoipa::path(get, path = "/api/v1/usage-billing/summary", tag = "reads", params(PeriodQuery),
-    responses((status = 200, body = SummaryAnswer), (status = 400, body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, body = SummaryAnswer),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "service credentials, or credentials that stand for no single brand (an admin's)"),
+        (status = 404, body = Problem, content_type = "application/problem+json", description = "the brand is not registered, or the credential may not see it")),
     security(("bearer" = [])))]
 pub(crate) async fn own_summary(
     State(s): State<AppState>,
     caller: Caller,
     ApiQuery(q): ApiQuery<PeriodQuery>,
 ) -> Result<Json<SummaryAnswer>, ApiError> {
+    // A well-formed request these credentials cannot make: 403, as for a role's route.
     let brand = caller.0.own_brand().cloned().ok_or_else(|| {
-        ApiError::BadRequest(
+        ApiError::Forbidden(
             "these credentials stand for no single brand; use /summary/{brandId}".to_owned(),
         )
     })?;
@@ -110,8 +117,9 @@ pub(crate) async fn own_summary(
 
 /// The seed's usage summary of a brand for a period.
 #[utoipa::path(get, path = "/api/v1/usage-billing/summary/{brandId}", tag = "reads",
-    params(("brandId" = String, Path), PeriodQuery),
-    responses((status = 200, body = SummaryAnswer), (status = 404, body = Problem, content_type = "application/problem+json")),
+    params(("brandId" = BrandIdSchema, Path), PeriodQuery),
+    responses((status = 200, body = SummaryAnswer), (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "the credential's role may not use this route")),
     security(("bearer" = [])))]
 pub(crate) async fn brand_summary(
     State(s): State<AppState>,
@@ -175,12 +183,12 @@ pub(crate) fn summary_answer(s: &AppState, summary: PeriodSummary) -> SummaryAns
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[into_params(rename_all = "camelCase")]
+#[into_params(rename_all = "camelCase", parameter_in = Query)]
 pub struct AsOfQuery {
     /// The summary as it stood at this point of the period's stream: a sequence
     /// (`42`: after its 42nd event) or an RFC 3339 instant (after the last event
     /// recorded by then). Absent: now, from the read models.
-    #[param(value_type = Option<String>, example = "2026-11-20T12:00:00Z")]
+    #[param(value_type = String, required = false, example = "2026-11-20T12:00:00Z")]
     pub as_of: Option<String>,
 }
 
@@ -207,10 +215,11 @@ pub struct PeriodSummaryAnswer {
 /// A brand-period's summary, now or as it stood at a point of its stream (replayed
 /// from the log, never from the read models: an auditor's view).
 #[utoipa::path(get, path = "/api/v1/usage-billing/brands/{brandId}/periods/{period}/summary",
-    tag = "reads", params(("brandId" = String, Path), ("period" = String, Path), AsOfQuery),
+    tag = "reads", params(("brandId" = BrandIdSchema, Path), ("period" = PeriodKeySchema, Path), AsOfQuery),
     responses((status = 200, body = PeriodSummaryAnswer),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json")),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "the credential's role may not use this route")),
     security(("bearer" = [])))]
 pub(crate) async fn period_summary(
     State(s): State<AppState>,
@@ -243,9 +252,9 @@ pub(crate) async fn period_summary(
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CurrentAnswer {
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
-    #[schema(value_type = String)]
+    #[schema(value_type = PeriodKeySchema)]
     pub period: PeriodKey,
     #[schema(value_type = BTreeMap<String, u64>)]
     pub usage: BTreeMap<MetricKey, u64>,
@@ -253,8 +262,9 @@ pub struct CurrentAnswer {
 
 /// Current usage per metric (`{brandId, usage: {metric: number}}`).
 #[utoipa::path(get, path = "/api/v1/usage-billing/current/{brandId}", tag = "reads",
-    params(("brandId" = String, Path), PeriodQuery),
-    responses((status = 200, body = CurrentAnswer), (status = 404, body = Problem, content_type = "application/problem+json")),
+    params(("brandId" = BrandIdSchema, Path), PeriodQuery),
+    responses((status = 200, body = CurrentAnswer), (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "the credential's role may not use this route")),
     security(("bearer" = [])))]
 pub(crate) async fn current(
     State(s): State<AppState>,
@@ -274,16 +284,19 @@ pub(crate) async fn current(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// Only this metric.
-    #[param(value_type = Option<String>)]
+    #[param(value_type = MetricKeySchema, required = false)]
     pub metric: Option<MetricKey>,
     /// Entries, 1 to 1,000 (default 100).
+    #[param(value_type = PageLimitSchema, required = false)]
     pub limit: Option<u32>,
     /// `YYYY-MM`; the current period when absent.
-    #[param(value_type = Option<String>)]
+    #[param(value_type = PeriodKeySchema, required = false)]
     pub period: Option<PeriodKey>,
     /// Only entries older than this sequence: the previous page's `nextBefore`.
+    #[param(value_type = SequenceSchema, required = false)]
     pub before: Option<u64>,
 }
 
@@ -294,9 +307,9 @@ pub struct HistoryQuery {
 pub struct HistoryEntry {
     pub id: String,
     pub sequence: u64,
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
-    #[schema(value_type = String)]
+    #[schema(value_type = MetricKeySchema)]
     pub metric: MetricKey,
     /// `recorded`, `adjusted` (signed correction), `gauge_set` (absolute level) or
     /// `top_up` (units credited to the effective limit).
@@ -320,9 +333,9 @@ pub struct HistoryEntry {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HistoryAnswer {
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
-    #[schema(value_type = String)]
+    #[schema(value_type = PeriodKeySchema)]
     pub period: PeriodKey,
     pub entries: Vec<HistoryEntry>,
     /// True when the scan limit stopped the search before `limit` entries were found.
@@ -344,8 +357,10 @@ fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
 
 /// Usage changes of a period, newest first, paged backwards with `before`.
 #[utoipa::path(get, path = "/api/v1/usage-billing/history/{brandId}", tag = "reads",
-    params(("brandId" = String, Path), HistoryQuery),
-    responses((status = 200, body = HistoryAnswer), (status = 404, body = Problem, content_type = "application/problem+json")),
+    params(("brandId" = BrandIdSchema, Path), HistoryQuery),
+    responses((status = 200, body = HistoryAnswer), (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "the credential's role may not use this route"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "limit out of range")),
     security(("bearer" = [])))]
 pub(crate) async fn history(
     State(s): State<AppState>,
@@ -390,10 +405,13 @@ pub(crate) async fn history(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AlertsQuery {
     /// Entries, 1 to 1,000 (default 100).
+    #[param(value_type = PageLimitSchema, required = false)]
     pub limit: Option<u32>,
     /// Only entries older than this sequence: the previous page's `nextBefore`.
+    #[param(value_type = SequenceSchema, required = false)]
     pub before: Option<u64>,
 }
 
@@ -405,7 +423,7 @@ pub struct AlertEntry {
     pub sequence: u64,
     /// `crossed` or `resolved`.
     pub kind: &'static str,
-    #[schema(value_type = String)]
+    #[schema(value_type = MetricKeySchema)]
     pub metric: MetricKey,
     pub threshold: u8,
     #[schema(value_type = String, example = "critical")]
@@ -423,9 +441,9 @@ pub struct AlertEntry {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AlertsAnswer {
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
-    #[schema(value_type = String)]
+    #[schema(value_type = PeriodKeySchema)]
     pub period: PeriodKey,
     /// Newest first.
     pub entries: Vec<AlertEntry>,
@@ -439,8 +457,10 @@ pub struct AlertsAnswer {
 /// The alert timeline of a period: every threshold crossing and resolution, newest
 /// first, read from the log and paged backwards with `before`.
 #[utoipa::path(get, path = "/api/v1/usage-billing/brands/{brandId}/periods/{period}/alerts", tag = "reads",
-    params(("brandId" = String, Path), ("period" = String, Path, example = "2026-11"), AlertsQuery),
-    responses((status = 200, body = AlertsAnswer), (status = 404, body = Problem, content_type = "application/problem+json")),
+    params(("brandId" = BrandIdSchema, Path), ("period" = PeriodKeySchema, Path), AlertsQuery),
+    responses((status = 200, body = AlertsAnswer), (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "the credential's role may not use this route"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "limit out of range")),
     security(("bearer" = [])))]
 pub(crate) async fn alerts(
     State(s): State<AppState>,
@@ -489,9 +509,13 @@ pub(crate) async fn alerts(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[into_params(rename_all = "camelCase")]
+#[into_params(rename_all = "camelCase", parameter_in = Query)]
 pub struct AuditQuery {
+    /// Only events after this sequence: the previous page's `nextAfterSequence`.
+    #[param(value_type = SequenceSchema, required = false)]
     pub after_sequence: Option<u64>,
+    /// Events, 1 to 1,000 (default 100).
+    #[param(value_type = PageLimitSchema, required = false)]
     pub limit: Option<u32>,
 }
 
@@ -510,9 +534,9 @@ pub struct AuditEvent {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditAnswer {
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
-    #[schema(value_type = String)]
+    #[schema(value_type = PeriodKeySchema)]
     pub period: PeriodKey,
     pub events: Vec<AuditEvent>,
     /// Pass as `afterSequence` for the next page; absent on the last page.
@@ -521,8 +545,10 @@ pub struct AuditAnswer {
 
 /// The audit trail: a period's events exactly as stored, in sequence order.
 #[utoipa::path(get, path = "/api/v1/usage-billing/brands/{brandId}/periods/{period}/events", tag = "reads",
-    params(("brandId" = String, Path), ("period" = String, Path, example = "2026-11"), AuditQuery),
-    responses((status = 200, body = AuditAnswer), (status = 404, body = Problem, content_type = "application/problem+json")),
+    params(("brandId" = BrandIdSchema, Path), ("period" = PeriodKeySchema, Path), AuditQuery),
+    responses((status = 200, body = AuditAnswer), (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "the credential's role may not use this route"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "limit out of range")),
     security(("bearer" = [])))]
 pub(crate) async fn audit_events(
     State(s): State<AppState>,

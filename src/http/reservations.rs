@@ -19,6 +19,10 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, Problem};
 use super::extract::{idempotency_header, one_key, ApiJson, ApiPath, Caller};
+use super::schema::{
+    BrandIdSchema, HoldTtlSchema, IdempotencyKeySchema, MetadataSchema, MetricKeySchema,
+    PeriodKeySchema, QuantitySchema, ReservationIdSchema,
+};
 use super::usage::{label, metadata_for, refused};
 use super::views::{AlertView, DecisionView, MetricView};
 use super::{AppState, API_PREFIX};
@@ -40,20 +44,21 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReserveBody {
-    #[schema(value_type = String, example = "acme")]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
     /// A counter (`renders_3d`); gauges are set, never held.
-    #[schema(value_type = String, example = "renders_3d")]
+    #[schema(value_type = MetricKeySchema)]
     pub metric: MetricKey,
-    #[schema(value_type = u64, minimum = 1, maximum = 1_000_000_000)]
+    #[schema(value_type = QuantitySchema)]
     pub amount: Quantity,
     /// How long the hold lives unless committed or voided, 1 to 86,400 s.
-    #[schema(value_type = u32, minimum = 1, maximum = 86_400)]
+    #[schema(value_type = HoldTtlSchema)]
     pub ttl_seconds: HoldTtl,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<IdempotencyKeySchema>)]
     pub idempotency_key: Option<IdempotencyKey>,
     /// A flat map of strings stored with the event (job ids, sources).
     #[serde(default)]
+    #[schema(value_type = MetadataSchema)]
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -73,11 +78,11 @@ pub struct Reservation {
     /// `<brand>:<period>:<number>`: what commit and void take.
     #[schema(example = "acme:2026-12:7")]
     pub reservation_id: String,
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
-    #[schema(value_type = String, example = "2026-12")]
+    #[schema(value_type = PeriodKeySchema)]
     pub period: PeriodKey,
-    #[schema(value_type = String)]
+    #[schema(value_type = MetricKeySchema)]
     pub metric: MetricKey,
     pub amount: u64,
     pub expires_at: DateTime<Utc>,
@@ -96,12 +101,12 @@ pub struct Reservation {
 /// when it does not fit under a `block` limit (the refusal is recorded).
 #[utoipa::path(post, path = "/api/v1/usage-billing/reservations", tag = "metering",
     request_body = ReserveBody,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Same as the body's idempotencyKey")),
+    params(("Idempotency-Key" = Option<IdempotencyKeySchema>, Header, description = "Same as the body's idempotencyKey")),
     responses(
         (status = 201, body = Reservation), (status = 200, body = Reservation, description = "replayed key"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "does not fit (block), or too many open holds"),
         (status = 422, body = Problem, content_type = "application/problem+json", description = "gauge, unknown metric, TTL out of range"),
-    ),
+        (status = 404, body = Problem, content_type = "application/problem+json", description = "the brand is not registered, or the credential may not see it")),
     security(("bearer" = []), ("apiKey" = [])))]
 pub(crate) async fn reserve(
     State(s): State<AppState>,
@@ -164,11 +169,12 @@ pub(crate) async fn reserve(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CommitBody {
     /// Units the job used, at most the held amount; all of it when absent.
-    #[schema(value_type = Option<u64>, minimum = 1, maximum = 1_000_000_000)]
+    #[schema(value_type = Option<QuantitySchema>)]
     pub amount: Option<Quantity>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<IdempotencyKeySchema>)]
     pub idempotency_key: Option<IdempotencyKey>,
     #[serde(default)]
+    #[schema(value_type = MetadataSchema)]
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -195,8 +201,8 @@ pub struct Committed {
 /// time to live, `reservation-not-held` once committed or voided; 404 for a hold never
 /// placed.
 #[utoipa::path(post, path = "/api/v1/usage-billing/reservations/{id}/commit", tag = "metering",
-    params(("id" = String, Path, example = "acme:2026-12:7"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Same as the body's idempotencyKey")),
+    params(("id" = ReservationIdSchema, Path),
+        ("Idempotency-Key" = Option<IdempotencyKeySchema>, Header, description = "Same as the body's idempotencyKey")),
     request_body(content = CommitBody, description = "optional: an empty body commits the whole hold"),
     responses(
         (status = 200, body = Committed),
@@ -247,9 +253,10 @@ pub(crate) async fn commit(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VoidBody {
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<IdempotencyKeySchema>)]
     pub idempotency_key: Option<IdempotencyKey>,
     #[serde(default)]
+    #[schema(value_type = MetadataSchema)]
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -268,14 +275,14 @@ pub struct Voided {
 ///
 /// 200; the same 409s and 404 as a commit.
 #[utoipa::path(post, path = "/api/v1/usage-billing/reservations/{id}/void", tag = "metering",
-    params(("id" = String, Path, example = "acme:2026-12:7"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Same as the body's idempotencyKey")),
+    params(("id" = ReservationIdSchema, Path),
+        ("Idempotency-Key" = Option<IdempotencyKeySchema>, Header, description = "Same as the body's idempotencyKey")),
     request_body(content = VoidBody, description = "optional"),
     responses(
         (status = 200, body = Voided),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "expired, or no longer held"),
-    ),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "idempotency key reused or mismatched, invalid metadata")),
     security(("bearer" = []), ("apiKey" = [])))]
 pub(crate) async fn void(
     State(s): State<AppState>,

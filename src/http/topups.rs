@@ -17,6 +17,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, Problem};
 use super::extract::{idempotency_header, one_key, ApiJson, ApiQuery, Caller};
+use super::schema::{
+    BrandIdSchema, IdempotencyKeySchema, MetricKeySchema, PeriodKeySchema, QuantitySchema,
+    StripeEventSchema,
+};
 use super::{AppState, API_PREFIX};
 use crate::ledger::topups::{CheckoutRequest, HistoryEntry, PaymentEffect};
 use crate::stripe::event::Event;
@@ -35,12 +39,12 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CheckoutBody {
-    #[schema(value_type = String, example = "acme")]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
     /// A metric billed for overage (`charge`) on the brand's plan.
-    #[schema(value_type = String, example = "ai_generations")]
+    #[schema(value_type = MetricKeySchema)]
     pub metric: MetricKey,
-    #[schema(value_type = u64, minimum = 1, maximum = 1_000_000_000)]
+    #[schema(value_type = QuantitySchema)]
     pub units: Quantity,
     /// Where Stripe sends the payer after paying; on a configured origin. Stripe fills
     /// `{CHECKOUT_SESSION_ID}` in it.
@@ -48,7 +52,7 @@ pub struct CheckoutBody {
     /// Where Stripe sends a payer who gives up; on a configured origin.
     pub cancel_url: Option<String>,
     /// Same as the `Idempotency-Key` header.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<IdempotencyKeySchema>)]
     pub idempotency_key: Option<IdempotencyKey>,
 }
 
@@ -61,7 +65,7 @@ pub struct CheckoutAnswer {
     #[schema(example = "acme:topup:3")]
     pub topup_id: String,
     pub stripe_session_id: String,
-    #[schema(value_type = String)]
+    #[schema(value_type = MetricKeySchema)]
     pub metric: MetricKey,
     pub units: u64,
     /// Units × the plan's overage rate, rounded half up to a cent.
@@ -81,14 +85,15 @@ pub struct CheckoutAnswer {
 /// Stripe confirms the payment (webhook or reconciliation).
 #[utoipa::path(post, path = "/api/v1/usage-billing/topups/checkout", tag = "payments",
     request_body = CheckoutBody,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Same as the body's idempotencyKey")),
+    params(("Idempotency-Key" = Option<IdempotencyKeySchema>, Header, description = "Same as the body's idempotencyKey")),
     responses(
         (status = 201, body = CheckoutAnswer), (status = 200, body = CheckoutAnswer, description = "replayed key"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "too many checkouts pending"),
         (status = 422, body = Problem, content_type = "application/problem+json", description = "not a charge metric, below Stripe's minimum, redirect URL off the configured origins"),
         (status = 502, body = Problem, content_type = "application/problem+json", description = "Stripe refused the session"),
         (status = 503, body = Problem, content_type = "application/problem+json", description = "Stripe not configured or unreachable"),
-    ),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "the credential's role may not use this route"),
+        (status = 404, body = Problem, content_type = "application/problem+json", description = "the brand is not registered, or the credential may not see it")),
     security(("bearer" = []), ("apiKey" = [])))]
 pub(crate) async fn checkout(
     State(s): State<AppState>,
@@ -140,7 +145,7 @@ pub struct WebhookAnswer {
     pub effect: &'static str,
     pub topup_id: Option<String>,
     /// The period credited.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<PeriodKeySchema>)]
     pub period: Option<PeriodKey>,
     /// Why nothing changed.
     pub reason: Option<String>,
@@ -171,7 +176,7 @@ impl From<PaymentEffect> for WebhookAnswer {
 /// effect, or changed nothing (a repeat, another type); 400 for a signature that does
 /// not verify; 5xx when it could not be applied, so Stripe delivers it again.
 #[utoipa::path(post, path = "/api/v1/usage-billing/webhooks/stripe", tag = "payments",
-    request_body(content = String, description = "A Stripe event, as Stripe sends it", content_type = "application/json"),
+    request_body(content = StripeEventSchema, description = "A Stripe event, as Stripe sends it; read as bytes, for the signature", content_type = "application/json"),
     params(("Stripe-Signature" = String, Header, description = "t=<unix seconds>,v1=<hex HMAC-SHA256>")),
     responses(
         (status = 200, body = WebhookAnswer),
@@ -210,7 +215,8 @@ pub(crate) async fn stripe_webhook(
     let now = s.ledger.engine.now().timestamp();
     signature::verify(header, &body, &secrets, now)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let event: Event = serde_json::from_slice(&body)
+    // Verified over the bytes as sent; read with integers taken as the document states them.
+    let event: Event = serde_json::from_slice(&super::extract::integral_numbers(&body))
         .map_err(|e| ApiError::BadRequest(format!("the body is not a Stripe event: {e}")))?;
     let effect = s.ledger.apply_payment_event(&event).await?;
     tracing::info!(event = %event.id, kind = %event.kind, ?effect, "Stripe event");
@@ -219,11 +225,12 @@ pub(crate) async fn stripe_webhook(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
-    #[param(value_type = String)]
+    #[param(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
     /// `YYYY-MM`; the current period when absent.
-    #[param(value_type = Option<String>, example = "2026-12")]
+    #[param(value_type = PeriodKeySchema, required = false)]
     pub period: Option<PeriodKey>,
 }
 
@@ -235,13 +242,13 @@ pub struct TopUpEntry {
     pub topup_id: Option<String>,
     /// `pending`, `paid`, `failed` (orders) or `granted` (other credits).
     pub status: &'static str,
-    #[schema(value_type = String)]
+    #[schema(value_type = MetricKeySchema)]
     pub metric: MetricKey,
     pub units: u64,
     pub price_cents: i64,
     pub currency: String,
     /// The period the units were credited to.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<PeriodKeySchema>)]
     pub credited_period: Option<PeriodKey>,
     pub opened_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
@@ -257,9 +264,9 @@ pub struct TopUpEntry {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TopUpHistoryAnswer {
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
-    #[schema(value_type = String)]
+    #[schema(value_type = PeriodKeySchema)]
     pub period: PeriodKey,
     pub entries: Vec<TopUpEntry>,
 }
@@ -269,7 +276,8 @@ pub struct TopUpHistoryAnswer {
 #[utoipa::path(get, path = "/api/v1/usage-billing/topups/history", tag = "payments",
     params(HistoryQuery),
     responses((status = 200, body = TopUpHistoryAnswer),
-        (status = 404, body = Problem, content_type = "application/problem+json")),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "the credential's role may not use this route")),
     security(("bearer" = []), ("apiKey" = [])))]
 pub(crate) async fn history(
     State(s): State<AppState>,

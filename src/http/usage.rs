@@ -19,6 +19,10 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, Problem};
 use super::extract::{idempotency_header, one_key, ApiJson, ApiPath, Caller};
+use super::schema::{
+    BatchEventsSchema, BrandIdSchema, IdempotencyKeySchema, MetadataSchema, MetricKeySchema,
+    PeriodKeySchema, QuantitySchema,
+};
 use super::views::{event_id, unit_of, AlertView, DecisionView, MetricView};
 use super::{AppState, API_PREFIX};
 use crate::engine::{Metadata, Outcome, PeriodRequest};
@@ -48,20 +52,21 @@ fn one() -> Quantity {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RecordBody {
-    #[schema(value_type = String, example = "acme")]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
-    #[schema(value_type = String, example = "renders_3d")]
+    #[schema(value_type = MetricKeySchema)]
     pub metric: MetricKey,
     /// Units to add; 1 when absent, like the original.
     #[serde(default = "one")]
-    #[schema(value_type = u64, minimum = 1, maximum = 1_000_000_000)]
+    #[schema(value_type = QuantitySchema)]
     pub value: Quantity,
     /// When the usage happened (RFC 3339); now when absent. Selects the period.
     pub occurred_at: Option<DateTime<Utc>>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<IdempotencyKeySchema>)]
     pub idempotency_key: Option<IdempotencyKey>,
     /// A flat map of strings stored with the event (request ids, sources, tags).
     #[serde(default)]
+    #[schema(value_type = MetadataSchema)]
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -69,9 +74,9 @@ pub struct RecordBody {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Recorded {
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
-    #[schema(value_type = String, example = "2026-11")]
+    #[schema(value_type = PeriodKeySchema)]
     pub period: PeriodKey,
     /// True when an earlier request with the same idempotency key is answered again.
     pub replayed: bool,
@@ -88,9 +93,9 @@ pub struct Recorded {
 pub struct RecordedEvent {
     pub id: String,
     pub sequence: u64,
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
-    #[schema(value_type = String)]
+    #[schema(value_type = MetricKeySchema)]
     pub metric: MetricKey,
     pub value: u64,
     pub unit: String,
@@ -105,12 +110,12 @@ pub struct RecordedEvent {
 /// request with the same idempotency key is answered again.
 #[utoipa::path(post, path = "/api/v1/usage-billing/record", tag = "metering",
     request_body = RecordBody,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Same as the body's idempotencyKey")),
+    params(("Idempotency-Key" = Option<IdempotencyKeySchema>, Header, description = "Same as the body's idempotencyKey")),
     responses(
         (status = 201, body = Recorded), (status = 200, body = Recorded, description = "replayed key"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "quota exceeded (block)"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
-    ),
+        (status = 404, body = Problem, content_type = "application/problem+json", description = "the brand is not registered, or the credential may not see it")),
     security(("bearer" = []), ("apiKey" = [])))]
 pub(crate) async fn record(
     State(s): State<AppState>,
@@ -259,7 +264,7 @@ pub struct BatchBody {
     /// Each item is parsed on its own, so one bad item does not sink the others. Kept
     /// as text: a parsed JSON value would have dropped a duplicate key's first value,
     /// where the item's own parse refuses it as `/record` does.
-    #[schema(value_type = Vec<RecordBody>)]
+    #[schema(value_type = BatchEventsSchema)]
     pub events: Vec<Box<serde_json::value::RawValue>>,
 }
 
@@ -345,13 +350,13 @@ pub(crate) async fn record_batch(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CheckBody {
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
-    #[schema(value_type = String)]
+    #[schema(value_type = MetricKeySchema)]
     pub metric: MetricKey,
     /// Units asked for; 1 when absent, like the original.
     #[serde(default = "one")]
-    #[schema(value_type = u64, minimum = 1, maximum = 1_000_000_000)]
+    #[schema(value_type = QuantitySchema)]
     pub requested_amount: Quantity,
     /// Record the request if it is allowed, atomically with the decision.
     #[serde(default)]
@@ -361,9 +366,10 @@ pub struct CheckBody {
     /// outage sends it so that a retry across midnight at a month's end lands in the
     /// same period, where its idempotency key is known.
     pub occurred_at: Option<DateTime<Utc>>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<IdempotencyKeySchema>)]
     pub idempotency_key: Option<IdempotencyKey>,
     #[serde(default)]
+    #[schema(value_type = MetadataSchema)]
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -386,7 +392,8 @@ pub struct CheckAnswer {
 #[utoipa::path(post, path = "/api/v1/usage-billing/check-quota", tag = "metering",
     request_body = CheckBody,
     responses((status = 200, body = CheckAnswer),
-        (status = 422, body = Problem, content_type = "application/problem+json")),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json", description = "the brand is not registered, or the credential may not see it")),
     security(("bearer" = []), ("apiKey" = [])))]
 pub(crate) async fn check_quota(
     State(s): State<AppState>,
@@ -453,10 +460,11 @@ pub struct GaugeBody {
     /// The gauge's new level (seats, GB stored); 0 allowed.
     #[schema(maximum = 1_000_000_000)]
     pub level: u64,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<IdempotencyKeySchema>)]
     pub idempotency_key: Option<IdempotencyKey>,
     /// A flat map of strings stored with the event (request ids, sources, tags).
     #[serde(default)]
+    #[schema(value_type = MetadataSchema)]
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -464,9 +472,9 @@ pub struct GaugeBody {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GaugeAnswer {
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
-    #[schema(value_type = String, example = "2026-11")]
+    #[schema(value_type = PeriodKeySchema)]
     pub period: PeriodKey,
     /// True when an earlier request with the same idempotency key is answered again.
     pub replayed: bool,
@@ -486,14 +494,14 @@ pub struct GaugeAnswer {
 /// refused (409 with the decision, the refusal recorded). Overage of a gauge is billed on
 /// the period's peak level.
 #[utoipa::path(put, path = "/api/v1/usage-billing/brands/{brandId}/gauges/{metric}", tag = "metering",
-    params(("brandId" = String, Path), ("metric" = String, Path, example = "team_members"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Same as the body's idempotencyKey")),
+    params(("brandId" = BrandIdSchema, Path), ("metric" = MetricKeySchema, Path),
+        ("Idempotency-Key" = Option<IdempotencyKeySchema>, Header, description = "Same as the body's idempotencyKey")),
     request_body = GaugeBody,
     responses(
         (status = 200, body = GaugeAnswer),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "above the limit of a block gauge"),
         (status = 422, body = Problem, content_type = "application/problem+json", description = "not a gauge, unknown metric, level out of range"),
-    ),
+        (status = 404, body = Problem, content_type = "application/problem+json", description = "the brand is not registered, or the credential may not see it")),
     security(("bearer" = []), ("apiKey" = [])))]
 pub(crate) async fn set_gauge(
     State(s): State<AppState>,

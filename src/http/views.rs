@@ -21,7 +21,7 @@ use crate::engine::Committed;
 pub struct MetricView {
     /// The metric key (`type` in the original's summary).
     #[serde(rename = "type")]
-    #[schema(value_type = String)]
+    #[schema(value_type = MetricKeySchema)]
     pub metric: MetricKey,
     /// Counter: total of the period. Gauge: current level.
     pub current: u64,
@@ -97,7 +97,7 @@ pub struct AlertView {
     /// The seed's wording, `"<label> à <pct>% du quota"`, the percentage rounded half up.
     #[schema(example = "Rendus 3D à 78% du quota")]
     pub message: String,
-    #[schema(value_type = String)]
+    #[schema(value_type = MetricKeySchema)]
     pub metric: MetricKey,
     pub threshold: u8,
     /// When the threshold was crossed: it never changes on later reads.
@@ -253,3 +253,4 @@ impl CostView {
         }
     }
 }
+use super::schema::MetricKeySchema;

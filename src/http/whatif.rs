@@ -27,6 +27,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use super::schema::{
+    BrandIdSchema, CountrySchema, MetricKeySchema, PeriodKeySchema, ProjectionDaysSchema,
+    QuantitySchema, SimulatedUnitsSchema,
+};
 use super::views::{PolicyView, UNLIMITED_WIRE_UNITS};
 use super::{AppState, API_PREFIX};
 use crate::engine::echo;
@@ -90,13 +94,13 @@ fn policy(p: Option<OveragePolicy>) -> PolicyView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SimulateBody {
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
-    #[schema(value_type = String, example = "renders_3d")]
+    #[schema(value_type = MetricKeySchema)]
     pub metric: MetricKey,
     /// Units to simulate, 0 (the default, as in the original) to 100,000,000.
     #[serde(default)]
-    #[schema(minimum = 0, maximum = 100_000_000)]
+    #[schema(value_type = SimulatedUnitsSchema)]
     pub units: u64,
 }
 
@@ -104,11 +108,11 @@ pub struct SimulateBody {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SimulationAnswer {
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
-    #[schema(value_type = String)]
+    #[schema(value_type = PeriodKeySchema)]
     pub period: PeriodKey,
-    #[schema(value_type = String)]
+    #[schema(value_type = MetricKeySchema)]
     pub metric: MetricKey,
     pub unit: String,
     /// The plan's limit, before top-ups.
@@ -138,7 +142,8 @@ pub struct SimulationAnswer {
     request_body = SimulateBody,
     responses((status = 200, body = SimulationAnswer),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json", description = "unknown metric, metric not in the plan, units out of range")),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "unknown metric, metric not in the plan, units out of range"),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "the credential's role may not use this route")),
     security(("bearer" = [])))]
 pub(crate) async fn simulate(
     State(s): State<AppState>,
@@ -220,9 +225,9 @@ pub struct RecommendedPlanView {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CompareAnswer {
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
-    #[schema(value_type = String)]
+    #[schema(value_type = PeriodKeySchema)]
     pub period: PeriodKey,
     /// The plan the period is billed on.
     pub plan: String,
@@ -236,9 +241,10 @@ pub struct CompareAnswer {
 /// The catalog's plans priced on the current period's usage and top-ups, cheapest
 /// first, and the recommended plan.
 #[utoipa::path(get, path = "/api/v1/usage-billing/compare-plans/{brandId}", tag = "what-if",
-    params(("brandId" = String, Path)),
+    params(("brandId" = BrandIdSchema, Path)),
     responses((status = 200, body = CompareAnswer),
-        (status = 404, body = Problem, content_type = "application/problem+json")),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "the credential's role may not use this route")),
     security(("bearer" = [])))]
 pub(crate) async fn compare_plans(
     State(s): State<AppState>,
@@ -295,10 +301,11 @@ fn recommendation_view(r: Recommendation) -> RecommendedPlanView {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ProjectionQuery {
     /// The month length the original's figures assume, 1 to 366; 30 when absent. The
     /// per-metric velocity always runs to the period's own end.
-    #[param(minimum = 1, maximum = 366, example = 30)]
+    #[param(value_type = ProjectionDaysSchema, required = false)]
     pub days: Option<u32>,
 }
 
@@ -306,7 +313,7 @@ pub struct ProjectionQuery {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VelocityView {
-    #[schema(value_type = String)]
+    #[schema(value_type = MetricKeySchema)]
     pub metric: MetricKey,
     pub label: String,
     pub unit: String,
@@ -331,9 +338,9 @@ pub struct VelocityView {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProjectionAnswer {
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
-    #[schema(value_type = String)]
+    #[schema(value_type = PeriodKeySchema)]
     pub period: PeriodKey,
     pub days: u32,
     /// Whole UTC days of the period gone by, at least 1.
@@ -354,10 +361,11 @@ pub struct ProjectionAnswer {
 /// The current period's pace: the original's projection figures over `days` days, and
 /// per metric where the pace takes it by the period's end.
 #[utoipa::path(get, path = "/api/v1/usage-billing/projections/{brandId}", tag = "what-if",
-    params(("brandId" = String, Path), ProjectionQuery),
+    params(("brandId" = BrandIdSchema, Path), ProjectionQuery),
     responses((status = 200, body = ProjectionAnswer),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json", description = "days out of range")),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "days out of range"),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "the credential's role may not use this route")),
     security(("bearer" = [])))]
 pub(crate) async fn projections(
     State(s): State<AppState>,
@@ -413,23 +421,23 @@ fn velocity_view(v: Velocity) -> VelocityView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EstimateBody {
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
-    #[schema(value_type = String, example = "renders_3d")]
+    #[schema(value_type = MetricKeySchema)]
     pub metric: MetricKey,
     /// Units more, 1 (the default) to 1,000,000,000; for a gauge, how much it would rise.
-    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    #[schema(value_type = Option<QuantitySchema>)]
     pub quantity: Option<u64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EstimateAnswer {
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
-    #[schema(value_type = String)]
+    #[schema(value_type = PeriodKeySchema)]
     pub period: PeriodKey,
-    #[schema(value_type = String)]
+    #[schema(value_type = MetricKeySchema)]
     pub metric: MetricKey,
     pub quantity: u64,
     pub current: u64,
@@ -465,7 +473,8 @@ pub struct EstimateAnswer {
     request_body = EstimateBody,
     responses((status = 200, body = EstimateAnswer),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json", description = "unknown metric, quantity out of range")),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "unknown metric, quantity out of range"),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "the credential's role may not use this route")),
     security(("bearer" = [])))]
 pub(crate) async fn estimate(
     State(s): State<AppState>,
@@ -510,10 +519,11 @@ fn estimate_answer(brand: BrandId, period: PeriodKey, e: Estimate) -> EstimateAn
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct BillQuery {
     /// ISO 3166 alpha-2 country whose VAT applies (FR, BE, DE, ES, IT, UK or GB, US);
     /// FR when absent. The ledger keeps no country per brand, so the caller says it.
-    #[param(example = "FR")]
+    #[param(value_type = CountrySchema, required = false)]
     pub country: Option<String>,
 }
 
@@ -521,7 +531,7 @@ pub struct BillQuery {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BillLineView {
-    #[schema(value_type = String)]
+    #[schema(value_type = MetricKeySchema)]
     pub metric: MetricKey,
     /// Billable units (a gauge's peak level).
     pub quantity: u64,
@@ -538,9 +548,9 @@ pub struct BillLineView {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BillAnswer {
-    #[schema(value_type = String)]
+    #[schema(value_type = BrandIdSchema)]
     pub brand_id: BrandId,
-    #[schema(value_type = String)]
+    #[schema(value_type = PeriodKeySchema)]
     pub period: PeriodKey,
     pub plan: String,
     pub currency: String,
@@ -568,10 +578,11 @@ pub struct BillAnswer {
 
 /// The current period's bill so far with tax, on the effective limits.
 #[utoipa::path(get, path = "/api/v1/usage-billing/bill/current/{brandId}", tag = "what-if",
-    params(("brandId" = String, Path), BillQuery),
+    params(("brandId" = BrandIdSchema, Path), BillQuery),
     responses((status = 200, body = BillAnswer),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json", description = "no tax rate for the country")),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "no tax rate for the country"),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "the credential's role may not use this route")),
     security(("bearer" = [])))]
 pub(crate) async fn current_bill(
     State(s): State<AppState>,
