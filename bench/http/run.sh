@@ -11,6 +11,8 @@
 #
 # Every run gets a fresh database (or data directory), dropped again on exit, failed
 # runs included. Missing tools (wrk, curl, psql, pgbench) are installed with apt-get.
+# LEDGER_BIN=path runs that service binary instead of building this checkout's (an A/B
+# of two builds in one sitting).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -47,7 +49,7 @@ start_s_max=60
 settle_s_max=120
 
 usage() {
-  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
   exit "${1:-0}"
 }
 
@@ -179,6 +181,11 @@ with_database() {
 # ---------------------------------------------------------------------------------
 
 build_service() {
+  if [ -n "${LEDGER_BIN:-}" ]; then
+    bin=$LEDGER_BIN
+    log "service binary: $bin"
+    return
+  fi
   log "building the release service"
   (cd "$repo" && cargo build --release -q -p usage-ledger --bin usage-ledger)
   local target
