@@ -29,13 +29,14 @@
 //! closed invoice, it never rewrites the invoice.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use ledger_aggregates::period::{base_lines, PlanSegment};
 use ledger_aggregates::{
     BrandId, Currency, LedgerEvent, MetricKey, Money, PeriodKey, PlanDefinition, PlanId,
 };
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::cursor::{Admitted, ReadModel, StreamCursors};
 use crate::event::ProjectedEvent;
@@ -70,12 +71,33 @@ pub struct CostEstimate {
     /// The plan as the period's events snapshotted it (`PeriodOpened`, then each
     /// `PlanApplied`): what a summary shows, whatever the catalog says today. Absent
     /// only in rows stored before it was kept; a rebuild fills it in.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plan: Option<PlanDefinition>,
+    /// Shared: every fold of the stream copies its models, and the plan is most of them.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "shared_plan_out",
+        deserialize_with = "shared_plan_in"
+    )]
+    pub plan: Option<Arc<PlanDefinition>>,
     /// The plans in force, in order, with the instant each took effect: what `base` is
     /// prorated on. Empty only in rows stored before it was kept.
     #[serde(default)]
     pub segments: Vec<PlanSegment>,
+}
+
+/// An `Arc`'s plan is written as the plan itself (serde's `rc` feature would do the same
+/// for every crate of the build).
+fn shared_plan_out<S: Serializer>(
+    plan: &Option<Arc<PlanDefinition>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    plan.as_deref().serialize(s)
+}
+
+fn shared_plan_in<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Arc<PlanDefinition>>, D::Error> {
+    Ok(Option::<PlanDefinition>::deserialize(d)?.map(Arc::new))
 }
 
 impl CostEstimate {
@@ -90,7 +112,7 @@ impl CostEstimate {
             invoiced: false,
             adjustment: Money::ZERO,
             overage_by_metric: BTreeMap::new(),
-            plan: Some(plan.clone()),
+            plan: Some(Arc::new(plan.clone())),
             segments: vec![PlanSegment::new(plan, period.start())],
         }
     }
@@ -99,7 +121,7 @@ impl CostEstimate {
     fn apply_plan(&mut self, plan: &PlanDefinition, period: PeriodKey, at: DateTime<Utc>) {
         self.plan_id = plan.id.clone();
         self.currency = plan.currency;
-        self.plan = Some(plan.clone());
+        self.plan = Some(Arc::new(plan.clone()));
         self.segments.push(PlanSegment::new(plan, at));
         self.base = base_lines(&self.segments, period)
             .iter()

@@ -192,6 +192,12 @@ impl<T: Diff + ?Sized> Diff for &T {
     }
 }
 
+impl<T: Diff + ?Sized> Diff for std::sync::Arc<T> {
+    fn diff(&self, right: &Self, path: &str, out: &mut Differences) {
+        T::diff(self, right, path, out);
+    }
+}
+
 impl<T: Diff> Diff for Option<T> {
     fn diff(&self, right: &Self, path: &str, out: &mut Differences) {
         match (self, right) {

@@ -235,7 +235,8 @@ pub struct LiveMessage {
     #[schema(value_type = PeriodKeySchema)]
     pub period: PeriodKey,
     #[schema(value_type = Object)]
-    pub plan: PlanDefinition,
+    #[serde(serialize_with = "super::reads::shared_plan")]
+    pub plan: std::sync::Arc<PlanDefinition>,
     /// What `GET /summary/{brandId}` answers under `summary`.
     pub summary: Summary,
     /// The last sequence of the brand-period stream the summary holds.

@@ -2,6 +2,7 @@
 //! of a period's events.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::routing::get;
@@ -65,8 +66,17 @@ pub struct PeriodQuery {
 pub struct SummaryAnswer {
     /// The plan the period is billed on.
     #[schema(value_type = Object)]
-    pub plan: PlanDefinition,
+    #[serde(serialize_with = "shared_plan")]
+    pub plan: Arc<PlanDefinition>,
     pub summary: Summary,
+}
+
+/// The plan itself: summaries share their period's plan rather than copy it.
+pub(super) fn shared_plan<S: serde::Serializer>(
+    plan: &Arc<PlanDefinition>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    plan.as_ref().serialize(s)
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -6,6 +6,7 @@
 //! then is the registry read).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -68,7 +69,7 @@ pub struct PeriodSummary {
     pub period: PeriodKey,
     pub status: PeriodStatus,
     /// The plan the period is billed on.
-    pub plan: PlanDefinition,
+    pub plan: Arc<PlanDefinition>,
     /// Plan quotas in plan order, then metrics without a quota that saw usage.
     pub metrics: Vec<MetricSummary>,
     pub base: Money,
@@ -170,13 +171,13 @@ impl Ledger {
         brand: &BrandId,
         period: PeriodKey,
         models: Option<&PeriodModels>,
-    ) -> Result<(PlanDefinition, Option<DateTime<Utc>>), QueryError> {
+    ) -> Result<(Arc<PlanDefinition>, Option<DateTime<Utc>>), QueryError> {
         if let Some(plan) = models.and_then(|m| m.cost.as_ref()?.plan.clone()) {
             return Ok((plan, None));
         }
         let registry = self.engine.brand_state(brand.clone()).await?;
         registry
-            .and_then(|b| Some((b.plan_for(period)?.clone(), b.registered_at)))
+            .and_then(|b| Some((Arc::new(b.plan_for(period)?.clone()), b.registered_at)))
             .ok_or_else(|| QueryError::UnknownBrand(brand.clone()))
     }
 
@@ -184,7 +185,7 @@ impl Ledger {
         &self,
         brand: BrandId,
         period: PeriodKey,
-        (plan, registered_at): (PlanDefinition, Option<DateTime<Utc>>),
+        (plan, registered_at): (Arc<PlanDefinition>, Option<DateTime<Utc>>),
         models: Option<&PeriodModels>,
     ) -> PeriodSummary {
         let empty = PeriodQuotas::new();

@@ -117,7 +117,7 @@ fn figures_of(s: PeriodSummary) -> PeriodFigures {
         .collect();
     PeriodFigures {
         period: s.period,
-        plan: s.plan,
+        plan: std::sync::Arc::unwrap_or_clone(s.plan),
         metrics,
         base: s.base,
         overage: s.overage,
