@@ -42,8 +42,8 @@ impl NoticeKind {
             NoticeKind::ThresholdCrossed => "threshold_crossed",
             NoticeKind::ThresholdResolved => "threshold_resolved",
             NoticeKind::QuotaRefused => "quota_refused",
-            NoticeKind::TopUpApplied => "topup_applied",
-            NoticeKind::TopUpFailed => "topup_failed",
+            NoticeKind::TopUpApplied => "top_up_applied",
+            NoticeKind::TopUpFailed => "top_up_failed",
         }
     }
 }
@@ -161,6 +161,14 @@ impl NotificationSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kind_is_named_alike_in_bodies_and_in_deliveries() {
+        for kind in NoticeKind::ALL {
+            let wire = serde_json::to_value(kind).unwrap();
+            assert_eq!(wire.as_str(), Some(kind.as_str()), "{kind:?}");
+        }
+    }
 
     fn endpoint(id: &str, channel: ChannelKind) -> EndpointSetting {
         EndpointSetting {

@@ -430,8 +430,7 @@ schema_type!(
     one_of_strings(&["slack", "zapier", "webhook", "email"], "The receiver's kind")
 );
 
-/// The notice kinds as a body names them: their serde names (`top_up_applied`), which
-/// are not their `as_str` (`topup_applied`).
+/// The notice kinds as a body names them: their serde names (`top_up_applied`).
 fn notice_kinds() -> Vec<String> {
     NoticeKind::ALL
         .iter()
