@@ -126,15 +126,9 @@ export LEDGER_STRIPE_WEBHOOK_SECRET
 base="http://127.0.0.1:$port"
 api="$base/api/v1/usage-billing"
 
-(cd "$work" && exec "$service_bin" serve >"$work/service.out" 2>"$work/service.err") &
-service_pid=$!
-for _ in $(seq 1 100); do
-  curl -sf "$base/readyz" >/dev/null 2>&1 && break
-  kill -0 "$service_pid" 2>/dev/null || die "the service exited at start-up"
-  sleep 0.1
-done
-curl -sf "$base/readyz" >/dev/null || die "the service is not ready on $base"
-ok "service ready on $base (production mode, $store)"
+# shellcheck source=tests/lib/serve.sh
+. "$root/tests/lib/serve.sh"
+start_service "production mode, $store"
 
 admin=$(cd "$work" && "$service_bin" token --role admin --ttl 1h)
 call() { # method path json-body
