@@ -177,6 +177,11 @@ impl PeriodCost {
         }
     }
 
+    /// Move the estimate of `brand` and `period` out (see `ReadModels::take_period_models`).
+    pub(crate) fn take(&mut self, brand: &BrandId, period: PeriodKey) -> Option<CostEstimate> {
+        self.rows.take(brand, period)
+    }
+
     pub fn get(&self, brand: &BrandId, period: PeriodKey) -> Option<&CostEstimate> {
         self.rows.get(brand, period)
     }

@@ -70,6 +70,27 @@ impl ReadModels {
         })
     }
 
+    /// [`ReadModels::period_models`], moved out rather than copied: for a fold's scratch
+    /// models, which are dropped afterwards (period totals are left as they were).
+    pub fn take_period_models(
+        &mut self,
+        brand: &BrandId,
+        period: PeriodKey,
+    ) -> Option<PeriodModels> {
+        let sequence = self.quota_summary.cursors().period(brand, period);
+        if sequence == 0 {
+            return None;
+        }
+        Some(PeriodModels {
+            sequence,
+            quotas: self.quota_summary.take(brand, period).unwrap_or_default(),
+            cost: self.period_cost.take(brand, period),
+            alerts: self.active_alerts.take(brand, period),
+            top_ups: self.top_up_history.take(brand, period),
+            overages: self.overage_ledger.take(brand, period),
+        })
+    }
+
     /// Every brand-period stream the models saw, in brand then period order.
     pub fn periods(&self) -> impl Iterator<Item = (&BrandId, PeriodKey)> {
         self.quota_summary

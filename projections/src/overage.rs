@@ -332,6 +332,12 @@ impl OverageLedger {
         p.add(delta);
     }
 
+    /// Move the lines of `brand` and `period` out, leaving the period's totals as they
+    /// were (see `ReadModels::take_period_models`).
+    pub(crate) fn take(&mut self, brand: &BrandId, period: PeriodKey) -> Option<BrandOverages> {
+        self.periods.get_mut(&period)?.brands.remove(brand)
+    }
+
     pub fn period(&self, period: PeriodKey) -> Option<&PeriodOverages> {
         self.periods.get(&period)
     }

@@ -108,6 +108,11 @@ impl QuotaSummary {
     }
 
     /// The metrics of `brand` in `period`, in metric order.
+    /// Move the rows of `brand` and `period` out (see `ReadModels::take_period_models`).
+    pub(crate) fn take(&mut self, brand: &BrandId, period: PeriodKey) -> Option<PeriodQuotas> {
+        self.rows.take(brand, period)
+    }
+
     pub fn period(&self, brand: &BrandId, period: PeriodKey) -> Option<&PeriodQuotas> {
         self.rows.get(brand, period)
     }

@@ -54,6 +54,11 @@ impl<T> Timeline<T> {
         self.entries.get(brand, period).map_or(&[], Vec::as_slice)
     }
 
+    /// Move the entries of `brand` and `period` out (see `ReadModels::take_period_models`).
+    pub(crate) fn take(&mut self, brand: &BrandId, period: PeriodKey) -> Vec<T> {
+        self.entries.take(brand, period).unwrap_or_default()
+    }
+
     /// Every brand-period with entries, in brand then period order.
     pub fn iter(&self) -> impl Iterator<Item = (&BrandId, PeriodKey, &[T])> {
         self.entries.iter().map(|(b, p, v)| (b, p, v.as_slice()))

@@ -423,7 +423,9 @@ proptest! {
                 models.apply(event);
             }
             for (b, p) in &touched {
-                let row = models.period_models(b, *p).expect("the batch touched it");
+                let copied = models.period_models(b, *p);
+                let row = models.take_period_models(b, *p).expect("the batch touched it");
+                prop_assert_eq!(copied.as_ref(), Some(&row), "taken out as copied");
                 stored.insert((b.clone(), *p), serde_json::to_string(&row).unwrap());
             }
         }

@@ -371,7 +371,7 @@ impl Consumer for ReadModelConsumer {
                 });
             }
         }
-        self.keep(touched, &models).await?;
+        self.keep(touched, models).await?;
         self.position = last.at;
         // A log that never lets the consumer catch up still gets its writes on time.
         let due = self.persisted_at.elapsed() >= self.config.flush_interval;
@@ -423,11 +423,15 @@ impl ReadModelConsumer {
 
     /// Put the folded streams in memory as changed, making room first, then tell the
     /// readers waiting for them.
-    async fn keep(&mut self, touched: Vec<Touched>, models: &ReadModels) -> Result<(), TailError> {
+    async fn keep(
+        &mut self,
+        touched: Vec<Touched>,
+        mut models: ReadModels,
+    ) -> Result<(), TailError> {
         let mut folded = Vec::with_capacity(touched.len());
         for t in touched {
             // A stream whose events were all redeliveries of nothing stored has no models.
-            if let Some(m) = models.period_models(&t.brand, t.period) {
+            if let Some(m) = models.take_period_models(&t.brand, t.period) {
                 folded.push((t, Arc::new(m)));
             }
         }
