@@ -56,6 +56,18 @@ pub(crate) struct Refusals {
 }
 
 impl Staged {
+    /// What these took out for streams in `ids`, moved into a `Staged` of its own.
+    pub(crate) fn split_off(&mut self, ids: &[&str]) -> Staged {
+        let (off, kept) = std::mem::take(&mut self.taken)
+            .into_iter()
+            .partition(|(key, _)| ids.contains(&key.0.as_str()));
+        self.taken = kept;
+        Staged {
+            taken: off,
+            ..Staged::default()
+        }
+    }
+
     /// Add `other`'s changes to these.
     pub(crate) fn absorb(&mut self, other: Staged) {
         self.opened.extend(other.opened);
@@ -156,9 +168,14 @@ impl Refusals {
         self.inflight.clone_from(&staged.opened);
     }
 
+    /// The batch in flight has committed or failed.
+    pub(crate) fn landed(&mut self) {
+        self.inflight.clear();
+    }
+
     /// Apply what a committed batch decided.
     pub(crate) fn acknowledge(&mut self, staged: Staged) {
-        self.inflight.clear();
+        self.landed();
         let window = self.window;
         for (key, at) in staged.opened {
             let w = self.windows.entry(key).or_insert(Window {
@@ -197,7 +214,6 @@ impl Refusals {
     /// Give back what a failed batch took out to append; its counts are decided again
     /// with its jobs.
     pub(crate) fn restore(&mut self, staged: Staged) {
-        self.inflight.clear();
         for (key, taken) in staged.taken {
             let w = self.windows.entry(key).or_insert(Window {
                 opened: taken.first_at,

@@ -350,6 +350,7 @@ impl Writer {
         }
         self.pending_keys.clear();
         let mut next = std::mem::take(next);
+        self.refusals.landed();
         for staged in [&mut batch.staged, &mut next.staged] {
             self.refusals.restore(std::mem::take(&mut staged.refusals));
         }
@@ -439,8 +440,13 @@ impl Writer {
             return;
         }
         let every = self.cfg.snapshot_every_events;
+        let mut unloaded = Vec::new();
         for (id, event) in &due {
-            let agg = self.periods.get_mut(id).expect("loaded above");
+            // Loading may have evicted another due stream from a full cache: it waits.
+            let Some(agg) = self.periods.get_mut(id) else {
+                unloaded.push(id.as_str());
+                continue;
+            };
             let first = agg.version + 1;
             next.staged.stage(
                 id,
@@ -452,6 +458,7 @@ impl Writer {
             );
             agg.fold(event);
         }
+        self.refusals.restore(taken.split_off(&unloaded));
         next.staged.refusals.absorb(taken);
     }
 
