@@ -341,10 +341,22 @@ fn array_of(item: &str, items_max: usize) -> RefOr<Schema> {
 }
 
 schema_type!(
-    /// The items of one `POST /record/batch`.
+    /// The items of one `POST /record/batch`: objects, each parsed on its own as a
+    /// `RecordBody`, so an item that is not one is answered 422 in its own result while
+    /// the batch is answered 200. The document cannot ask more of an item than the route.
     BatchEventsSchema,
     "BatchEvents",
-    array_of("RecordBody", RECORD_BATCH_ITEMS_MAX)
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .description(Some(
+                    "A RecordBody, checked on its own: one that is not gets its own 422 result",
+                )),
+        )
+        .min_items(Some(1))
+        .max_items(Some(RECORD_BATCH_ITEMS_MAX))
+        .into()
 );
 
 schema_type!(

@@ -308,6 +308,17 @@ pub(crate) async fn record_batch(
             ),
         ));
     }
+    // An item that is not even an object is a malformed batch, not a bad record.
+    if let Some(index) = body
+        .events
+        .iter()
+        .position(|raw| !raw.get().trim_start().starts_with('{'))
+    {
+        return Err(ApiError::invalid(
+            "invalid-batch",
+            format!("events[{index}] is not a JSON object"),
+        ));
+    }
     let items = body.events.into_iter().enumerate().map(|(index, raw)| {
         let s = &s;
         let caller = &caller;

@@ -273,6 +273,13 @@ async fn a_batch_answers_each_item_and_commits_the_good_ones(db: &TestDb) {
     app.post("record/batch", &app.admin, json!({ "events": [] }))
         .await
         .assert_problem(422, "invalid-batch");
+    // An item that is not an object is a malformed batch: nothing of it is recorded.
+    let mixed = json!({ "events": [{ "brandId": "acme", "metric": "renders_2d" }, 7] });
+    app.post("record/batch", &app.admin, mixed)
+        .await
+        .assert_problem(422, "invalid-batch");
+    let current = app.get("current/acme", &app.admin).await;
+    assert_eq!(current.body["usage"]["renders_2d"], 19);
 }
 on_both_stores!(
     a_batch_answers_each_item_and_commits_the_good_ones,
