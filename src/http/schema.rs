@@ -332,9 +332,10 @@ schema_type!(
     )
 );
 
-fn array_of(item: &str, items_max: usize) -> RefOr<Schema> {
+/// An array of 1 to `items_max` items of `item`.
+fn array_of(item: RefOr<Schema>, items_max: usize) -> RefOr<Schema> {
     ArrayBuilder::new()
-        .items(Ref::from_schema_name(item))
+        .items(item)
         .min_items(Some(1))
         .max_items(Some(items_max))
         .into()
@@ -346,24 +347,22 @@ schema_type!(
     /// the batch is answered 200. The document cannot ask more of an item than the route.
     BatchEventsSchema,
     "BatchEvents",
-    ArrayBuilder::new()
-        .items(
-            ObjectBuilder::new()
-                .schema_type(Type::Object)
-                .description(Some(
-                    "A RecordBody, checked on its own: one that is not gets its own 422 result",
-                )),
-        )
-        .min_items(Some(1))
-        .max_items(Some(RECORD_BATCH_ITEMS_MAX))
-        .into()
+    array_of(
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "A RecordBody, checked on its own: one that is not gets its own 422 result",
+            ))
+            .into(),
+        RECORD_BATCH_ITEMS_MAX
+    )
 );
 
 schema_type!(
     /// The brands one live ticket follows.
     LiveBrandsSchema,
     "LiveBrands",
-    array_of("BrandId", LIVE_TICKET_BRANDS_MAX)
+    array_of(Ref::from_schema_name("BrandId").into(), LIVE_TICKET_BRANDS_MAX)
 );
 
 fn one_value(value: &str, description: &str) -> RefOr<Schema> {
