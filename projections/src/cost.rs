@@ -177,11 +177,6 @@ impl PeriodCost {
         }
     }
 
-    /// Move the estimate of `brand` and `period` out (see `ReadModels::take_period_models`).
-    pub(crate) fn take(&mut self, brand: &BrandId, period: PeriodKey) -> Option<CostEstimate> {
-        self.rows.take(brand, period)
-    }
-
     pub fn get(&self, brand: &BrandId, period: PeriodKey) -> Option<&CostEstimate> {
         self.rows.get(brand, period)
     }
@@ -209,47 +204,60 @@ impl ReadModel for PeriodCost {
         let Some((brand, period, e)) = event.as_period() else {
             return;
         };
-        if let LedgerEvent::PeriodOpened { plan, .. } = e {
-            let mut row = CostEstimate::new(plan, period);
-            for (metric, t) in totals::opening(e) {
-                row.set_metric(&metric, t.overage_cost);
-            }
-            row.refresh();
-            self.rows.insert(brand, period, row);
-            return;
-        }
-        // Every period stream starts with `PeriodOpened`; a model that has not seen it
-        // has skipped events (reported by `Delivery::AppliedAfterGap`) and has no plan
-        // to estimate on.
-        let Some(row) = self.rows.get_mut(brand, period) else {
-            return;
-        };
-        match e {
-            LedgerEvent::PlanApplied {
-                plan, totals, at, ..
-            } => {
-                row.apply_plan(plan, period, *at);
-                for (metric, t) in totals {
-                    row.set_metric(metric, t.overage_cost);
-                }
-            }
-            LedgerEvent::PeriodClosed { invoice, .. } => {
-                row.plan_id = invoice.plan_id.clone();
-                row.currency = invoice.currency;
-                row.base = invoice.base;
-                row.usage = Money::ZERO;
-                row.overage = invoice.overage;
-                row.total = invoice.total;
-                row.invoiced = true;
-            }
-            _ => {
-                if let Some((metric, t)) = totals::carried(e) {
-                    row.set_metric(metric, t.overage_cost);
+        match opened(period, e) {
+            Some(row) => self.rows.insert(brand, period, row),
+            None => {
+                if let Some(row) = self.rows.get_mut(brand, period) {
+                    fold_row(row, period, e);
                 }
             }
         }
-        row.refresh();
     }
+}
+
+/// The estimate a `PeriodOpened` starts; `None` for any other event.
+pub(crate) fn opened(period: PeriodKey, event: &LedgerEvent) -> Option<CostEstimate> {
+    let LedgerEvent::PeriodOpened { plan, .. } = event else {
+        return None;
+    };
+    let mut row = CostEstimate::new(plan, period);
+    for (metric, t) in totals::opening(event) {
+        row.set_metric(&metric, t.overage_cost);
+    }
+    row.refresh();
+    Some(row)
+}
+
+/// Fold an event after its stream's `PeriodOpened` into the estimate: the cost's one
+/// rule, for [`PeriodCost`] and for `PeriodModels` alike. Every period stream starts
+/// with `PeriodOpened`; a model that has not seen it has skipped events (reported by
+/// `Delivery::AppliedAfterGap`) and has no estimate to fold into.
+pub(crate) fn fold_row(row: &mut CostEstimate, period: PeriodKey, event: &LedgerEvent) {
+    match event {
+        LedgerEvent::PlanApplied {
+            plan, totals, at, ..
+        } => {
+            row.apply_plan(plan, period, *at);
+            for (metric, t) in totals {
+                row.set_metric(metric, t.overage_cost);
+            }
+        }
+        LedgerEvent::PeriodClosed { invoice, .. } => {
+            row.plan_id = invoice.plan_id.clone();
+            row.currency = invoice.currency;
+            row.base = invoice.base;
+            row.usage = Money::ZERO;
+            row.overage = invoice.overage;
+            row.total = invoice.total;
+            row.invoiced = true;
+        }
+        _ => {
+            if let Some((metric, t)) = totals::carried(event) {
+                row.set_metric(metric, t.overage_cost);
+            }
+        }
+    }
+    row.refresh();
 }
 
 crate::diff::diff_fields!(CostEstimate {

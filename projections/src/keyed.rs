@@ -157,17 +157,13 @@ impl<T> ByPeriod<T> {
     /// Forget the value of `brand` and `period`, and the brand once it has none left,
     /// so a model emptied by its events equals one that never held anything.
     pub(crate) fn remove(&mut self, brand: &BrandId, period: PeriodKey) {
-        self.take(brand, period);
-    }
-
-    /// [`ByPeriod::remove`], answering the value.
-    pub(crate) fn take(&mut self, brand: &BrandId, period: PeriodKey) -> Option<T> {
-        let periods = self.0.get_mut(brand)?;
-        let value = periods.remove(&period);
+        let Some(periods) = self.0.get_mut(brand) else {
+            return;
+        };
+        periods.remove(&period);
         if periods.is_empty() {
             self.0.remove(brand);
         }
-        value
     }
 
     /// Every brand-period in brand, then period order.

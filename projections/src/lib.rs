@@ -22,7 +22,8 @@
 //! - [`overage`]: `OverageLedger`, finance's overage lines per period, brand and metric,
 //!   and how late usage becomes an adjustment line.
 //! - [`models`]: `ReadModels`, all of the above behind one `apply`, and `PeriodModels`,
-//!   what they hold about one brand-period (the row a store keeps).
+//!   what they hold about one brand-period (the row a store keeps), folded on its own by
+//!   the same rules.
 //! - [`record`]: `LogRecord`, a row of the log in global order, and `LogPosition`,
 //!   that order (a projector's checkpoint).
 //! - [`diff`]: the differences between two `ReadModels`, in words.

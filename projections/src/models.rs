@@ -10,6 +10,7 @@ use crate::diff::{Diff, Differences};
 use crate::event::ProjectedEvent;
 use crate::overage::{BrandOverages, OverageLedger};
 use crate::quota::{PeriodQuotas, QuotaSummary};
+use crate::timeline::TimelineEntry;
 use crate::topups::{TopUp, TopUpHistory};
 
 /// All read models of the ledger. Each keeps its own cursors, so each stays idempotent
@@ -25,8 +26,8 @@ pub struct ReadModels {
 
 /// Everything the read models hold about one brand-period stream: the unit a store
 /// keeps as one row. Streams fold independently of each other, so a batch of events
-/// needs only the rows of the streams it touches: restore them into an empty
-/// [`ReadModels`], apply the batch, take them back out.
+/// needs only the rows of the streams it touches, each folded on its own
+/// ([`PeriodModels::apply`], by the same rules as [`ReadModels::apply`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeriodModels {
     /// The last sequence of the stream folded in.
@@ -70,27 +71,6 @@ impl ReadModels {
         })
     }
 
-    /// [`ReadModels::period_models`], moved out rather than copied: for a fold's scratch
-    /// models, which are dropped afterwards (period totals are left as they were).
-    pub fn take_period_models(
-        &mut self,
-        brand: &BrandId,
-        period: PeriodKey,
-    ) -> Option<PeriodModels> {
-        let sequence = self.quota_summary.cursors().period(brand, period);
-        if sequence == 0 {
-            return None;
-        }
-        Some(PeriodModels {
-            sequence,
-            quotas: self.quota_summary.take(brand, period).unwrap_or_default(),
-            cost: self.period_cost.take(brand, period),
-            alerts: self.active_alerts.take(brand, period),
-            top_ups: self.top_up_history.take(brand, period),
-            overages: self.overage_ledger.take(brand, period),
-        })
-    }
-
     /// Every brand-period stream the models saw, in brand then period order.
     pub fn periods(&self) -> impl Iterator<Item = (&BrandId, PeriodKey)> {
         self.quota_summary
@@ -99,7 +79,7 @@ impl ReadModels {
             .map(|(b, p, _)| (b, p))
     }
 
-    /// Put back what [`ReadModels::period_models`] took out, replacing what the models
+    /// Put back what [`ReadModels::period_models`] copied out, replacing what the models
     /// held about that stream. The models then take the stream's next events as if
     /// they had folded it from its start.
     pub fn restore(&mut self, brand: &BrandId, period: PeriodKey, models: PeriodModels) {
@@ -161,6 +141,71 @@ impl ReadModels {
         let mut out = Differences::default();
         Diff::diff(self, right, "", &mut out);
         out
+    }
+}
+
+impl PeriodModels {
+    /// A stream none of whose events was folded yet.
+    pub fn new() -> Self {
+        Self {
+            sequence: 0,
+            quotas: PeriodQuotas::new(),
+            cost: None,
+            alerts: Vec::new(),
+            top_ups: Vec::new(),
+            overages: None,
+        }
+    }
+
+    /// Fold the next event of this stream, as [`ReadModels::apply`] folds it into every
+    /// model, without looking the stream up in them: what the projector does per
+    /// event. The caller hands it this stream's events only: another stream's would be
+    /// folded as if it were of this one, and a brand registry event changes nothing.
+    pub fn apply(&mut self, event: &ProjectedEvent) -> Delivery {
+        let Some((_, period, e)) = event.as_period() else {
+            return Delivery::Duplicate {
+                last_applied: self.sequence,
+            };
+        };
+        let last = self.sequence;
+        if event.sequence <= last {
+            return Delivery::Duplicate { last_applied: last };
+        }
+        self.sequence = event.sequence;
+        crate::quota::fold_rows(&mut self.quotas, e);
+        match crate::cost::opened(period, e) {
+            Some(row) => self.cost = Some(row),
+            None => {
+                if let Some(row) = &mut self.cost {
+                    crate::cost::fold_row(row, period, e);
+                }
+            }
+        }
+        if let Some((_, _, change)) = Alert::of(event) {
+            change.fold(&mut self.alerts);
+        }
+        if let Some((_, _, change)) = TopUp::of(event) {
+            change.fold(&mut self.top_ups);
+        }
+        match BrandOverages::opened(e) {
+            Some((b, _)) => self.overages = Some(b),
+            None => {
+                if let Some(b) = &mut self.overages {
+                    b.fold(e);
+                }
+            }
+        }
+        if event.sequence == last + 1 {
+            Delivery::Applied
+        } else {
+            Delivery::AppliedAfterGap { expected: last + 1 }
+        }
+    }
+}
+
+impl Default for PeriodModels {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

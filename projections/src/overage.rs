@@ -117,7 +117,7 @@ pub struct OverageLedger {
 
 /// Change of a period's totals caused by one line moving.
 #[derive(Default)]
-struct Delta {
+pub(crate) struct Delta {
     charged: Money,
     adjustments: Money,
 }
@@ -168,6 +168,38 @@ impl BrandOverages {
             charges: BTreeMap::new(),
             adjustments: BTreeMap::new(),
         }
+    }
+
+    /// The overages a `PeriodOpened` starts, and how they move the period's totals;
+    /// `None` for any other event.
+    pub(crate) fn opened(event: &LedgerEvent) -> Option<(Self, Delta)> {
+        let LedgerEvent::PeriodOpened { plan, .. } = event else {
+            return None;
+        };
+        let mut b = Self::new(plan);
+        let delta = totals::opening(event)
+            .iter()
+            .fold(Delta::default(), |d, (metric, t)| d.plus(b.set(metric, t)));
+        Some((b, delta))
+    }
+
+    /// Fold an event after the stream's `PeriodOpened`: the overages' one rule, for
+    /// [`OverageLedger`] and for `PeriodModels` alike. Answers how the period's totals
+    /// move, `None` when the event concerns no overage.
+    pub(crate) fn fold(&mut self, event: &LedgerEvent) -> Option<Delta> {
+        Some(match event {
+            LedgerEvent::PlanApplied { plan, totals, .. } => {
+                self.rates = rates_of(plan);
+                totals.iter().fold(Delta::default(), |d, (metric, t)| {
+                    d.plus(self.set(metric, t))
+                })
+            }
+            LedgerEvent::PeriodClosed { invoice, .. } => self.close(invoice),
+            _ => {
+                let (metric, t) = totals::carried(event)?;
+                self.set(metric, t)
+            }
+        })
     }
 
     /// Lines billed on the period's invoice (or to be), per metric.
@@ -332,12 +364,6 @@ impl OverageLedger {
         p.add(delta);
     }
 
-    /// Move the lines of `brand` and `period` out, leaving the period's totals as they
-    /// were (see `ReadModels::take_period_models`).
-    pub(crate) fn take(&mut self, brand: &BrandId, period: PeriodKey) -> Option<BrandOverages> {
-        self.periods.get_mut(&period)?.brands.remove(brand)
-    }
-
     pub fn period(&self, period: PeriodKey) -> Option<&PeriodOverages> {
         self.periods.get(&period)
     }
@@ -360,14 +386,10 @@ impl OverageLedger {
     }
 
     fn opened(&mut self, brand: &BrandId, period: PeriodKey, event: &LedgerEvent) {
-        let LedgerEvent::PeriodOpened { plan, .. } = event else {
+        let Some((b, delta)) = BrandOverages::opened(event) else {
             return;
         };
         let p = self.periods.entry(period).or_default();
-        let mut b = BrandOverages::new(plan);
-        let delta = totals::opening(event)
-            .iter()
-            .fold(Delta::default(), |d, (metric, t)| d.plus(b.set(metric, t)));
         p.brands.insert(brand.clone(), b);
         p.add(delta);
     }
@@ -397,20 +419,9 @@ impl ReadModel for OverageLedger {
         let Some(b) = p.brands.get_mut(brand) else {
             return;
         };
-        let delta = match e {
-            LedgerEvent::PlanApplied { plan, totals, .. } => {
-                b.rates = rates_of(plan);
-                totals
-                    .iter()
-                    .fold(Delta::default(), |d, (metric, t)| d.plus(b.set(metric, t)))
-            }
-            LedgerEvent::PeriodClosed { invoice, .. } => b.close(invoice),
-            _ => match totals::carried(e) {
-                Some((metric, t)) => b.set(metric, t),
-                None => return,
-            },
-        };
-        p.add(delta);
+        if let Some(delta) = b.fold(e) {
+            p.add(delta);
+        }
     }
 }
 

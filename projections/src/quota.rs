@@ -108,11 +108,6 @@ impl QuotaSummary {
     }
 
     /// The metrics of `brand` in `period`, in metric order.
-    /// Move the rows of `brand` and `period` out (see `ReadModels::take_period_models`).
-    pub(crate) fn take(&mut self, brand: &BrandId, period: PeriodKey) -> Option<PeriodQuotas> {
-        self.rows.take(brand, period)
-    }
-
     pub fn period(&self, brand: &BrandId, period: PeriodKey) -> Option<&PeriodQuotas> {
         self.rows.get(brand, period)
     }
@@ -130,57 +125,50 @@ impl QuotaSummary {
     pub fn iter(&self) -> impl Iterator<Item = (&BrandId, PeriodKey, &PeriodQuotas)> {
         self.rows.iter()
     }
+}
 
-    fn opened(&mut self, brand: &BrandId, period: PeriodKey, event: &LedgerEvent) {
-        let LedgerEvent::PeriodOpened { plan, at, .. } = event else {
-            return;
-        };
-        let rows = self.rows.get_or_insert_with(brand, period, BTreeMap::new);
-        for (metric, t) in totals::opening(event) {
-            let base = plan.quota(&metric).map(|q| q.limit);
-            rows.insert(metric, MetricQuota::new(base, &t, *at));
+/// Fold one event of a brand-period stream into its rows: the quotas' one rule, for
+/// [`QuotaSummary`] and for `PeriodModels` alike.
+pub(crate) fn fold_rows(rows: &mut PeriodQuotas, event: &LedgerEvent) {
+    match event {
+        LedgerEvent::PeriodOpened { plan, at, .. } => {
+            for (metric, t) in totals::opening(event) {
+                let base = plan.quota(&metric).map(|q| q.limit);
+                rows.insert(metric, MetricQuota::new(base, &t, *at));
+            }
         }
-    }
-
-    fn plan_applied(&mut self, brand: &BrandId, period: PeriodKey, event: &LedgerEvent) {
-        let LedgerEvent::PlanApplied {
+        LedgerEvent::PlanApplied {
             plan, totals, at, ..
-        } = event
-        else {
-            return;
-        };
-        let rows = self.rows.get_or_insert_with(brand, period, BTreeMap::new);
-        // An untouched metric the new plan has no quota for has nothing to show.
-        rows.retain(|m, _| totals.contains_key(m) || plan.quota(m).is_some());
-        let metrics = plan.quotas.iter().map(|q| &q.metric).chain(totals.keys());
-        for metric in metrics {
-            let t = totals
-                .get(metric)
-                .copied()
-                .unwrap_or_else(|| totals::untouched(plan, metric));
-            let base = plan.quota(metric).map(|q| q.limit);
-            match rows.get_mut(metric) {
-                Some(row) => {
-                    row.base_limit = base;
-                    row.set(&t, *at);
-                }
-                None => {
-                    rows.insert(metric.clone(), MetricQuota::new(base, &t, *at));
+        } => {
+            // An untouched metric the new plan has no quota for has nothing to show.
+            rows.retain(|m, _| totals.contains_key(m) || plan.quota(m).is_some());
+            let metrics = plan.quotas.iter().map(|q| &q.metric).chain(totals.keys());
+            for metric in metrics {
+                let t = totals
+                    .get(metric)
+                    .copied()
+                    .unwrap_or_else(|| totals::untouched(plan, metric));
+                let base = plan.quota(metric).map(|q| q.limit);
+                match rows.get_mut(metric) {
+                    Some(row) => {
+                        row.base_limit = base;
+                        row.set(&t, *at);
+                    }
+                    None => {
+                        rows.insert(metric.clone(), MetricQuota::new(base, &t, *at));
+                    }
                 }
             }
         }
-    }
-
-    fn usage(&mut self, brand: &BrandId, period: PeriodKey, event: &LedgerEvent) {
-        let Some((metric, t)) = totals::carried(event) else {
-            return;
-        };
-        let at = totals::at_of(event);
-        let top_up_units = match event {
-            LedgerEvent::TopUpApplied { units, .. } => *units,
-            _ => 0,
-        };
-        self.rows.with(brand, period, BTreeMap::new, |rows| {
+        _ => {
+            let Some((metric, t)) = totals::carried(event) else {
+                return;
+            };
+            let at = totals::at_of(event);
+            let top_up_units = match event {
+                LedgerEvent::TopUpApplied { units, .. } => *units,
+                _ => 0,
+            };
             match rows.get_mut(metric) {
                 Some(row) => {
                     row.top_up_units += top_up_units;
@@ -194,7 +182,24 @@ impl QuotaSummary {
                     rows.insert(metric.clone(), row);
                 }
             }
-        });
+        }
+    }
+}
+
+/// Whether [`fold_rows`] changes anything for `event`.
+fn concerns_quotas(event: &LedgerEvent) -> bool {
+    match event {
+        LedgerEvent::PeriodOpened { .. } | LedgerEvent::PlanApplied { .. } => true,
+        LedgerEvent::UsageRecorded { .. }
+        | LedgerEvent::GaugeLevelSet { .. }
+        | LedgerEvent::UsageAdjusted { .. }
+        | LedgerEvent::TopUpApplied { .. }
+        | LedgerEvent::QuotaReserved { .. }
+        | LedgerEvent::HoldReleased { .. } => totals::carried(event).is_some(),
+        LedgerEvent::UsageDenied { .. }
+        | LedgerEvent::ThresholdCrossed { .. }
+        | LedgerEvent::ThresholdResolved { .. }
+        | LedgerEvent::PeriodClosed { .. } => false,
     }
 }
 
@@ -210,19 +215,9 @@ impl ReadModel for QuotaSummary {
         let Some((brand, period, e)) = event.as_period() else {
             return;
         };
-        match e {
-            LedgerEvent::PeriodOpened { .. } => self.opened(brand, period, e),
-            LedgerEvent::PlanApplied { .. } => self.plan_applied(brand, period, e),
-            LedgerEvent::UsageRecorded { .. }
-            | LedgerEvent::GaugeLevelSet { .. }
-            | LedgerEvent::UsageAdjusted { .. }
-            | LedgerEvent::TopUpApplied { .. }
-            | LedgerEvent::QuotaReserved { .. }
-            | LedgerEvent::HoldReleased { .. } => self.usage(brand, period, e),
-            LedgerEvent::UsageDenied { .. }
-            | LedgerEvent::ThresholdCrossed { .. }
-            | LedgerEvent::ThresholdResolved { .. }
-            | LedgerEvent::PeriodClosed { .. } => {}
+        if concerns_quotas(e) {
+            self.rows
+                .with(brand, period, BTreeMap::new, |rows| fold_rows(rows, e));
         }
     }
 }

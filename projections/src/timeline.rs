@@ -54,11 +54,6 @@ impl<T> Timeline<T> {
         self.entries.get(brand, period).map_or(&[], Vec::as_slice)
     }
 
-    /// Move the entries of `brand` and `period` out (see `ReadModels::take_period_models`).
-    pub(crate) fn take(&mut self, brand: &BrandId, period: PeriodKey) -> Vec<T> {
-        self.entries.take(brand, period).unwrap_or_default()
-    }
-
     /// Every brand-period with entries, in brand then period order.
     pub fn iter(&self) -> impl Iterator<Item = (&BrandId, PeriodKey, &[T])> {
         self.entries.iter().map(|(b, p, v)| (b, p, v.as_slice()))
@@ -89,20 +84,32 @@ impl<T: TimelineEntry> ReadModel for Timeline<T> {
 
     fn fold(&mut self, event: &ProjectedEvent, _: &Admitted) {
         match T::of(event) {
-            Some((brand, period, Change::Add(entry))) => {
+            Some((brand, period, change @ Change::Add(_))) => {
                 self.entries
-                    .with(brand, period, Vec::new, |entries| entries.push(entry));
+                    .with(brand, period, Vec::new, |entries| change.fold(entries));
             }
-            Some((brand, period, Change::Remove(key))) => {
+            Some((brand, period, change @ Change::Remove(_))) => {
                 let Some(entries) = self.entries.get_mut(brand, period) else {
                     return;
                 };
-                entries.retain(|e| e.key() != key);
+                change.fold(entries);
+                // An emptied list is no list, so a model equals one that never had it.
                 if entries.is_empty() {
                     self.entries.remove(brand, period);
                 }
             }
             None => {}
+        }
+    }
+}
+
+impl<T: TimelineEntry> Change<T> {
+    /// Apply the change to a brand-period's list: the timelines' one rule, for
+    /// [`Timeline`] and for `PeriodModels` alike.
+    pub(crate) fn fold(self, entries: &mut Vec<T>) {
+        match self {
+            Change::Add(entry) => entries.push(entry),
+            Change::Remove(key) => entries.retain(|e| e.key() != key),
         }
     }
 }

@@ -1,9 +1,9 @@
 //! The read models' consumer: folds the log into `ledger_projections` models kept in a
 //! bounded memory, serves reads from there, and persists what changed in the store.
 //!
-//! Per batch it takes the brand-periods the batch touches from memory (their stored
-//! rows for those it does not hold, one query), folds the batch into them, and keeps
-//! them as changed. Changed brand-periods are written, with the checkpoint that covers
+//! Per batch it folds each brand-period the batch touches on its own: where memory
+//! holds it (copied only while a reader or a write still holds it), or from its stored
+//! row (one query for all those memory does not hold); then it keeps them as changed. Changed brand-periods are written, with the checkpoint that covers
 //! them, in one transaction (compare and set) at most every
 //! [`ReadModelsConfig::flush_interval`], when [`ReadModelsConfig::flush_rows_max`]
 //! of them wait, when room must be made, or when asked ([`Projector::persist`]): a
@@ -20,7 +20,7 @@
 //! the stored rows are written by whichever persists first, and one that finds the
 //! checkpoint moved on either finds its rows covered or writes them from there.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use ledger_aggregates::ids::period_stream_id;
 use ledger_aggregates::{BrandId, PeriodKey};
-use ledger_projections::{Delivery, LogPosition, LogRecord, PeriodModels, ReadModels};
+use ledger_projections::{Delivery, LogPosition, LogRecord, PeriodModels, ProjectedEvent};
 use lru::LruCache;
 use tokio::sync::watch;
 
@@ -43,6 +43,10 @@ use crate::store::{ModelRow, ProjectionStore, READ_MODELS_PROJECTOR};
 pub const CATCH_UP_WAIT_MAX: Duration = Duration::from_secs(2);
 /// Times a persist retries from a checkpoint another process moved.
 const PERSIST_RETRIES_MAX: u32 = 8;
+/// A stream with at most this many events in a batch is folded in memory under its
+/// lock (microseconds); one with more, a hot brand's, is folded on a copy, whose cost
+/// its events share, so that readers never wait for the fold.
+const FOLD_IN_PLACE_EVENTS_MAX: usize = 64;
 
 /// Limits of the read models' memory and writes.
 #[derive(Debug, Clone)]
@@ -314,11 +318,69 @@ struct ReadModelConsumer {
     config: ReadModelsConfig,
 }
 
-/// One stream a batch touches.
-struct Touched {
+/// One stream a batch touches, and its events in the batch, in order.
+struct Stream {
     id: String,
     brand: BrandId,
     period: PeriodKey,
+    events: Vec<ProjectedEvent>,
+}
+
+impl Stream {
+    /// A hole between what the models hold (`sequence`) and the batch's events: the
+    /// log was read wrong, and nothing of the batch may be folded.
+    fn check(&self, mut sequence: u64) -> Result<(), TailError> {
+        for event in &self.events {
+            if event.sequence > sequence + 1 {
+                return Err(TailError::Gap {
+                    stream: self.id.clone(),
+                    expected: sequence + 1,
+                    got: event.sequence,
+                });
+            }
+            sequence = sequence.max(event.sequence);
+        }
+        Ok(())
+    }
+
+    /// Fold the events, checked first ([`Stream::check`]); redeliveries count once.
+    fn fold(&self, models: &mut PeriodModels) {
+        for event in &self.events {
+            let delivery = models.apply(event);
+            debug_assert!(!matches!(delivery, Delivery::AppliedAfterGap { .. }));
+        }
+    }
+
+    fn last_sequence(&self) -> u64 {
+        self.events.last().map_or(0, |e| e.sequence)
+    }
+}
+
+/// The batch's brand-period events, decoded and grouped by stream in the order the
+/// streams first appear. Registry events change no read model (plans reach them as
+/// period events).
+fn by_stream(records: &[LogRecord]) -> Result<Vec<Stream>, TailError> {
+    let mut streams: Vec<Stream> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for record in records {
+        let event = record.decode()?;
+        let Some((brand, period, _)) = event.as_period() else {
+            continue;
+        };
+        let at = *index
+            .entry(record.aggregate_id.as_str())
+            .or_insert_with(|| {
+                streams.push(Stream {
+                    id: record.aggregate_id.clone(),
+                    brand: brand.clone(),
+                    period,
+                    events: Vec::new(),
+                });
+                streams.len() - 1
+            });
+        streams[at].events.push(event);
+    }
+    Ok(streams)
 }
 
 #[async_trait]
@@ -343,40 +405,33 @@ impl Consumer for ReadModelConsumer {
         let last = records
             .last()
             .expect("the loop hands over non-empty batches");
-        let mut events = Vec::with_capacity(records.len());
-        let mut seen: HashSet<String> = HashSet::new();
-        let mut touched: Vec<Touched> = Vec::new();
-        for record in records {
-            let event = record.decode()?;
-            // Registry events change no read model (plans reach them as period events).
-            if let Some((brand, period, _)) = event.as_period() {
-                if !seen.contains(record.aggregate_id.as_str()) {
-                    seen.insert(record.aggregate_id.clone());
-                    touched.push(Touched {
-                        id: record.aggregate_id.clone(),
-                        brand: brand.clone(),
-                        period,
-                    });
-                }
-                events.push(event);
+        let streams = by_stream(records)?;
+        let mut stored = self.load_missing(&streams).await?;
+        // Every stream is checked before any is folded: a batch with a hole changes
+        // nothing, and is read again (and refused again) on the next try.
+        {
+            let entries = self.memory.entries.lock().expect("models lock");
+            for stream in &streams {
+                let sequence = match entries.peek(&stream.id) {
+                    Some(e) => e.models.sequence,
+                    None => stored.get(&stream.id).map_or(0, |m| m.sequence),
+                };
+                stream.check(sequence)?;
             }
         }
-        let mut models = self.restore(&touched).await?;
-        for event in &events {
-            if let Delivery::AppliedAfterGap { expected } = models.apply(event) {
-                return Err(TailError::Gap {
-                    stream: event.stream_id(),
-                    expected,
-                    got: event.sequence,
-                });
-            }
-        }
-        self.keep(touched, models).await?;
+        let folded = self.fold_held(&streams, &mut stored);
+        self.keep(folded).await?;
+        self.marks
+            .settle(streams.iter().map(|s| (s.id.as_str(), s.last_sequence())));
+        self.memory.folded.send_modify(|n| *n = n.wrapping_add(1));
         self.position = last.at;
         // A log that never lets the consumer catch up still gets its writes on time.
         let due = self.persisted_at.elapsed() >= self.config.flush_interval;
         if due || self.changed.len() >= self.config.flush_rows_max {
             self.flush_soon().await?;
+        } else if self.inflight.as_ref().is_some_and(|f| f.task.is_finished()) {
+            // Marked written as soon as it is, so the next fold needs no copy.
+            self.finish_flush().await?;
         }
         Ok(last.at)
     }
@@ -399,70 +454,106 @@ impl Consumer for ReadModelConsumer {
 }
 
 impl ReadModelConsumer {
-    /// The touched streams' models as they stand, from memory or their stored rows.
-    async fn restore(&self, touched: &[Touched]) -> Result<ReadModels, TailError> {
-        let mut models = ReadModels::new();
-        let mut missing = Vec::new();
-        {
+    /// The stored rows of the streams memory does not hold, in one query.
+    async fn load_missing(
+        &self,
+        streams: &[Stream],
+    ) -> Result<HashMap<String, PeriodModels>, TailError> {
+        let keys: Vec<(String, String)> = {
             let entries = self.memory.entries.lock().expect("models lock");
-            for t in touched {
-                match entries.peek(&t.id) {
-                    Some(e) => models.restore(&t.brand, t.period, PeriodModels::clone(&e.models)),
-                    None => missing.push((t.brand.to_string(), t.period.to_string())),
-                }
+            streams
+                .iter()
+                .filter(|s| !entries.contains(&s.id))
+                .map(|s| (s.brand.to_string(), s.period.to_string()))
+                .collect()
+        };
+        let mut stored = HashMap::with_capacity(keys.len());
+        if !keys.is_empty() {
+            for row in self.store.load_models(&keys).await? {
+                let (brand, period, models) = models_from_row(&row)?;
+                stored.insert(period_stream_id(&brand, period), models);
             }
         }
-        if !missing.is_empty() {
-            for row in self.store.load_models(&missing).await? {
-                let (brand, period, stored) = models_from_row(&row)?;
-                models.restore(&brand, period, stored);
-            }
-        }
-        Ok(models)
+        Ok(stored)
     }
 
-    /// Put the folded streams in memory as changed, making room first, then tell the
-    /// readers waiting for them.
-    async fn keep(
+    /// Fold the streams memory holds where they are, and answer the others folded from
+    /// their `stored` rows (or from nothing). A stream nobody reads (or writes) at the
+    /// moment is folded in place; one still shared is copied first. A stream with more
+    /// than [`FOLD_IN_PLACE_EVENTS_MAX`] events in the batch is folded on a copy,
+    /// outside the lock, so readers never wait for it.
+    fn fold_held<'a>(
         &mut self,
-        touched: Vec<Touched>,
-        mut models: ReadModels,
-    ) -> Result<(), TailError> {
-        let mut folded = Vec::with_capacity(touched.len());
-        for t in touched {
-            // A stream whose events were all redeliveries of nothing stored has no models.
-            if let Some(m) = models.take_period_models(&t.brand, t.period) {
-                folded.push((t, Arc::new(m)));
+        streams: &'a [Stream],
+        stored: &mut HashMap<String, PeriodModels>,
+    ) -> Vec<(&'a Stream, Arc<PeriodModels>)> {
+        let mut missing = Vec::new();
+        let mut large = Vec::new();
+        {
+            let mut entries = self.memory.entries.lock().expect("models lock");
+            for stream in streams {
+                let Some(e) = entries.get_mut(&stream.id) else {
+                    missing.push(stream);
+                    continue;
+                };
+                if stream.events.len() > FOLD_IN_PLACE_EVENTS_MAX {
+                    large.push((stream, PeriodModels::clone(&e.models)));
+                    continue;
+                }
+                stream.fold(Arc::make_mut(&mut e.models));
+                e.changed = true;
+                self.changed.insert(stream.id.clone());
             }
+        }
+        for (stream, mut models) in large {
+            stream.fold(&mut models);
+            let mut entries = self.memory.entries.lock().expect("models lock");
+            let e = entries
+                .peek_mut(&stream.id)
+                .expect("only the consumer evicts, and it is here");
+            e.models = Arc::new(models);
+            e.changed = true;
+            self.changed.insert(stream.id.clone());
+        }
+        missing
+            .into_iter()
+            .map(|stream| {
+                let mut models = stored.remove(&stream.id).unwrap_or_default();
+                stream.fold(&mut models);
+                (stream, Arc::new(models))
+            })
+            .collect()
+    }
+
+    /// Put the streams folded outside memory in it as changed, making room first.
+    async fn keep(&mut self, folded: Vec<(&Stream, Arc<PeriodModels>)>) -> Result<(), TailError> {
+        if folded.is_empty() {
+            return Ok(());
         }
         loop {
             {
                 let mut entries = self.memory.entries.lock().expect("models lock");
                 let adding = folded
                     .iter()
-                    .filter(|(t, _)| !entries.contains(&t.id))
+                    .filter(|(s, _)| !entries.contains(&s.id))
                     .count();
                 if make_room(&mut entries, &self.memory, adding) {
-                    for (t, m) in &folded {
+                    for (s, m) in &folded {
                         let entry = Entry {
-                            brand: t.brand.clone(),
-                            period: t.period,
+                            brand: s.brand.clone(),
+                            period: s.period,
                             models: m.clone(),
                             changed: true,
                         };
-                        entries.put(t.id.clone(), entry);
-                        self.changed.insert(t.id.clone());
+                        entries.put(s.id.clone(), entry);
+                        self.changed.insert(s.id.clone());
                     }
-                    break;
+                    return Ok(());
                 }
             }
             // Only changed brand-periods stand in the way: write them, then evict.
             self.flush().await?;
         }
-        self.marks
-            .settle(folded.iter().map(|(t, m)| (t.id.as_str(), m.sequence)));
-        self.memory.folded.send_modify(|n| *n = n.wrapping_add(1));
-        Ok(())
     }
 
     /// Write what changed now, and wait for it (and for a write in flight first).
@@ -502,29 +593,27 @@ impl ReadModelConsumer {
             }
             return;
         }
-        let held: Vec<(String, BrandId, PeriodKey, Arc<PeriodModels>)> = {
+        let mut written = Vec::with_capacity(self.changed.len());
+        let held: Vec<(BrandId, PeriodKey, Arc<PeriodModels>)> = {
             let entries = self.memory.entries.lock().expect("models lock");
             self.changed
                 .drain()
                 .filter_map(|id| {
                     let e = entries.peek(&id)?;
-                    Some((id, e.brand.clone(), e.period, e.models.clone()))
+                    written.push((id, e.models.sequence));
+                    Some((e.brand.clone(), e.period, e.models.clone()))
                 })
                 .collect()
         };
-        let rows: Vec<(BrandId, PeriodKey, Arc<PeriodModels>)> = held
-            .iter()
-            .map(|(_, b, p, m)| (b.clone(), *p, m.clone()))
-            .collect();
         let (store, from, to) = (self.store.clone(), self.persisted, self.position);
         let task = tokio::spawn(async move {
-            let rows: Vec<ModelRow> = rows.iter().map(|(b, p, m)| row_of(b, *p, m)).collect();
+            let rows: Vec<ModelRow> = held.iter().map(|(b, p, m)| row_of(b, *p, m)).collect();
+            // Let go of the models before the write's round trips: the consumer folds
+            // in place those nobody else holds.
+            drop(held);
             persist(store.as_ref(), from, to, &rows).await
         });
-        self.inflight = Some(Flush {
-            task,
-            written: held.into_iter().map(|(id, _, _, m)| (id, m)).collect(),
-        });
+        self.inflight = Some(Flush { task, written });
     }
 
     /// Wait for the write in flight, if any: what it wrote is no longer changed (unless
@@ -542,9 +631,9 @@ impl ReadModelConsumer {
             Ok(persisted) => {
                 self.persisted = self.persisted.max(persisted);
                 let mut entries = self.memory.entries.lock().expect("models lock");
-                for (id, written) in &flush.written {
+                for (id, sequence) in &flush.written {
                     if let Some(e) = entries.peek_mut(id) {
-                        if Arc::ptr_eq(&e.models, written) {
+                        if e.models.sequence == *sequence {
                             e.changed = false;
                         }
                     }
@@ -563,9 +652,9 @@ impl ReadModelConsumer {
 /// A write of changed brand-periods in flight.
 struct Flush {
     task: tokio::task::JoinHandle<Result<LogPosition, TailError>>,
-    /// What it writes: an entry still holding the same models once it is done is
-    /// written.
-    written: Vec<(String, Arc<PeriodModels>)>,
+    /// What it writes, each stream at the sequence it was folded to: an entry still at
+    /// that sequence once it is done is written (every fold moves the sequence on).
+    written: Vec<(String, u64)>,
 }
 
 /// Write `rows` and move the checkpoint from `from` to `to` (compare and set). Answers
