@@ -143,12 +143,21 @@ pub fn pressure_of(summary: &PeriodSummary) -> Decimal {
 /// The brands of `period` whose highest metric percentage is at least `threshold`,
 /// most pressed first, at most `max`: from the models in memory and the stored rows
 /// (memory wins, it is as new or newer), what a pressure connection's snapshot holds.
+/// Like every read, it holds what was committed before it: it waits for the read
+/// models to take that in (bounded, then answers from what they hold).
 pub async fn pressed(
     ledger: &crate::ledger::Ledger,
     period: PeriodKey,
     threshold: Decimal,
     max: usize,
 ) -> Result<Vec<BrandId>, crate::ledger::QueryError> {
+    if !ledger
+        .projector
+        .catch_up(crate::tail::projector::CATCH_UP_WAIT_MAX)
+        .await
+    {
+        tracing::warn!(status = ?ledger.projector.status(), "read models are behind the log");
+    }
     let mut found: HashMap<BrandId, Decimal> = HashMap::new();
     let rows = ledger
         .stores
