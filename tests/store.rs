@@ -9,8 +9,8 @@ use std::sync::Arc;
 use ledger_aggregates::BrandId;
 use ledger_projections::LogPosition;
 use usage_ledger::store::{
-    ApiKeyStore, EventLog, ModelRow, NewApiKey, NewEvent, NewSnapshot, PostgresLog,
-    ProjectionStore, SqliteLog, StoreError, StoredEvent, READ_MODELS_PROJECTOR,
+    read_log_shared, ApiKeyStore, EventLog, ModelRow, NewApiKey, NewEvent, NewSnapshot,
+    PostgresLog, ProjectionStore, SqliteLog, StoreError, StoredEvent, READ_MODELS_PROJECTOR,
 };
 
 use common::TestDb;
@@ -361,6 +361,40 @@ async fn the_models_checkpoint_moves_only_from_where_it_was_read(db: &TestDb) {
 on_both_stores!(
     the_models_checkpoint_moves_only_from_where_it_was_read,
     the_models_checkpoint_moves_only_from_where_it_was_read
+);
+
+async fn consumers_woken_together_share_one_read_and_never_a_stale_one(db: &TestDb) {
+    // Three readers that ask for the same position in the same moment get one read
+    // between them; a reader that asks after an append sees it, never the earlier read.
+    let s = open(db).await;
+    append_stream(&s.log, "acme:2026-11", 3).await;
+    let reads = || {
+        let store = s.models.clone();
+        async move {
+            read_log_shared(store.as_ref(), LogPosition::START, 100)
+                .await
+                .unwrap()
+        }
+    };
+    let (a, b, c) = tokio::join!(reads(), reads(), reads());
+    assert_eq!(a.len(), 3);
+    assert!(
+        Arc::ptr_eq(&a, &b) && Arc::ptr_eq(&a, &c),
+        "one read for the three"
+    );
+    assert_eq!(s.models.shared_reads().joined(), 2);
+
+    s.log
+        .append(&[event("acme:2026-11", 4)], &[])
+        .await
+        .expect("append");
+    let after = reads().await;
+    assert_eq!(after.len(), 4, "a later read is a read of its own");
+    assert_eq!(s.models.shared_reads().joined(), 2);
+}
+on_both_stores!(
+    consumers_woken_together_share_one_read_and_never_a_stale_one,
+    consumers_woken_together_share_one_read_and_never_a_stale_one
 );
 
 fn brand(name: &str) -> BrandId {

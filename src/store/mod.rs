@@ -23,6 +23,7 @@ pub(crate) mod rows;
 pub mod sqlite;
 pub mod stats;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -224,6 +225,103 @@ impl CommitSignal {
     }
 }
 
+/// Reads of the log that several of this process's consumers ask for at once, made
+/// once. A read joins another only while that one has not started: what it answers was
+/// then read after the join, so it holds every event committed before, as a read of its
+/// own would. The consumers a commit wakes ask for the same position in the same
+/// moment; the first waits one turn of the scheduler for the others before it reads.
+#[derive(Debug, Default)]
+pub struct SharedReads {
+    /// Reads not yet started, by position and limit.
+    pending: std::sync::Mutex<HashMap<(LogPosition, i64), SharedRead>>,
+    /// Reads answered to a consumer that joined another's.
+    joined: std::sync::atomic::AtomicU64,
+}
+
+/// What a read answers those that joined it: `None` while it runs; a failed read
+/// answers nothing, and each of them reads on its own.
+type SharedRead = tokio::sync::watch::Receiver<Option<Arc<Vec<LogRecord>>>>;
+
+impl SharedReads {
+    /// Reads answered to a consumer that joined another's, since start.
+    pub fn joined(&self) -> u64 {
+        self.joined.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// [`ProjectionStore::read_log`] after `after`, made once for every consumer of this
+/// process that asks for the same at the same moment (see [`SharedReads`]).
+pub async fn read_log_shared(
+    store: &dyn ProjectionStore,
+    after: LogPosition,
+    limit: i64,
+) -> Result<Arc<Vec<LogRecord>>, StoreError> {
+    let reads = store.shared_reads();
+    let key = (after, limit);
+    let joined: Result<SharedRead, _> = {
+        let mut pending = reads.pending.lock().expect("pending reads lock");
+        match pending.get(&key) {
+            Some(read) => Ok(read.clone()),
+            None => {
+                let (answer, read) = tokio::sync::watch::channel(None);
+                pending.insert(key, read);
+                Err(answer)
+            }
+        }
+    };
+    let mut read = match joined {
+        Ok(read) => read,
+        Err(answer) => return lead(store, reads, key, answer).await,
+    };
+    if let Ok(records) = read.wait_for(Option::is_some).await {
+        if let Some(records) = records.as_ref() {
+            reads
+                .joined
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(records.clone());
+        }
+    }
+    // The read failed, or its caller went away: read alone.
+    Ok(Arc::new(store.read_log(after, None, limit).await?))
+}
+
+/// Let the consumers woken with this one join, then read for all of them.
+async fn lead(
+    store: &dyn ProjectionStore,
+    reads: &SharedReads,
+    key: (LogPosition, i64),
+    answer: tokio::sync::watch::Sender<Option<Arc<Vec<LogRecord>>>>,
+) -> Result<Arc<Vec<LogRecord>>, StoreError> {
+    /// Takes the read off the list of those one may join, also if its caller goes away.
+    struct Unlist<'a> {
+        reads: &'a SharedReads,
+        key: (LogPosition, i64),
+        read: SharedRead,
+    }
+    impl Drop for Unlist<'_> {
+        fn drop(&mut self) {
+            let mut pending = self.reads.pending.lock().expect("pending reads lock");
+            if pending
+                .get(&self.key)
+                .is_some_and(|r| r.same_channel(&self.read))
+            {
+                pending.remove(&self.key);
+            }
+        }
+    }
+    let unlist = Unlist {
+        reads,
+        key,
+        read: answer.subscribe(),
+    };
+    tokio::task::yield_now().await;
+    // From here on, a consumer that asks reads after this read began: not for it.
+    drop(unlist);
+    let records = Arc::new(store.read_log(key.0, None, key.1).await?);
+    answer.send_replace(Some(records.clone()));
+    Ok(records)
+}
+
 // --- The read models and their checkpoint -----------------------------------------------
 //
 // What the projector and the replay need from a store: the log in global commit order,
@@ -312,6 +410,9 @@ pub trait ProjectionStore: Send + Sync + 'static {
     /// Notified after events commit: by this process's appends at once, and on
     /// PostgreSQL by every process's commits through LISTEN/NOTIFY.
     async fn watch_commits(&self) -> Result<Arc<Notify>, StoreError>;
+
+    /// The reads of the log this process's consumers share ([`read_log_shared`]).
+    fn shared_reads(&self) -> &SharedReads;
 }
 
 // --- API keys ---------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 //! stands, with its status (position, events, lag, last error).
 //!
 //! The loop reads the log in global order after the consumer's position (never past a
-//! transaction that may still commit, see [`ProjectionStore::read_log`]), hands each
+//! transaction that may still commit, see [`ProjectionStore::read_log`]; one read for
+//! the consumers a commit wakes together, see [`crate::store::SharedReads`]), hands each
 //! batch to the [`Consumer`], and moves on to where the consumer says it stands. It
 //! wakes on this process's commits at once, on every process's commits on PostgreSQL
 //! (LISTEN/NOTIFY), and polls as a safety net; a failed pass is retried after a pause.
@@ -38,7 +39,7 @@ use ledger_projections::{LogPosition, LogRecord};
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
-use crate::store::{ProjectionStore, StoreError};
+use crate::store::{read_log_shared, ProjectionStore, StoreError};
 pub use rows::RowError;
 
 /// Events read and handed to a consumer per batch: large enough to amortize a commit,
@@ -293,7 +294,7 @@ async fn pass<C: Consumer>(
 ) -> Result<(), TailError> {
     loop {
         let from = *s.position.lock().expect("position lock");
-        let records = store.read_log(from, None, TAIL_BATCH_EVENTS_MAX).await?;
+        let records = read_log_shared(store, from, TAIL_BATCH_EVENTS_MAX).await?;
         if records.is_empty() {
             return consumer.caught_up(persist).await;
         }

@@ -35,8 +35,12 @@ pub const PG_POOL_CONNECTIONS_MAX: u32 = 16;
 /// instead of piling up: with the database gone, callers hear so within a second, and
 /// the pool reconnects by itself once it is back.
 pub const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
-/// A kept append connection idle longer than this is pinged before its next append.
+/// A kept append (or log-read) connection idle longer than this is pinged before its
+/// next statement.
 pub const PG_APPENDER_PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+/// Log-read connections kept between reads: the process's consumers, whose reads are
+/// mostly shared. A read beyond them takes one more out of the pool, closed after it.
+pub const PG_LOG_READERS_KEPT_MAX: usize = 4;
 
 pub struct PostgresLog {
     pool: PgPool,
@@ -45,11 +49,54 @@ pub struct PostgresLog {
     /// per statement (sqlx pings it when it is acquired and again when it is returned),
     /// and both are on a caller's critical path. One connection per concurrent
     /// statement: normally two (the writer's and the prober's), `writer_shards + 1` at most.
-    appenders: std::sync::Mutex<Vec<(PgConnection, Instant)>>,
+    appenders: Kept,
+    /// Connections taken out of the pool for the log reads of the consumers
+    /// (`ProjectionStore::read_log`), set up once for them and kept between reads: a read
+    /// is then one round trip, where a pooled one took five (ping, begin, the planner
+    /// setting, the read, commit).
+    log_readers: Kept,
     /// Notified after each append of this process commits (see `ProjectionStore`).
     commits: std::sync::Arc<crate::store::CommitSignal>,
+    /// The log reads this process's consumers share.
+    reads: crate::store::SharedReads,
     /// When the tables' statistics are refreshed.
     stats: std::sync::Arc<super::stats::StatsDue>,
+}
+
+/// Connections taken out of the pool and kept between statements of one kind, so that
+/// a statement skips the pool's two pings (when acquired, when returned) and the
+/// connection keeps the session settings of its kind.
+#[derive(Default)]
+struct Kept {
+    idle: std::sync::Mutex<Vec<(PgConnection, Instant)>>,
+}
+
+impl Kept {
+    /// A kept connection, or a new one taken out of the pool and given `session`
+    /// settings. One kept idle for a while is pinged first, as the pool would: the
+    /// server may have closed it since, and an append failing on a dead socket could not
+    /// tell its callers that nothing was written.
+    async fn take(&self, pool: &PgPool, session: &[&str]) -> Result<PgConnection, StoreError> {
+        let kept = self.idle.lock().expect("never held across a panic").pop();
+        if let Some((mut conn, used)) = kept {
+            if used.elapsed() < PG_APPENDER_PING_IDLE_AFTER || conn.ping().await.is_ok() {
+                return Ok(conn);
+            }
+        }
+        let mut conn = pool.acquire().await?.detach();
+        for statement in session {
+            sqlx::query(statement).execute(&mut conn).await?;
+        }
+        Ok(conn)
+    }
+
+    /// Keep `conn` for the next statement, unless `max` are kept already (it closes).
+    fn keep(&self, conn: PgConnection, max: usize) {
+        let mut idle = self.idle.lock().expect("never held across a panic");
+        if idle.len() < max {
+            idle.push((conn, Instant::now()));
+        }
+    }
 }
 
 impl PostgresLog {
@@ -65,7 +112,9 @@ impl PostgresLog {
         Ok(Self {
             pool,
             appenders: Default::default(),
+            log_readers: Default::default(),
             commits: Default::default(),
+            reads: Default::default(),
             stats: Default::default(),
         })
     }
@@ -88,29 +137,26 @@ impl PostgresLog {
         });
     }
 
-    /// A kept append connection, or a new one taken out of the pool. One kept idle for a
-    /// while is pinged first, as the pool would: the server may have closed it since, and
-    /// an append failing on a dead socket could not tell its callers that nothing was
-    /// written.
+    /// A kept append connection, or a new one taken out of the pool.
     async fn appender(&self) -> Result<PgConnection, StoreError> {
-        let kept = self
-            .appenders
-            .lock()
-            .expect("never held across a panic")
-            .pop();
-        if let Some((mut conn, used)) = kept {
-            if used.elapsed() < PG_APPENDER_PING_IDLE_AFTER || conn.ping().await.is_ok() {
-                return Ok(conn);
-            }
-        }
-        Ok(self.pool.acquire().await?.detach())
+        self.appenders.take(&self.pool, &[]).await
     }
 
     fn keep_appender(&self, conn: PgConnection) {
-        self.appenders
-            .lock()
-            .expect("never held across a panic")
-            .push((conn, Instant::now()));
+        // One per concurrent append: at most one per writer shard and the prober.
+        self.appenders.keep(conn, usize::MAX);
+    }
+
+    /// A kept log-read connection, or a new one taken out of the pool and set up for
+    /// reading the log in index order (see `read_log`).
+    async fn log_reader(&self) -> Result<PgConnection, StoreError> {
+        self.log_readers
+            .take(&self.pool, &["SET enable_sort = off"])
+            .await
+    }
+
+    fn keep_log_reader(&self, conn: PgConnection) {
+        self.log_readers.keep(conn, PG_LOG_READERS_KEPT_MAX);
     }
 
     pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {

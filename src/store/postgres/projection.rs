@@ -181,12 +181,10 @@ impl ProjectionStore for PostgresLog {
         // sorts everything left of the log for each page (177 ms a page of 10,000 on
         // 100,000 events, against 7 ms walking the index). Sorting is never needed
         // here: the index is the order.
-        let mut tx = self.pool().begin().await?;
-        sqlx::query("SET LOCAL enable_sort = off")
-            .execute(&mut *tx)
-            .await?;
-        let rows = q.fetch_all(&mut *tx).await?;
-        tx.commit().await?;
+        // The log-read connections have sorting off for their session.
+        let mut conn = self.log_reader().await?;
+        let rows = q.fetch_all(&mut conn).await?;
+        self.keep_log_reader(conn);
         records(&rows)
     }
 
@@ -345,5 +343,9 @@ impl ProjectionStore for PostgresLog {
             }
         });
         Ok(signal)
+    }
+
+    fn shared_reads(&self) -> &crate::store::SharedReads {
+        &self.reads
     }
 }

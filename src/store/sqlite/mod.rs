@@ -36,6 +36,8 @@ pub struct SqliteLog {
     pool: SqlitePool,
     /// Notified after each append of this process commits (see `ProjectionStore`).
     commits: std::sync::Arc<crate::store::CommitSignal>,
+    /// The log reads this process's consumers share.
+    reads: crate::store::SharedReads,
     /// When the tables' statistics are refreshed.
     stats: std::sync::Arc<super::stats::StatsDue>,
 }
@@ -66,6 +68,7 @@ impl SqliteLog {
         Ok(Self {
             pool,
             commits: Default::default(),
+            reads: Default::default(),
             stats: Default::default(),
         })
     }

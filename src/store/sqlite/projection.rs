@@ -245,4 +245,8 @@ impl ProjectionStore for SqliteLog {
         // process's are found by the projector's poll.
         Ok(self.commit_signal())
     }
+
+    fn shared_reads(&self) -> &crate::store::SharedReads {
+        &self.reads
+    }
 }
