@@ -3,12 +3,12 @@
 //!
 //! Per batch it folds each brand-period the batch touches on its own: where memory
 //! holds it (copied only while a reader or a write still holds it), or from its stored
-//! row (one query for all those memory does not hold); then it keeps them as changed. Changed brand-periods are written, with the checkpoint that covers
-//! them, in one transaction (compare and set) at most every
-//! [`ReadModelsConfig::flush_interval`], when [`ReadModelsConfig::flush_rows_max`]
-//! of them wait, when room must be made, or when asked ([`Projector::persist`]): a
-//! hot brand-period folded a thousand times a second is written once a second, not a
-//! thousand times. The write runs in a task of its own while folding goes on, so no
+//! row (one query for all those memory does not hold); then it keeps them as changed.
+//! Changed brand-periods are written, with the checkpoint that covers them, in one
+//! transaction (compare and set) at most every [`ReadModelsConfig::flush_interval`],
+//! when [`ReadModelsConfig::flush_rows_max`] of them wait, when room must be made, or
+//! when asked ([`Projector::persist`]): a hot brand-period folded a thousand times a
+//! second is written once a second, not a thousand times. The write runs in a task of its own while folding goes on, so no
 //! read waits for it. The folds deduplicate by stream sequence, so a batch folded again
 //! after a crash (from the persisted checkpoint) counts once.
 //!
