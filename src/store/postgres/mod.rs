@@ -59,6 +59,8 @@ pub struct PostgresLog {
     commits: std::sync::Arc<crate::store::CommitSignal>,
     /// The log reads this process's consumers share.
     reads: crate::store::SharedReads,
+    /// Set once the process listens to every process's commits (`watch_commits`).
+    listening: tokio::sync::OnceCell<()>,
     /// When the tables' statistics are refreshed.
     stats: std::sync::Arc<super::stats::StatsDue>,
 }
@@ -115,6 +117,7 @@ impl PostgresLog {
             log_readers: Default::default(),
             commits: Default::default(),
             reads: Default::default(),
+            listening: Default::default(),
             stats: Default::default(),
         })
     }

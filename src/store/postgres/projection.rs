@@ -322,27 +322,34 @@ impl ProjectionStore for PostgresLog {
     }
 
     async fn watch_commits(&self) -> Result<Arc<Notify>, StoreError> {
-        let signal = self.commit_signal();
-        let mut listener = PgListener::connect_with(self.pool()).await?;
-        listener.listen(EVENTS_CHANNEL).await?;
-        let forward = Arc::clone(&signal);
-        tokio::spawn(async move {
-            // `recv` reconnects by itself after a lost connection (and then wakes the
-            // projector, which re-reads from its checkpoint: nothing is missed).
-            loop {
-                match listener.recv().await {
-                    Ok(_) => forward.notify_one(),
-                    // The store was closed: let the listener's connection go with it.
-                    Err(sqlx::Error::PoolClosed) => return,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "commit listener: reconnecting");
-                        forward.notify_one();
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        // One listener per process, which wakes every watcher: the consumers a
+        // notification wakes then ask for the log together and share one read of it.
+        self.listening
+            .get_or_try_init(|| async {
+                let mut listener = PgListener::connect_with(self.pool()).await?;
+                listener.listen(EVENTS_CHANNEL).await?;
+                let commits = Arc::clone(&self.commits);
+                tokio::spawn(async move {
+                    // `recv` reconnects by itself after a lost connection (and then
+                    // wakes the consumers, which re-read from where they stand: nothing
+                    // is missed).
+                    loop {
+                        match listener.recv().await {
+                            Ok(_) => commits.notify(),
+                            // The store was closed: let the listener's connection go.
+                            Err(sqlx::Error::PoolClosed) => return,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "commit listener: reconnecting");
+                                commits.notify();
+                                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                            }
+                        }
                     }
-                }
-            }
-        });
-        Ok(signal)
+                });
+                Ok::<(), StoreError>(())
+            })
+            .await?;
+        Ok(self.commit_signal())
     }
 
     fn shared_reads(&self) -> &crate::store::SharedReads {
