@@ -43,6 +43,9 @@ pub const LIVE_HEARTBEAT: Duration = Duration::from_secs(15);
 /// Brands a pressure connection's snapshot holds at most on connect: the most pressed
 /// ones of memory and the stored read models; later changes are all pushed.
 pub const LIVE_PRESSURE_SNAPSHOT_BRANDS_MAX: usize = 500;
+/// The highest pressure threshold a feed may ask for, in percent of a limit: usage may
+/// pass its limit (overage), and ten times it is past anything a quota watch needs.
+pub const LIVE_PRESSURE_PERCENT_MAX: u32 = 1_000;
 
 /// Broadcast failures in a row after which one Sentry event is sent: one slow client is
 /// routine, three with no success between them is a consumer or clients in trouble.

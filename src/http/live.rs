@@ -26,14 +26,14 @@ use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiQuery, Caller};
 use super::reads::{summary_answer, Summary};
 use super::schema::{
-    BrandIdSchema, ConnectionHeaderSchema, LiveBrandsSchema, PeriodKeySchema, SequenceSchema,
-    UpgradeHeaderSchema, WebSocketKeyHeaderSchema, WebSocketVersionHeaderSchema,
+    BrandIdSchema, ConnectionHeaderSchema, LiveBrandsSchema, PeriodKeySchema, PressureSchema,
+    SequenceSchema, UpgradeHeaderSchema, WebSocketKeyHeaderSchema, WebSocketVersionHeaderSchema,
 };
 use super::{AppState, API_PREFIX};
 use crate::auth::{AuthError, Role};
 use crate::live::{
     Grant, Scope, Subscription, TicketError, Update, LIVE_BUFFER_MESSAGES, LIVE_HEARTBEAT,
-    LIVE_PRESSURE_SNAPSHOT_BRANDS_MAX, LIVE_TICKET_BRANDS_MAX,
+    LIVE_PRESSURE_PERCENT_MAX, LIVE_PRESSURE_SNAPSHOT_BRANDS_MAX, LIVE_TICKET_BRANDS_MAX,
 };
 
 /// What a connection reads into at once: clients send pongs and close frames only.
@@ -65,6 +65,7 @@ pub struct TicketBody {
     #[schema(value_type = Option<LiveBrandsSchema>)]
     pub brands: Option<Vec<BrandId>>,
     /// Admins: follow every brand whose highest metric percentage is at least this.
+    #[schema(value_type = Option<PressureSchema>)]
     pub pressure: Option<u32>,
 }
 
@@ -126,6 +127,12 @@ async fn scope_of(s: &AppState, caller: &Caller, body: TicketBody) -> Result<Sco
         }
         (None, Some(p)) => {
             caller.admin()?;
+            if p > LIVE_PRESSURE_PERCENT_MAX {
+                return Err(ApiError::invalid(
+                    "invalid-live-scope",
+                    format!("pressure is a percentage from 0 to {LIVE_PRESSURE_PERCENT_MAX}"),
+                ));
+            }
             return Ok(Scope::Pressure(Decimal::from(p)));
         }
         (Some(b), None) => b,

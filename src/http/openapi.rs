@@ -48,7 +48,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         schema::IdempotencyKeySchema, schema::ReservationIdSchema, schema::QuantitySchema,
         schema::HoldTtlSchema, schema::PageLimitSchema, schema::KeyLabelSchema, schema::MetadataSchema,
         schema::DeliveriesLimitSchema, schema::DeliveryStatusSchema, schema::ProjectionDaysSchema, schema::CountrySchema, schema::GrantReasonSchema, schema::SimulatedUnitsSchema,
-        schema::BatchEventsSchema, schema::LiveBrandsSchema, schema::UpgradeHeaderSchema, schema::ConnectionHeaderSchema,
+        schema::BatchEventsSchema, schema::LiveBrandsSchema, schema::PressureSchema, schema::UpgradeHeaderSchema, schema::ConnectionHeaderSchema,
         schema::WebSocketVersionHeaderSchema, schema::WebSocketKeyHeaderSchema,
         schema::SequenceSchema, schema::EffectiveSchema, schema::ChannelSchema, schema::NoticeKindsSchema,
         schema::EndpointIdSchema, schema::RecipientsSchema, schema::WebhookSecretsSchema, schema::EndpointsSchema,

@@ -29,7 +29,7 @@ use super::reads::PAGE_ITEMS_MAX;
 use super::usage::{ACTOR_METADATA_KEY, RECORD_BATCH_ITEMS_MAX};
 use crate::auth::api_keys::API_KEY_LABEL_CHARS_MAX;
 use crate::engine::{METADATA_ENTRIES_MAX, METADATA_KEY_CHARS_MAX, METADATA_VALUE_CHARS_MAX};
-use crate::live::LIVE_TICKET_BRANDS_MAX;
+use crate::live::{LIVE_PRESSURE_PERCENT_MAX, LIVE_TICKET_BRANDS_MAX};
 use crate::store::{DELIVERY_DEAD, DELIVERY_DELIVERED, DELIVERY_PENDING};
 
 /// `YYYY-MM` with a year of 2000 to 9999 and a month of 01 to 12, as `PeriodKey::parse`.
@@ -355,6 +355,17 @@ schema_type!(
             ))
             .into(),
         RECORD_BATCH_ITEMS_MAX
+    )
+);
+
+schema_type!(
+    /// A live feed's pressure threshold, in percent.
+    PressureSchema,
+    "Pressure",
+    integer(
+        0,
+        u64::from(LIVE_PRESSURE_PERCENT_MAX),
+        "Percent of a limit: every brand whose highest metric is at least this"
     )
 );
 

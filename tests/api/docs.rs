@@ -305,6 +305,18 @@ async fn the_bounds_of_the_document_are_the_named_limits() {
     assert_eq!(bound("Metadata", "maxProperties"), Some(entries));
     let units = ledger_projections::whatif::SIMULATED_TOP_UP_UNITS_MAX;
     assert_eq!(bound("SimulatedUnits", "maximum"), Some(units));
+    let pressure = u64::from(usage_ledger::live::LIVE_PRESSURE_PERCENT_MAX);
+    assert_eq!(bound("Pressure", "maximum"), Some(pressure));
+    // An optional field is `oneOf: [null, $ref]`.
+    let ticket = resolve(
+        &doc,
+        &schemas["TicketBody"]["properties"]["pressure"]["oneOf"][1],
+    );
+    assert_eq!(
+        ticket["maximum"].as_u64(),
+        Some(pressure),
+        "the ticket uses it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -187,6 +187,13 @@ async fn live_tickets_are_scoped_single_use_and_expire(db: &TestDb) {
     ticket(&app, &app.admin, json!({}))
         .await
         .assert_problem(422, "invalid-live-scope");
+    let too_high = usage_ledger::live::LIVE_PRESSURE_PERCENT_MAX + 1;
+    ticket(&app, &app.admin, json!({ "pressure": too_high }))
+        .await
+        .assert_problem(422, "invalid-live-scope");
+    ticket(&app, &app.admin, json!({ "pressure": 2_147_483_648u64 }))
+        .await
+        .assert_problem(422, "invalid-live-scope");
     ticket(&app, &app.admin, json!({ "brands": ["nobody"] }))
         .await
         .assert_problem(404, "not-found");
