@@ -90,23 +90,13 @@ impl ApiKeyStore for PostgresLog {
         &self,
     ) -> Result<Option<std::sync::Arc<tokio::sync::Notify>>, StoreError> {
         let signal = std::sync::Arc::new(tokio::sync::Notify::new());
-        let mut listener = sqlx::postgres::PgListener::connect_with(self.pool()).await?;
-        listener.listen(REVOCATIONS_CHANNEL).await?;
         let forward = signal.clone();
-        tokio::spawn(async move {
-            loop {
-                match listener.recv().await {
-                    Ok(_) => forward.notify_one(),
-                    Err(sqlx::Error::PoolClosed) => return,
-                    // A notice may have been missed while reconnecting: clear anyway.
-                    Err(e) => {
-                        tracing::warn!(error = %e, "revocation listener: reconnecting");
-                        forward.notify_one();
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    }
-                }
-            }
-        });
+        // A revocation missed while reconnecting is covered: a reconnection wakes too,
+        // and the cache is cleared anyway.
+        super::listen(self.pool(), REVOCATIONS_CHANNEL, move || {
+            forward.notify_one()
+        })
+        .await?;
         Ok(Some(signal))
     }
 

@@ -38,6 +38,8 @@ pub const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A kept append (or log-read) connection idle longer than this is pinged before its
 /// next statement.
 pub const PG_APPENDER_PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+/// Pause before a lost listener connection is tried again.
+pub const PG_LISTENER_RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 /// Log-read connections kept between reads: the process's consumers, whose reads are
 /// mostly shared. A read beyond them takes one more out of the pool, closed after it.
 pub const PG_LOG_READERS_KEPT_MAX: usize = 4;
@@ -63,6 +65,33 @@ pub struct PostgresLog {
     listening: tokio::sync::OnceCell<()>,
     /// When the tables' statistics are refreshed.
     stats: std::sync::Arc<super::stats::StatsDue>,
+}
+
+/// Listen to `channel` on a connection of its own and call `wake` on every notification,
+/// and after every reconnection (a notification may have been missed meanwhile), until
+/// the pool closes. `recv` reconnects by itself after a lost connection.
+async fn listen(
+    pool: &PgPool,
+    channel: &'static str,
+    wake: impl Fn() + Send + 'static,
+) -> Result<(), StoreError> {
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    listener.listen(channel).await?;
+    tokio::spawn(async move {
+        loop {
+            match listener.recv().await {
+                Ok(_) => wake(),
+                // The store was closed: let the listener's connection go with it.
+                Err(sqlx::Error::PoolClosed) => return,
+                Err(e) => {
+                    tracing::warn!(channel, error = %e, "listener: reconnecting");
+                    wake();
+                    tokio::time::sleep(PG_LISTENER_RECONNECT_PAUSE).await;
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Connections taken out of the pool and kept between statements of one kind, so that

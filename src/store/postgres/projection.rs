@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ledger_projections::{LogPosition, LogRecord};
-use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, Row};
 use tokio::sync::Notify;
 
@@ -326,27 +325,10 @@ impl ProjectionStore for PostgresLog {
         // notification wakes then ask for the log together and share one read of it.
         self.listening
             .get_or_try_init(|| async {
-                let mut listener = PgListener::connect_with(self.pool()).await?;
-                listener.listen(EVENTS_CHANNEL).await?;
+                // A reconnection wakes the consumers too; they re-read from where they
+                // stand, so nothing is missed.
                 let commits = Arc::clone(&self.commits);
-                tokio::spawn(async move {
-                    // `recv` reconnects by itself after a lost connection (and then
-                    // wakes the consumers, which re-read from where they stand: nothing
-                    // is missed).
-                    loop {
-                        match listener.recv().await {
-                            Ok(_) => commits.notify(),
-                            // The store was closed: let the listener's connection go.
-                            Err(sqlx::Error::PoolClosed) => return,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "commit listener: reconnecting");
-                                commits.notify();
-                                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                            }
-                        }
-                    }
-                });
-                Ok::<(), StoreError>(())
+                super::listen(self.pool(), EVENTS_CHANNEL, move || commits.notify()).await
             })
             .await?;
         Ok(self.commit_signal())
