@@ -258,20 +258,24 @@ pub async fn read_log_shared(
 ) -> Result<Arc<Vec<LogRecord>>, StoreError> {
     let reads = store.shared_reads();
     let key = (after, limit);
-    let joined: Result<SharedRead, _> = {
+    enum Part {
+        Join(SharedRead),
+        Lead(tokio::sync::watch::Sender<Option<Arc<Vec<LogRecord>>>>),
+    }
+    let part = {
         let mut pending = reads.pending.lock().expect("pending reads lock");
         match pending.get(&key) {
-            Some(read) => Ok(read.clone()),
+            Some(read) => Part::Join(read.clone()),
             None => {
                 let (answer, read) = tokio::sync::watch::channel(None);
                 pending.insert(key, read);
-                Err(answer)
+                Part::Lead(answer)
             }
         }
     };
-    let mut read = match joined {
-        Ok(read) => read,
-        Err(answer) => return lead(store, reads, key, answer).await,
+    let mut read = match part {
+        Part::Join(read) => read,
+        Part::Lead(answer) => return lead(store, reads, key, answer).await,
     };
     if let Ok(records) = read.wait_for(Option::is_some).await {
         if let Some(records) = records.as_ref() {
