@@ -8,7 +8,9 @@
 //! is refused before any signature check (RFC 8725 §3.1).
 
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::str::FromStr;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -33,6 +35,11 @@ pub const JWT_SECRET_BYTES_MIN: usize = 32;
 pub const TOKEN_BRANDS_MAX: usize = 100;
 /// A subject is an identifier for the audit trail, not a document.
 pub const SUBJECT_CHARS_MAX: usize = 256;
+/// Tokens remembered as verified. A caller sends the same token on every request until
+/// it expires; decoding and checking it again each time costs more than the request.
+pub const JWT_VERIFIED_CACHE_MAX: usize = 4_096;
+/// Longer tokens are verified every time, so the cache holds at most 8 MiB of them.
+pub const JWT_CACHED_TOKEN_BYTES_MAX: usize = 2 * 1024;
 
 /// The signature algorithms the ledger can be configured with (one at a time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,6 +251,10 @@ pub struct Jwt {
     validation: Validation,
     issuer: Option<String>,
     audience: Option<String>,
+    /// Tokens that passed every check, with their principal and `exp`. Only expiry can
+    /// turn a verified token invalid (every other check depends on the token's bytes
+    /// alone, or only gets easier as time passes), so a hit checks only that.
+    verified: Mutex<lru::LruCache<Box<str>, (Principal, u64)>>,
 }
 
 impl Jwt {
@@ -304,6 +315,9 @@ impl Jwt {
             validation,
             issuer,
             audience,
+            verified: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(JWT_VERIFIED_CACHE_MAX).expect("the limit is not zero"),
+            )),
         };
         jwt.check_key_pair()?;
         Ok(jwt)
@@ -350,6 +364,32 @@ impl Jwt {
 
     /// The principal of a bearer token, or the precise reason it is refused.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        self.verify_at(token, jsonwebtoken::get_current_timestamp())
+    }
+
+    /// [`Jwt::verify`] at `now` (seconds since the epoch).
+    fn verify_at(&self, token: &str, now: u64) -> Result<Principal, AuthError> {
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((principal, exp)) = verified.get(token) {
+            if now <= exp + TOKEN_LEEWAY.as_secs() {
+                return Ok(principal.clone());
+            }
+            verified.pop(token);
+            return Err(invalid(refusal(&ErrorKind::ExpiredSignature)));
+        }
+        drop(verified);
+        let (principal, exp) = self.decode(token, now)?;
+        if token.len() <= JWT_CACHED_TOKEN_BYTES_MAX {
+            self.verified
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .put(token.into(), (principal.clone(), exp));
+        }
+        Ok(principal)
+    }
+
+    /// Every check of a token, and its `exp`.
+    fn decode(&self, token: &str, now: u64) -> Result<(Principal, u64), AuthError> {
         let alg = header_alg(token)?;
         if alg != self.algorithm.name() {
             return Err(invalid(format!(
@@ -360,14 +400,14 @@ impl Jwt {
         let data = jsonwebtoken::decode::<ReceivedClaims>(token, &self.decoding, &self.validation)
             .map_err(|e| invalid(refusal(e.kind())))?;
         let c = data.claims;
-        check_lifetime(c.iat, c.exp, jsonwebtoken::get_current_timestamp()).map_err(invalid)?;
+        check_lifetime(c.iat, c.exp, now).map_err(invalid)?;
         let role = match c.role.as_str() {
             "admin" => Role::Admin,
             "brand" => Role::Brand,
             "service" => Role::Service,
             other => return Err(invalid(format!("unknown role {other:?} in the token"))),
         };
-        principal(c.sub, role, &c.brands).map_err(invalid)
+        Ok((principal(c.sub, role, &c.brands).map_err(invalid)?, c.exp))
     }
 
     /// A private key that does not match the public key would mint tokens this process
@@ -560,5 +600,57 @@ mod tests {
         let many: Vec<String> = (0..=TOKEN_BRANDS_MAX).map(|i| format!("b{i}")).collect();
         assert!(principal("s".into(), Role::Service, &many).is_err());
         assert!(principal("".into(), Role::Admin, &[]).is_err());
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_until_it_expires_and_only_byte_for_byte() {
+        // Proves the cache of verified tokens answers only the exact token, refuses it
+        // once expired, and keeps long tokens out.
+        let jwt = Jwt::new(
+            JwtKey::Hs256(Secret::new("a-secret-of-at-least-thirty-two-bytes")),
+            None,
+            None,
+        )
+        .unwrap();
+        // The constructor's own key-pair check left its token in the cache.
+        let base = jwt.verified.lock().unwrap().len();
+        let cached = |jwt: &Jwt| jwt.verified.lock().unwrap().len() - base;
+        let token = jwt
+            .mint(Role::Admin, &[], "ops", TokenTtl::parse("90s").unwrap())
+            .unwrap();
+        let now = jsonwebtoken::get_current_timestamp();
+        let first = jwt.verify_at(&token, now).unwrap();
+        assert_eq!(cached(&jwt), 1);
+        assert_eq!(jwt.verify_at(&token, now + 60).unwrap(), first);
+        // One signature character changed (not the last, whose low bits are padding).
+        let at = token.len() - 10;
+        let swapped = if &token[at..=at] == "A" { "B" } else { "A" };
+        let forged = format!("{}{swapped}{}", &token[..at], &token[at + 1..]);
+        assert!(jwt.verify_at(&forged, now).is_err());
+        assert_eq!(cached(&jwt), 1, "a refused token is never remembered");
+        let late = now + 90 + TOKEN_LEEWAY.as_secs() + 1;
+        match jwt.verify_at(&token, late) {
+            Err(AuthError::Invalid(reason)) => assert_eq!(reason, "token expired"),
+            other => panic!("an expired cached token must be refused, got {other:?}"),
+        }
+        assert_eq!(cached(&jwt), 0, "an expired token is forgotten");
+
+        let brands: Vec<BrandId> = (0..TOKEN_BRANDS_MAX)
+            .map(|i| BrandId::parse(&format!("a-rather-long-brand-name-{i:03}")).unwrap())
+            .collect();
+        let long = jwt
+            .mint(
+                Role::Service,
+                &brands,
+                "svc",
+                TokenTtl::parse("90s").unwrap(),
+            )
+            .unwrap();
+        assert!(long.len() > JWT_CACHED_TOKEN_BYTES_MAX);
+        assert_eq!(
+            jwt.verify_at(&long, now).unwrap().brands.len(),
+            TOKEN_BRANDS_MAX
+        );
+        assert_eq!(cached(&jwt), 0, "a long token is verified every time");
     }
 }
