@@ -381,8 +381,6 @@ pub struct Engine {
     catalog: Arc<Catalog>,
     clock: Arc<dyn Clock>,
     config: Arc<EngineConfig>,
-    /// For the freshness probe of reads; all writes go through the writers.
-    log: Arc<dyn EventLog>,
     /// Set by [`Engine::drain`]: the writers stop taking jobs, answer those queued, end.
     closing: watch::Sender<bool>,
     /// The writer tasks, awaited by [`Engine::drain`].
@@ -439,7 +437,6 @@ impl Engine {
             closing.subscribe(),
         );
         Engine {
-            log,
             shards,
             catalog,
             clock,
@@ -503,16 +500,16 @@ impl Engine {
                 // Probed for the period decided on, fixed now so the writer uses the same.
                 let period = writer::target_period(&req, self.clock.now());
                 req.period = Some(period);
-                let keys = [
+                let keys = vec![
                     (BrandAggregate::TYPE, req.brand.to_string()),
                     (
                         UsagePeriodAggregate::TYPE,
                         ledger_aggregates::ids::period_stream_id(&req.brand, period),
                     ),
                 ];
-                match self.prober.versions(keys).await {
-                    Some(versions) => Some(versions.map_err(EngineError::Store)?),
-                    None => return Err(EngineError::Overloaded),
+                match self.probe(keys).await?[..] {
+                    [brand, period] => Some([brand, period]),
+                    _ => unreachable!("one version per key"),
                 }
             }
             _ => None,
@@ -567,17 +564,15 @@ impl Engine {
 
     /// The period's aggregate as of every command answered so far (`None`: no events),
     /// including what other processes (the CLI, a second instance) appended before the
-    /// call: one indexed probe of the log decides whether the cached state is behind.
+    /// call: one indexed probe of the log (shared with concurrent reads) decides
+    /// whether the cached state is behind.
     pub async fn period_state(
         &self,
         brand: BrandId,
         period: PeriodKey,
     ) -> Result<Option<UsagePeriodAggregate>, EngineError> {
         let id = ledger_aggregates::ids::period_stream_id(&brand, period);
-        let logged = self
-            .log
-            .stream_version(UsagePeriodAggregate::TYPE, &id)
-            .await?;
+        let logged = self.probe_one(UsagePeriodAggregate::TYPE, id).await?;
         self.submit(&brand.clone(), |reply| Job::ReadPeriod {
             brand,
             period,
@@ -590,8 +585,7 @@ impl Engine {
     /// The brand registry's state, fresh in the same sense as [`Engine::period_state`].
     pub async fn brand_state(&self, brand: BrandId) -> Result<Option<BrandAggregate>, EngineError> {
         let logged = self
-            .log
-            .stream_version(BrandAggregate::TYPE, brand.as_str())
+            .probe_one(BrandAggregate::TYPE, brand.to_string())
             .await?;
         self.submit(&brand.clone(), |reply| Job::ReadBrand {
             brand,
@@ -599,6 +593,23 @@ impl Engine {
             reply,
         })
         .await
+    }
+
+    /// The versions of `keys` in the log now, batched with concurrent reads.
+    async fn probe(&self, keys: probe::ProbeKeys) -> Result<Vec<u64>, EngineError> {
+        match self.prober.versions(keys).await {
+            Some(versions) => versions.map_err(EngineError::Store),
+            None => Err(EngineError::Overloaded),
+        }
+    }
+
+    async fn probe_one(
+        &self,
+        aggregate_type: &'static str,
+        id: String,
+    ) -> Result<u64, EngineError> {
+        let versions = self.probe(vec![(aggregate_type, id)]).await?;
+        Ok(versions[0])
     }
 
     async fn submit<T>(

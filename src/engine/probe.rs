@@ -1,7 +1,8 @@
-//! Version probes of pure checks, batched: a check that appends nothing learns from no
-//! conflict that another process wrote first, so it asks the log how far its streams
-//! are before it is decided. Callers that ask while a probe is in flight share the
-//! next one: one query for all of them, and none of it on the writer's path.
+//! Version probes of reads, batched: a pure check or a read of the engine's state
+//! appends nothing, so it learns from no conflict that another process wrote first; it
+//! asks the log how far its streams are before it is answered. Callers that ask while a
+//! probe is in flight share the next one: one query for all of them, and none of it on
+//! the writer's path.
 
 use std::sync::Arc;
 
@@ -11,12 +12,12 @@ use crate::store::{EventLog, StoreError};
 
 /// Probes waiting for the prober: as many as the engine's queue holds commands.
 pub const PROBE_QUEUE_MAX: usize = 65_536;
-/// Probes answered by one query: 1,024 streams keep it one fast index walk.
+/// Probes answered by one query: at most 1,024 streams keep it one fast index walk.
 pub const PROBE_BATCH_MAX: usize = 512;
 
-/// The streams of one check, registry first, then period.
-pub(crate) type ProbeKeys = [(&'static str, String); 2];
-type ProbeReply = oneshot::Sender<Result<[u64; 2], Arc<StoreError>>>;
+/// The streams of one read: a check's registry and period, or one stream.
+pub(crate) type ProbeKeys = Vec<(&'static str, String)>;
+type ProbeReply = oneshot::Sender<Result<Vec<u64>, Arc<StoreError>>>;
 
 #[derive(Clone)]
 pub(crate) struct Prober {
@@ -30,12 +31,13 @@ impl Prober {
         Self { tx }
     }
 
-    /// The versions of `keys` in the log, as committed when the probe ran (after this
-    /// call began). `None` when the prober is full or gone: the caller is overloaded.
+    /// The versions of `keys` in the log, in their order, as committed when the probe
+    /// ran (after this call began). `None` when the prober is full or gone: the caller
+    /// is overloaded.
     pub(crate) async fn versions(
         &self,
         keys: ProbeKeys,
-    ) -> Option<Result<[u64; 2], Arc<StoreError>>> {
+    ) -> Option<Result<Vec<u64>, Arc<StoreError>>> {
         let (reply, rx) = oneshot::channel();
         self.tx.try_send((keys, reply)).ok()?;
         rx.await.ok()
@@ -57,8 +59,9 @@ async fn run(log: Arc<dyn EventLog>, mut rx: mpsc::Receiver<(ProbeKeys, ProbeRep
             .collect();
         match log.stream_versions(&keys).await {
             Ok(versions) => {
-                for ((_, reply), v) in batch.into_iter().zip(versions.chunks_exact(2)) {
-                    let _ = reply.send(Ok([v[0], v[1]]));
+                let mut versions = versions.into_iter();
+                for (keys, reply) in batch {
+                    let _ = reply.send(Ok(versions.by_ref().take(keys.len()).collect()));
                 }
             }
             Err(e) => {

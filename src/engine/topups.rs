@@ -20,8 +20,7 @@ impl Engine {
         step: TopUpCommand,
     ) -> Result<TopUpChange, EngineError> {
         let logged = self
-            .log
-            .stream_version(BrandAggregate::TYPE, brand.as_str())
+            .probe_one(BrandAggregate::TYPE, brand.to_string())
             .await?;
         self.submit(&brand.clone(), |reply| Job::TopUp {
             brand,
@@ -41,8 +40,7 @@ impl Engine {
         actor: String,
     ) -> Result<bool, EngineError> {
         let logged = self
-            .log
-            .stream_version(BrandAggregate::TYPE, brand.as_str())
+            .probe_one(BrandAggregate::TYPE, brand.to_string())
             .await?;
         self.submit(&brand.clone(), |reply| Job::SetNotifications {
             brand,
