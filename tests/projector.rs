@@ -313,6 +313,71 @@ on_both_stores!(
     memory_stays_within_its_bound_and_evicted_periods_read_back_whole
 );
 
+async fn a_period_read_before_its_first_event_reads_its_events_after(db: &TestDb) {
+    // A brand-period read while it has no event is remembered as empty (no row asked
+    // for again), and its first events, written here or by another process, are read,
+    // also once memory has evicted them.
+    let (log, store) = db.stores().await;
+    let (other_log, _) = db.stores().await;
+    let here = engine_on(log, manual_clock(), Default::default());
+    let there = engine_on(other_log, manual_clock(), Default::default());
+    let config = ReadModelsConfig {
+        cache_periods_max: CACHE_PERIODS_MIN,
+        ..ReadModelsConfig::default()
+    };
+    let projector = Projector::start(store.clone(), here.watermarks(), config)
+        .await
+        .expect("start");
+    let period = ledger_aggregates::PeriodKey::containing(common::t0());
+    let (mine, theirs) = (id(BrandId::parse, "mine"), id(BrandId::parse, "theirs"));
+    for brand in [&mine, &theirs] {
+        for _ in 0..2 {
+            let read = projector.period(brand, period).await.expect("read");
+            assert!(read.is_none(), "{brand} has no event yet");
+        }
+    }
+    let crowd: Vec<BrandId> = (0..CACHE_PERIODS_MIN + 10)
+        .map(|i| id(BrandId::parse, &format!("crowd-{i}")))
+        .collect();
+    let writes = [(&here, &mine), (&there, &theirs)]
+        .into_iter()
+        .chain(crowd.iter().map(|b| (&here, b)));
+    futures::future::join_all(writes.map(|(engine, brand)| async move {
+        engine
+            .set_plan(brand.clone(), id(PlanId::parse, "starter"), "admin".into())
+            .await
+            .unwrap();
+        let usage = PeriodCommand::RecordUsage {
+            metric: id(MetricKey::parse, "renders_3d"),
+            quantity: Quantity::new(3).unwrap(),
+            occurred_at: None,
+        };
+        engine
+            .execute(request(brand.as_str(), usage))
+            .await
+            .unwrap();
+    }))
+    .await;
+    // Written here: the read waits for it. Written elsewhere: within the consumer's lag.
+    assert!(projector.catch_up(CATCH_UP).await);
+    assert!(projector.cached_periods() <= CACHE_PERIODS_MIN);
+    let replayed = replay(store.as_ref(), None).await;
+    for brand in [&mine, &theirs] {
+        let read = projector.period(brand, period).await.expect("read");
+        let read = read.unwrap_or_else(|| panic!("{brand} has models"));
+        let renders = id(MetricKey::parse, "renders_3d");
+        assert_eq!(read.quotas[&renders].current, 3, "{brand}");
+        assert_eq!(
+            Some(read.as_ref().clone()),
+            replayed.period_models(brand, period)
+        );
+    }
+}
+on_both_stores!(
+    a_period_read_before_its_first_event_reads_its_events_after,
+    a_period_read_before_its_first_event_reads_its_events_after
+);
+
 /// PostgreSQL: a read-model write in progress holds no consumer back (it never writes
 /// events), while any other transaction in progress still does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

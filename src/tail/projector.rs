@@ -72,6 +72,11 @@ impl Default for ReadModelsConfig {
     }
 }
 
+/// Brand-periods remembered as having no event yet, so that reading a registered
+/// brand's new period (every brand, on the first of the month) asks the store once, not
+/// on every read. An id is a few dozen bytes: 100 Ki of them take a few MiB.
+pub const ABSENT_PERIODS_MAX: usize = 100_000;
+
 /// The smallest memory accepted: a batch touches up to this many brand-periods, and all
 /// of them must fit at once.
 pub const CACHE_PERIODS_MIN: usize = super::TAIL_BATCH_EVENTS_MAX as usize;
@@ -94,12 +99,41 @@ struct Memory {
     /// evicted while it was read: else the row may predate a fold written and evicted
     /// meanwhile, and memory must never hold a brand-period behind the consumer.
     evictions: AtomicU64,
+    /// Brand-periods the consumer had folded no event of when a reader found no row
+    /// for them. Locked only while `entries` is (in that order); the consumer removes
+    /// an id when it keeps the brand-period's first models.
+    absent: Mutex<LruCache<String, ()>>,
+}
+
+/// What memory knows of a brand-period.
+enum Held {
+    Models(Arc<PeriodModels>),
+    /// No event of it folded yet.
+    Absent,
+    /// Not in memory: its stored row says.
+    Unknown,
 }
 
 impl Memory {
-    fn get(&self, id: &str) -> Option<Arc<PeriodModels>> {
+    fn get(&self, id: &str) -> Held {
         let mut entries = self.entries.lock().expect("models lock");
-        entries.get(id).map(|e| e.models.clone())
+        if let Some(e) = entries.get(id) {
+            return Held::Models(e.models.clone());
+        }
+        match self.absent.lock().expect("absent lock").contains(id) {
+            true => Held::Absent,
+            false => Held::Unknown,
+        }
+    }
+
+    /// Remember that a reader found no row for `id` (having seen `evictions` before
+    /// reading), on the same conditions as [`Memory::offer`].
+    fn offer_absent(&self, evictions: u64, id: String) {
+        let entries = self.entries.lock().expect("models lock");
+        let unchanged = self.evictions.load(Ordering::SeqCst) == evictions;
+        if unchanged && !entries.contains(&id) {
+            self.absent.lock().expect("absent lock").put(id, ());
+        }
     }
 
     fn sequence(&self, id: &str) -> Option<u64> {
@@ -159,6 +193,9 @@ impl Projector {
             capacity,
             folded: watch::Sender::new(0),
             evictions: AtomicU64::new(0),
+            absent: Mutex::new(LruCache::new(
+                NonZeroUsize::new(ABSENT_PERIODS_MAX).expect("the limit is not zero"),
+            )),
         });
         let consumer = ReadModelConsumer {
             store: store.clone(),
@@ -204,9 +241,10 @@ impl Projector {
         let mut folded = self.memory.folded.subscribe();
         loop {
             let found = match self.memory.get(&id) {
-                Some(models) => Some(models),
+                Held::Models(models) => Some(models),
+                Held::Absent => None,
                 // Not in memory: never folded here, or written and evicted, so its row.
-                None => self.load(&id, brand, period).await?,
+                Held::Unknown => self.load(&id, brand, period).await?,
             };
             if found.as_ref().map_or(0, |m| m.sequence) >= need {
                 if need > 0 {
@@ -237,6 +275,7 @@ impl Projector {
             .load_models(&[(brand.to_string(), period.to_string())])
             .await?;
         let Some(row) = rows.first() else {
+            self.memory.offer_absent(evictions, id.to_owned());
             return Ok(None);
         };
         let (brand, period, models) = models_from_row(row)?;
@@ -461,9 +500,10 @@ impl ReadModelConsumer {
     ) -> Result<HashMap<String, PeriodModels>, TailError> {
         let keys: Vec<(String, String)> = {
             let entries = self.memory.entries.lock().expect("models lock");
+            let absent = self.memory.absent.lock().expect("absent lock");
             streams
                 .iter()
-                .filter(|s| !entries.contains(&s.id))
+                .filter(|s| !entries.contains(&s.id) && !absent.contains(&s.id))
                 .map(|s| (s.brand.to_string(), s.period.to_string()))
                 .collect()
         };
@@ -538,7 +578,9 @@ impl ReadModelConsumer {
                     .filter(|(s, _)| !entries.contains(&s.id))
                     .count();
                 if make_room(&mut entries, &self.memory, adding) {
+                    let mut absent = self.memory.absent.lock().expect("absent lock");
                     for (s, m) in &folded {
+                        absent.pop(&s.id);
                         let entry = Entry {
                             brand: s.brand.clone(),
                             period: s.period,
