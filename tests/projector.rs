@@ -254,19 +254,27 @@ async fn the_log_is_paged_in_numeric_transaction_order() {
     db.cleanup().await;
 }
 
+/// A projector with the smallest memory accepted, beside `engine`.
+async fn smallest_projector(
+    store: &std::sync::Arc<dyn usage_ledger::store::ProjectionStore>,
+    engine: &usage_ledger::engine::Engine,
+) -> Projector {
+    let config = ReadModelsConfig {
+        cache_periods_max: CACHE_PERIODS_MIN,
+        ..ReadModelsConfig::default()
+    };
+    Projector::start(store.clone(), engine.watermarks(), config)
+        .await
+        .expect("start")
+}
+
 async fn memory_stays_within_its_bound_and_evicted_periods_read_back_whole(db: &TestDb) {
     // More brand-periods are active than memory keeps: memory never holds more than its
     // bound, a changed brand-period is written before it is evicted, and every one, held
     // or reloaded from its row, reads back equal to a replay of the log.
     let (log, store) = db.stores().await;
     let engine = engine_on(log, manual_clock(), Default::default());
-    let config = ReadModelsConfig {
-        cache_periods_max: CACHE_PERIODS_MIN,
-        ..ReadModelsConfig::default()
-    };
-    let projector = Projector::start(store.clone(), engine.watermarks(), config)
-        .await
-        .expect("start");
+    let projector = smallest_projector(&store, &engine).await;
     let brands: Vec<BrandId> = (0..CACHE_PERIODS_MIN + 700)
         .map(|i| id(BrandId::parse, &format!("brand-{i}")))
         .collect();
@@ -321,13 +329,7 @@ async fn a_period_read_before_its_first_event_reads_its_events_after(db: &TestDb
     let (other_log, _) = db.stores().await;
     let here = engine_on(log, manual_clock(), Default::default());
     let there = engine_on(other_log, manual_clock(), Default::default());
-    let config = ReadModelsConfig {
-        cache_periods_max: CACHE_PERIODS_MIN,
-        ..ReadModelsConfig::default()
-    };
-    let projector = Projector::start(store.clone(), here.watermarks(), config)
-        .await
-        .expect("start");
+    let projector = smallest_projector(&store, &here).await;
     let period = ledger_aggregates::PeriodKey::containing(common::t0());
     let (mine, theirs) = (id(BrandId::parse, "mine"), id(BrandId::parse, "theirs"));
     for brand in [&mine, &theirs] {
