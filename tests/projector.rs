@@ -254,6 +254,27 @@ async fn the_log_is_paged_in_numeric_transaction_order() {
     db.cleanup().await;
 }
 
+/// Register `brand` on `starter` and record `renders` 3D renders for it.
+async fn starter_with_renders(
+    engine: &usage_ledger::engine::Engine,
+    brand: &BrandId,
+    renders: u64,
+) {
+    engine
+        .set_plan(brand.clone(), id(PlanId::parse, "starter"), "admin".into())
+        .await
+        .unwrap();
+    let usage = PeriodCommand::RecordUsage {
+        metric: id(MetricKey::parse, "renders_3d"),
+        quantity: Quantity::new(renders).unwrap(),
+        occurred_at: None,
+    };
+    engine
+        .execute(request(brand.as_str(), usage))
+        .await
+        .unwrap();
+}
+
 /// A projector with the smallest memory accepted, beside `engine`.
 async fn smallest_projector(
     store: &std::sync::Arc<dyn usage_ledger::store::ProjectionStore>,
@@ -278,23 +299,7 @@ async fn memory_stays_within_its_bound_and_evicted_periods_read_back_whole(db: &
     let brands: Vec<BrandId> = (0..CACHE_PERIODS_MIN + 700)
         .map(|i| id(BrandId::parse, &format!("brand-{i}")))
         .collect();
-    let plan = id(PlanId::parse, "starter");
-    futures::future::join_all(brands.iter().map(|b| {
-        let (engine, plan) = (engine.clone(), plan.clone());
-        async move {
-            engine
-                .set_plan(b.clone(), plan, "admin".into())
-                .await
-                .unwrap();
-            let usage = PeriodCommand::RecordUsage {
-                metric: id(MetricKey::parse, "renders_3d"),
-                quantity: Quantity::new(2).unwrap(),
-                occurred_at: None,
-            };
-            engine.execute(request(b.as_str(), usage)).await.unwrap();
-        }
-    }))
-    .await;
+    futures::future::join_all(brands.iter().map(|b| starter_with_renders(&engine, b, 2))).await;
     assert!(projector.catch_up(CATCH_UP).await);
     assert!(
         projector.cached_periods() <= CACHE_PERIODS_MIN,
@@ -344,22 +349,8 @@ async fn a_period_read_before_its_first_event_reads_its_events_after(db: &TestDb
     let writes = [(&here, &mine), (&there, &theirs)]
         .into_iter()
         .chain(crowd.iter().map(|b| (&here, b)));
-    futures::future::join_all(writes.map(|(engine, brand)| async move {
-        engine
-            .set_plan(brand.clone(), id(PlanId::parse, "starter"), "admin".into())
-            .await
-            .unwrap();
-        let usage = PeriodCommand::RecordUsage {
-            metric: id(MetricKey::parse, "renders_3d"),
-            quantity: Quantity::new(3).unwrap(),
-            occurred_at: None,
-        };
-        engine
-            .execute(request(brand.as_str(), usage))
-            .await
-            .unwrap();
-    }))
-    .await;
+    futures::future::join_all(writes.map(|(engine, brand)| starter_with_renders(engine, brand, 3)))
+        .await;
     // Written here: the read waits for it. Written elsewhere: within the consumer's lag.
     assert!(projector.catch_up(CATCH_UP).await);
     assert!(projector.cached_periods() <= CACHE_PERIODS_MIN);
