@@ -327,9 +327,9 @@ on_both_stores!(
 );
 
 async fn a_period_read_before_its_first_event_reads_its_events_after(db: &TestDb) {
-    // A brand-period read while it has no event is remembered as empty (no row asked
-    // for again), and its first events, written here or by another process, are read,
-    // also once memory has evicted them.
+    // A brand-period read while it has no event (remembered as empty) reads its first
+    // events once they are written, here or by another process, also once memory has
+    // evicted them.
     let (log, store) = db.stores().await;
     let (other_log, _) = db.stores().await;
     let here = engine_on(log, manual_clock(), Default::default());
