@@ -328,7 +328,8 @@ impl Writer {
         let append = tokio::spawn(async move {
             let started = std::time::Instant::now();
             let done = log.append(&events, &snapshots).await;
-            if let (Some(m), Ok(())) = (&metrics, &done) {
+            // A batch of pure checks appends nothing: it is no append to count.
+            if let (Some(m), Ok(()), false) = (&metrics, &done, events.is_empty()) {
                 m.batch_commands.observe(commands as f64);
                 m.append_seconds.observe(started.elapsed().as_secs_f64());
             }

@@ -37,6 +37,8 @@ async fn checks_crossings_and_refusals_are_counted_once_each(db: &TestDb) {
     let app = spawn_app_with(&blocking_renders_settings(db, dir.path())).await;
     app.register("acme", "business").await;
     let check = |n: u64, consume: bool| json!({ "brandId": "acme", "metric": "renders_3d", "requestedAmount": n, "consume": consume });
+    let appends = |text: &str| value(text, "ledger_engine_batch_commands_count");
+    let registered = appends(&scrape(&app, &app.admin).await);
     assert_eq!(
         app.post("check-quota", &app.admin, check(10, false))
             .await
@@ -44,10 +46,20 @@ async fn checks_crossings_and_refusals_are_counted_once_each(db: &TestDb) {
         200
     );
     assert_eq!(
+        appends(&scrape(&app, &app.admin).await),
+        registered,
+        "a pure check appends nothing, so it is no append"
+    );
+    assert_eq!(
         app.post("check-quota", &app.admin, check(46, true))
             .await
             .status,
         200
+    );
+    assert_eq!(
+        appends(&scrape(&app, &app.admin).await),
+        registered + 1.0,
+        "a consuming check is one append"
     );
     let record = json!({ "brandId": "acme", "metric": "renders_3d", "value": 5 });
     app.post("record", &app.admin, record)
