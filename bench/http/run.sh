@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The HTTP benchmark: the release service on loopback under wrk, scenario by scenario,
 # next to its two ceilings (GET /healthz, and PostgreSQL's own single-row commits with
-# pgbench), in one run. Prints one table: req/s, latency p50/p99/p99.9, non-2xx answers,
-# and the ratios. See docs/performance.md, "HTTP".
+# pgbench), in one run. Prints two tables: req/s, latency p50/p99/p99.9, non-2xx answers
+# and the ratios; then where each run's time went (CPU per request of the service, of
+# PostgreSQL and of the rest, and the engine's appends). See docs/performance.md, "HTTP".
 #
 #   bench/http/run.sh [--store postgres|sqlite] [--duration 10] [--warmup 2]
 #                     [--connections 64] [--threads 2] [--brands 1000]
@@ -349,17 +350,77 @@ ok_count() {
     awk '{ print $1 - $2 }'
 }
 
+# Where a timed run's time went: the engine's append counters from /metrics (commands
+# appended, appends, their seconds), the CPU ticks of the service and of every local
+# `postgres` process, and the machine's busy and total ticks (/proc/stat). One line.
+sample() {
+  local engine svc pg
+  engine=$(curl -sf -H "Authorization: Bearer $token" "$base/metrics" | awk '
+    $1 == "ledger_engine_batch_commands_sum" { cs = $2 } $1 == "ledger_engine_batch_commands_count" { cc = $2 }
+    $1 == "ledger_engine_append_duration_seconds_sum" { as = $2 }
+    $1 == "ledger_engine_append_duration_seconds_count" { ac = $2 }
+    END { printf "%s %s %s %s", cs + 0, cc + 0, as + 0, ac + 0 }')
+  svc=$(process_ticks "$server_pid")
+  pg=$(postgres_ticks)
+  echo "$engine $svc $pg $(awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat)"
+}
+
+# User and system CPU ticks of one process (0 once it is gone). The name field may hold
+# spaces, so the fields are counted from its closing parenthesis.
+process_ticks() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+  awk '{ print $12 + $13 }' <<<"${stat##*) }"
+}
+
+# CPU ticks of the local PostgreSQL: every live `postgres` process's, plus what the
+# postmaster's exited children used (pgbench's connections close before the sample).
+postgres_ticks() {
+  local pid stats=""
+  for pid in $(pgrep -x postgres || true); do
+    stats+="$(cat "/proc/$pid/stat" 2>/dev/null | sed 's/^\([0-9]*\) (.*) /\1 /')"$'\n'
+  done
+  awk 'NF { pid[NR] = $1; parent[NR] = $3; own[NR] = $13 + $14; children[NR] = $15 + $16; is[$1] = 1 }
+    END { for (i in pid) { t += own[i]; if (!(parent[i] in is)) t += children[i] } print t + 0 }' <<<"$stats"
+}
+
+# One row of the cost table from two samples around a timed run and the requests wrk
+# sent in it: CPU per request of the service, of PostgreSQL and of the rest (wrk, the
+# kernel), how busy the machine was, and (when it appended) the engine's appends.
+cost_row() {
+  local label=$1 requests=$2 before=$3 after=$4
+  awk -v l="$label" -v d="$duration_s" -v r="$requests" -v b="$before" -v a="$after" \
+    -v hz="$(getconf CLK_TCK)" -v pg="$local_postgres" 'BEGIN {
+    split(b, x, " "); split(a, y, " ")
+    us = 1e6 / hz / (r > 0 ? r : 1)
+    svc = y[5] - x[5]; db = y[6] - x[6]; busy = y[7] - x[7]; total = y[8] - x[8]
+    line = sprintf("%s\t%.0f\t%s\t%.0f\t%.0f %%", l, svc * us, pg ? sprintf("%.0f", db * us) : "-",
+                   (busy - svc - (pg ? db : 0)) * us, 100 * busy / (total > 0 ? total : 1))
+    n = y[2] - x[2]
+    if (n > 0) line = line sprintf("\t%.0f\t%.1f\t%.2f", n / d, (y[1] - x[1]) / n, 1000 * (y[3] - x[3]) / (y[4] - x[4]))
+    else line = line "\t-\t-\t-"
+    print line
+  }' >>"$costs"
+}
+
+# Requests wrk sent in a timed run (answered or not).
+requests_of() {
+  sed -n 's/^wrk-result requests=\([0-9]*\) .*/\1/p' "$1"
+}
+
 # A scenario on one wrk: warm-up, then the timed run. Leaves the 2xx answers of both
 # in $ok_answers.
 measure() {
-  local name=$1 label=$2 mode=$3 conns=$4
+  local name=$1 label=$2 mode=$3 conns=$4 before
   ok_answers=0
   if [ "$warmup_s" -gt 0 ]; then
     run_wrk "$mode" "$conns" "$warmup_s" "$name-warm-$run_nonce" "$work/$name.warm.out"
     ok_answers=$(ok_count "$work/$name.warm.out")
   fi
   log "$label: ${duration_s}s, $conns connections"
+  before=$(sample)
   run_wrk "$mode" "$conns" "$duration_s" "$name-$run_nonce" "$work/$name.out"
+  cost_row "$label" "$(requests_of "$work/$name.out")" "$before" "$(sample)"
   wrk_row "$label" "$conns" "$work/$name.out"
   ok_answers=$((ok_answers + $(ok_count "$work/$name.out")))
 }
@@ -372,9 +433,13 @@ measure_mixed() {
     wait_background
   fi
   log "summary ($mixed_readers connections) while recording ($mixed_writers connections): ${duration_s}s"
+  local before
+  before=$(sample)
   run_wrk summary "$mixed_readers" "$duration_s" "mixed-r-$run_nonce" "$work/mixed-r.out" background
   run_wrk record "$mixed_writers" "$duration_s" "mixed-w-$run_nonce" "$work/mixed-w.out" background
   wait_background
+  cost_row "summary and record together" \
+    "$(($(requests_of "$work/mixed-r.out") + $(requests_of "$work/mixed-w.out")))" "$before" "$(sample)"
   wrk_row "GET /summary, $brands_label brands, during writes" "$mixed_readers" "$work/mixed-r.out"
   wrk_row "POST /record, $brands_label brands, during reads" "$mixed_writers" "$work/mixed-w.out"
 }
@@ -388,10 +453,14 @@ measure_pgbench() {
       id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, payload text NOT NULL)" >/dev/null
   echo "INSERT INTO http_bench_scratch (payload) VALUES (repeat('x', $pgbench_payload_bytes));" \
     >"$work/pgbench.sql"
+  local before tps failed
+  before=$(sample)
   (cd "$work" && pgbench -n -c "$pgbench_clients" -j 2 -T "$duration_s" -M prepared \
     -f "$work/pgbench.sql" -l --log-prefix=pgbench_tx "$database_url") >"$work/pgbench.out" 2>&1 ||
     { log "pgbench failed:"; cat "$work/pgbench.out" >&2; exit 1; }
-  local tps failed
+  cost_row "PostgreSQL one-row commits, pgbench (ceiling)" \
+    "$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$work/pgbench.out")" \
+    "$before" "$(sample)"
   tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$work/pgbench.out" | head -n1)
   failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$work/pgbench.out")
   [ -n "$tps" ] || { log "pgbench printed no tps:"; cat "$work/pgbench.out" >&2; exit 1; }
@@ -477,6 +546,16 @@ report() {
       }' "$results"
     echo
   done
+  if [ -s "$costs" ]; then
+    echo "Where each timed run's time went: CPU microseconds per request (service; PostgreSQL, every"
+    echo "local postgres process; the rest of the machine: wrk and the kernel), the machine's busy"
+    echo "share, and the engine's appends (from /metrics):"
+    echo
+    echo "| scenario | service µs/req | PostgreSQL µs/req | rest µs/req | machine busy | appends/s | commands per append | ms per append |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8 }' "$costs"
+    echo
+  fi
   if [ -n "$record" ] && [ -n "$pgbench" ]; then
     awk -v r="$record" -v p="$pgbench" -v b="$brands_label" \
       'BEGIN { printf "POST /record (%s brands) / PostgreSQL one-row commits (pgbench): %.2fx\n", b, r / p }'
@@ -503,12 +582,15 @@ build_service
 work=$(mktemp -d "${TMPDIR:-/tmp}/ledger-http-bench.XXXXXX")
 results="$work/results.tsv"
 : >"$results"
+costs="$work/costs.tsv"
+: >"$costs"
 run_nonce=$(date +%s)-$$
 hot_brand=bench-hot
 store_label=PostgreSQL
 [ "$store" = sqlite ] && store_label=SQLite
 brands_label=$(awk -v n="$brands" 'BEGIN { s = n ""; while (length(s) > 3) { o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) } print s o }')
 suspicious=""
+local_postgres=""
 # A known HS256 secret for the service and the token it accepts: 32 random bytes as
 # 64 hex characters (the service asks for at least 32 bytes).
 jwt_secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -517,6 +599,10 @@ if [ "$store" = postgres ]; then
   database="ledger_http_bench_$(date +%s)_$$"
   psql "$server_url" -qc "CREATE DATABASE $database" >/dev/null
   database_url=$(with_database "$server_url" "$database")
+  # PostgreSQL's CPU is counted when the server runs on this machine.
+  case "$server_url" in
+    *@127.0.0.1* | *@localhost* | *@\[::1\]*) pgrep -x postgres >/dev/null && local_postgres=1 ;;
+  esac
   log "store: PostgreSQL, fresh database $database"
 else
   log "store: SQLite in $work/data"
