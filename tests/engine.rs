@@ -645,6 +645,54 @@ on_both_stores!(
     gauges_carry_over_and_plan_changes_reach_the_open_period
 );
 
+fn check(b: &str, m: &str, n: u64) -> PeriodRequest {
+    PeriodRequest {
+        command: PeriodCommand::CheckQuota {
+            metric: metric(m),
+            requested: q(n),
+            consume: false,
+            occurred_at: None,
+        },
+        ..consume(b, m, n)
+    }
+}
+
+// Proves a pure check in a month not opened yet decides as its opening would: a gauge
+// at the level carried from the month before, a counter from 0. Checks of both kinds in
+// one batch, and the month stays unopened.
+async fn pure_checks_before_a_month_opens_see_carried_gauges(db: &common::TestDb) {
+    let log = db.log().await;
+    let clock = common::manual_clock();
+    let e = common::engine_on(log.clone(), clock.clone(), EngineConfig::default());
+    e.set_plan(brand("acme"), plan("starter"), "test".into())
+        .await
+        .unwrap();
+    e.execute(gauge("acme", "team_members", 2)).await.unwrap();
+    e.execute(record("acme", "renders_3d", 5, None))
+        .await
+        .unwrap();
+    clock.advance(Duration::days(30)); // mid-December, nothing recorded in it
+    let (seats, renders) = tokio::join!(
+        e.execute(check("acme", "team_members", 1)),
+        e.execute(check("acme", "renders_3d", 1))
+    );
+    let seats = seats.unwrap().decision.unwrap();
+    let renders = renders.unwrap().decision.unwrap();
+    assert_eq!(seats.current, 2, "the seats carried over");
+    assert_eq!(seats.remaining, seats.effective_limit.map(|l| l - 2));
+    assert_eq!(renders.current, 0, "the counter restarts");
+    assert_eq!(renders.remaining, renders.effective_limit);
+    assert_eq!(
+        stream_len(&log, "acme:2026-12").await,
+        0,
+        "pure checks open no period"
+    );
+}
+on_both_stores!(
+    pure_checks_before_opening,
+    pure_checks_before_a_month_opens_see_carried_gauges
+);
+
 // Proves the bounded queue: with room for one job, a burst gets clear Overloaded errors
 // and every command that was accepted is in the log.
 async fn a_full_queue_answers_overloaded_and_loses_nothing_accepted(db: &common::TestDb) {

@@ -16,8 +16,8 @@ use ledger_aggregates::period::{
 };
 use ledger_aggregates::topup::{TopUpCommand, TopUpEvent, TopUpId};
 use ledger_aggregates::{
-    BrandAggregate, BrandEvent, BrandId, LedgerEvent, MetricKey, OveragePolicy, PeriodKey,
-    PlanDefinition, PlanId, Quantity, QuotaDecision, UsagePeriodAggregate,
+    BrandAggregate, BrandEvent, BrandId, LedgerEvent, MetricKey, MetricKind, OveragePolicy,
+    PeriodKey, PlanDefinition, PlanId, Quantity, QuotaDecision, UsagePeriodAggregate,
 };
 use lru::LruCache;
 use tokio::sync::mpsc;
@@ -557,7 +557,7 @@ impl Writer {
             .collect();
         self.refresh_stale(batch, &targets).await?;
         self.load_missing(batch, &targets, now).await?;
-        let carried = self.carried_levels(&targets).await?;
+        let carried = self.carried_levels(batch, &targets).await?;
         let known = self.known_keys(batch, &targets, lookup).await?;
         let mut answers = Vec::with_capacity(batch.len());
         for (job, target) in batch.iter().zip(&targets) {
@@ -761,13 +761,22 @@ impl Writer {
     /// Gauge levels for each period this batch will open: those of the brand's newest
     /// earlier period, found by exact-key lookups over a bounded window. One lookup and
     /// one load for the whole batch, not one per period: a month's first commands, or a
-    /// period close, open a period for every brand at once.
-    async fn carried_levels(&mut self, targets: &[Option<Target>]) -> Result<Carried, StoreError> {
+    /// period close, open a period for every brand at once. A pure check of a counter
+    /// needs none: it writes nothing, and its answer reads no gauge.
+    async fn carried_levels(
+        &mut self,
+        batch: &[Job],
+        targets: &[Option<Target>],
+    ) -> Result<Carried, StoreError> {
         // Each period to open, with its brand's earlier periods, newest first.
         let mut opening: HashMap<String, Vec<String>> = HashMap::new();
-        for (period, id) in targets.iter().flatten() {
+        for (job, (period, id)) in batch
+            .iter()
+            .zip(targets)
+            .filter_map(|(job, target)| Some((job, target.as_ref()?)))
+        {
             let opened = self.periods.peek(id).is_some_and(|a| a.is_open());
-            if opened || opening.contains_key(id) {
+            if opened || opening.contains_key(id) || self.reads_no_gauge(job) {
                 continue;
             }
             let (brand, _) = ledger_aggregates::ids::parse_period_stream_id(id)
@@ -810,6 +819,22 @@ impl Writer {
                 (id, levels)
             })
             .collect())
+    }
+
+    /// A check without `consume` of a metric that is not a gauge: it writes nothing and
+    /// its answer depends on that metric alone (an unknown metric is refused).
+    fn reads_no_gauge(&self, job: &Job) -> bool {
+        let Job::Period { req, .. } = job else {
+            return false;
+        };
+        match &req.command {
+            PeriodCommand::CheckQuota {
+                metric,
+                consume: false,
+                ..
+            } => self.catalog.metric_kinds().get(metric) != Some(&MetricKind::Gauge),
+            _ => false,
+        }
     }
 
     /// Outcomes of keys already used, from memory and, with [`KeyLookup::Log`], for
