@@ -57,10 +57,30 @@ def schema_valid_requests_parse(ctx, response, case):
 
 
 WEBHOOK_PATH = "/api/v1/usage-billing/webhooks/stripe"
+LIVE_PATH = "/api/v1/usage-billing/live"
+
+
+def close_upgraded(response, *args, **kwargs):
+    """Close the connection a 101 answer switched to the WebSocket protocol.
+
+    Left in the pool, it would carry the next HTTP request, and the feed's first message
+    would be read as that request's status line: a network error of the client's making.
+    """
+    if response.status_code == 101:
+        response.raw.close()
+    return response
 
 
 @schemathesis.hook
 def before_call(ctx, case, kwargs):
+    """Keep upgraded connections out of the pool, and sign Stripe's webhook deliveries."""
+    if case.operation.path == LIVE_PATH:
+        kwargs.setdefault("hooks", {}).setdefault("response", []).append(close_upgraded)
+        return
+    sign_webhook(case)
+
+
+def sign_webhook(case):
     """Sign a schema-valid delivery to Stripe's webhook as Stripe would.
 
     The signature is the webhook's credential, as the admin token is the other routes':
