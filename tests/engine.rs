@@ -979,3 +979,39 @@ on_both_stores!(
     reads_see_what_another_process_appended,
     reads_see_what_another_process_appended
 );
+
+// Proves checks asked together, many of one brand and some of another, each decide on
+// what another process appended to their own streams, although this engine had them
+// cached: one probe answers all of them, each stream asked once.
+async fn checks_asked_together_see_another_process_s_writes(db: &common::TestDb) {
+    let (a, _) = engine(db).await;
+    let (b, _) = engine(db).await;
+    for name in ["acme", "globex"] {
+        a.set_plan(brand(name), plan("starter"), "t".into())
+            .await
+            .unwrap();
+        a.execute(record(name, "renders_3d", 1, None))
+            .await
+            .unwrap();
+    }
+    b.execute(record("acme", "renders_3d", 5, None))
+        .await
+        .unwrap();
+    b.execute(record("globex", "renders_3d", 2, None))
+        .await
+        .unwrap();
+    let names: Vec<&str> = (0..24)
+        .map(|i| if i % 4 == 3 { "globex" } else { "acme" })
+        .collect();
+    let answers =
+        futures::future::join_all(names.iter().map(|n| a.execute(check(n, "renders_3d", 1)))).await;
+    for (name, answer) in names.iter().zip(answers) {
+        let current = answer.unwrap().decision.unwrap().current;
+        let expected = if *name == "acme" { 6 } else { 3 };
+        assert_eq!(current, expected, "{name} as the other process left it");
+    }
+}
+on_both_stores!(
+    checks_together_see_other_writes,
+    checks_asked_together_see_another_process_s_writes
+);

@@ -34,7 +34,7 @@ connections=64
 threads=2
 brands=1000
 worker_threads=""
-scenarios="healthz,pgbench,record,record-hot,check,summary,mixed"
+scenarios="healthz,pgbench,record,record-hot,check,check-hot,summary,mixed"
 server_url="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 # The concurrent scenario: readers and writers at the same time, 64 connections in all.
 mixed_readers=48
@@ -82,7 +82,7 @@ if [ "$duration_s" -lt 1 ] || [ "$brands" -lt 1 ] || [ "$connections" -lt "$thre
   exit 2
 fi
 
-known_scenarios="healthz,pgbench,record,record-hot,check,summary,mixed"
+known_scenarios="healthz,pgbench,record,record-hot,check,check-hot,summary,mixed"
 for name in ${scenarios//,/ }; do
   [[ ",$known_scenarios," == *",$name,"* ]] ||
     { echo "unknown scenario $name (known: $known_scenarios)" >&2; exit 2; }
@@ -627,6 +627,7 @@ if wants record-hot; then
   check_hot_brand "$ok_answers"
 fi
 if wants check; then measure check "POST /check-quota, $brands_label brands" check "$connections"; fi
+if wants check-hot; then measure check-hot "POST /check-quota, hot brand" check-hot "$connections"; fi
 if wants summary; then measure summary "GET /summary, $brands_label brands" summary "$connections"; fi
 if wants mixed; then measure_mixed; fi
 

@@ -45,6 +45,10 @@ local function record_body(brand)
    return string.format('{"brandId":"%s","metric":"api_calls","value":1}', brand)
 end
 
+local function check_body(brand)
+   return string.format('{"brandId":"%s","metric":"api_calls","requestedAmount":1}', brand)
+end
+
 function init(args)
    mode, brands, hot, run_id = args[1], tonumber(args[2]), args[3], args[4]
    if not (mode and brands and hot and run_id) then
@@ -71,10 +75,10 @@ function init(args)
       end
    elseif mode == "check" then
       for i = 0, brands - 1 do
-         local body = string.format(
-            '{"brandId":"%s","metric":"api_calls","requestedAmount":1}', brand_name(i))
-         fixed[i + 1] = wrk.format("POST", API .. "/check-quota", headers, body)
+         fixed[i + 1] = wrk.format("POST", API .. "/check-quota", headers, check_body(brand_name(i)))
       end
+   elseif mode == "check-hot" then
+      fixed[1] = wrk.format("POST", API .. "/check-quota", headers, check_body(hot))
    elseif mode ~= "record" and mode ~= "record-hot" then
       error("unknown mode " .. mode)
    end
@@ -82,7 +86,7 @@ end
 
 function request()
    sent = sent + 1
-   if mode == "healthz" then
+   if mode == "healthz" or mode == "check-hot" then
       return fixed[1]
    elseif mode == "summary" or mode == "check" then
       return fixed[random_brand() + 1]

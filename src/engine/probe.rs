@@ -4,6 +4,7 @@
 //! probe is in flight share the next one: one query for all of them, and none of it on
 //! the writer's path.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -53,15 +54,36 @@ async fn run(log: Arc<dyn EventLog>, mut rx: mpsc::Receiver<(ProbeKeys, ProbeRep
                 Err(_) => break,
             }
         }
-        let keys: Vec<(&'static str, String)> = batch
+        // Each stream once: checks of one brand share its registry and period streams.
+        let mut distinct: Vec<(&'static str, String)> = Vec::new();
+        let mut index: HashMap<(&'static str, &str), usize> = HashMap::new();
+        let slots: Vec<Vec<usize>> = batch
             .iter()
-            .flat_map(|(keys, _)| keys.iter().cloned())
+            .map(|(keys, _)| {
+                keys.iter()
+                    .map(|(t, id)| {
+                        *index.entry((*t, id.as_str())).or_insert_with(|| {
+                            distinct.push((*t, id.clone()));
+                            distinct.len() - 1
+                        })
+                    })
+                    .collect()
+            })
             .collect();
-        match log.stream_versions(&keys).await {
+        let found = log
+            .stream_versions(&distinct)
+            .await
+            .and_then(|v| match v.len() {
+                n if n == distinct.len() => Ok(v),
+                n => Err(StoreError::Corrupt(format!(
+                    "{n} stream versions for {} streams",
+                    distinct.len()
+                ))),
+            });
+        match found {
             Ok(versions) => {
-                let mut versions = versions.into_iter();
-                for (keys, reply) in batch {
-                    let _ = reply.send(Ok(versions.by_ref().take(keys.len()).collect()));
+                for ((_, reply), slots) in batch.into_iter().zip(slots) {
+                    let _ = reply.send(Ok(slots.iter().map(|&i| versions[i]).collect()));
                 }
             }
             Err(e) => {
