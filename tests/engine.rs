@@ -564,9 +564,11 @@ async fn a_restart_from_a_snapshot_equals_a_full_fold(db: &common::TestDb) {
 }
 on_both_stores!(snapshots, a_restart_from_a_snapshot_equals_a_full_fold);
 
-// Proves gauges (seats) carry over into the next period while counters restart at 0,
-// and a plan change lands in the open period as an event.
-async fn gauges_carry_over_and_plan_changes_reach_the_open_period(db: &common::TestDb) {
+/// acme on starter with 2 seats and 5 renders in November, the clock then moved to
+/// mid-December, with nothing recorded in it yet.
+async fn november_with_seats_then_mid_december(
+    db: &common::TestDb,
+) -> (Arc<dyn usage_ledger::store::EventLog>, Engine) {
     let log = db.log().await;
     let clock = common::manual_clock();
     let e = common::engine_on(log.clone(), clock.clone(), EngineConfig::default());
@@ -577,7 +579,14 @@ async fn gauges_carry_over_and_plan_changes_reach_the_open_period(db: &common::T
     e.execute(record("acme", "renders_3d", 5, None))
         .await
         .unwrap();
-    clock.advance(Duration::days(30)); // mid-December
+    clock.advance(Duration::days(30));
+    (log, e)
+}
+
+// Proves gauges (seats) carry over into the next period while counters restart at 0,
+// and a plan change lands in the open period as an event.
+async fn gauges_carry_over_and_plan_changes_reach_the_open_period(db: &common::TestDb) {
+    let (_, e) = november_with_seats_then_mid_december(db).await;
     let change = e
         .set_plan(brand("acme"), plan("professional"), "test".into())
         .await
@@ -661,17 +670,7 @@ fn check(b: &str, m: &str, n: u64) -> PeriodRequest {
 // at the level carried from the month before, a counter from 0. Checks of both kinds in
 // one batch, and the month stays unopened.
 async fn pure_checks_before_a_month_opens_see_carried_gauges(db: &common::TestDb) {
-    let log = db.log().await;
-    let clock = common::manual_clock();
-    let e = common::engine_on(log.clone(), clock.clone(), EngineConfig::default());
-    e.set_plan(brand("acme"), plan("starter"), "test".into())
-        .await
-        .unwrap();
-    e.execute(gauge("acme", "team_members", 2)).await.unwrap();
-    e.execute(record("acme", "renders_3d", 5, None))
-        .await
-        .unwrap();
-    clock.advance(Duration::days(30)); // mid-December, nothing recorded in it
+    let (log, e) = november_with_seats_then_mid_december(db).await;
     let (seats, renders) = tokio::join!(
         e.execute(check("acme", "team_members", 1)),
         e.execute(check("acme", "renders_3d", 1))
