@@ -55,19 +55,17 @@ async fn run(log: Arc<dyn EventLog>, mut rx: mpsc::Receiver<(ProbeKeys, ProbeRep
             }
         }
         // Each stream once: checks of one brand share its registry and period streams.
+        // `slots` holds, key after key of the batch, where its stream is in `distinct`.
         let mut distinct: Vec<(&'static str, String)> = Vec::new();
         let mut index: HashMap<(&'static str, &str), usize> = HashMap::new();
-        let slots: Vec<Vec<usize>> = batch
+        let slots: Vec<usize> = batch
             .iter()
-            .map(|(keys, _)| {
-                keys.iter()
-                    .map(|(t, id)| {
-                        *index.entry((*t, id.as_str())).or_insert_with(|| {
-                            distinct.push((*t, id.clone()));
-                            distinct.len() - 1
-                        })
-                    })
-                    .collect()
+            .flat_map(|(keys, _)| keys)
+            .map(|(t, id)| {
+                *index.entry((*t, id.as_str())).or_insert_with(|| {
+                    distinct.push((*t, id.clone()));
+                    distinct.len() - 1
+                })
             })
             .collect();
         let found = log
@@ -82,8 +80,10 @@ async fn run(log: Arc<dyn EventLog>, mut rx: mpsc::Receiver<(ProbeKeys, ProbeRep
             });
         match found {
             Ok(versions) => {
-                for ((_, reply), slots) in batch.into_iter().zip(slots) {
-                    let _ = reply.send(Ok(slots.iter().map(|&i| versions[i]).collect()));
+                let mut slots = slots.into_iter();
+                for (keys, reply) in batch {
+                    let mine = slots.by_ref().take(keys.len()).map(|i| versions[i]);
+                    let _ = reply.send(Ok(mine.collect()));
                 }
             }
             Err(e) => {
