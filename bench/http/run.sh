@@ -365,23 +365,29 @@ sample() {
   echo "$engine $svc $pg $(awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat)"
 }
 
-# User and system CPU ticks of one process (0 once it is gone). The name field may hold
-# spaces, so the fields are counted from its closing parenthesis.
+# "pid ppid own children" CPU ticks (user + system) of each process named, one line each,
+# for those still alive. The name field may hold spaces, so the fields are counted from
+# its closing parenthesis.
+ticks_of() {
+  local pid stat
+  for pid in "$@"; do
+    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+    awk -v pid="$pid" '{ print pid, $2, $12 + $13, $14 + $15 }' <<<"${stat##*) }"
+  done
+}
+
+# CPU ticks of one process (0 once it is gone).
 process_ticks() {
-  local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
-  awk '{ print $12 + $13 }' <<<"${stat##*) }"
+  ticks_of "$1" | awk '{ t += $3 } END { print t + 0 }'
 }
 
 # CPU ticks of the local PostgreSQL: every live `postgres` process's, plus what the
 # postmaster's exited children used (pgbench's connections close before the sample).
 postgres_ticks() {
-  local pid stats=""
-  for pid in $(pgrep -x postgres || true); do
-    stats+="$(cat "/proc/$pid/stat" 2>/dev/null | sed 's/^\([0-9]*\) (.*) /\1 /')"$'\n'
-  done
-  awk 'NF { pid[NR] = $1; parent[NR] = $3; own[NR] = $13 + $14; children[NR] = $15 + $16; is[$1] = 1 }
-    END { for (i in pid) { t += own[i]; if (!(parent[i] in is)) t += children[i] } print t + 0 }' <<<"$stats"
+  # shellcheck disable=SC2046 # one pid per word
+  ticks_of $(pgrep -x postgres || true) | awk '
+    { parent[$1] = $2; own[$1] = $3; children[$1] = $4 }
+    END { for (p in own) { t += own[p]; if (!(parent[p] in own)) t += children[p] } print t + 0 }'
 }
 
 # One row of the cost table from two samples around a timed run and the requests wrk
