@@ -236,8 +236,12 @@ impl Writer {
                     // The next batch will likely be this size: reserving it up front
                     // saves growing every vector of the batch by doubling.
                     let size = next.jobs.len();
-                    inflight =
-                        Some(self.launch(std::mem::replace(&mut next, Batch::with_capacity(size))));
+                    let batch = std::mem::replace(&mut next, Batch::with_capacity(size));
+                    if batch.staged.events.is_empty() {
+                        self.answer_in_place(batch);
+                    } else {
+                        inflight = Some(self.launch(batch));
+                    }
                     linger = None;
                 } else if !work && !open {
                     break;
@@ -328,14 +332,28 @@ impl Writer {
         let append = tokio::spawn(async move {
             let started = std::time::Instant::now();
             let done = log.append(&events, &snapshots).await;
-            // A batch of pure checks appends nothing: it is no append to count.
-            if let (Some(m), Ok(()), false) = (&metrics, &done, events.is_empty()) {
+            if let (Some(m), Ok(())) = (&metrics, &done) {
                 m.batch_commands.observe(commands as f64);
                 m.append_seconds.observe(started.elapsed().as_secs_f64());
             }
             done
         });
         (batch, append)
+    }
+
+    /// Answer a batch that appends nothing (pure checks, reads) now: it has no commit
+    /// to wait for, so it needs no task, and no batch in flight holds it back.
+    fn answer_in_place(&mut self, mut batch: Batch) {
+        for (k, v) in std::mem::take(&mut batch.staged.keyed) {
+            self.keys.put(k, v);
+        }
+        self.answer(batch);
+    }
+
+    /// Tell readers what a committed batch wrote, then its callers.
+    fn answer(&mut self, mut batch: Batch) {
+        self.acknowledge(&mut batch.staged);
+        reply_all(batch.jobs.into_iter(), Ok(batch.answers));
     }
 
     /// Answer a batch whose append returned. On failure, the speculative next batch is
@@ -345,8 +363,7 @@ impl Writer {
             for (k, v) in self.pending_keys.drain() {
                 self.keys.put(k, v);
             }
-            self.acknowledge(&mut batch.staged);
-            reply_all(batch.jobs.into_iter(), Ok(batch.answers));
+            self.answer(batch);
             return;
         }
         self.pending_keys.clear();
