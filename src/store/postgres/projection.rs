@@ -97,7 +97,7 @@ const RECORD_COLUMNS: &str = "transaction_id::text, position, aggregate_type, ag
        sequence, event_type, event_version, payload::text, metadata::text, recorded_at";
 
 /// The rows `model_row` decodes.
-const MODEL_ROWS: &str = "SELECT brand_id, period, sequence, models::text FROM read_models";
+const MODEL_ROWS: &str = "SELECT brand_id, period, sequence, models FROM read_models";
 
 fn records(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<LogRecord>, StoreError> {
     rows.iter()
@@ -132,7 +132,7 @@ async fn upsert_models(tx: &mut PgConnection, rows: &[ModelRow]) -> Result<(), S
     let col = |f: fn(&ModelRow) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
     sqlx::query(
         "INSERT INTO read_models (brand_id, period, sequence, models)
-         SELECT b, p, s, m::json FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[])
+         SELECT b, p, s, m FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[])
                 AS u(b, p, s, m)
          ON CONFLICT (brand_id, period) DO UPDATE
             SET sequence = EXCLUDED.sequence, models = EXCLUDED.models, updated_at = now()",
@@ -217,7 +217,7 @@ impl ProjectionStore for PostgresLog {
 
     async fn load_models(&self, keys: &[(String, String)]) -> Result<Vec<ModelRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT r.brand_id, r.period, r.sequence, r.models::text
+            "SELECT r.brand_id, r.period, r.sequence, r.models
                FROM UNNEST($1::text[], $2::text[]) AS k(b, p)
                JOIN read_models r ON r.brand_id = k.b AND r.period = k.p",
         )
