@@ -546,3 +546,57 @@ on_both_stores!(
     statistics_are_refreshed_as_the_log_grows,
     statistics_are_refreshed_as_the_log_grows
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_wakes_once_for_its_own_commit_and_hears_another_processs() {
+    // PostgreSQL only (SQLite has no notifications): a process's own append wakes its
+    // consumers once, at once, and its notification does not wake them a second time;
+    // another process's append still reaches them through the notification.
+    let Some(db) = common::TestDb::postgres().await else {
+        return;
+    };
+    let url = db.pg_url().expect("a PostgreSQL database");
+    let here = Arc::new(PostgresLog::connect(url).await.expect("connect"));
+    let there = PostgresLog::connect(url)
+        .await
+        .expect("connect a second process");
+    let wake = ProjectionStore::watch_commits(here.as_ref())
+        .await
+        .expect("listen");
+    let (woken, mut wakes) = tokio::sync::mpsc::unbounded_channel();
+    let counter = tokio::spawn(async move {
+        loop {
+            wake.notified().await;
+            if woken.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    let quiet = std::time::Duration::from_millis(500);
+    let heard = std::time::Duration::from_secs(5);
+
+    here.append(&[event("acme:2026-11", 1)], &[]).await.unwrap();
+    tokio::time::timeout(heard, wakes.recv())
+        .await
+        .expect("the own commit wakes at once");
+    assert!(
+        tokio::time::timeout(quiet, wakes.recv()).await.is_err(),
+        "the own commit's notification must not wake the consumers again"
+    );
+
+    there
+        .append(&[event("acme:2026-11", 2)], &[])
+        .await
+        .unwrap();
+    tokio::time::timeout(heard, wakes.recv())
+        .await
+        .expect("another process's commit is heard");
+    assert!(
+        tokio::time::timeout(quiet, wakes.recv()).await.is_err(),
+        "one commit, one wake-up"
+    );
+    counter.abort();
+    here.close().await;
+    there.close().await;
+    db.cleanup().await;
+}

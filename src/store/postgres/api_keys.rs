@@ -93,7 +93,7 @@ impl ApiKeyStore for PostgresLog {
         let forward = signal.clone();
         // A revocation missed while reconnecting is covered: a reconnection wakes too,
         // and the cache is cleared anyway.
-        super::listen(self.pool(), REVOCATIONS_CHANNEL, move || {
+        super::listen(self.pool(), REVOCATIONS_CHANNEL, None, move || {
             forward.notify_one()
         })
         .await?;

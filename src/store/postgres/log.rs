@@ -216,8 +216,12 @@ impl EventLog for PostgresLog {
         if matches!(done, Ok(_) | Err(StoreError::Conflict(_))) {
             self.keep_appender(conn);
         }
+        // Any failure but a conflict may still have committed, and the listener skips
+        // this process's own notifications: the consumers look either way.
+        if !matches!(done, Err(StoreError::Conflict(_))) {
+            self.commits.notify();
+        }
         done?;
-        self.commits.notify();
         self.appended(events.len());
         Ok(())
     }

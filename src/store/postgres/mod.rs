@@ -65,6 +65,11 @@ pub struct PostgresLog {
     listening: tokio::sync::OnceCell<()>,
     /// When the tables' statistics are refreshed.
     stats: std::sync::Arc<super::stats::StatsDue>,
+    /// Sets this process's name on its append connections: the commit notification an
+    /// append sends carries it, so the listener skips this process's own commits, which
+    /// already woke its consumers at once (migration 0007).
+    origin_setting: String,
+    origin: String,
 }
 
 /// Listen to `channel` on a connection of its own and call `wake` on every notification,
@@ -73,6 +78,7 @@ pub struct PostgresLog {
 async fn listen(
     pool: &PgPool,
     channel: &'static str,
+    skip_payload: Option<String>,
     wake: impl Fn() + Send + 'static,
 ) -> Result<(), StoreError> {
     let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
@@ -80,6 +86,7 @@ async fn listen(
     tokio::spawn(async move {
         loop {
             match listener.recv().await {
+                Ok(n) if skip_payload.as_deref() == Some(n.payload()) => {}
                 Ok(_) => wake(),
                 // The store was closed: let the listener's connection go with it.
                 Err(sqlx::Error::PoolClosed) => return,
@@ -140,7 +147,10 @@ impl PostgresLog {
             .connect_with(opts)
             .await?;
         Self::migrate(&pool).await?;
+        let origin = uuid::Uuid::new_v4().simple().to_string();
         Ok(Self {
+            origin_setting: format!("SET ledger.origin = '{origin}'"),
+            origin,
             pool,
             appenders: Default::default(),
             log_readers: Default::default(),
@@ -171,7 +181,9 @@ impl PostgresLog {
 
     /// A kept append connection, or a new one taken out of the pool.
     async fn appender(&self) -> Result<PgConnection, StoreError> {
-        self.appenders.take(&self.pool, &[]).await
+        self.appenders
+            .take(&self.pool, &[&self.origin_setting])
+            .await
     }
 
     fn keep_appender(&self, conn: PgConnection) {
@@ -198,7 +210,6 @@ impl PostgresLog {
             .map_err(|e| StoreError::Unavailable(e.into()))
     }
 
-    /// The signal this process's committed appends notify.
     /// A watcher of this process's commits, of its own.
     pub fn commit_signal(&self) -> std::sync::Arc<tokio::sync::Notify> {
         self.commits.watch()

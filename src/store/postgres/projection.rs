@@ -328,7 +328,8 @@ impl ProjectionStore for PostgresLog {
                 // A reconnection wakes the consumers too; they re-read from where they
                 // stand, so nothing is missed.
                 let commits = Arc::clone(&self.commits);
-                super::listen(self.pool(), EVENTS_CHANNEL, move || commits.notify()).await
+                let own = Some(self.origin.clone());
+                super::listen(self.pool(), EVENTS_CHANNEL, own, move || commits.notify()).await
             })
             .await?;
         Ok(self.commit_signal())
