@@ -69,11 +69,12 @@ pub struct PostgresLog {
     /// append sends carries it, so the listener skips this process's own commits, which
     /// already woke its consumers at once (migration 0007).
     origin_setting: String,
+    /// This process's name in the notifications of its appends.
     origin: String,
 }
 
-/// Listen to `channel` on a connection of its own and call `wake` on every notification,
-/// and after every reconnection (a notification may have been missed meanwhile), until
+/// Listen to `channel` on a connection of its own and call `wake` on every notification
+/// but those whose payload is `skip_payload`, and after every reconnection (a notification may have been missed meanwhile), until
 /// the pool closes. `recv` reconnects by itself after a lost connection.
 async fn listen(
     pool: &PgPool,
