@@ -143,9 +143,9 @@ async fn ledger_counting(
     metrics: Option<Arc<crate::metrics::EngineMetrics>>,
 ) -> Result<Ledger, StartupError> {
     let (engine, stores) = engine_counting(settings, clock, metrics).await?;
-    let projector = Projector::start(
+    let projector = Projector::follow(
         stores.projections.clone(),
-        engine.watermarks(),
+        &engine,
         settings.read_models.config(),
     )
     .await?;

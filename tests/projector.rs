@@ -10,7 +10,9 @@ use ledger_aggregates::{BrandId, MetricKey, Money, PeriodCommand, PlanId, Quanti
 use ledger_projections::LogPosition;
 use ledger_projections::ReadModels;
 use usage_ledger::store::READ_MODELS_PROJECTOR;
-use usage_ledger::tail::projector::{Projector, ReadModelsConfig, CACHE_PERIODS_MIN};
+use usage_ledger::tail::projector::{
+    Projector, ReadModelsConfig, CACHE_PERIODS_MIN, CATCH_UP_WAIT_MAX,
+};
 use usage_ledger::tail::rows::rows_of_all;
 
 use common::workload::{assert_same, id, replay, request, stored, workload, BRANDS, COMMANDS};
@@ -112,6 +114,55 @@ async fn projectors_killed_mid_run_and_a_rival_end_with_a_replay(db: &TestDb) {
 on_both_stores!(
     projectors_killed_mid_run_and_a_rival_end_with_a_replay,
     projectors_killed_mid_run_and_a_rival_end_with_a_replay
+);
+
+async fn reads_find_this_processs_commits_before_the_log_is_read_back(db: &TestDb) {
+    // Beside its engine, the projector folds each commit of this process the moment it
+    // commits. With the consumer stopped, so that nothing is read back from the log,
+    // every read of a brand-period this process wrote still equals a replay of the log,
+    // alerts and top-ups (which keep their log positions) included.
+    let (log, store) = db.stores().await;
+    let engine = engine_on(log, manual_clock(), Default::default());
+    let projector = Projector::follow(store.clone(), &engine, ReadModelsConfig::default())
+        .await
+        .expect("start");
+    workload(&engine, 3, 40).await;
+    assert!(projector.persist(CATCH_UP).await, "caught up");
+    projector.abort();
+    let stopped = projector.status();
+    workload(&engine, 19, COMMANDS).await;
+    let replayed = replay(store.as_ref(), None).await;
+    assert!(
+        replayed.active_alerts.iter().any(|(_, _, alerts)| alerts
+            .iter()
+            .any(|a| a.position > stopped.checkpoint.position)),
+        "the workload raises alerts after the consumer stopped"
+    );
+    let started = std::time::Instant::now();
+    for (brand, period) in replayed.periods() {
+        let read = projector.period(brand, period).await.expect("read");
+        assert_eq!(
+            read.as_deref(),
+            replayed.period_models(brand, period).as_ref(),
+            "{brand} {period}"
+        );
+    }
+    // A read the lane had not folded would have waited for the stopped consumer for
+    // CATCH_UP_WAIT_MAX, then answered stale (and failed above).
+    assert!(
+        started.elapsed() < CATCH_UP_WAIT_MAX,
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        projector.status().checkpoint,
+        stopped.checkpoint,
+        "nothing was read back"
+    );
+}
+on_both_stores!(
+    reads_find_this_processs_commits_before_the_log_is_read_back,
+    reads_find_this_processs_commits_before_the_log_is_read_back
 );
 
 /// PostgreSQL: identity values are drawn before commit, so an event written by a
@@ -284,7 +335,7 @@ async fn smallest_projector(
         cache_periods_max: CACHE_PERIODS_MIN,
         ..ReadModelsConfig::default()
     };
-    Projector::start(store.clone(), engine.watermarks(), config)
+    Projector::follow(store.clone(), engine, config)
         .await
         .expect("start")
 }

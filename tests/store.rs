@@ -95,6 +95,52 @@ async fn append_stream(log: &Arc<dyn EventLog>, id: &str, len: i64) {
     log.append(&events, &[]).await.expect("append");
 }
 
+async fn an_append_answers_where_each_event_sits_in_the_log(db: &TestDb) {
+    // The positions an append answers are those the log is read back with, in the
+    // order the events were given, with or without snapshots in the same commit.
+    let s = open(db).await;
+    let first = [
+        event("beta:2026-11", 1),
+        event("acme:2026-11", 1),
+        event("beta:2026-11", 2),
+    ];
+    let snapshot = NewSnapshot {
+        aggregate_type: STREAM,
+        aggregate_id: "acme:2026-11".to_owned(),
+        last_sequence: 2,
+        payload: r#"{"at":2}"#.to_owned(),
+    };
+    let second = [event("acme:2026-11", 2), event("gamma:2026-11", 1)];
+    let mut answered = s.log.append(&first, &[]).await.expect("append");
+    answered.extend(s.log.append(&second, &[snapshot]).await.expect("append"));
+    let read = s
+        .models
+        .read_log(LogPosition::START, None, 100)
+        .await
+        .expect("read");
+    let given: Vec<(String, i64)> = first
+        .iter()
+        .chain(&second)
+        .map(|e| (e.aggregate_id.clone(), e.sequence))
+        .collect();
+    let at_read: Vec<(String, i64)> = answered
+        .iter()
+        .map(|&p| {
+            let r = read
+                .iter()
+                .find(|r| r.at.position == p)
+                .unwrap_or_else(|| panic!("position {p} is in the log"));
+            (r.aggregate_id.clone(), r.sequence)
+        })
+        .collect();
+    assert_eq!(at_read, given);
+    assert!(s.log.append(&[], &[]).await.expect("empty").is_empty());
+}
+on_both_stores!(
+    an_append_answers_where_each_event_sits_in_the_log,
+    an_append_answers_where_each_event_sits_in_the_log
+);
+
 async fn an_append_that_takes_a_used_sequence_writes_nothing(db: &TestDb) {
     // Proves a batch with one sequence already taken fails as a conflict and leaves
     // every stream of the batch as it was, the untouched one included.

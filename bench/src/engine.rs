@@ -93,9 +93,7 @@ pub(crate) async fn wire_ledger(
         },
     );
     let projector = match projection {
-        Some(store) => {
-            Some(Projector::start(store, engine.watermarks(), Default::default()).await?)
-        }
+        Some(store) => Some(Projector::follow(store, &engine, Default::default()).await?),
         None => None,
     };
     Ok(Ledger { engine, projector })

@@ -14,7 +14,7 @@ mod topups;
 mod writer;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::Aggregate;
@@ -27,6 +27,7 @@ use ledger_aggregates::{
     LedgerError, LedgerEvent, MetricKey, PeriodCommand, PeriodKey, PlanId, QuotaDecision,
     UsagePeriodAggregate,
 };
+use ledger_projections::ProjectedEvent;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -34,6 +35,18 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::clock::Clock;
 use crate::store::{EventLog, StoreError};
 use crate::tail::watermark::Watermarks;
+
+/// Told of what the writers committed, before their callers hear of it: the read models
+/// fold this process's own commits at once instead of reading them back from the log.
+/// Called on the writer's path, so it must not block.
+pub trait CommitListener: Send + Sync + 'static {
+    /// The brand-period events of one commit, in the order they were appended, with
+    /// their log positions.
+    fn committed(&self, events: &[ProjectedEvent]);
+}
+
+/// The one listener the writers call, set once after the engine starts.
+pub(crate) type Listener = Arc<OnceLock<Arc<dyn CommitListener>>>;
 
 /// Limits and tuning of the engine. Every field is a named limit with its reason.
 #[derive(Debug, Clone)]
@@ -391,6 +404,8 @@ pub struct Engine {
     prober: probe::Prober,
     /// Where holds placed here are announced to the sweeper that expires them.
     holds: holds::Notices,
+    /// Told of every commit, see [`Engine::on_commit`].
+    listener: Listener,
 }
 
 impl Engine {
@@ -412,6 +427,7 @@ impl Engine {
         });
         let closing = watch::Sender::new(false);
         let marks = Arc::new(Watermarks::new());
+        let listener = Listener::default();
         let mut writers = Vec::with_capacity(n);
         let shards: Vec<_> = (0..n)
             .map(|_| {
@@ -422,6 +438,7 @@ impl Engine {
                     clock.clone(),
                     shard_cfg.clone(),
                     marks.clone(),
+                    listener.clone(),
                 );
                 writers.push(tokio::spawn(w.run(rx, closing.subscribe())));
                 tx
@@ -446,7 +463,14 @@ impl Engine {
             marks,
             prober,
             holds,
+            listener,
         }
+    }
+
+    /// Tell `listener` of every commit from now on, before its callers are answered.
+    /// `false` (and nothing changes) when one is already set.
+    pub fn on_commit(&self, listener: Arc<dyn CommitListener>) -> bool {
+        self.listener.set(listener).is_ok()
     }
 
     /// Stop taking commands, answer every one already queued, and wait for the writers

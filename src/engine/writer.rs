@@ -19,13 +19,14 @@ use ledger_aggregates::{
     BrandAggregate, BrandEvent, BrandId, LedgerEvent, MetricKey, MetricKind, OveragePolicy,
     PeriodKey, PlanDefinition, PlanId, Quantity, QuotaDecision, UsagePeriodAggregate,
 };
+use ledger_projections::{Payload, ProjectedEvent};
 use lru::LruCache;
 use tokio::sync::mpsc;
 
 use super::refusals::{self, Refusals};
 use super::{
-    Committed, EngineConfig, EngineError, Job, Metadata, Outcome, PeriodRequest, PlanChange,
-    TopUpChange,
+    Committed, EngineConfig, EngineError, Job, Listener, Metadata, Outcome, PeriodRequest,
+    PlanChange, TopUpChange,
 };
 use crate::clock::Clock;
 use crate::store::{rebuild, EventLog, NewEvent, NewSnapshot, StoreError};
@@ -67,6 +68,9 @@ struct Staged {
     tallies: Vec<Tally>,
     /// What the batch does to the windows of repeated refusals.
     refusals: refusals::Staged,
+    /// The brand-period events among `events`, by their index there, for the commit
+    /// listener.
+    period_events: Vec<(usize, LedgerEvent)>,
 }
 
 /// A fact of a batch the metrics count once it is committed.
@@ -143,8 +147,9 @@ impl Batch {
     }
 }
 
-/// The append of the batch in flight.
-type Append = tokio::task::JoinHandle<Result<(), StoreError>>;
+/// The append of the batch in flight: the events it wrote (handed back) and their log
+/// positions.
+type Append = tokio::task::JoinHandle<(Vec<NewEvent>, Result<Vec<i64>, StoreError>)>;
 
 pub(crate) struct Writer {
     log: Arc<dyn EventLog>,
@@ -159,6 +164,8 @@ pub(crate) struct Writer {
     pending_keys: HashMap<(String, String), (String, Outcome)>,
     /// Where committed writes are announced to the read models' readers.
     marks: Arc<Watermarks>,
+    /// Told of every commit before its callers are.
+    listener: Listener,
     /// Repeated refusals counted in memory until they are appended as one event.
     refusals: Refusals,
 }
@@ -170,6 +177,7 @@ impl Writer {
         clock: Arc<dyn Clock>,
         cfg: Arc<EngineConfig>,
         marks: Arc<Watermarks>,
+        listener: Listener,
     ) -> Self {
         // Each job needs at most two streams; the cache must hold a whole batch.
         let streams = cfg.cache_streams_max.max(4 * cfg.batch_commands_max);
@@ -183,6 +191,7 @@ impl Writer {
             keys: LruCache::new(cap(cfg.idempotency_cache_max)),
             pending_keys: HashMap::new(),
             marks,
+            listener,
             refusals: Refusals::new(cfg.refusal_window, cfg.refusal_windows_max),
             cfg,
         }
@@ -270,8 +279,14 @@ impl Writer {
                         None => std::future::pending().await,
                     }
                 }, if inflight.is_some() => {
-                    let (batch, _) = inflight.take().expect("the branch runs only with a batch in flight");
-                    let done = done.unwrap_or_else(|e| Err(StoreError::Corrupt(format!("append task failed: {e}"))));
+                    let (mut batch, _) = inflight.take().expect("the branch runs only with a batch in flight");
+                    let done = match done {
+                        Ok((events, done)) => {
+                            batch.staged.events = events;
+                            done
+                        }
+                        Err(e) => Err(StoreError::Corrupt(format!("append task failed: {e}"))),
+                    };
                     let answered = batch.jobs.len();
                     self.finish(batch, done, &mut next).await;
                     let until = tokio::time::Instant::now() + self.cfg.batch_linger_max;
@@ -332,11 +347,11 @@ impl Writer {
         let append = tokio::spawn(async move {
             let started = std::time::Instant::now();
             let done = log.append(&events, &snapshots).await;
-            if let (Some(m), Ok(())) = (&metrics, &done) {
+            if let (Some(m), Ok(_)) = (&metrics, &done) {
                 m.batch_commands.observe(commands as f64);
                 m.append_seconds.observe(started.elapsed().as_secs_f64());
             }
-            done
+            (events, done)
         });
         (batch, append)
     }
@@ -347,25 +362,34 @@ impl Writer {
         for (k, v) in std::mem::take(&mut batch.staged.keyed) {
             self.keys.put(k, v);
         }
-        self.answer(batch);
+        self.answer(batch, &[]);
     }
 
-    /// Tell readers what a committed batch wrote, then its callers.
-    fn answer(&mut self, mut batch: Batch) {
-        self.acknowledge(&mut batch.staged);
+    /// Tell readers what a committed batch wrote (its events at `positions`), then its
+    /// callers.
+    fn answer(&mut self, mut batch: Batch, positions: &[i64]) {
+        self.acknowledge(&mut batch.staged, positions);
         reply_all(batch.jobs.into_iter(), Ok(batch.answers));
     }
 
     /// Answer a batch whose append returned. On failure, the speculative next batch is
     /// discarded with it: both are decided again from the log.
-    async fn finish(&mut self, mut batch: Batch, done: Result<(), StoreError>, next: &mut Batch) {
-        if done.is_ok() {
-            for (k, v) in self.pending_keys.drain() {
-                self.keys.put(k, v);
+    async fn finish(
+        &mut self,
+        mut batch: Batch,
+        done: Result<Vec<i64>, StoreError>,
+        next: &mut Batch,
+    ) {
+        let done = match done {
+            Ok(positions) => {
+                for (k, v) in self.pending_keys.drain() {
+                    self.keys.put(k, v);
+                }
+                self.answer(batch, &positions);
+                return;
             }
-            self.answer(batch);
-            return;
-        }
+            Err(e) => e,
+        };
         self.pending_keys.clear();
         let mut next = std::mem::take(next);
         self.refusals.landed();
@@ -379,7 +403,7 @@ impl Writer {
         match done {
             // A unique violation aborted the statement: nothing was written, so the
             // in-flight jobs are safe to decide again.
-            Err(StoreError::Conflict(why)) => {
+            StoreError::Conflict(why) => {
                 tracing::debug!(%why, "append conflict; reloading and deciding again");
                 if let Some(m) = &self.cfg.metrics {
                     m.conflicts.inc();
@@ -390,11 +414,10 @@ impl Writer {
             }
             // Any other failure may have happened after the commit (a lost connection):
             // re-running could apply the same command twice, so its callers are told.
-            Err(e) => {
+            e => {
                 tracing::error!(error = %e, "append failed; every caller of the batch is told");
                 reply_all(batch.jobs.into_iter(), Err(EngineError::Store(Arc::new(e))));
             }
-            Ok(()) => unreachable!("handled above"),
         }
         if !retry.is_empty() {
             self.process(&mut retry).await;
@@ -417,8 +440,8 @@ impl Writer {
                 self.refusals.restore(std::mem::take(&mut staged.refusals));
             }
             match result {
-                Ok(answers) => {
-                    self.acknowledge(&mut staged);
+                Ok((answers, positions)) => {
+                    self.acknowledge(&mut staged, &positions);
                     for (k, v) in staged.keyed {
                         self.keys.put(k, v);
                     }
@@ -480,9 +503,30 @@ impl Writer {
         next.staged.refusals.absorb(taken);
     }
 
-    /// Tell readers what a committed batch wrote, before its callers hear of it, and
-    /// count it.
-    fn acknowledge(&mut self, staged: &mut Staged) {
+    /// Tell readers what a committed batch wrote (its events at `positions`), before its
+    /// callers hear of it, and count it.
+    fn acknowledge(&mut self, staged: &mut Staged, positions: &[i64]) {
+        if let Some(listener) = self.listener.get() {
+            let events: Vec<ProjectedEvent> = staged
+                .period_events
+                .drain(..)
+                .filter_map(|(i, event)| {
+                    let e = &staged.events[i];
+                    let sequence = u64::try_from(e.sequence).ok()?;
+                    ProjectedEvent::from_stored(
+                        positions[i],
+                        PERIOD,
+                        &e.aggregate_id,
+                        sequence,
+                        Payload::Period(event),
+                    )
+                    .ok()
+                })
+                .collect();
+            if !events.is_empty() {
+                listener.committed(&events);
+            }
+        }
         self.refusals
             .acknowledge(std::mem::take(&mut staged.refusals));
         if let Some(m) = &self.cfg.metrics {
@@ -532,13 +576,13 @@ impl Writer {
         batch: &[Job],
         now: DateTime<Utc>,
         staged: &mut Staged,
-    ) -> Result<Vec<Answer>, StoreError> {
+    ) -> Result<(Vec<Answer>, Vec<i64>), StoreError> {
         let answers = self
             .decide_batch(batch, now, KeyLookup::Log, staged)
             .await?;
         self.stage_snapshots(staged);
-        self.log.append(&staged.events, &staged.snapshots).await?;
-        Ok(answers)
+        let positions = self.log.append(&staged.events, &staged.snapshots).await?;
+        Ok((answers, positions))
     }
 
     /// Load what the jobs need, then decide each in order into `staged`. Store errors
@@ -1312,6 +1356,8 @@ trait StreamEvent: serde::Serialize {
     const AGGREGATE_TYPE: &'static str;
     const VERSION: &'static str;
     fn type_str(&self) -> &'static str;
+    /// The event, if it is a brand-period's: what the commit listener is told of.
+    fn of_period(&self) -> Option<&LedgerEvent>;
 }
 
 impl StreamEvent for LedgerEvent {
@@ -1320,6 +1366,9 @@ impl StreamEvent for LedgerEvent {
     fn type_str(&self) -> &'static str {
         self.event_type_str()
     }
+    fn of_period(&self) -> Option<&LedgerEvent> {
+        Some(self)
+    }
 }
 
 impl StreamEvent for BrandEvent {
@@ -1327,6 +1376,9 @@ impl StreamEvent for BrandEvent {
     const VERSION: &'static str = BRAND_EVENT_VERSION;
     fn type_str(&self) -> &'static str {
         self.event_type_str()
+    }
+    fn of_period(&self) -> Option<&LedgerEvent> {
+        None
     }
 }
 
@@ -1368,6 +1420,9 @@ impl Staged {
         }
         for (sequence, event) in (first..).zip(events) {
             let (idempotency_key, request_hash) = key.take().unzip();
+            if let Some(e) = event.of_period() {
+                self.period_events.push((self.events.len(), e.clone()));
+            }
             self.events.push(NewEvent {
                 aggregate_type: E::AGGREGATE_TYPE,
                 aggregate_id: id.to_owned(),

@@ -17,11 +17,16 @@ use crate::metrics::Sampled;
 
 /// The content type of the text exposition format, version 0.0.4.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// How long a scrape waits for the read models to fold what was committed before it: the
+/// per-brand gauges then show every write the scrape follows, and a stalled consumer
+/// delays a scrape by this much at most (it then shows what memory holds).
+const SCRAPE_CATCH_UP_MAX: std::time::Duration = std::time::Duration::from_millis(500);
 
 pub(crate) async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(e) = allowed(&s, &headers).await {
         return e.into_response();
     }
+    s.ledger.projector.catch_up(SCRAPE_CATCH_UP_MAX).await;
     let status = s.ledger.projector.status();
     let period = ledger_aggregates::PeriodKey::containing(s.ledger.engine.now());
     let (brands, brands_untracked) = s.ledger.projector.recent(period, s.brand_series_max);

@@ -141,13 +141,16 @@ pub trait EventLog: Send + Sync + 'static {
         keys: &[(String, String)],
     ) -> Result<Vec<KeyedEvent>, StoreError>;
 
-    /// Append events and upsert snapshots atomically. A sequence or key already taken
-    /// fails the whole append with [`StoreError::Conflict`] and writes nothing.
+    /// Append events and upsert snapshots atomically, and answer each event's global log
+    /// position, in the order of `events`: the read models fold this process's commits
+    /// at once, and some of them keep where a fact sits in the log. A sequence or key
+    /// already taken fails the whole append with [`StoreError::Conflict`] and writes
+    /// nothing.
     async fn append(
         &self,
         events: &[NewEvent],
         snapshots: &[NewSnapshot],
-    ) -> Result<(), StoreError>;
+    ) -> Result<Vec<i64>, StoreError>;
 
     /// Every event of one stream after `after_sequence`, at most `limit`.
     async fn read_stream(

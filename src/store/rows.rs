@@ -10,7 +10,9 @@ use ledger_aggregates::BrandId;
 use ledger_projections::{LogPosition, LogRecord};
 use uuid::Uuid;
 
-use super::{ApiKeyInfo, KeyedEvent, LoadedStream, ModelRow, NewApiKey, StoreError, StoredEvent};
+use super::{
+    ApiKeyInfo, KeyedEvent, LoadedStream, ModelRow, NewApiKey, NewEvent, StoreError, StoredEvent,
+};
 
 /// The column reads of the decoders below, for a row of any database that decodes text,
 /// integers and timestamps: sqlx's bounds for that are written here once, not on every
@@ -68,6 +70,49 @@ pub(crate) fn stored_event(row: &impl Columns) -> Result<StoredEvent, sqlx::Erro
 /// Every row of a page of [`stored_event`] rows.
 pub(crate) fn stored_events(rows: &[impl Columns]) -> Result<Vec<StoredEvent>, StoreError> {
     Ok(rows.iter().map(stored_event).collect::<Result<_, _>>()?)
+}
+
+/// What an append's `RETURNING aggregate_type, aggregate_id, sequence, position` gave,
+/// as the positions of `events` in their order. Both databases return inserted rows in
+/// insert order, but neither promises it: any other order is matched up by stream and
+/// sequence.
+pub(crate) fn positions_of(
+    events: &[NewEvent],
+    returned: Vec<(String, String, i64, i64)>,
+) -> Result<Vec<i64>, StoreError> {
+    if returned.len() != events.len() {
+        return Err(StoreError::Corrupt(format!(
+            "an append of {} events returned {} rows",
+            events.len(),
+            returned.len()
+        )));
+    }
+    let same = |e: &NewEvent, (t, id, seq, _): &(String, String, i64, i64)| {
+        e.aggregate_type == t && e.aggregate_id == *id && e.sequence == *seq
+    };
+    if events.iter().zip(&returned).all(|(e, r)| same(e, r)) {
+        return Ok(returned.into_iter().map(|(_, _, _, at)| at).collect());
+    }
+    let mut at: HashMap<(String, String, i64), i64> = returned
+        .into_iter()
+        .map(|(t, id, seq, position)| ((t, id, seq), position))
+        .collect();
+    events
+        .iter()
+        .map(|e| {
+            at.remove(&(
+                e.aggregate_type.to_owned(),
+                e.aggregate_id.clone(),
+                e.sequence,
+            ))
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "an append returned no position for {} {} #{}",
+                    e.aggregate_type, e.aggregate_id, e.sequence
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Decode a row of `aggregate_id, idempotency_key, request_hash, sequence, payload`.
@@ -210,4 +255,63 @@ pub(crate) fn webhook_secrets_row(
     let secrets = serde_json::from_str(&row.text(2)?)
         .map_err(|e| StoreError::Corrupt(format!("webhook secrets of {brand}: {e}")))?;
     Ok((brand, row.text(1)?, secrets))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_event(id: &str, sequence: i64) -> NewEvent {
+        NewEvent {
+            aggregate_type: "usage_period",
+            aggregate_id: id.to_owned(),
+            sequence,
+            event_type: "UsageRecorded",
+            event_version: "1",
+            payload: "{}".to_owned(),
+            metadata: "{}".to_owned(),
+            idempotency_key: None,
+            request_hash: None,
+        }
+    }
+
+    fn row(id: &str, sequence: i64, position: i64) -> (String, String, i64, i64) {
+        ("usage_period".to_owned(), id.to_owned(), sequence, position)
+    }
+
+    #[test]
+    fn positions_follow_the_events_whatever_order_the_rows_come_in() {
+        let events = [
+            new_event("a:2026-11", 1),
+            new_event("b:2026-11", 1),
+            new_event("a:2026-11", 2),
+        ];
+        let in_order = vec![
+            row("a:2026-11", 1, 7),
+            row("b:2026-11", 1, 8),
+            row("a:2026-11", 2, 9),
+        ];
+        assert_eq!(positions_of(&events, in_order).unwrap(), [7, 8, 9]);
+        let shuffled = vec![
+            row("a:2026-11", 2, 9),
+            row("a:2026-11", 1, 7),
+            row("b:2026-11", 1, 8),
+        ];
+        assert_eq!(positions_of(&events, shuffled).unwrap(), [7, 8, 9]);
+    }
+
+    #[test]
+    fn rows_that_do_not_match_the_events_are_corrupt() {
+        let events = [new_event("a:2026-11", 1), new_event("b:2026-11", 1)];
+        let short = vec![row("a:2026-11", 1, 7)];
+        assert!(matches!(
+            positions_of(&events, short),
+            Err(StoreError::Corrupt(_))
+        ));
+        let other = vec![row("a:2026-11", 1, 7), row("c:2026-11", 1, 8)];
+        assert!(matches!(
+            positions_of(&events, other),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
 }

@@ -20,6 +20,7 @@
 //! the stored rows are written by whichever persists first, and one that finds the
 //! checkpoint moved on either finds its rows covered or writes them from there.
 
+use std::collections::hash_map::Entry as Slot;
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +37,7 @@ use tokio::sync::watch;
 use super::rows::{models_from_row, row_of};
 use super::watermark::{Required, Watermarks};
 use super::{Consumer, Tail, TailError, TailStatus};
+use crate::engine::{CommitListener, Engine};
 use crate::store::{ModelRow, ProjectionStore, READ_MODELS_PROJECTOR};
 
 /// How long a read waits for the models to hold what it must see before answering
@@ -77,6 +79,14 @@ impl Default for ReadModelsConfig {
 /// on every read. An id is a few dozen bytes: 100 Ki of them take a few MiB.
 pub const ABSENT_PERIODS_MAX: usize = 100_000;
 
+/// Brand-periods this process committed to that the consumer has not read back yet
+/// (see [`Ahead`]): each is dropped once the consumer has folded as far, within
+/// milliseconds while it keeps up. Past this many (the consumer stalled), commits are
+/// left to the consumer alone, and reads of them wait for it as before.
+pub const AHEAD_PERIODS_MAX: usize = 10_000;
+/// Committed events a brand-period keeps unfolded: past this, the commit folds them.
+const AHEAD_EVENTS_MAX: usize = 256;
+
 /// The smallest memory accepted: a batch touches up to this many brand-periods, and all
 /// of them must fit at once.
 pub const CACHE_PERIODS_MIN: usize = super::TAIL_BATCH_EVENTS_MAX as usize;
@@ -103,6 +113,12 @@ struct Memory {
     /// for them. Locked only while `entries` is (in that order); the consumer removes
     /// an id when it keeps the brand-period's first models.
     absent: Mutex<LruCache<String, ()>>,
+    /// This process's own commits, by stream id, handed over the moment they commit
+    /// (see [`Lane`]) and dropped once the consumer has folded as far: a read takes
+    /// them into account instead of waiting for the consumer. Locked only while
+    /// `entries` is (in that order). `entries` stay the consumer's alone, so what it
+    /// must write before it evicts is still only what it folded.
+    ahead: Mutex<HashMap<String, Ahead>>,
 }
 
 /// What memory knows of a brand-period.
@@ -117,8 +133,14 @@ enum Held {
 impl Memory {
     fn get(&self, id: &str) -> Held {
         let mut entries = self.entries.lock().expect("models lock");
-        if let Some(e) = entries.get(id) {
-            return Held::Models(e.models.clone());
+        let held = entries.get(id).map(|e| &e.models);
+        let mut ahead = self.ahead.lock().expect("ahead lock");
+        if let Some(models) = ahead.get_mut(id).and_then(|a| a.folded(held)) {
+            return Held::Models(models);
+        }
+        drop(ahead);
+        if let Some(models) = held {
+            return Held::Models(models.clone());
         }
         match self.absent.lock().expect("absent lock").contains(id) {
             true => Held::Absent,
@@ -168,6 +190,158 @@ impl Memory {
     }
 }
 
+/// What this process committed to one brand-period since what memory held when it
+/// did: the events, folded only when a read needs them (most are never read before the
+/// consumer folds them itself), and the models they were last folded into.
+#[derive(Default)]
+struct Ahead {
+    /// Models folded as far as a read (or a long run of commits) needed, if any.
+    models: Option<Arc<PeriodModels>>,
+    /// Committed events after `models` (or after what memory held), in sequence order,
+    /// contiguous.
+    events: Vec<ProjectedEvent>,
+}
+
+impl Ahead {
+    /// The last sequence committed here.
+    fn tip(&self) -> u64 {
+        match (self.events.last(), &self.models) {
+            (Some(e), _) => e.sequence,
+            (None, Some(m)) => m.sequence,
+            (None, None) => 0,
+        }
+    }
+
+    /// The models up to [`Ahead::tip`], folded onto the last fold or onto what `held`
+    /// (memory's entry) holds, whichever is further. `None` when memory is as far
+    /// (nothing to add), or when the events do not follow on either (memory lost the
+    /// entry before any read needed them): the read then waits for the consumer, as
+    /// for another process's write.
+    fn folded(&mut self, held: Option<&Arc<PeriodModels>>) -> Option<Arc<PeriodModels>> {
+        let held_at = held.map_or(0, |m| m.sequence);
+        if self.tip() <= held_at {
+            return None;
+        }
+        let own = self.models.as_ref().filter(|m| m.sequence >= held_at);
+        let next = own.map_or(held_at, |m| m.sequence) + 1;
+        let pending = self.events.iter().any(|e| e.sequence >= next);
+        if pending && !self.events.iter().any(|e| e.sequence == next) {
+            return None;
+        }
+        let mut base = match own {
+            Some(_) => self.models.take().expect("seen just above"),
+            None => held.cloned().unwrap_or_default(),
+        };
+        if pending {
+            let models = Arc::make_mut(&mut base);
+            for event in self.events.drain(..).filter(|e| e.sequence >= next) {
+                models.apply(&event);
+            }
+        } else {
+            self.events.clear();
+        }
+        self.models = Some(base.clone());
+        Some(base)
+    }
+}
+
+impl Memory {
+    /// Keep the events this process just committed beside what memory holds of their
+    /// brand-periods, in `ahead`: a read right after a write then finds it without
+    /// waiting for the consumer. A stream is taken where its events follow on what
+    /// memory (or `ahead`) holds, or start it; the rest waits for the consumer, as
+    /// every commit of another process does. Runs on the writer's path: nothing is
+    /// folded here unless a stream's unread events pass [`AHEAD_EVENTS_MAX`].
+    fn committed(&self, events: &[ProjectedEvent]) {
+        let mut streams: Vec<(String, Vec<ProjectedEvent>)> = Vec::new();
+        let mut index: HashMap<(&BrandId, PeriodKey), usize> = HashMap::new();
+        for event in events {
+            let Some((brand, period, _)) = event.as_period() else {
+                continue;
+            };
+            let at = *index.entry((brand, period)).or_insert_with(|| {
+                streams.push((period_stream_id(brand, period), Vec::new()));
+                streams.len() - 1
+            });
+            streams[at].1.push(event.clone());
+        }
+        let entries = self.entries.lock().expect("models lock");
+        let mut ahead = self.ahead.lock().expect("ahead lock");
+        for (id, events) in streams {
+            let first = events[0].sequence;
+            let held = entries.peek(&id).map(|e| &e.models);
+            let held_at = held.map(|m| m.sequence);
+            let full = ahead.len() >= AHEAD_PERIODS_MAX;
+            match ahead.entry(id) {
+                Slot::Occupied(mut o) if o.get().tip() >= held_at.unwrap_or(0) => {
+                    let a = o.get_mut();
+                    if a.tip() + 1 != first {
+                        continue;
+                    }
+                    a.events.extend(events);
+                    // Never read yet if it cannot be folded: dropping it loses nothing
+                    // a reader was told.
+                    if a.events.len() > AHEAD_EVENTS_MAX && a.folded(held).is_none() {
+                        o.remove();
+                    }
+                }
+                slot => {
+                    // Nothing kept yet, or what was kept is behind memory: start over
+                    // from what memory holds.
+                    if held_at.map_or(first != 1, |at| at + 1 != first) {
+                        if let Slot::Occupied(o) = slot {
+                            o.remove();
+                        }
+                        continue;
+                    }
+                    let fresh = Ahead {
+                        models: None,
+                        events,
+                    };
+                    match slot {
+                        Slot::Occupied(mut o) => {
+                            o.insert(fresh);
+                        }
+                        Slot::Vacant(_) if full => {}
+                        Slot::Vacant(v) => {
+                            v.insert(fresh);
+                        }
+                    }
+                }
+            }
+        }
+        drop(ahead);
+        drop(entries);
+        self.folded.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Drop from `ahead` what memory now holds as far, of the streams just folded.
+    fn passed(&self, streams: &[Stream]) {
+        let entries = self.entries.lock().expect("models lock");
+        let mut ahead = self.ahead.lock().expect("ahead lock");
+        if ahead.is_empty() {
+            return;
+        }
+        for stream in streams {
+            let held = entries
+                .peek(&stream.id)
+                .map_or(stream.last_sequence(), |e| e.models.sequence);
+            if ahead.get(&stream.id).is_some_and(|a| a.tip() <= held) {
+                ahead.remove(&stream.id);
+            }
+        }
+    }
+}
+
+/// What the engine tells the read models of this process's commits.
+struct Lane(Arc<Memory>);
+
+impl CommitListener for Lane {
+    fn committed(&self, events: &[ProjectedEvent]) {
+        self.0.committed(events);
+    }
+}
+
 /// The read models' consumer and the reads it serves; cheap to clone.
 #[derive(Clone)]
 pub struct Projector {
@@ -196,6 +370,7 @@ impl Projector {
             absent: Mutex::new(LruCache::new(
                 NonZeroUsize::new(ABSENT_PERIODS_MAX).expect("the limit is not zero"),
             )),
+            ahead: Mutex::new(HashMap::new()),
         });
         let consumer = ReadModelConsumer {
             store: store.clone(),
@@ -216,6 +391,21 @@ impl Projector {
             marks,
             store,
         })
+    }
+
+    /// [`Projector::start`] beside `engine`: reads wait for what it acknowledged, and
+    /// its commits are folded the moment they commit.
+    pub async fn follow(
+        store: Arc<dyn ProjectionStore>,
+        engine: &Engine,
+        config: ReadModelsConfig,
+    ) -> Result<Self, TailError> {
+        let projector = Self::start(store, engine.watermarks(), config).await?;
+        let lane = Arc::new(Lane(projector.memory.clone()));
+        if !engine.on_commit(lane) {
+            tracing::warn!("the engine already tells another listener of its commits");
+        }
+        Ok(projector)
     }
 
     /// The models of one brand-period (`None` while it has no events), holding every
@@ -460,6 +650,7 @@ impl Consumer for ReadModelConsumer {
         }
         let folded = self.fold_held(&streams, &mut stored);
         self.keep(folded).await?;
+        self.memory.passed(&streams);
         self.marks
             .settle(streams.iter().map(|s| (s.id.as_str(), s.last_sequence())));
         self.memory.folded.send_modify(|n| *n = n.wrapping_add(1));

@@ -6,7 +6,7 @@ use sqlx::Row;
 
 use super::PostgresLog;
 use crate::store::rows::{
-    group_streams, hold_rows, keyed_event, snapshot_row, stored_event, stored_events,
+    group_streams, hold_rows, keyed_event, positions_of, snapshot_row, stored_event, stored_events,
 };
 use crate::store::{
     EventLog, KeyedEvent, LoadedStream, NewEvent, NewSnapshot, StoreError, StoredEvent,
@@ -20,7 +20,8 @@ INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_ve
 SELECT t, id, seq, et, ev, p::json, m::json, k, h
   FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
               $6::text[], $7::text[], $8::text[], $9::text[])
-       AS u(t, id, seq, et, ev, p, m, k, h)";
+       AS u(t, id, seq, et, ev, p, m, k, h)
+RETURNING aggregate_type, aggregate_id, sequence, position";
 
 /// Events and snapshots in one statement: data-modifying CTEs commit or fail together.
 const INSERT_EVENTS_AND_SNAPSHOTS: &str = "
@@ -31,14 +32,16 @@ SELECT t, id, seq, et, ev, p::json, m::json, k, h
   FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
               $6::text[], $7::text[], $8::text[], $9::text[])
        AS u(t, id, seq, et, ev, p, m, k, h)
-RETURNING 1)
+RETURNING aggregate_type, aggregate_id, sequence, position),
+snap AS (
 INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
 SELECT st, sid, sseq, 1, sp::json
   FROM UNNEST($10::text[], $11::text[], $12::bigint[], $13::text[]) AS s(st, sid, sseq, sp)
 ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
    SET last_sequence = EXCLUDED.last_sequence,
        current_snapshot = snapshots.current_snapshot + 1,
-       payload = EXCLUDED.payload";
+       payload = EXCLUDED.payload)
+SELECT * FROM ins";
 
 impl PostgresLog {
     /// One page of a stream with `sql` (which binds type, id, a sequence bound, limit).
@@ -156,9 +159,9 @@ impl EventLog for PostgresLog {
         &self,
         events: &[NewEvent],
         snapshots: &[NewSnapshot],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<i64>, StoreError> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let col = |f: fn(&NewEvent) -> &str| events.iter().map(f).collect::<Vec<&str>>();
         let opt =
@@ -169,7 +172,7 @@ impl EventLog for PostgresLog {
         } else {
             INSERT_EVENTS_AND_SNAPSHOTS
         };
-        let mut q = sqlx::query(sql)
+        let mut q = sqlx::query_as::<_, (String, String, i64, i64)>(sql)
             .bind(col(|e| e.aggregate_type))
             .bind(col(|e| &e.aggregate_id))
             .bind(seqs)
@@ -209,7 +212,7 @@ impl EventLog for PostgresLog {
         // A single statement outside an explicit transaction is atomic and saves the
         // BEGIN/COMMIT round trips: the commit happens when the statement returns.
         let mut conn = self.appender().await?;
-        let done = q.execute(&mut conn).await.map_err(StoreError::from_write);
+        let done = q.fetch_all(&mut conn).await.map_err(StoreError::from_write);
         // A conflict (a unique violation) leaves the connection as good as a success does.
         // Any other failure may come from the connection itself (closed by the server, an
         // I/O error mid-exchange): it is dropped, and the next append takes a fresh one.
@@ -221,9 +224,9 @@ impl EventLog for PostgresLog {
         if !matches!(done, Err(StoreError::Conflict(_))) {
             self.commits.notify();
         }
-        done?;
+        let positions = positions_of(events, done?)?;
         self.appended(events.len());
-        Ok(())
+        Ok(positions)
     }
 
     async fn read_stream(

@@ -6,7 +6,7 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::SqliteLog;
 use crate::store::rows::{
-    group_streams, hold_rows, keyed_event, snapshot_row, stored_event, stored_events,
+    group_streams, hold_rows, keyed_event, positions_of, snapshot_row, stored_event, stored_events,
 };
 use crate::store::{
     EventLog, KeyedEvent, LoadedStream, NewEvent, NewSnapshot, StoreError, StoredEvent,
@@ -119,10 +119,11 @@ impl EventLog for SqliteLog {
         &self,
         events: &[NewEvent],
         snapshots: &[NewSnapshot],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<i64>, StoreError> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
+        let mut returned = Vec::with_capacity(events.len());
         let mut tx = self.pool.begin().await?;
         for chunk in events.chunks(SQLITE_INSERT_ROWS_MAX) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
@@ -140,10 +141,13 @@ impl EventLog for SqliteLog {
                     .push_bind(&e.idempotency_key)
                     .push_bind(&e.request_hash);
             });
-            qb.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::from_write)?;
+            qb.push(" RETURNING aggregate_type, aggregate_id, sequence, position");
+            returned.extend(
+                qb.build_query_as::<(String, String, i64, i64)>()
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(StoreError::from_write)?,
+            );
         }
         for s in snapshots {
             sqlx::query(
@@ -162,10 +166,11 @@ impl EventLog for SqliteLog {
             .await
             .map_err(StoreError::from_write)?;
         }
+        let positions = positions_of(events, returned)?;
         tx.commit().await.map_err(StoreError::from_write)?;
         self.commits.notify();
         self.appended(events.len());
-        Ok(())
+        Ok(positions)
     }
 
     async fn read_stream(
