@@ -16,6 +16,10 @@
 //! recently used evicted; one not yet written is written before it may be evicted, so
 //! a brand-period missing from memory is always its stored row.
 //!
+//! Beside an engine ([`Projector::follow`]), this process's own commits are handed over
+//! as they commit and kept beside memory until the consumer has folded as far; a read
+//! folds them in when it needs them, so a read after a write never waits for the log.
+//!
 //! Several processes on one database each fold the whole log into their own memory;
 //! the stored rows are written by whichever persists first, and one that finds the
 //! checkpoint moved on either finds its rows covered or writes them from there.
@@ -394,7 +398,7 @@ impl Projector {
     }
 
     /// [`Projector::start`] beside `engine`: reads wait for what it acknowledged, and
-    /// its commits are folded the moment they commit.
+    /// find its commits the moment they commit, before the consumer reads them back.
     pub async fn follow(
         store: Arc<dyn ProjectionStore>,
         engine: &Engine,
