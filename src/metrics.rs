@@ -142,6 +142,7 @@ pub struct Metrics {
     brands_untracked: IntGauge,
     lag_seconds: GaugeVec,
     consumed: IntGaugeVec,
+    read_model_waits: IntCounter,
 }
 
 impl Default for Metrics {
@@ -315,6 +316,17 @@ impl Metrics {
                 "Events a log consumer has taken in since start.",
                 &["consumer"],
             ),
+            read_model_waits: {
+                let c = IntCounter::new(
+                    "ledger_read_model_waits_total",
+                    "Reads of the read models that waited for their consumer to fold this process's writes.",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("registered once");
+                c
+            },
             registry,
         }
     }
@@ -324,6 +336,9 @@ impl Metrics {
         self.queued.set(sampled.queued as i64);
         self.queue_capacity.set(sampled.queue_capacity as i64);
         self.set_brands(&sampled.brands, sampled.brands_untracked);
+        let counted = self.read_model_waits.get();
+        self.read_model_waits
+            .inc_by(sampled.read_model_waits.saturating_sub(counted));
         for (consumer, lag_p99_ms, events) in sampled.consumers {
             self.lag_seconds
                 .with_label_values(&[consumer])
@@ -346,6 +361,8 @@ pub struct Sampled {
     pub queue_capacity: usize,
     /// (consumer name, p99 lag in ms, events taken in).
     pub consumers: Vec<(&'static str, u64, u64)>,
+    /// Reads of the read models that waited for the consumer, since start.
+    pub read_model_waits: u64,
     /// The per-brand series: the most recently active brand-periods of the current
     /// period, at most [`BRAND_SERIES_MAX`].
     pub brands: Vec<(BrandId, Arc<PeriodModels>)>,

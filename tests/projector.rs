@@ -147,13 +147,14 @@ async fn reads_find_this_processs_commits_before_the_log_is_read_back(db: &TestD
             "{brand} {period}"
         );
     }
-    // A read the lane had not folded would have waited for the stopped consumer for
+    // A read the lane had not taken would have waited for the stopped consumer for
     // CATCH_UP_WAIT_MAX, then answered stale (and failed above).
     assert!(
         started.elapsed() < CATCH_UP_WAIT_MAX,
         "{:?}",
         started.elapsed()
     );
+    assert_eq!(projector.reads_waited(), 0);
     assert_eq!(
         projector.status().checkpoint,
         stopped.checkpoint,
@@ -163,6 +164,57 @@ async fn reads_find_this_processs_commits_before_the_log_is_read_back(db: &TestD
 on_both_stores!(
     reads_find_this_processs_commits_before_the_log_is_read_back,
     reads_find_this_processs_commits_before_the_log_is_read_back
+);
+
+async fn a_read_that_waits_for_the_consumer_is_counted(db: &TestDb) {
+    // A read that must see a sequence the consumer has not folded yet waits for it, and
+    // is counted once however long it waits; a read that finds it folded is not.
+    let (log, store) = db.stores().await;
+    let engine = engine_on(log, manual_clock(), Default::default());
+    let marks = std::sync::Arc::new(usage_ledger::tail::watermark::Watermarks::new());
+    let projector = Projector::start(store.clone(), marks.clone(), ReadModelsConfig::default())
+        .await
+        .expect("start");
+    let brand = id(BrandId::parse, "acme");
+    starter_with_renders(&engine, &brand, 1).await;
+    let period = ledger_aggregates::PeriodKey::containing(common::t0());
+    let stream = ledger_aggregates::ids::period_stream_id(&brand, period);
+    assert!(projector.catch_up(CATCH_UP).await);
+    let held = projector.period(&brand, period).await.unwrap().unwrap();
+    assert_eq!(projector.reads_waited(), 0);
+    // As if this process had acknowledged the next record: the read waits for it.
+    marks.acknowledge([(stream.as_str(), held.sequence + 1)]);
+    let later = {
+        let engine = engine.clone();
+        let brand = brand.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let usage = PeriodCommand::RecordUsage {
+                metric: id(MetricKey::parse, "renders_3d"),
+                quantity: Quantity::new(1).unwrap(),
+                occurred_at: None,
+            };
+            engine
+                .execute(request(brand.as_str(), usage))
+                .await
+                .unwrap();
+        })
+    };
+    let read = projector.period(&brand, period).await.unwrap().unwrap();
+    later.await.unwrap();
+    assert!(
+        read.sequence > held.sequence,
+        "{} then {}",
+        held.sequence,
+        read.sequence
+    );
+    assert_eq!(projector.reads_waited(), 1);
+    projector.period(&brand, period).await.unwrap();
+    assert_eq!(projector.reads_waited(), 1);
+}
+on_both_stores!(
+    a_read_that_waits_for_the_consumer_is_counted,
+    a_read_that_waits_for_the_consumer_is_counted
 );
 
 /// PostgreSQL: identity values are drawn before commit, so an event written by a

@@ -39,6 +39,7 @@ pub(crate) async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Re
                 (*name, st.lag_ms.p99, st.events_projected)
             }))
             .collect(),
+        read_model_waits: s.ledger.projector.reads_waited(),
         brands,
         brands_untracked,
     };

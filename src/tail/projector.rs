@@ -123,6 +123,10 @@ struct Memory {
     /// `entries` is (in that order). `entries` stay the consumer's alone, so what it
     /// must write before it evicts is still only what it folded.
     ahead: Mutex<HashMap<String, Ahead>>,
+    /// Reads that waited for the consumer: for another process's writes they never do,
+    /// so these are this process's commits memory could not take at once (a stream it
+    /// no longer held), or every read while the watermarks overflowed.
+    waits: AtomicU64,
 }
 
 /// What memory knows of a brand-period.
@@ -375,6 +379,7 @@ impl Projector {
                 NonZeroUsize::new(ABSENT_PERIODS_MAX).expect("the limit is not zero"),
             )),
             ahead: Mutex::new(HashMap::new()),
+            waits: AtomicU64::new(0),
         });
         let consumer = ReadModelConsumer {
             store: store.clone(),
@@ -425,6 +430,7 @@ impl Projector {
             Required::Nothing => 0,
             Required::Sequence(n) => n,
             Required::Pass => {
+                self.memory.waits.fetch_add(1, Ordering::Relaxed);
                 if !self.tail.catch_up(CATCH_UP_WAIT_MAX).await {
                     tracing::warn!(status = ?self.tail.status(), "read models are behind the log");
                 }
@@ -433,6 +439,7 @@ impl Projector {
         };
         let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT_MAX;
         let mut folded = self.memory.folded.subscribe();
+        let mut waited = false;
         loop {
             let found = match self.memory.get(&id) {
                 Held::Models(models) => Some(models),
@@ -445,6 +452,10 @@ impl Projector {
                     self.marks.settle([(id.as_str(), need)]);
                 }
                 return Ok(found);
+            }
+            if !waited {
+                waited = true;
+                self.memory.waits.fetch_add(1, Ordering::Relaxed);
             }
             if !matches!(
                 tokio::time::timeout_at(deadline, folded.changed()).await,
@@ -525,6 +536,11 @@ impl Projector {
             .map(|(_, e)| (e.brand.clone(), e.models.clone()))
             .collect();
         (recent, of_period.count())
+    }
+
+    /// Reads since start that waited for the consumer to fold what they must see.
+    pub fn reads_waited(&self) -> u64 {
+        self.memory.waits.load(Ordering::Relaxed)
     }
 
     /// Brand-periods held in memory.

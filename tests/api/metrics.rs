@@ -90,6 +90,11 @@ async fn checks_crossings_and_refusals_are_counted_once_each(db: &TestDb) {
     );
     let summaries = r#"ledger_http_requests_total{method="GET",route="/api/v1/usage-billing/summary/{brand}",status="200"}"#;
     assert_eq!(value(&text, summaries), 3.0, "{text}");
+    assert_eq!(
+        value(&text, "ledger_read_model_waits_total"),
+        0.0,
+        "summaries of this instance's writes find them without waiting: {text}"
+    );
     assert!(
         value(&text, "ledger_engine_batch_commands_count") >= 2.0,
         "{text}"
