@@ -359,9 +359,12 @@ sample() {
     $1 == "ledger_engine_batch_commands_sum" { cs = $2 } $1 == "ledger_engine_batch_commands_count" { cc = $2 }
     $1 == "ledger_engine_append_duration_seconds_sum" { as = $2 }
     $1 == "ledger_engine_append_duration_seconds_count" { ac = $2 }
-    END { printf "%s %s %s %s", cs + 0, cc + 0, as + 0, ac + 0 }')
+    $1 == "ledger_read_model_waits_total" { rw = $2 }
+    END { printf "%s %s %s %s %s", cs + 0, cc + 0, as + 0, ac + 0, rw + 0 }')
   svc=$(process_ticks "$server_pid")
   pg=$(postgres_ticks)
+  # Fields: appended commands, appends, append seconds, timed appends, reads that waited
+  # for the read models, service ticks, PostgreSQL ticks, busy and total machine ticks.
   echo "$engine $svc $pg $(awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat)"
 }
 
@@ -399,13 +402,13 @@ cost_row() {
     -v hz="$(getconf CLK_TCK)" -v pg="$local_postgres" 'BEGIN {
     split(b, x, " "); split(a, y, " ")
     us = 1e6 / hz / (r > 0 ? r : 1)
-    svc = y[5] - x[5]; db = y[6] - x[6]; busy = y[7] - x[7]; total = y[8] - x[8]
+    svc = y[6] - x[6]; db = y[7] - x[7]; busy = y[8] - x[8]; total = y[9] - x[9]
     line = sprintf("%s\t%.0f\t%s\t%.0f\t%.0f %%", l, svc * us, pg ? sprintf("%.0f", db * us) : "-",
                    (busy - svc - (pg ? db : 0)) * us, 100 * busy / (total > 0 ? total : 1))
     n = y[2] - x[2]
     if (n > 0) line = line sprintf("\t%.0f\t%.1f\t%.2f", n / d, (y[1] - x[1]) / n, 1000 * (y[3] - x[3]) / (y[4] - x[4]))
     else line = line "\t-\t-\t-"
-    print line
+    print line "\t" (y[5] - x[5])
   }' >>"$costs"
 }
 
@@ -555,11 +558,11 @@ report() {
   if [ -s "$costs" ]; then
     echo "Where each timed run's time went: CPU microseconds per request (service; PostgreSQL, every"
     echo "local postgres process; the rest of the machine: wrk and the kernel), the machine's busy"
-    echo "share, and the engine's appends (from /metrics):"
+    echo "share, the engine's appends, and the reads that waited for the read models (from /metrics):"
     echo
-    echo "| scenario | service µs/req | PostgreSQL µs/req | rest µs/req | machine busy | appends/s | commands per append | ms per append |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-    awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8 }' "$costs"
+    echo "| scenario | service µs/req | PostgreSQL µs/req | rest µs/req | machine busy | appends/s | commands per append | ms per append | reads waited |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9 }' "$costs"
     echo
   fi
   if [ -n "$record" ] && [ -n "$pgbench" ]; then
