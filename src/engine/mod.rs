@@ -42,7 +42,7 @@ use crate::tail::watermark::Watermarks;
 pub trait CommitListener: Send + Sync + 'static {
     /// The brand-period events of one commit, in the order they were appended, with
     /// their log positions.
-    fn committed(&self, events: &[ProjectedEvent]);
+    fn committed(&self, events: Vec<ProjectedEvent>);
 }
 
 /// The one listener the writers call, set once after the engine starts.

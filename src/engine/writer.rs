@@ -524,7 +524,7 @@ impl Writer {
                 })
                 .collect();
             if !events.is_empty() {
-                listener.committed(&events);
+                listener.committed(events);
             }
         }
         self.refusals

@@ -260,22 +260,32 @@ impl Memory {
     /// memory (or `ahead`) holds, or start it; the rest waits for the consumer, as
     /// every commit of another process does. Runs on the writer's path: nothing is
     /// folded here unless a stream's unread events pass [`AHEAD_EVENTS_MAX`].
-    fn committed(&self, events: &[ProjectedEvent]) {
-        let mut streams: Vec<(String, Vec<ProjectedEvent>)> = Vec::new();
-        let mut index: HashMap<(&BrandId, PeriodKey), usize> = HashMap::new();
-        for event in events {
-            let Some((brand, period, _)) = event.as_period() else {
-                continue;
-            };
-            let at = *index.entry((brand, period)).or_insert_with(|| {
-                streams.push((period_stream_id(brand, period), Vec::new()));
-                streams.len() - 1
-            });
-            streams[at].1.push(event.clone());
+    fn committed(&self, events: Vec<ProjectedEvent>) {
+        // Grouped by stream in the order the streams first appear, the events moved.
+        let mut ids: Vec<String> = Vec::new();
+        let slots: Vec<Option<usize>> = {
+            let mut index: HashMap<(&BrandId, PeriodKey), usize> = HashMap::new();
+            events
+                .iter()
+                .map(|event| {
+                    let (brand, period, _) = event.as_period()?;
+                    Some(*index.entry((brand, period)).or_insert_with(|| {
+                        ids.push(period_stream_id(brand, period));
+                        ids.len() - 1
+                    }))
+                })
+                .collect()
+        };
+        let mut streams: Vec<Vec<ProjectedEvent>> = ids.iter().map(|_| Vec::new()).collect();
+        for (event, slot) in events.into_iter().zip(slots) {
+            if let Some(at) = slot {
+                streams[at].push(event);
+            }
         }
+        let mut kept = false;
         let entries = self.entries.lock().expect("models lock");
         let mut ahead = self.ahead.lock().expect("ahead lock");
-        for (id, events) in streams {
+        for (id, events) in ids.into_iter().zip(streams) {
             let first = events[0].sequence;
             let held = entries.peek(&id).map(|e| &e.models);
             let held_at = held.map(|m| m.sequence);
@@ -287,6 +297,7 @@ impl Memory {
                         continue;
                     }
                     a.events.extend(events);
+                    kept = true;
                     // Never read yet if it cannot be folded: dropping it loses nothing
                     // a reader was told.
                     if a.events.len() > AHEAD_EVENTS_MAX && a.folded(held).is_none() {
@@ -309,10 +320,12 @@ impl Memory {
                     match slot {
                         Slot::Occupied(mut o) => {
                             o.insert(fresh);
+                            kept = true;
                         }
                         Slot::Vacant(_) if full => {}
                         Slot::Vacant(v) => {
                             v.insert(fresh);
+                            kept = true;
                         }
                     }
                 }
@@ -320,7 +333,10 @@ impl Memory {
         }
         drop(ahead);
         drop(entries);
-        self.folded.send_modify(|n| *n = n.wrapping_add(1));
+        // Readers waiting for one of these streams look again.
+        if kept {
+            self.folded.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 
     /// Drop from `ahead` what memory now holds as far, of the streams just folded.
@@ -345,7 +361,7 @@ impl Memory {
 struct Lane(Arc<Memory>);
 
 impl CommitListener for Lane {
-    fn committed(&self, events: &[ProjectedEvent]) {
+    fn committed(&self, events: Vec<ProjectedEvent>) {
         self.0.committed(events);
     }
 }
