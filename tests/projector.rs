@@ -166,6 +166,51 @@ on_both_stores!(
     reads_find_this_processs_commits_before_the_log_is_read_back
 );
 
+async fn the_consumer_takes_its_processs_commits_as_handed_over_and_decodes_the_rest(db: &TestDb) {
+    // Two processes write one log at once. The consumer beside one of them takes that
+    // one's commits as its engine handed them over and decodes the other's from the
+    // log; what it folds still equals a replay of the log.
+    let (log, store) = db.stores().await;
+    let engine = engine_on(log, manual_clock(), Default::default());
+    let projector = Projector::follow(store.clone(), &engine, ReadModelsConfig::default())
+        .await
+        .expect("start");
+    let (other_log, _) = db.stores().await;
+    let other = engine_on(other_log, manual_clock(), Default::default());
+    tokio::join!(
+        workload(&engine, 29, COMMANDS),
+        workload(&other, 31, COMMANDS)
+    );
+    assert!(projector.persist(CATCH_UP).await, "caught up");
+    let replayed = replay(store.as_ref(), None).await;
+    let (_, models) = stored(store.as_ref()).await;
+    assert_same(&models, &replayed);
+    for (brand, period) in replayed.periods() {
+        let read = projector.period(brand, period).await.expect("read");
+        assert_eq!(
+            read.as_deref(),
+            replayed.period_models(brand, period).as_ref(),
+            "{brand} {period}"
+        );
+    }
+    let (handed, projected) = (
+        projector.events_handed_over(),
+        projector.status().events_projected,
+    );
+    assert!(
+        handed > 0,
+        "none of {projected} events was taken as handed over"
+    );
+    assert!(
+        handed < projected,
+        "the other process's events were decoded: {handed} of {projected} handed over"
+    );
+}
+on_both_stores!(
+    the_consumer_takes_its_processs_commits_as_handed_over_and_decodes_the_rest,
+    the_consumer_takes_its_processs_commits_as_handed_over_and_decodes_the_rest
+);
+
 async fn a_read_that_waits_for_the_consumer_is_counted(db: &TestDb) {
     // A read that must see a sequence the consumer has not folded yet waits for it, and
     // is counted once however long it waits; a read that finds it folded is not.

@@ -45,6 +45,12 @@ pub(crate) async fn projection_remarks(
         if caught_up { "" } else { ", NOT caught up" },
         verdict(caught_up && lag.p99 < TARGET_LAG_P99_MS_MAX)
     )];
+    out.push(format!(
+        "the consumer took {} of its {} events as the engine handed them over, and decoded \
+         the rest from the log",
+        projector.events_handed_over(),
+        status.events_projected
+    ));
     let hidden = ProgressBar::hidden();
     let median = |mut rates: Vec<f64>| {
         rates.sort_by(f64::total_cmp);

@@ -18,7 +18,8 @@
 //!
 //! Beside an engine ([`Projector::follow`]), this process's own commits are handed over
 //! as they commit and kept beside memory until the consumer has folded as far; a read
-//! folds them in when it needs them, so a read after a write never waits for the log.
+//! folds them in when it needs them, so a read after a write never waits for the log,
+//! and the consumer takes them as they are instead of decoding the log's copy.
 //!
 //! Several processes on one database each fold the whole log into their own memory;
 //! the stored rows are written by whichever persists first, and one that finds the
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use ledger_aggregates::ids::period_stream_id;
+use ledger_aggregates::period::USAGE_PERIOD_TYPE;
 use ledger_aggregates::{BrandId, PeriodKey};
 use ledger_projections::{Delivery, LogPosition, LogRecord, PeriodModels, ProjectedEvent};
 use lru::LruCache;
@@ -119,14 +121,18 @@ struct Memory {
     absent: Mutex<LruCache<String, ()>>,
     /// This process's own commits, by stream id, handed over the moment they commit
     /// (see [`Lane`]) and dropped once the consumer has folded as far: a read takes
-    /// them into account instead of waiting for the consumer. Locked only while
-    /// `entries` is (in that order). `entries` stay the consumer's alone, so what it
-    /// must write before it evicts is still only what it folded.
+    /// them into account instead of waiting for the consumer, and the consumer takes
+    /// them instead of decoding the log's copy. Locked after `entries` where both
+    /// are, alone only to look events up. `entries` stay the consumer's alone, so what
+    /// it must write before it evicts is still only what it folded.
     ahead: Mutex<HashMap<String, Ahead>>,
     /// Reads that waited for the consumer: for another process's writes they never do,
     /// so these are this process's commits memory could not take at once (a stream it
     /// no longer held), or every read while the watermarks overflowed.
     waits: AtomicU64,
+    /// Events the consumer took as this process's commits handed them over, instead of
+    /// decoding the log's copy.
+    handed: AtomicU64,
 }
 
 /// What memory knows of a brand-period.
@@ -211,6 +217,13 @@ struct Ahead {
 }
 
 impl Ahead {
+    /// The committed event at `sequence`, if it is kept here unfolded.
+    fn event(&self, sequence: u64) -> Option<&ProjectedEvent> {
+        let first = self.events.first()?.sequence;
+        let at = usize::try_from(sequence.checked_sub(first)?).ok()?;
+        self.events.get(at).filter(|e| e.sequence == sequence)
+    }
+
     /// The last sequence committed here.
     fn tip(&self) -> u64 {
         match (self.events.last(), &self.models) {
@@ -339,6 +352,30 @@ impl Memory {
         }
     }
 
+    /// Of `records`, record by record, the events this process's commits handed over
+    /// that `ahead` still keeps unfolded: the same events, decoded already.
+    fn handed_over(&self, records: &[LogRecord]) -> Vec<Option<ProjectedEvent>> {
+        let ahead = self.ahead.lock().expect("ahead lock");
+        if ahead.is_empty() {
+            return vec![None; records.len()];
+        }
+        let handed: Vec<Option<ProjectedEvent>> = records
+            .iter()
+            .map(|record| {
+                if record.aggregate_type != USAGE_PERIOD_TYPE {
+                    return None;
+                }
+                let kept = ahead.get(&record.aggregate_id)?;
+                let event = kept.event(u64::try_from(record.sequence).ok()?)?;
+                (event.position == record.at.position).then(|| event.clone())
+            })
+            .collect();
+        drop(ahead);
+        let taken = handed.iter().filter(|e| e.is_some()).count();
+        self.handed.fetch_add(taken as u64, Ordering::Relaxed);
+        handed
+    }
+
     /// Drop from `ahead` what memory now holds as far, of the streams just folded.
     fn passed(&self, streams: &[Stream]) {
         let entries = self.entries.lock().expect("models lock");
@@ -396,6 +433,7 @@ impl Projector {
             )),
             ahead: Mutex::new(HashMap::new()),
             waits: AtomicU64::new(0),
+            handed: AtomicU64::new(0),
         });
         let consumer = ReadModelConsumer {
             store: store.clone(),
@@ -559,6 +597,12 @@ impl Projector {
         self.memory.waits.load(Ordering::Relaxed)
     }
 
+    /// Events the consumer took as this process's commits handed them over since
+    /// start; the rest of [`TailStatus::events_projected`] it decoded from the log.
+    pub fn events_handed_over(&self) -> u64 {
+        self.memory.handed.load(Ordering::Relaxed)
+    }
+
     /// Brand-periods held in memory.
     pub fn cached_periods(&self) -> usize {
         self.memory.entries.lock().expect("models lock").len()
@@ -621,14 +665,21 @@ impl Stream {
     }
 }
 
-/// The batch's brand-period events, decoded and grouped by stream in the order the
-/// streams first appear. Registry events change no read model (plans reach them as
+/// The batch's brand-period events, grouped by stream in the order the streams first
+/// appear: this process's own as its commits handed them over (`handed`, by record),
+/// the others decoded. Registry events change no read model (plans reach them as
 /// period events).
-fn by_stream(records: &[LogRecord]) -> Result<Vec<Stream>, TailError> {
+fn by_stream(
+    records: &[LogRecord],
+    handed: Vec<Option<ProjectedEvent>>,
+) -> Result<Vec<Stream>, TailError> {
     let mut streams: Vec<Stream> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
-    for record in records {
-        let event = record.decode()?;
+    for (record, handed) in records.iter().zip(handed) {
+        let event = match handed {
+            Some(event) => event,
+            None => record.decode()?,
+        };
         let Some((brand, period, _)) = event.as_period() else {
             continue;
         };
@@ -670,7 +721,7 @@ impl Consumer for ReadModelConsumer {
         let last = records
             .last()
             .expect("the loop hands over non-empty batches");
-        let streams = by_stream(records)?;
+        let streams = by_stream(records, self.memory.handed_over(records))?;
         let mut stored = self.load_missing(&streams).await?;
         // Every stream is checked before any is folded: a batch with a hole changes
         // nothing, and is read again (and refused again) on the next try.
