@@ -927,10 +927,15 @@ impl ReadModelConsumer {
         };
         let (store, from, to) = (self.store.clone(), self.persisted, self.position);
         let task = tokio::spawn(async move {
-            let rows: Vec<ModelRow> = held.iter().map(|(b, p, m)| row_of(b, *p, m)).collect();
-            // Let go of the models before the write's round trips: the consumer folds
-            // in place those nobody else holds.
-            drop(held);
+            // Thousands of rows take milliseconds to serialize: on a blocking thread,
+            // so that the requests queued on a runtime worker do not wait for them.
+            // The models are let go of before the write's round trips: the consumer
+            // folds in place those nobody else holds.
+            let rows: Vec<ModelRow> = tokio::task::spawn_blocking(move || {
+                held.iter().map(|(b, p, m)| row_of(b, *p, m)).collect()
+            })
+            .await
+            .map_err(write_failed)?;
             persist(store.as_ref(), from, to, &rows).await
         });
         self.inflight = Some(Flush { task, written });
@@ -942,11 +947,7 @@ impl ReadModelConsumer {
         let Some(flush) = self.inflight.take() else {
             return Ok(());
         };
-        let done = flush.task.await.unwrap_or_else(|e| {
-            Err(TailError::Store(crate::store::StoreError::Corrupt(
-                format!("read-model write task failed: {e}"),
-            )))
-        });
+        let done = flush.task.await.unwrap_or_else(|e| Err(write_failed(e)));
         match done {
             Ok(persisted) => {
                 self.persisted = self.persisted.max(persisted);
@@ -967,6 +968,13 @@ impl ReadModelConsumer {
             }
         }
     }
+}
+
+/// A read-model write (or its serialization) that panicked or was cancelled.
+fn write_failed(e: tokio::task::JoinError) -> TailError {
+    TailError::Store(crate::store::StoreError::Corrupt(format!(
+        "read-model write task failed: {e}"
+    )))
 }
 
 /// A write of changed brand-periods in flight.
