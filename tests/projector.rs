@@ -116,16 +116,40 @@ on_both_stores!(
     projectors_killed_mid_run_and_a_rival_end_with_a_replay
 );
 
-async fn reads_find_this_processs_commits_before_the_log_is_read_back(db: &TestDb) {
-    // Beside its engine, the projector folds each commit of this process the moment it
-    // commits. With the consumer stopped, so that nothing is read back from the log,
-    // every read of a brand-period this process wrote still equals a replay of the log,
-    // alerts and top-ups (which keep their log positions) included.
+/// An engine on `db` and the read models beside it, as the service wires them.
+async fn engine_and_projector(
+    db: &TestDb,
+) -> (
+    usage_ledger::engine::Engine,
+    Projector,
+    std::sync::Arc<dyn usage_ledger::store::ProjectionStore>,
+) {
     let (log, store) = db.stores().await;
     let engine = engine_on(log, manual_clock(), Default::default());
     let projector = Projector::follow(store.clone(), &engine, ReadModelsConfig::default())
         .await
         .expect("start");
+    (engine, projector, store)
+}
+
+/// Every brand-period `replayed` knows reads the same from `projector`.
+async fn assert_reads_equal(projector: &Projector, replayed: &ReadModels) {
+    for (brand, period) in replayed.periods() {
+        let read = projector.period(brand, period).await.expect("read");
+        assert_eq!(
+            read.as_deref(),
+            replayed.period_models(brand, period).as_ref(),
+            "{brand} {period}"
+        );
+    }
+}
+
+async fn reads_find_this_processs_commits_before_the_log_is_read_back(db: &TestDb) {
+    // Beside its engine, the projector folds each commit of this process the moment it
+    // commits. With the consumer stopped, so that nothing is read back from the log,
+    // every read of a brand-period this process wrote still equals a replay of the log,
+    // alerts and top-ups (which keep their log positions) included.
+    let (engine, projector, store) = engine_and_projector(db).await;
     workload(&engine, 3, 40).await;
     assert!(projector.persist(CATCH_UP).await, "caught up");
     projector.abort();
@@ -139,14 +163,7 @@ async fn reads_find_this_processs_commits_before_the_log_is_read_back(db: &TestD
         "the workload raises alerts after the consumer stopped"
     );
     let started = std::time::Instant::now();
-    for (brand, period) in replayed.periods() {
-        let read = projector.period(brand, period).await.expect("read");
-        assert_eq!(
-            read.as_deref(),
-            replayed.period_models(brand, period).as_ref(),
-            "{brand} {period}"
-        );
-    }
+    assert_reads_equal(&projector, &replayed).await;
     // A read the lane had not taken would have waited for the stopped consumer for
     // CATCH_UP_WAIT_MAX, then answered stale (and failed above).
     assert!(
@@ -170,11 +187,7 @@ async fn the_consumer_takes_its_processs_commits_as_handed_over_and_decodes_the_
     // Two processes write one log at once. The consumer beside one of them takes that
     // one's commits as its engine handed them over and decodes the other's from the
     // log; what it folds still equals a replay of the log.
-    let (log, store) = db.stores().await;
-    let engine = engine_on(log, manual_clock(), Default::default());
-    let projector = Projector::follow(store.clone(), &engine, ReadModelsConfig::default())
-        .await
-        .expect("start");
+    let (engine, projector, store) = engine_and_projector(db).await;
     let (other_log, _) = db.stores().await;
     let other = engine_on(other_log, manual_clock(), Default::default());
     tokio::join!(
@@ -185,14 +198,7 @@ async fn the_consumer_takes_its_processs_commits_as_handed_over_and_decodes_the_
     let replayed = replay(store.as_ref(), None).await;
     let (_, models) = stored(store.as_ref()).await;
     assert_same(&models, &replayed);
-    for (brand, period) in replayed.periods() {
-        let read = projector.period(brand, period).await.expect("read");
-        assert_eq!(
-            read.as_deref(),
-            replayed.period_models(brand, period).as_ref(),
-            "{brand} {period}"
-        );
-    }
+    assert_reads_equal(&projector, &replayed).await;
     let (handed, projected) = (
         projector.events_handed_over(),
         projector.status().events_projected,
