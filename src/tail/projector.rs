@@ -359,7 +359,7 @@ impl Memory {
         if ahead.is_empty() {
             return vec![None; records.len()];
         }
-        let handed: Vec<Option<ProjectedEvent>> = records
+        records
             .iter()
             .map(|record| {
                 if record.aggregate_type != USAGE_PERIOD_TYPE {
@@ -369,11 +369,7 @@ impl Memory {
                 let event = kept.event(u64::try_from(record.sequence).ok()?)?;
                 (event.position == record.at.position).then(|| event.clone())
             })
-            .collect();
-        drop(ahead);
-        let taken = handed.iter().filter(|e| e.is_some()).count();
-        self.handed.fetch_add(taken as u64, Ordering::Relaxed);
-        handed
+            .collect()
     }
 
     /// Drop from `ahead` what memory now holds as far, of the streams just folded.
@@ -721,7 +717,9 @@ impl Consumer for ReadModelConsumer {
         let last = records
             .last()
             .expect("the loop hands over non-empty batches");
-        let streams = by_stream(records, self.memory.handed_over(records))?;
+        let handed = self.memory.handed_over(records);
+        let taken = handed.iter().flatten().count() as u64;
+        let streams = by_stream(records, handed)?;
         let mut stored = self.load_missing(&streams).await?;
         // Every stream is checked before any is folded: a batch with a hole changes
         // nothing, and is read again (and refused again) on the next try.
@@ -737,6 +735,8 @@ impl Consumer for ReadModelConsumer {
         }
         let folded = self.fold_held(&streams, &mut stored);
         self.keep(folded).await?;
+        // Counted once folded: a batch refused and read again is not counted twice.
+        self.memory.handed.fetch_add(taken, Ordering::Relaxed);
         self.memory.passed(&streams);
         self.marks
             .settle(streams.iter().map(|s| (s.id.as_str(), s.last_sequence())));
