@@ -270,8 +270,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Some(Command::Stripe(cmd)) => {
             let ledger = open_ledger(&cmd.config.resolve()?, Arc::new(SystemClock)).await?;
             stripe::run(&ledger, &cmd.args, &mut std::io::stdout()).await?;
-            ledger.engine.drain().await;
-            ledger.projector.stop().await;
+            ledger.stop().await;
             Ok(())
         }
         Some(Command::Pricing(cmd)) => {

@@ -149,10 +149,12 @@ async fn ledger_counting(
         settings.read_models.config(),
     )
     .await?;
+    let caches = crate::tail::caches::follow(&engine, stores.projections.clone()).await?;
     Ok(Ledger {
         engine,
         stores,
         projector,
+        caches,
         payments: Arc::new(crate::ledger::topups::Payments::from_config(
             &settings.stripe,
         )),
@@ -191,6 +193,7 @@ impl Application {
             .map_err(|source| StartupError::Bind { addr, source })?;
         let http = &settings.http;
         let ms = std::time::Duration::from_millis;
+        let caches = ledger.caches.clone();
         let state = AppState::new(crate::http::Shared {
             ledger,
             auth,
@@ -207,6 +210,7 @@ impl Application {
             dispatch: notices.dispatcher.wake.clone(),
             live: live.hub.clone(),
             consumers: vec![
+                (crate::tail::caches::CACHES_CONSUMER, caches),
                 (crate::store::NOTICES_CONSUMER, notices.tail.clone()),
                 (crate::tail::live::LIVE_CONSUMER, live.tail.clone()),
             ],
@@ -268,8 +272,7 @@ impl Application {
             draining.store(true, std::sync::atomic::Ordering::Relaxed);
         };
         crate::http::server::serve(listener, router(state), limits, shutdown).await;
-        ledger.engine.drain().await;
-        ledger.projector.stop().await;
+        ledger.stop().await;
         notices.stop().await;
         live.stop().await;
         Ok(())

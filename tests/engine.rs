@@ -1014,3 +1014,85 @@ on_both_stores!(
     checks_together_see_other_writes,
     checks_asked_together_see_another_process_s_writes
 );
+
+/// What a pure check of acme's renders answers now.
+async fn renders_checked(e: &Engine) -> u64 {
+    let answer = e.execute(check("acme", "renders_3d", 1)).await.unwrap();
+    answer.decision.unwrap().current
+}
+
+fn probes(e: &Engine) -> (u64, u64) {
+    let c = e.probe_counts();
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    (load(&c.past_follower), load(&c.by_stream))
+}
+
+// Proves an engine whose caches follow the log decides pure checks and reads on what
+// another process appended, whether its follower has read those events yet (they are
+// then past it, and read by the probe) or not (the writer was told, and dropped the
+// stream it had cached), without asking any stream's version.
+async fn a_following_engine_sees_another_process_s_writes(db: &common::TestDb) {
+    let (a, caches) = common::engine_following(db).await;
+    let (b, _) = engine(db).await;
+    a.set_plan(brand("acme"), plan("starter"), "t".into())
+        .await
+        .unwrap();
+    a.execute(record("acme", "renders_3d", 1, None))
+        .await
+        .unwrap();
+    assert_eq!(renders_checked(&a).await, 1);
+
+    b.execute(record("acme", "renders_3d", 5, None))
+        .await
+        .unwrap();
+    assert_eq!(renders_checked(&a).await, 6, "read by the probe or told");
+
+    b.execute(record("acme", "renders_3d", 2, None))
+        .await
+        .unwrap();
+    b.set_plan(brand("acme"), plan("business"), "t".into())
+        .await
+        .unwrap();
+    assert!(caches.catch_up(std::time::Duration::from_secs(5)).await);
+    assert_eq!(renders_checked(&a).await, 8, "told before the check");
+    let registry = a.brand_state(brand("acme")).await.unwrap().unwrap();
+    assert_eq!(registry.plan.unwrap().id, plan("business"));
+    let (past, by_stream) = probes(&a);
+    assert!(past >= 4, "{past} probes read past the follower");
+    assert_eq!(by_stream, 0, "no stream's version was asked");
+    caches.stop().await;
+}
+on_both_stores!(
+    following_engine_sees_other_writes,
+    a_following_engine_sees_another_process_s_writes
+);
+
+// Proves that when the follower has stopped (or lags) by more events than a probe reads
+// past it, the probe asks each stream's version instead, and the check is still exact.
+async fn a_probe_past_a_stalled_follower_asks_each_stream(db: &common::TestDb) {
+    let (a, caches) = common::engine_following(db).await;
+    let (b, _) = engine(db).await;
+    a.set_plan(brand("acme"), plan("business"), "t".into())
+        .await
+        .unwrap();
+    a.execute(record("acme", "renders_3d", 1, None))
+        .await
+        .unwrap();
+    assert_eq!(renders_checked(&a).await, 1);
+    caches.stop().await;
+
+    let more = usage_ledger::engine::PROBE_UNREAD_MAX as u64 + 10;
+    let written = futures::future::join_all(
+        (0..more).map(|_| b.execute(record("acme", "renders_3d", 1, None))),
+    )
+    .await;
+    assert!(written.iter().all(Result::is_ok));
+    let (_, asked_before) = probes(&a);
+    assert_eq!(renders_checked(&a).await, 1 + more);
+    let (_, asked) = probes(&a);
+    assert_eq!(asked, asked_before + 1, "each stream's version was asked");
+}
+on_both_stores!(
+    stalled_follower_probe_asks_each_stream,
+    a_probe_past_a_stalled_follower_asks_each_stream
+);

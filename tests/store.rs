@@ -289,6 +289,118 @@ on_both_stores!(
     stream_probes_answer_for_exact_ids
 );
 
+/// The `(stream, sequence)` of `appended`, sorted: the store answers them in no order.
+fn streams_of(appended: Vec<usage_ledger::store::Appended>) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = appended
+        .into_iter()
+        .map(|a| (a.aggregate_id, a.sequence))
+        .collect();
+    v.sort();
+    v
+}
+
+async fn the_log_s_end_and_what_was_appended_after_a_position(db: &TestDb) {
+    // Proves where a consumer that starts live begins (the last event readable), and
+    // the stream and sequence of what was committed after a position, within a limit.
+    let s = open(db).await;
+    assert_eq!(s.models.log_end().await.unwrap(), LogPosition::START);
+    assert!(s
+        .log
+        .appended_after(LogPosition::START, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let first = s
+        .log
+        .append(&[event("beta:2026-11", 1), event("acme:2026-11", 1)], &[])
+        .await
+        .unwrap();
+    let after_first = s.models.log_end().await.unwrap();
+    assert_eq!(after_first.position, first[1]);
+    s.log
+        .append(&[event("acme:2026-11", 2), event("gamma:2026-11", 1)], &[])
+        .await
+        .unwrap();
+    let end = s.models.log_end().await.unwrap();
+    let read = s
+        .models
+        .read_log(LogPosition::START, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(end, read.last().unwrap().at);
+    assert_eq!(
+        streams_of(s.log.appended_after(after_first, 10).await.unwrap()),
+        [
+            ("acme:2026-11".to_owned(), 2),
+            ("gamma:2026-11".to_owned(), 1)
+        ]
+    );
+    let all = s.log.appended_after(LogPosition::START, 10).await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert!(all.iter().all(|a| a.aggregate_type == STREAM));
+    assert_eq!(
+        s.log
+            .appended_after(LogPosition::START, 3)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    assert!(s.log.appended_after(end, 10).await.unwrap().is_empty());
+}
+on_both_stores!(
+    the_log_s_end_and_what_was_appended_after_a_position,
+    the_log_s_end_and_what_was_appended_after_a_position
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_committed_past_an_open_transaction_is_appended_after_the_end() {
+    // PostgreSQL only (SQLite has one writer at a time): the log's end stops below a
+    // transaction still open, but a commit made after it began is already what was
+    // appended after that end; the open one's events join once it commits.
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let s = open(&db).await;
+    append_stream(&s.log, "acme:2026-11", 1).await;
+    let pool = sqlx::PgPool::connect(db.pg_url().unwrap()).await.unwrap();
+    let mut open_tx = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                             payload, metadata)
+         VALUES ('usage_period', 'late:2026-11', 1, 'UsageRecorded', '1', '{}', '{}')",
+    )
+    .execute(&mut *open_tx)
+    .await
+    .unwrap();
+    s.log
+        .append(&[event("acme:2026-11", 2)], &[])
+        .await
+        .unwrap();
+    let end = s.models.log_end().await.unwrap();
+    let read = s
+        .models
+        .read_log(LogPosition::START, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 1, "nothing is read past the open transaction");
+    assert_eq!(end, read[0].at);
+    assert_eq!(
+        streams_of(s.log.appended_after(end, 10).await.unwrap()),
+        [("acme:2026-11".to_owned(), 2)]
+    );
+    open_tx.commit().await.unwrap();
+    assert_eq!(
+        streams_of(s.log.appended_after(end, 10).await.unwrap()),
+        [
+            ("acme:2026-11".to_owned(), 2),
+            ("late:2026-11".to_owned(), 1)
+        ]
+    );
+    pool.close().await;
+    db.cleanup().await;
+}
+
 async fn a_load_starts_after_the_newest_snapshot(db: &TestDb) {
     // Proves a loaded stream carries its newest snapshot and only the events after it,
     // and that a stream without rows comes back empty.

@@ -11,6 +11,7 @@ use usage_ledger::clock::SystemClock;
 use usage_ledger::engine::{Engine, EngineConfig, PeriodRequest};
 use usage_ledger::store::{EventLog, ProjectionStore};
 use usage_ledger::tail::projector::Projector;
+use usage_ledger::tail::Tail;
 
 use crate::db::{tally_pg, Tally};
 use crate::drive::{drive, setup_ok, Measured};
@@ -66,10 +67,11 @@ impl Store {
     }
 }
 
-/// What an engine run drives: the engine, and the projector when one runs beside it.
+/// What an engine run drives: the engine, and the projector when one runs beside it
+/// (with the consumer that tells the engine's caches what the log holds).
 pub(crate) struct Ledger {
     pub(crate) engine: Engine,
-    pub(crate) projector: Option<Projector>,
+    pub(crate) projector: Option<(Projector, Tail)>,
 }
 
 /// The one place the bench wires the ledger: the engine on `log` and, given a
@@ -93,7 +95,10 @@ pub(crate) async fn wire_ledger(
         },
     );
     let projector = match projection {
-        Some(store) => Some(Projector::follow(store, &engine, Default::default()).await?),
+        Some(store) => Some((
+            Projector::follow(store.clone(), &engine, Default::default()).await?,
+            usage_ledger::tail::caches::follow(&engine, store).await?,
+        )),
         None => None,
     };
     Ok(Ledger { engine, projector })
@@ -111,6 +116,7 @@ pub(crate) async fn engine_run(
     let plan = bench_plan(&catalog)?.id;
     let Ledger { engine, projector } =
         wire_ledger(log.clone(), projection.clone(), catalog, args).await?;
+    let (projector, _caches) = projector.unzip();
     let brands = Arc::new(scenario.brands.clone());
 
     // Untimed: register every brand, then warm up (every period opened and cached).

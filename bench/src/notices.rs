@@ -176,8 +176,7 @@ pub(crate) async fn notices_run(server: &mut Server, args: &Args) -> Result<(), 
     let ledger = open_ledger(&settings(&url), Arc::new(SystemClock)).await?;
     register(&ledger, &brands, None, args).await?;
     let without = load(&ledger, &brands, args).await?;
-    ledger.engine.drain().await;
-    ledger.projector.stop().await;
+    ledger.stop().await;
     ledger.stores.projections.close().await;
     server.drop_last().await;
 
@@ -228,8 +227,7 @@ pub(crate) async fn notices_run(server: &mut Server, args: &Args) -> Result<(), 
     // The consumer's own share: commit to enqueued, as its loop measures it.
     let consumer = notices.tail.status().lag_ms;
     notices.stop().await;
-    ledger.engine.drain().await;
-    ledger.projector.stop().await;
+    ledger.stop().await;
     ledger.stores.projections.close().await;
     server.drop_last().await;
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;

@@ -7,6 +7,7 @@
 //! While that append is in flight, new jobs queue up and form the next batch: the
 //! batch size grows with the load, which is what group commit means.
 
+mod freshness;
 pub mod holds;
 mod probe;
 mod refusals;
@@ -35,6 +36,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::clock::Clock;
 use crate::store::{EventLog, StoreError};
 use crate::tail::watermark::Watermarks;
+pub use freshness::{Freshness, STALE_EVENTS_MAX};
+pub use probe::{ProbeCounts, PROBE_UNREAD_MAX};
 
 /// Told of what the writers committed, before their callers hear of it: the read models
 /// fold this process's own commits at once instead of reading them back from the log.
@@ -402,6 +405,8 @@ pub struct Engine {
     marks: Arc<Watermarks>,
     /// Batched version probes of pure checks.
     prober: probe::Prober,
+    /// How far the log was compared with the writers' caches.
+    freshness: Arc<Freshness>,
     /// Where holds placed here are announced to the sweeper that expires them.
     holds: holds::Notices,
     /// Told of every commit, see [`Engine::on_commit`].
@@ -428,9 +433,10 @@ impl Engine {
         let closing = watch::Sender::new(false);
         let marks = Arc::new(Watermarks::new());
         let listener = Listener::default();
+        let freshness = Arc::new(Freshness::new(n));
         let mut writers = Vec::with_capacity(n);
         let shards: Vec<_> = (0..n)
-            .map(|_| {
+            .map(|shard| {
                 let (tx, rx) = mpsc::channel(shard_cfg.queue_commands_max);
                 let w = writer::Writer::new(
                     log.clone(),
@@ -439,13 +445,14 @@ impl Engine {
                     shard_cfg.clone(),
                     marks.clone(),
                     listener.clone(),
+                    (freshness.clone(), shard),
                 );
                 writers.push(tokio::spawn(w.run(rx, closing.subscribe())));
                 tx
             })
             .collect();
         let config = Arc::new(config);
-        let prober = probe::Prober::start(log.clone());
+        let prober = probe::Prober::start(log.clone(), freshness.clone());
         let shards: Arc<[mpsc::Sender<Job>]> = shards.into();
         let holds = holds::start(
             log.clone(),
@@ -462,9 +469,21 @@ impl Engine {
             writers: Arc::new(Mutex::new(writers)),
             marks,
             prober,
+            freshness,
             holds,
             listener,
         }
+    }
+
+    /// How the version probes of reads and pure checks were answered since start.
+    pub fn probe_counts(&self) -> &ProbeCounts {
+        &self.prober.counts
+    }
+
+    /// Where a consumer of the log tells the writers what the log holds (see
+    /// [`Freshness`]).
+    pub fn freshness(&self) -> Arc<Freshness> {
+        self.freshness.clone()
     }
 
     /// Tell `listener` of every commit from now on, before its callers are answered.
@@ -688,11 +707,16 @@ impl Engine {
 /// The shard of a brand: a fixed hash, so every stream of the brand (registry and
 /// periods) has one writer and one cache.
 fn shard<'a>(shards: &'a [mpsc::Sender<Job>], brand: &BrandId) -> &'a mpsc::Sender<Job> {
+    &shards[shard_index(shards.len(), brand.as_str())]
+}
+
+/// The writer shard of `brand`, of `shards`.
+fn shard_index(shards: usize, brand: &str) -> usize {
     use std::hash::{Hash, Hasher};
     // DefaultHasher::new() uses fixed keys: the same brand maps to the same shard.
     let mut h = std::collections::hash_map::DefaultHasher::new();
     brand.hash(&mut h);
-    &shards[(h.finish() % shards.len() as u64) as usize]
+    (h.finish() % shards as u64) as usize
 }
 
 /// Queue a job on its brand's writer and wait for the answer.

@@ -3,33 +3,54 @@
 //! asks the log how far its streams are before it is answered. Callers that ask while a
 //! probe is in flight share the next one: one query for all of them, and none of it on
 //! the writer's path.
+//!
+//! While a consumer follows the log for the writers ([`Freshness`]), the query reads only
+//! the events past that consumer's position: the writers were told of everything before
+//! it. Otherwise, or when that consumer lags, it asks each stream's version.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::Freshness;
 use crate::store::{EventLog, StoreError};
 
 /// Probes waiting for the prober: as many as the engine's queue holds commands.
 pub const PROBE_QUEUE_MAX: usize = 65_536;
 /// Probes answered by one query: at most 1,024 streams keep it one fast index walk.
 pub const PROBE_BATCH_MAX: usize = 512;
+/// Events past the writers' follower that one probe reads. It trails the log by a few
+/// milliseconds, some hundreds of events at full ingest; at this many it lags, and the
+/// probe asks each stream's version instead.
+pub const PROBE_UNREAD_MAX: i64 = 2_048;
 
 /// The streams of one read: a check's registry and period, or one stream.
 pub(crate) type ProbeKeys = Vec<(&'static str, String)>;
 type ProbeReply = oneshot::Sender<Result<Vec<u64>, Arc<StoreError>>>;
 
+/// How the probes since start were answered, query by query.
+#[derive(Debug, Default)]
+pub struct ProbeCounts {
+    /// From the events past the writers' follower.
+    pub past_follower: AtomicU64,
+    /// From each stream's version: no follower, or one that lagged.
+    pub by_stream: AtomicU64,
+}
+
 #[derive(Clone)]
 pub(crate) struct Prober {
     tx: mpsc::Sender<(ProbeKeys, ProbeReply)>,
+    pub(crate) counts: Arc<ProbeCounts>,
 }
 
 impl Prober {
-    pub(crate) fn start(log: Arc<dyn EventLog>) -> Self {
+    pub(crate) fn start(log: Arc<dyn EventLog>, freshness: Arc<Freshness>) -> Self {
         let (tx, rx) = mpsc::channel(PROBE_QUEUE_MAX);
-        tokio::spawn(run(log, rx));
-        Self { tx }
+        let counts = Arc::new(ProbeCounts::default());
+        tokio::spawn(run(log, freshness, counts.clone(), rx));
+        Self { tx, counts }
     }
 
     /// The versions of `keys` in the log, in their order, as committed when the probe
@@ -45,7 +66,12 @@ impl Prober {
     }
 }
 
-async fn run(log: Arc<dyn EventLog>, mut rx: mpsc::Receiver<(ProbeKeys, ProbeReply)>) {
+async fn run(
+    log: Arc<dyn EventLog>,
+    freshness: Arc<Freshness>,
+    counts: Arc<ProbeCounts>,
+    mut rx: mpsc::Receiver<(ProbeKeys, ProbeReply)>,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < PROBE_BATCH_MAX {
@@ -68,17 +94,7 @@ async fn run(log: Arc<dyn EventLog>, mut rx: mpsc::Receiver<(ProbeKeys, ProbeRep
                 })
             })
             .collect();
-        let found = log
-            .stream_versions(&distinct)
-            .await
-            .and_then(|v| match v.len() {
-                n if n == distinct.len() => Ok(v),
-                n => Err(StoreError::Corrupt(format!(
-                    "{n} stream versions for {} streams",
-                    distinct.len()
-                ))),
-            });
-        match found {
+        match versions(log.as_ref(), &freshness, &counts, &distinct).await {
             Ok(versions) => {
                 let mut slots = slots.into_iter();
                 for (keys, reply) in batch {
@@ -93,5 +109,42 @@ async fn run(log: Arc<dyn EventLog>, mut rx: mpsc::Receiver<(ProbeKeys, ProbeRep
                 }
             }
         }
+    }
+}
+
+/// The version each of `keys` must be cached at (in their order): what the log holds
+/// past the writers' follower, 0 for a stream it holds nothing of there (the writer was
+/// told of the rest); each stream's version when no follower stands near the end.
+async fn versions(
+    log: &dyn EventLog,
+    freshness: &Freshness,
+    counts: &ProbeCounts,
+    keys: &[(&'static str, String)],
+) -> Result<Vec<u64>, StoreError> {
+    if let Some(after) = freshness.read_to() {
+        let unread = log.appended_after(after, PROBE_UNREAD_MAX).await?;
+        if (unread.len() as i64) < PROBE_UNREAD_MAX {
+            let mut last: HashMap<(&str, &str), u64> = HashMap::with_capacity(unread.len());
+            for e in &unread {
+                let v = last
+                    .entry((e.aggregate_type.as_str(), e.aggregate_id.as_str()))
+                    .or_insert(0);
+                *v = (*v).max(e.sequence);
+            }
+            counts.past_follower.fetch_add(1, Ordering::Relaxed);
+            return Ok(keys
+                .iter()
+                .map(|(t, id)| last.get(&(*t, id.as_str())).copied().unwrap_or(0))
+                .collect());
+        }
+    }
+    let v = log.stream_versions(keys).await?;
+    counts.by_stream.fetch_add(1, Ordering::Relaxed);
+    match v.len() {
+        n if n == keys.len() => Ok(v),
+        n => Err(StoreError::Corrupt(format!(
+            "{n} stream versions for {} streams",
+            keys.len()
+        ))),
     }
 }

@@ -25,8 +25,8 @@ use tokio::sync::mpsc;
 
 use super::refusals::{self, Refusals};
 use super::{
-    Committed, EngineConfig, EngineError, Job, Listener, Metadata, Outcome, PeriodRequest,
-    PlanChange, TopUpChange,
+    Committed, EngineConfig, EngineError, Freshness, Job, Listener, Metadata, Outcome,
+    PeriodRequest, PlanChange, TopUpChange,
 };
 use crate::clock::Clock;
 use crate::store::{rebuild, EventLog, NewEvent, NewSnapshot, StoreError};
@@ -168,6 +168,8 @@ pub(crate) struct Writer {
     listener: Listener,
     /// Repeated refusals counted in memory until they are appended as one event.
     refusals: Refusals,
+    /// What the log holds that the cache may not, and this writer's shard.
+    freshness: (Arc<Freshness>, usize),
 }
 
 impl Writer {
@@ -178,6 +180,7 @@ impl Writer {
         cfg: Arc<EngineConfig>,
         marks: Arc<Watermarks>,
         listener: Listener,
+        freshness: (Arc<Freshness>, usize),
     ) -> Self {
         // Each job needs at most two streams; the cache must hold a whole batch.
         let streams = cfg.cache_streams_max.max(4 * cfg.batch_commands_max);
@@ -193,6 +196,7 @@ impl Writer {
             marks,
             listener,
             refusals: Refusals::new(cfg.refusal_window, cfg.refusal_windows_max),
+            freshness,
             cfg,
         }
     }
@@ -594,6 +598,7 @@ impl Writer {
         lookup: KeyLookup,
         staged: &mut Staged,
     ) -> Result<Vec<Answer>, StoreError> {
+        self.forget_stale();
         // Each period job's stream, resolved once against this batch's clock.
         let targets: Vec<Option<Target>> = batch
             .iter()
@@ -724,6 +729,28 @@ impl Writer {
                     .as_ref()
                     .map(|(_, id)| (PERIOD, Cow::Borrowed(id.as_str()))),
             ],
+        }
+    }
+
+    /// Drop the streams the log holds more of than the cache: what the consumer that
+    /// follows the log told this writer since the last batch. A job queued after its
+    /// probe saw the log up to that consumer's position is decided after this.
+    fn forget_stale(&mut self) {
+        let (freshness, shard) = &self.freshness;
+        let stale = freshness.take(*shard);
+        if stale.forget_all {
+            self.periods.clear();
+            self.brands.clear();
+        }
+        for (t, id, sequence) in stale.events {
+            let cached = if t == PERIOD {
+                self.periods.peek(&id).map(|a| a.version)
+            } else {
+                self.brands.peek(&id).map(|a| a.version)
+            };
+            if cached.is_some_and(|v| v < sequence) {
+                self.evict(t, &id);
+            }
         }
     }
 

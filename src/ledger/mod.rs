@@ -50,18 +50,27 @@ impl From<RowError> for QueryError {
     }
 }
 
-/// A started ledger: the engine every write goes through, the store, and the read
-/// models' consumer; cheap to clone.
+/// A started ledger: the engine every write goes through, the store, and the consumers
+/// of the log it reads through; cheap to clone.
 #[derive(Clone)]
 pub struct Ledger {
     pub engine: Engine,
     pub stores: Stores,
     pub projector: Projector,
+    /// What tells the engine's writers of the log's events ([`crate::tail::caches`]).
+    pub caches: crate::tail::Tail,
     /// Stripe, as configured (absent keys: checkouts and webhooks answer 503).
     pub payments: std::sync::Arc<topups::Payments>,
 }
 
 impl Ledger {
+    /// Answer every command queued, then stop following the log.
+    pub async fn stop(&self) {
+        self.engine.drain().await;
+        self.projector.stop().await;
+        self.caches.stop().await;
+    }
+
     /// Every brand's read models of one period, holding every event committed before
     /// the call: the models are persisted first, then read back whole (a period spans
     /// more brands than memory need hold).

@@ -117,6 +117,14 @@ impl StoreError {
     }
 }
 
+/// One event's stream and sequence, without its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: u64,
+}
+
 #[async_trait]
 pub trait EventLog: Send + Sync + 'static {
     /// Load streams (snapshot + later events) for `(aggregate_type, aggregate_id)` keys.
@@ -184,6 +192,17 @@ pub trait EventLog: Send + Sync + 'static {
         &self,
         keys: &[(&'static str, String)],
     ) -> Result<Vec<u64>, StoreError>;
+
+    /// The stream and sequence of the events committed after `after` in the log's global
+    /// order (see [`ProjectionStore::read_log`]), those of transactions that committed
+    /// past one still open included, at most `limit`, in no order: what a read must
+    /// still compare with the engine's cache when everything up to `after` was told to
+    /// it (see [`crate::engine::Freshness`]).
+    async fn appended_after(
+        &self,
+        after: LogPosition,
+        limit: i64,
+    ) -> Result<Vec<Appended>, StoreError>;
 
     /// The id of every stream of a type (every registered brand, say), in id order.
     async fn stream_ids(&self, aggregate_type: &'static str) -> Result<Vec<String>, StoreError>;
@@ -363,6 +382,10 @@ pub trait ProjectionStore: Send + Sync + 'static {
         until: Option<LogPosition>,
         limit: i64,
     ) -> Result<Vec<LogRecord>, StoreError>;
+
+    /// The last event [`ProjectionStore::read_log`] can read now ([`LogPosition::START`]
+    /// for an empty log): where a consumer that starts live begins.
+    async fn log_end(&self) -> Result<LogPosition, StoreError>;
 
     /// How many events the log holds (for progress reports).
     async fn log_len(&self) -> Result<u64, StoreError>;

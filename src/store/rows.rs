@@ -11,7 +11,8 @@ use ledger_projections::{LogPosition, LogRecord};
 use uuid::Uuid;
 
 use super::{
-    ApiKeyInfo, KeyedEvent, LoadedStream, ModelRow, NewApiKey, NewEvent, StoreError, StoredEvent,
+    ApiKeyInfo, Appended, KeyedEvent, LoadedStream, ModelRow, NewApiKey, NewEvent, StoreError,
+    StoredEvent,
 };
 
 /// The column reads of the decoders below, for a row of any database that decodes text,
@@ -257,6 +258,17 @@ pub(crate) fn webhook_secrets_row(
     Ok((brand, row.text(1)?, secrets))
 }
 
+/// Decode rows of `aggregate_type, aggregate_id, sequence`.
+pub(crate) fn appended(rows: Vec<(String, String, i64)>) -> Vec<Appended> {
+    rows.into_iter()
+        .map(|(aggregate_type, aggregate_id, sequence)| Appended {
+            aggregate_type,
+            aggregate_id,
+            sequence: sequence.max(0) as u64,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,3 +327,4 @@ mod tests {
         ));
     }
 }
+

@@ -17,11 +17,11 @@ use ledger_aggregates::{BrandId, PeriodKey};
 use ledger_projections::{LogPosition, LogRecord};
 
 use super::projector::CATCH_UP_WAIT_MAX;
-use super::{Consumer, TailError, TAIL_BATCH_EVENTS_MAX};
+use super::{Consumer, TailError};
 use crate::ledger::summary::AsOfSummary;
 use crate::ledger::{Ledger, QueryError};
 use crate::live::{Hub, Update};
-use crate::store::{ProjectionStore, READ_MODELS_PROJECTOR};
+use crate::store::ProjectionStore;
 
 /// The consumer's name in logs and status.
 pub const LIVE_CONSUMER: &str = "live";
@@ -72,23 +72,9 @@ impl Consumer for LiveConsumer {
         LIVE_CONSUMER
     }
 
-    /// The end of the log as committed now: from the read models' checkpoint (at most
-    /// a flush interval behind) to the last record readable.
+    /// The end of the log as committed now.
     async fn start(&mut self) -> Result<LogPosition, TailError> {
-        let mut at = self.projections.checkpoint(READ_MODELS_PROJECTOR).await?;
-        loop {
-            let records = self
-                .projections
-                .read_log(at, None, TAIL_BATCH_EVENTS_MAX)
-                .await?;
-            let Some(last) = records.last() else {
-                return Ok(at);
-            };
-            at = last.at;
-            if (records.len() as i64) < TAIL_BATCH_EVENTS_MAX {
-                return Ok(at);
-            }
-        }
+        Ok(self.projections.log_end().await?)
     }
 
     async fn apply(

@@ -17,11 +17,13 @@
 //! # Layout
 //! - this file: the [`Consumer`] trait, the loop and its [`Tail`] handle.
 //! - [`projector`]: the read models' consumer, serving them from a bounded memory.
+//! - [`caches`]: the engine's caches' consumer, telling the writers what the log holds.
 //! - [`notices`]: the notices consumer, filling the outbox of deliveries.
 //! - [`live`]: the live feed's consumer, handing committed summaries to the hub.
 //! - [`rows`]: read-model rows as stored, to and from `PeriodModels`.
 //! - [`watermark`]: what this process acknowledged per stream, so reads wait only for that.
 
+pub mod caches;
 pub mod live;
 pub mod notices;
 pub mod projector;

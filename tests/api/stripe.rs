@@ -791,8 +791,7 @@ async fn reconcile_applies_a_payment_whose_webhook_was_lost_once(db: &TestDb) {
         again.ends_with(": 0 credited, 0 failed, 2 unchanged\n"),
         "{again}"
     );
-    ledger.engine.drain().await;
-    ledger.projector.stop().await;
+    ledger.stop().await;
     // The service sees what the other process wrote within its projector's lag.
     let mut limit = json!(null);
     for _ in 0..100 {

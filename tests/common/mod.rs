@@ -165,6 +165,18 @@ pub async fn engine(db: &TestDb) -> (Engine, Arc<dyn EventLog>) {
     (engine_on(log.clone(), clock, EngineConfig::default()), log)
 }
 
+/// [`engine`], with the consumer that tells its writers what the log holds, as the
+/// service runs it.
+#[allow(dead_code)]
+pub async fn engine_following(db: &TestDb) -> (Engine, usage_ledger::tail::Tail) {
+    let (log, projections) = db.stores().await;
+    let engine = engine_on(log, manual_clock(), EngineConfig::default());
+    let caches = usage_ledger::tail::caches::follow(&engine, projections)
+        .await
+        .expect("the log is followed");
+    (engine, caches)
+}
+
 /// The read models' consumer on `store`, with its own watermarks and default limits.
 #[allow(dead_code)]
 pub async fn projector(store: Arc<dyn ProjectionStore>) -> Result<Projector, TailError> {

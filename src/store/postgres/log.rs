@@ -2,14 +2,16 @@
 //! batch), loads and lookups of many streams in one round trip per table.
 
 use async_trait::async_trait;
+use ledger_projections::LogPosition;
 use sqlx::Row;
 
 use super::PostgresLog;
 use crate::store::rows::{
-    group_streams, hold_rows, keyed_event, positions_of, snapshot_row, stored_event, stored_events,
+    appended, group_streams, hold_rows, keyed_event, positions_of, snapshot_row, stored_event,
+    stored_events,
 };
 use crate::store::{
-    EventLog, KeyedEvent, LoadedStream, NewEvent, NewSnapshot, StoreError, StoredEvent,
+    Appended, EventLog, KeyedEvent, LoadedStream, NewEvent, NewSnapshot, StoreError, StoredEvent,
 };
 
 /// The batch append: one statement, one row per array element. Public so the benchmark's
@@ -296,6 +298,30 @@ impl EventLog for PostgresLog {
             self.keep_appender(conn);
         }
         Ok(rows?.into_iter().map(|(v,)| v as u64).collect())
+    }
+
+    async fn appended_after(
+        &self,
+        after: LogPosition,
+        limit: i64,
+    ) -> Result<Vec<Appended>, StoreError> {
+        // A walk of events_global_order from `after`; on a kept connection, as the
+        // version probes it replaces are.
+        let mut conn = self.appender().await?;
+        let rows: Result<Vec<(String, String, i64)>, sqlx::Error> = sqlx::query_as(
+            "SELECT aggregate_type, aggregate_id, sequence FROM events
+              WHERE (transaction_id, position) > ($1::text::xid8, $2)
+              LIMIT $3",
+        )
+        .bind(after.transaction.to_string())
+        .bind(after.position)
+        .bind(limit)
+        .fetch_all(&mut conn)
+        .await;
+        if rows.is_ok() {
+            self.keep_appender(conn);
+        }
+        Ok(appended(rows?))
     }
 
     async fn stream_ids(&self, aggregate_type: &'static str) -> Result<Vec<String>, StoreError> {

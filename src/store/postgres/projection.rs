@@ -187,6 +187,24 @@ impl ProjectionStore for PostgresLog {
         records(&rows)
     }
 
+    async fn log_end(&self) -> Result<LogPosition, StoreError> {
+        let sql = format!(
+            "{HORIZON}
+             SELECT events.transaction_id::text, events.position FROM events, horizon
+              WHERE events.transaction_id < horizon.xid
+              ORDER BY events.transaction_id DESC, events.position DESC
+              LIMIT 1"
+        );
+        let row = sqlx::query(&sql).fetch_optional(self.pool()).await?;
+        match row {
+            Some(row) => Ok(LogPosition::new(
+                xid(&row.try_get::<String, _>(0)?)?,
+                row.try_get(1)?,
+            )),
+            None => Ok(LogPosition::START),
+        }
+    }
+
     async fn log_len(&self) -> Result<u64, StoreError> {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
             .fetch_one(self.pool())

@@ -2,14 +2,16 @@
 //! lookup travel as one JSON array parameter.
 
 use async_trait::async_trait;
+use ledger_projections::LogPosition;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::SqliteLog;
 use crate::store::rows::{
-    group_streams, hold_rows, keyed_event, positions_of, snapshot_row, stored_event, stored_events,
+    appended, group_streams, hold_rows, keyed_event, positions_of, snapshot_row, stored_event,
+    stored_events,
 };
 use crate::store::{
-    EventLog, KeyedEvent, LoadedStream, NewEvent, NewSnapshot, StoreError, StoredEvent,
+    Appended, EventLog, KeyedEvent, LoadedStream, NewEvent, NewSnapshot, StoreError, StoredEvent,
 };
 
 /// Rows per INSERT statement: 9 parameters a row stays far below SQLite's 32,766
@@ -235,6 +237,23 @@ impl EventLog for SqliteLog {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(|(v,)| v as u64).collect())
+    }
+
+    async fn appended_after(
+        &self,
+        after: LogPosition,
+        limit: i64,
+    ) -> Result<Vec<Appended>, StoreError> {
+        // One writer at a time: positions are in commit order, and none is ever late.
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT aggregate_type, aggregate_id, sequence FROM events
+              WHERE position > ?1 LIMIT ?2",
+        )
+        .bind(after.position)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(appended(rows))
     }
 
     async fn stream_ids(&self, aggregate_type: &'static str) -> Result<Vec<String>, StoreError> {

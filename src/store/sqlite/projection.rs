@@ -105,6 +105,13 @@ impl ProjectionStore for SqliteLog {
         records(&rows)
     }
 
+    async fn log_end(&self) -> Result<LogPosition, StoreError> {
+        let last: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM events")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(LogPosition::new(0, last.unwrap_or(0)))
+    }
+
     async fn log_len(&self) -> Result<u64, StoreError> {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
             .fetch_one(self.pool())
