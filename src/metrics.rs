@@ -143,6 +143,8 @@ pub struct Metrics {
     lag_seconds: GaugeVec,
     consumed: IntGaugeVec,
     read_model_waits: IntCounter,
+    probe_queries: IntCounterVec,
+    probes: IntCounter,
 }
 
 impl Default for Metrics {
@@ -316,6 +318,17 @@ impl Metrics {
                 "Events a log consumer has taken in since start.",
                 &["consumer"],
             ),
+            probe_queries: counter(
+                "ledger_engine_probe_queries_total",
+                "Queries that told pure checks and reads how far the log is, by how they answered.",
+                &["answered"],
+            ),
+            probes: counter(
+                "ledger_engine_probes_total",
+                "Pure checks and reads told how far the log is.",
+                &[],
+            )
+            .with_label_values(&[] as &[&str]),
             read_model_waits: {
                 let c = IntCounter::new(
                     "ledger_read_model_waits_total",
@@ -339,6 +352,12 @@ impl Metrics {
         let counted = self.read_model_waits.get();
         self.read_model_waits
             .inc_by(sampled.read_model_waits.saturating_sub(counted));
+        let [past_follower, by_stream, probes] = sampled.probes;
+        for (answered, n) in [("past_follower", past_follower), ("by_stream", by_stream)] {
+            let c = self.probe_queries.with_label_values(&[answered]);
+            c.inc_by(n.saturating_sub(c.get()));
+        }
+        self.probes.inc_by(probes.saturating_sub(self.probes.get()));
         for (consumer, lag_p99_ms, events) in sampled.consumers {
             self.lag_seconds
                 .with_label_values(&[consumer])
@@ -363,6 +382,8 @@ pub struct Sampled {
     pub consumers: Vec<(&'static str, u64, u64)>,
     /// Reads of the read models that waited for the consumer, since start.
     pub read_model_waits: u64,
+    /// Probe queries answered past the follower and by stream, and probes, since start.
+    pub probes: [u64; 3],
     /// The per-brand series: the most recently active brand-periods of the current
     /// period, at most [`BRAND_SERIES_MAX`].
     pub brands: Vec<(BrandId, Arc<PeriodModels>)>,

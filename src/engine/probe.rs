@@ -37,6 +37,15 @@ pub struct ProbeCounts {
     pub past_follower: AtomicU64,
     /// From each stream's version: no follower, or one that lagged.
     pub by_stream: AtomicU64,
+    /// Probes answered, each a pure check's or a read's.
+    pub probes: AtomicU64,
+}
+
+impl ProbeCounts {
+    /// `[past_follower, by_stream, probes]` now.
+    pub fn snapshot(&self) -> [u64; 3] {
+        [&self.past_follower, &self.by_stream, &self.probes].map(|n| n.load(Ordering::Relaxed))
+    }
 }
 
 #[derive(Clone)]
@@ -94,6 +103,9 @@ async fn run(
                 })
             })
             .collect();
+        counts
+            .probes
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         match versions(log.as_ref(), &freshness, &counts, &distinct).await {
             Ok(versions) => {
                 let mut slots = slots.into_iter();

@@ -40,6 +40,7 @@ pub(crate) async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Re
             }))
             .collect(),
         read_model_waits: s.ledger.projector.reads_waited(),
+        probes: s.ledger.engine.probe_counts().snapshot(),
         brands,
         brands_untracked,
     };

@@ -305,12 +305,13 @@ impl EventLog for PostgresLog {
         after: LogPosition,
         limit: i64,
     ) -> Result<Vec<Appended>, StoreError> {
-        // A walk of events_global_order from `after`; on a kept connection, as the
-        // version probes it replaces are.
-        let mut conn = self.appender().await?;
+        // In the index's order, on a log-read connection (sorting off): the generic
+        // plan of the prepared statement otherwise scans the whole log.
+        let mut conn = self.log_reader().await?;
         let rows: Result<Vec<(String, String, i64)>, sqlx::Error> = sqlx::query_as(
             "SELECT aggregate_type, aggregate_id, sequence FROM events
               WHERE (transaction_id, position) > ($1::text::xid8, $2)
+              ORDER BY transaction_id, position
               LIMIT $3",
         )
         .bind(after.transaction.to_string())
@@ -319,7 +320,7 @@ impl EventLog for PostgresLog {
         .fetch_all(&mut conn)
         .await;
         if rows.is_ok() {
-            self.keep_appender(conn);
+            self.keep_log_reader(conn);
         }
         Ok(appended(rows?))
     }
