@@ -21,6 +21,8 @@ use crate::store::{EventLog, StoreError};
 pub const PROBE_QUEUE_MAX: usize = 65_536;
 /// Probes answered by one query: at most 1,024 streams keep it one fast index walk.
 pub const PROBE_BATCH_MAX: usize = 512;
+/// How long a query waits for as many probes as the last one answered.
+pub const PROBE_LINGER_MAX: std::time::Duration = std::time::Duration::from_micros(200);
 /// Events past the writers' follower that one probe reads. It trails the log by a few
 /// milliseconds, some hundreds of events at full ingest; at this many it lags, and the
 /// probe asks each stream's version instead.
@@ -81,14 +83,25 @@ async fn run(
     counts: Arc<ProbeCounts>,
     mut rx: mpsc::Receiver<(ProbeKeys, ProbeReply)>,
 ) {
+    let mut answered = 0;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
-        while batch.len() < PROBE_BATCH_MAX {
-            match rx.try_recv() {
-                Ok(probe) => batch.push(probe),
-                Err(_) => break,
+        take_queued(&mut rx, &mut batch);
+        // The callers the last query answered come back in a moment, and one query costs
+        // the same for all of them.
+        if batch.len() < answered {
+            let until = tokio::time::Instant::now() + PROBE_LINGER_MAX;
+            while batch.len() < answered {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(probe)) => {
+                        batch.push(probe);
+                        take_queued(&mut rx, &mut batch);
+                    }
+                    _ => break,
+                }
             }
         }
+        answered = batch.len();
         // Each stream once: checks of one brand share its registry and period streams.
         // `slots` holds, key after key of the batch, where its stream is in `distinct`.
         let mut distinct: Vec<(&'static str, String)> = Vec::new();
@@ -120,6 +133,18 @@ async fn run(
                     let _ = reply.send(Err(e.clone()));
                 }
             }
+        }
+    }
+}
+
+fn take_queued(
+    rx: &mut mpsc::Receiver<(ProbeKeys, ProbeReply)>,
+    batch: &mut Vec<(ProbeKeys, ProbeReply)>,
+) {
+    while batch.len() < PROBE_BATCH_MAX {
+        match rx.try_recv() {
+            Ok(probe) => batch.push(probe),
+            Err(_) => break,
         }
     }
 }
