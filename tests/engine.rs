@@ -1027,20 +1027,30 @@ fn probes(e: &Engine) -> (u64, u64) {
     (load(&c.past_follower), load(&c.by_stream))
 }
 
-// Proves an engine whose caches follow the log decides pure checks and reads on what
-// another process appended, whether its follower has read those events yet (they are
-// then past it, and read by the probe) or not (the writer was told, and dropped the
-// stream it had cached), without asking any stream's version.
-async fn a_following_engine_sees_another_process_s_writes(db: &common::TestDb) {
+/// An engine following the log with acme on `plan_id`, one render recorded and checked
+/// through it, and a second engine on the same log: another process.
+async fn following_and_other(
+    db: &common::TestDb,
+    plan_id: &str,
+) -> (Engine, usage_ledger::tail::Tail, Engine) {
     let (a, caches) = common::engine_following(db).await;
     let (b, _) = engine(db).await;
-    a.set_plan(brand("acme"), plan("starter"), "t".into())
+    a.set_plan(brand("acme"), plan(plan_id), "t".into())
         .await
         .unwrap();
     a.execute(record("acme", "renders_3d", 1, None))
         .await
         .unwrap();
     assert_eq!(renders_checked(&a).await, 1);
+    (a, caches, b)
+}
+
+// Proves an engine whose caches follow the log decides pure checks and reads on what
+// another process appended, whether its follower has read those events yet (they are
+// then past it, and read by the probe) or not (the writer was told, and dropped the
+// stream it had cached), without asking any stream's version.
+async fn a_following_engine_sees_another_process_s_writes(db: &common::TestDb) {
+    let (a, caches, b) = following_and_other(db, "starter").await;
 
     b.execute(record("acme", "renders_3d", 5, None))
         .await
@@ -1070,15 +1080,7 @@ on_both_stores!(
 // Proves that when the follower has stopped (or lags) by more events than a probe reads
 // past it, the probe asks each stream's version instead, and the check is still exact.
 async fn a_probe_past_a_stalled_follower_asks_each_stream(db: &common::TestDb) {
-    let (a, caches) = common::engine_following(db).await;
-    let (b, _) = engine(db).await;
-    a.set_plan(brand("acme"), plan("business"), "t".into())
-        .await
-        .unwrap();
-    a.execute(record("acme", "renders_3d", 1, None))
-        .await
-        .unwrap();
-    assert_eq!(renders_checked(&a).await, 1);
+    let (a, caches, b) = following_and_other(db, "business").await;
     caches.stop().await;
 
     let more = usage_ledger::engine::PROBE_UNREAD_MAX as u64 + 10;

@@ -299,6 +299,17 @@ fn streams_of(appended: Vec<usage_ledger::store::Appended>) -> Vec<(String, u64)
     v
 }
 
+/// The log's end and everything the consumers can read now, from one store.
+async fn end_and_log(s: &Stores) -> (LogPosition, Vec<ledger_projections::LogRecord>) {
+    let end = s.models.log_end().await.unwrap();
+    let read = s
+        .models
+        .read_log(LogPosition::START, None, 10)
+        .await
+        .unwrap();
+    (end, read)
+}
+
 async fn the_log_s_end_and_what_was_appended_after_a_position(db: &TestDb) {
     // Proves where a consumer that starts live begins (the last event readable), and
     // the stream and sequence of what was committed after a position, within a limit.
@@ -321,12 +332,7 @@ async fn the_log_s_end_and_what_was_appended_after_a_position(db: &TestDb) {
         .append(&[event("acme:2026-11", 2), event("gamma:2026-11", 1)], &[])
         .await
         .unwrap();
-    let end = s.models.log_end().await.unwrap();
-    let read = s
-        .models
-        .read_log(LogPosition::START, None, 10)
-        .await
-        .unwrap();
+    let (end, read) = end_and_log(&s).await;
     assert_eq!(end, read.last().unwrap().at);
     assert_eq!(
         streams_of(s.log.appended_after(after_first, 10).await.unwrap()),
@@ -377,12 +383,7 @@ async fn what_committed_past_an_open_transaction_is_appended_after_the_end() {
         .append(&[event("acme:2026-11", 2)], &[])
         .await
         .unwrap();
-    let end = s.models.log_end().await.unwrap();
-    let read = s
-        .models
-        .read_log(LogPosition::START, None, 10)
-        .await
-        .unwrap();
+    let (end, read) = end_and_log(&s).await;
     assert_eq!(read.len(), 1, "nothing is read past the open transaction");
     assert_eq!(end, read[0].at);
     assert_eq!(
