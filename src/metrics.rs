@@ -352,12 +352,16 @@ impl Metrics {
         let counted = self.read_model_waits.get();
         self.read_model_waits
             .inc_by(sampled.read_model_waits.saturating_sub(counted));
-        let [past_follower, by_stream, probes] = sampled.probes;
-        for (answered, n) in [("past_follower", past_follower), ("by_stream", by_stream)] {
+        let probes = sampled.probes;
+        for (answered, n) in [
+            ("past_follower", probes.past_follower),
+            ("by_stream", probes.by_stream),
+        ] {
             let c = self.probe_queries.with_label_values(&[answered]);
             c.inc_by(n.saturating_sub(c.get()));
         }
-        self.probes.inc_by(probes.saturating_sub(self.probes.get()));
+        self.probes
+            .inc_by(probes.probes.saturating_sub(self.probes.get()));
         for (consumer, lag_p99_ms, events) in sampled.consumers {
             self.lag_seconds
                 .with_label_values(&[consumer])
@@ -382,8 +386,8 @@ pub struct Sampled {
     pub consumers: Vec<(&'static str, u64, u64)>,
     /// Reads of the read models that waited for the consumer, since start.
     pub read_model_waits: u64,
-    /// Probe queries answered past the follower and by stream, and probes, since start.
-    pub probes: [u64; 3],
+    /// How the engine's version probes were answered, since start.
+    pub probes: crate::engine::ProbeTotals,
     /// The per-brand series: the most recently active brand-periods of the current
     /// period, at most [`BRAND_SERIES_MAX`].
     pub brands: Vec<(BrandId, Arc<PeriodModels>)>,

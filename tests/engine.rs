@@ -1022,9 +1022,8 @@ async fn renders_checked(e: &Engine) -> u64 {
 }
 
 fn probes(e: &Engine) -> (u64, u64) {
-    let c = e.probe_counts();
-    let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
-    (load(&c.past_follower), load(&c.by_stream))
+    let c = e.probe_counts().snapshot();
+    (c.past_follower, c.by_stream)
 }
 
 /// An engine following the log with acme on `plan_id`, one render recorded and checked

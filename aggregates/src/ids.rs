@@ -404,6 +404,12 @@ pub fn parse_period_stream_id(id: &str) -> Result<(BrandId, PeriodKey), ParseErr
     Ok((BrandId::parse(b)?, PeriodKey::parse(p)?))
 }
 
+/// The brand part of a period stream id, unparsed: where it must only be routed by
+/// brand, per event, without building the ids.
+pub fn period_stream_brand(id: &str) -> Option<&str> {
+    id.rsplit_once(':').map(|(brand, _)| brand)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

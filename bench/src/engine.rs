@@ -67,11 +67,12 @@ impl Store {
     }
 }
 
-/// What an engine run drives: the engine, and the projector when one runs beside it
-/// (with the consumer that tells the engine's caches what the log holds).
+/// What an engine run drives: the engine, and the projector when one runs beside it,
+/// with the consumer that tells the engine's caches what the log holds.
 pub(crate) struct Ledger {
     pub(crate) engine: Engine,
-    pub(crate) projector: Option<(Projector, Tail)>,
+    pub(crate) projector: Option<Projector>,
+    pub(crate) caches: Option<Tail>,
 }
 
 /// The one place the bench wires the ledger: the engine on `log` and, given a
@@ -94,14 +95,18 @@ pub(crate) async fn wire_ledger(
             ..EngineConfig::default()
         },
     );
-    let projector = match projection {
-        Some(store) => Some((
-            Projector::follow(store.clone(), &engine, Default::default()).await?,
-            usage_ledger::tail::caches::follow(&engine, store).await?,
-        )),
-        None => None,
+    let (projector, caches) = match projection {
+        Some(store) => (
+            Some(Projector::follow(store.clone(), &engine, Default::default()).await?),
+            Some(usage_ledger::tail::caches::follow(&engine, store).await?),
+        ),
+        None => (None, None),
     };
-    Ok(Ledger { engine, projector })
+    Ok(Ledger {
+        engine,
+        projector,
+        caches,
+    })
 }
 
 pub(crate) async fn engine_run(
@@ -114,9 +119,11 @@ pub(crate) async fn engine_run(
 ) -> Result<Measured, BoxError> {
     let catalog = Catalog::default_catalog();
     let plan = bench_plan(&catalog)?.id;
-    let Ledger { engine, projector } =
-        wire_ledger(log.clone(), projection.clone(), catalog, args).await?;
-    let (projector, _caches) = projector.unzip();
+    let Ledger {
+        engine,
+        projector,
+        caches: _caches,
+    } = wire_ledger(log.clone(), projection.clone(), catalog, args).await?;
     let brands = Arc::new(scenario.brands.clone());
 
     // Untimed: register every brand, then warm up (every period opened and cached).

@@ -11,6 +11,7 @@
 use std::sync::Mutex;
 
 use ledger_aggregates::brand::BRAND_TYPE;
+use ledger_aggregates::ids::period_stream_brand;
 use ledger_aggregates::period::USAGE_PERIOD_TYPE;
 use ledger_projections::{LogPosition, LogRecord};
 
@@ -121,10 +122,7 @@ impl Freshness {
 /// its brand, a period's is `brand:period`. Other streams are not cached by writers.
 fn owner(r: &LogRecord) -> Option<(&'static str, &str)> {
     match r.aggregate_type.as_str() {
-        USAGE_PERIOD_TYPE => {
-            let (brand, _) = r.aggregate_id.split_once(':')?;
-            Some((USAGE_PERIOD_TYPE, brand))
-        }
+        USAGE_PERIOD_TYPE => Some((USAGE_PERIOD_TYPE, period_stream_brand(&r.aggregate_id)?)),
         BRAND_TYPE => Some((BRAND_TYPE, &r.aggregate_id)),
         _ => None,
     }

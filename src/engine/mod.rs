@@ -37,7 +37,7 @@ use crate::clock::Clock;
 use crate::store::{EventLog, StoreError};
 use crate::tail::watermark::Watermarks;
 pub use freshness::{Freshness, STALE_EVENTS_MAX};
-pub use probe::{ProbeCounts, PROBE_UNREAD_MAX};
+pub use probe::{ProbeCounts, ProbeTotals, PROBE_UNREAD_MAX};
 
 /// Told of what the writers committed, before their callers hear of it: the read models
 /// fold this process's own commits at once instead of reading them back from the log.

@@ -43,10 +43,22 @@ pub struct ProbeCounts {
     pub probes: AtomicU64,
 }
 
+/// [`ProbeCounts`] read at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProbeTotals {
+    pub past_follower: u64,
+    pub by_stream: u64,
+    pub probes: u64,
+}
+
 impl ProbeCounts {
-    /// `[past_follower, by_stream, probes]` now.
-    pub fn snapshot(&self) -> [u64; 3] {
-        [&self.past_follower, &self.by_stream, &self.probes].map(|n| n.load(Ordering::Relaxed))
+    pub fn snapshot(&self) -> ProbeTotals {
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        ProbeTotals {
+            past_follower: load(&self.past_follower),
+            by_stream: load(&self.by_stream),
+            probes: load(&self.probes),
+        }
     }
 }
 

@@ -41,7 +41,8 @@ pub const PG_APPENDER_PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 /// Pause before a lost listener connection is tried again.
 pub const PG_LISTENER_RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 /// Log-read connections kept between reads: the process's consumers, whose reads are
-/// mostly shared. A read beyond them takes one more out of the pool, closed after it.
+/// mostly shared, and the engine's probe of what they have not read yet. A read beyond
+/// them takes one more out of the pool, closed after it.
 pub const PG_LOG_READERS_KEPT_MAX: usize = 4;
 
 pub struct PostgresLog {
