@@ -145,6 +145,7 @@ pub struct Metrics {
     read_model_waits: IntCounter,
     probe_queries: IntCounterVec,
     probes: IntCounter,
+    probe_follower_lagged: IntCounter,
 }
 
 impl Default for Metrics {
@@ -329,6 +330,12 @@ impl Metrics {
                 &[],
             )
             .with_label_values(&[] as &[&str]),
+            probe_follower_lagged: counter(
+                "ledger_engine_probe_follower_lagged_total",
+                "Probes that found the engine_caches consumer lagging; the next ones ask each stream until it moves.",
+                &[],
+            )
+            .with_label_values(&[] as &[&str]),
             read_model_waits: {
                 let c = IntCounter::new(
                     "ledger_read_model_waits_total",
@@ -362,6 +369,8 @@ impl Metrics {
         }
         self.probes
             .inc_by(probes.probes.saturating_sub(self.probes.get()));
+        let lagged = &self.probe_follower_lagged;
+        lagged.inc_by(probes.follower_lagged.saturating_sub(lagged.get()));
         for (consumer, lag_p99_ms, events) in sampled.consumers {
             self.lag_seconds
                 .with_label_values(&[consumer])

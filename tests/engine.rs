@@ -1077,7 +1077,8 @@ on_both_stores!(
 );
 
 // Proves that when the follower has stopped (or lags) by more events than a probe reads
-// past it, the probe asks each stream's version instead, and the check is still exact.
+// past it, the probe asks each stream's version instead, and the check is still exact;
+// while it stands there, later probes ask by stream without reading past it again.
 async fn a_probe_past_a_stalled_follower_asks_each_stream(db: &common::TestDb) {
     let (a, caches, b) = following_and_other(db, "business").await;
     caches.stop().await;
@@ -1092,6 +1093,17 @@ async fn a_probe_past_a_stalled_follower_asks_each_stream(db: &common::TestDb) {
     assert_eq!(renders_checked(&a).await, 1 + more);
     let (_, asked) = probes(&a);
     assert_eq!(asked, asked_before + 1, "each stream's version was asked");
+
+    // The follower still stands where it was found lagging: the next probes ask by
+    // stream at once, without reading its unread events again.
+    b.execute(record("acme", "renders_3d", 1, None))
+        .await
+        .unwrap();
+    assert_eq!(renders_checked(&a).await, 2 + more);
+    assert_eq!(renders_checked(&a).await, 2 + more);
+    let c = a.probe_counts().snapshot();
+    assert_eq!(c.by_stream, asked_before + 3);
+    assert_eq!(c.follower_lagged, 1, "found lagging once");
 }
 on_both_stores!(
     stalled_follower_probe_asks_each_stream,

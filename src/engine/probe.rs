@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use ledger_projections::LogPosition;
+
 use super::Freshness;
 use crate::store::{EventLog, StoreError};
 
@@ -39,6 +41,9 @@ pub struct ProbeCounts {
     pub past_follower: AtomicU64,
     /// From each stream's version: no follower, or one that lagged.
     pub by_stream: AtomicU64,
+    /// Reads past the follower that found it lagging by [`PROBE_UNREAD_MAX`] events:
+    /// once per position it stands at, since the probes that follow ask by stream.
+    pub follower_lagged: AtomicU64,
     /// Probes answered, each a pure check's or a read's.
     pub probes: AtomicU64,
 }
@@ -48,6 +53,7 @@ pub struct ProbeCounts {
 pub struct ProbeTotals {
     pub past_follower: u64,
     pub by_stream: u64,
+    pub follower_lagged: u64,
     pub probes: u64,
 }
 
@@ -57,6 +63,7 @@ impl ProbeCounts {
         ProbeTotals {
             past_follower: load(&self.past_follower),
             by_stream: load(&self.by_stream),
+            follower_lagged: load(&self.follower_lagged),
             probes: load(&self.probes),
         }
     }
@@ -96,6 +103,9 @@ async fn run(
     mut rx: mpsc::Receiver<(ProbeKeys, ProbeReply)>,
 ) {
     let mut answered = 0;
+    // Where the follower stood when a probe found it lagging: while it stands there
+    // (stopped, or its passes failing), probes ask by stream without reading again.
+    let mut lagging_at = None;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         take_queued(&mut rx, &mut batch);
@@ -131,7 +141,14 @@ async fn run(
         counts
             .probes
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        match versions(log.as_ref(), &freshness, &counts, &distinct).await {
+        let asked = versions(
+            log.as_ref(),
+            &freshness,
+            &counts,
+            &mut lagging_at,
+            &distinct,
+        );
+        match asked.await {
             Ok(versions) => {
                 let mut slots = slots.into_iter();
                 for (keys, reply) in batch {
@@ -163,16 +180,22 @@ fn take_queued(
 
 /// The version each of `keys` must be cached at (in their order): what the log holds
 /// past the writers' follower, 0 for a stream it holds nothing of there (the writer was
-/// told of the rest); each stream's version when no follower stands near the end.
+/// told of the rest); each stream's version when no follower stands near the end, or
+/// while it still stands at `lagging_at`, where it was last found lagging.
 async fn versions(
     log: &dyn EventLog,
     freshness: &Freshness,
     counts: &ProbeCounts,
+    lagging_at: &mut Option<LogPosition>,
     keys: &[(&'static str, String)],
 ) -> Result<Vec<u64>, StoreError> {
-    if let Some(after) = freshness.read_to() {
+    let following = freshness.read_to().filter(|at| Some(*at) != *lagging_at);
+    if let Some(after) = following {
         let unread = log.appended_after(after, PROBE_UNREAD_MAX).await?;
-        if (unread.len() as i64) < PROBE_UNREAD_MAX {
+        if (unread.len() as i64) >= PROBE_UNREAD_MAX {
+            *lagging_at = Some(after);
+            counts.follower_lagged.fetch_add(1, Ordering::Relaxed);
+        } else {
             let mut last: HashMap<(&str, &str), u64> = HashMap::with_capacity(unread.len());
             for e in &unread {
                 let v = last
