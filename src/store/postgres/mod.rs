@@ -194,10 +194,18 @@ impl PostgresLog {
     }
 
     /// A kept log-read connection, or a new one taken out of the pool and set up for
-    /// reading the log in index order (see `read_log`).
+    /// reading the log in index order (see `read_log`) on plans made once: a log read's
+    /// plan is always that walk, and planning it anew (the horizon's view of the
+    /// server's sessions) cost twice its execution.
     async fn log_reader(&self) -> Result<PgConnection, StoreError> {
         self.log_readers
-            .take(&self.pool, &["SET enable_sort = off"])
+            .take(
+                &self.pool,
+                &[
+                    "SET enable_sort = off",
+                    "SET plan_cache_mode = force_generic_plan",
+                ],
+            )
             .await
     }
 
