@@ -356,21 +356,16 @@ impl Metrics {
         self.queued.set(sampled.queued as i64);
         self.queue_capacity.set(sampled.queue_capacity as i64);
         self.set_brands(&sampled.brands, sampled.brands_untracked);
-        let counted = self.read_model_waits.get();
-        self.read_model_waits
-            .inc_by(sampled.read_model_waits.saturating_sub(counted));
+        raise_to(&self.read_model_waits, sampled.read_model_waits);
         let probes = sampled.probes;
         for (answered, n) in [
             ("past_follower", probes.past_follower),
             ("by_stream", probes.by_stream),
         ] {
-            let c = self.probe_queries.with_label_values(&[answered]);
-            c.inc_by(n.saturating_sub(c.get()));
+            raise_to(&self.probe_queries.with_label_values(&[answered]), n);
         }
-        self.probes
-            .inc_by(probes.probes.saturating_sub(self.probes.get()));
-        let lagged = &self.probe_follower_lagged;
-        lagged.inc_by(probes.follower_lagged.saturating_sub(lagged.get()));
+        raise_to(&self.probes, probes.probes);
+        raise_to(&self.probe_follower_lagged, probes.follower_lagged);
         for (consumer, lag_p99_ms, events) in sampled.consumers {
             self.lag_seconds
                 .with_label_values(&[consumer])
@@ -385,6 +380,12 @@ impl Metrics {
             .expect("the text encoder writes to memory");
         String::from_utf8(out).expect("the text format is UTF-8")
     }
+}
+
+/// Raise `counter` to `total`, a running total kept elsewhere (the engine's, the read
+/// models'): a counter only goes up, so a scrape adds what was counted since the last.
+fn raise_to(counter: &IntCounter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
 }
 
 /// What a scrape reads from the running parts.
